@@ -1,0 +1,186 @@
+//! The sensor-kind catalogue: which kinds exist, their metrics, units and
+//! valid ranges. Loaded from configuration, never compiled in.
+
+use crate::model::Name;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One metric of a kind, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricDef {
+    pub unit: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// One sensor kind, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindDef {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title_it: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// EU data-theme code (ENVI, ENER, TRAN, ...), for the catalogue.
+    #[serde(default = "default_theme")]
+    pub theme: String,
+    /// Expected seconds between two reports of one sensor.
+    #[serde(default = "default_cadence")]
+    pub cadence_s: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_metric: Option<String>,
+    pub metrics: BTreeMap<String, MetricDef>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_theme() -> String {
+    "TECH".into()
+}
+fn default_cadence() -> u32 {
+    900
+}
+
+/// A problem in the kind configuration.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("kind {kind:?}: {source}")]
+    KindName {
+        kind: String,
+        source: crate::model::ModelError,
+    },
+    #[error("kind {kind:?} metric {metric:?}: {source}")]
+    MetricName {
+        kind: String,
+        metric: String,
+        source: crate::model::ModelError,
+    },
+    #[error("kind {kind:?} metric {metric:?}: min {min} is above max {max}")]
+    Range {
+        kind: String,
+        metric: String,
+        min: f64,
+        max: f64,
+    },
+    #[error("kind {0:?} has no metrics")]
+    NoMetrics(String),
+    #[error("kind {kind:?}: main_metric {metric:?} is not one of its metrics")]
+    MainMetric { kind: String, metric: String },
+}
+
+/// A validated metric: what the pipeline checks values against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub name: Name,
+    pub unit: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Metric {
+    pub fn in_range(&self, v: f64) -> bool {
+        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
+    }
+}
+
+/// A validated kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kind {
+    pub name: Name,
+    pub def: KindDef,
+    pub metrics: BTreeMap<Name, Metric>,
+}
+
+impl Kind {
+    pub fn metric(&self, name: &str) -> Option<&Metric> {
+        self.metrics.get(name)
+    }
+}
+
+/// The enabled kinds, validated and indexed by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    kinds: BTreeMap<Name, Kind>,
+}
+
+impl Catalog {
+    pub fn from_defs(defs: &BTreeMap<String, KindDef>) -> Result<Self, CatalogError> {
+        let mut kinds = BTreeMap::new();
+        for (kname, def) in defs.iter().filter(|(_, d)| d.enabled) {
+            let name = Name::parse(kname).map_err(|source| CatalogError::KindName {
+                kind: kname.clone(),
+                source,
+            })?;
+            if def.metrics.is_empty() {
+                return Err(CatalogError::NoMetrics(kname.clone()));
+            }
+            let mut metrics = BTreeMap::new();
+            for (mname, m) in &def.metrics {
+                let mn = Name::parse(mname).map_err(|source| CatalogError::MetricName {
+                    kind: kname.clone(),
+                    metric: mname.clone(),
+                    source,
+                })?;
+                if let (Some(min), Some(max)) = (m.min, m.max) {
+                    if min > max {
+                        return Err(CatalogError::Range {
+                            kind: kname.clone(),
+                            metric: mname.clone(),
+                            min,
+                            max,
+                        });
+                    }
+                }
+                metrics.insert(
+                    mn.clone(),
+                    Metric {
+                        name: mn,
+                        unit: m.unit.clone(),
+                        min: m.min,
+                        max: m.max,
+                    },
+                );
+            }
+            if let Some(main) = &def.main_metric {
+                if !def.metrics.contains_key(main) {
+                    return Err(CatalogError::MainMetric {
+                        kind: kname.clone(),
+                        metric: main.clone(),
+                    });
+                }
+            }
+            kinds.insert(
+                name.clone(),
+                Kind {
+                    name,
+                    def: def.clone(),
+                    metrics,
+                },
+            );
+        }
+        Ok(Self { kinds })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Kind> {
+        self.kinds.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Kind> {
+        self.kinds.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.kinds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+}

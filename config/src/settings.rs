@@ -1,0 +1,534 @@
+//! Layered settings: built-in defaults, then a TOML file, then `CITYHUB_*`
+//! environment variables. Unknown keys are errors, so a typo never silently
+//! falls back to a default.
+
+use crate::kinds::{Catalog, CatalogError, KindDef};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The built-in kind catalogue (DESIGN.md section 1).
+pub const DEFAULT_KINDS: &str = include_str!("../kinds.toml");
+
+/// Top-level sections; `CITYHUB_<SECTION>_<KEY>` maps to `<section>.<key>`.
+const SECTIONS: &[&str] = &["database", "mqtt", "http", "ingest", "store", "log"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("reading secret file {path}: {source}")]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sensor kinds: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A value that must never reach a log line or `config print`.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// A connection URL whose password part is hidden when printed.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct ConnUrl(String);
+
+impl ConnUrl {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(_) => self.0.clone(),
+            // Not a URL (e.g. a libpq key=value string): hide a password=... pair.
+            Err(_) => self
+                .0
+                .split_whitespace()
+                .map(|kv| {
+                    if kv.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        kv
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+impl fmt::Debug for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+impl Serialize for ConnUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `postgres://user@host:port/db?sslmode=require` (libpq URL or key=value string).
+    pub url: ConnUrl,
+    /// Overrides the URL's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// A file holding the password (Docker/Kubernetes secrets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) trusted for `sslmode=require`, besides the system roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    pub pool_size: usize,
+    pub connect_timeout_s: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: ConnUrl::new("postgres://postgres@127.0.0.1:5432/cityhub"),
+            password: None,
+            password_file: None,
+            ca_file: None,
+            pool_size: 8,
+            connect_timeout_s: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// `mqtt://host:1883` or `mqtts://host:8883`.
+    pub url: ConnUrl,
+    /// Stable, so the broker keeps this hub's session (and queued messages) across restarts.
+    pub client_id: String,
+    /// Empty: plain subscriptions. Set: `$share/<group>/<topic>` so several hubs split the stream.
+    pub share_group: String,
+    pub topics: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) for `mqtts://`; the system roots are used when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// MQTT 5 Receive Maximum: how many unacknowledged messages the broker may have in flight to us.
+    pub receive_maximum: u16,
+    /// How long the broker keeps our session and queues messages while we are away.
+    pub session_expiry_s: u32,
+    pub keep_alive_s: u64,
+    /// Largest packet we accept; the broker drops larger ones for us (MQTT 5), so keep it above
+    /// `ingest.max_payload_bytes` to see oversize payloads as dead letters.
+    pub max_packet_bytes: u32,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            url: ConnUrl::new("mqtt://127.0.0.1:1883"),
+            client_id: "cityhub-ingest".into(),
+            share_group: String::new(),
+            topics: vec!["cityhub/v1/#".into()],
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            receive_maximum: 4096,
+            session_expiry_s: 7 * 24 * 3600,
+            keep_alive_s: 30,
+            max_packet_bytes: 1024 * 1024,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub addr: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// A batch closes when it holds this many observation rows...
+    pub batch_max_rows: usize,
+    /// ...or when its first message is this old, whichever comes first.
+    pub batch_max_age_ms: u64,
+    /// Larger payloads become dead letters (`oversize`).
+    pub max_payload_bytes: usize,
+    /// Readings timestamped further ahead than this become dead letters.
+    pub max_future_s: i64,
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            batch_max_rows: 5000,
+            batch_max_age_ms: 50,
+            max_payload_bytes: 64 * 1024,
+            max_future_s: 600,
+            retry_min_ms: 100,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+/// Whether to use TimescaleDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimescaleMode {
+    /// Use it when the server has it (installed and preloaded), plain PostgreSQL otherwise.
+    Auto,
+    /// Refuse to start without it.
+    Require,
+    /// Never use it.
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    pub timescaledb: TimescaleMode,
+    /// Observations older than this are dropped by the retention job, and refused on arrival.
+    pub retention_days: u32,
+    /// TimescaleDB: chunks older than this are compressed.
+    pub compress_after_days: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            timescaledb: TimescaleMode::Auto,
+            retention_days: 730,
+            compress_after_days: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `tracing` filter directives; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Everything the hub can be told.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub mqtt: MqttSettings,
+    pub http: HttpSettings,
+    pub ingest: IngestSettings,
+    pub store: StoreSettings,
+    pub log: LogSettings,
+    pub kinds: BTreeMap<String, KindDef>,
+}
+
+impl Settings {
+    /// Defaults, then `file` (when given it must exist), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file)?)
+    }
+
+    /// The provider stack, exposed so tests can layer their own environment.
+    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(DEFAULT_KINDS));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        Ok(fig.merge(env_provider()))
+    }
+
+    pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let mut s: Settings = fig.extract().map_err(Box::new)?;
+        s.resolve_secret_files()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(p) = &self.database.password_file {
+            self.database.password = Some(read_secret(p)?);
+        }
+        if let Some(p) = &self.mqtt.password_file {
+            self.mqtt.password = Some(read_secret(p)?);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Catalog::from_defs(&self.kinds)?;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.ingest.batch_max_rows == 0 {
+            return invalid("ingest.batch_max_rows must be at least 1");
+        }
+        if self.mqtt.receive_maximum == 0 {
+            return invalid("mqtt.receive_maximum must be at least 1");
+        }
+        if self.mqtt.client_id.is_empty() {
+            return invalid(
+                "mqtt.client_id must not be empty: the broker keeps the session under it",
+            );
+        }
+        if self.mqtt.topics.is_empty() {
+            return invalid("mqtt.topics must list at least one topic filter");
+        }
+        if self.mqtt.max_packet_bytes as usize <= self.ingest.max_payload_bytes {
+            return invalid("mqtt.max_packet_bytes must exceed ingest.max_payload_bytes");
+        }
+        if !self.mqtt.share_group.is_empty() && self.mqtt.share_group.contains(['/', '+', '#']) {
+            return invalid("mqtt.share_group must not contain '/', '+' or '#'");
+        }
+        if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
+            return invalid("mqtt.client_cert_file and mqtt.client_key_file go together");
+        }
+        Ok(())
+    }
+
+    /// The validated kind catalogue.
+    pub fn catalog(&self) -> Result<Catalog, CatalogError> {
+        Catalog::from_defs(&self.kinds)
+    }
+
+    /// The effective configuration as TOML, secrets hidden.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// The subscription filters, with the shared-subscription prefix when a group is set.
+    pub fn subscription_filters(&self) -> Vec<String> {
+        self.mqtt
+            .topics
+            .iter()
+            .map(|t| {
+                if self.mqtt.share_group.is_empty() {
+                    t.clone()
+                } else {
+                    format!("$share/{}/{}", self.mqtt.share_group, t)
+                }
+            })
+            .collect()
+    }
+}
+
+fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| Secret::new(s.trim_end_matches(['\n', '\r'])))
+        .map_err(|source| ConfigError::SecretFile {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// `CITYHUB_DATABASE_URL` -> `database.url`, `CITYHUB_MQTT_CLIENT_ID` -> `mqtt.client_id`:
+/// the first `_` after the prefix separates the section from the key.
+fn env_provider() -> Env {
+    Env::prefixed("CITYHUB_")
+        .filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            SECTIONS
+                .iter()
+                .any(|s| k.starts_with(s) && k[s.len()..].starts_with('_'))
+        })
+        .map(|k| k.as_str().to_ascii_lowercase().replacen('_', ".", 1).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_have_the_four_kinds() {
+        Jail::expect_with(|_| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let cat = s.catalog().unwrap();
+            let names: Vec<_> = cat.iter().map(|k| k.name.to_string()).collect();
+            assert_eq!(
+                names,
+                ["air_quality", "bike_counter", "streetlight", "waste_bin"]
+            );
+            assert_eq!(
+                cat.get("waste_bin")
+                    .unwrap()
+                    .metric("fill_level")
+                    .unwrap()
+                    .max,
+                Some(100.0)
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env_layering_and_new_kind() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                r#"
+                [mqtt]
+                client_id = "from-file"
+                share_group = "g1"
+                [ingest]
+                batch_max_rows = 10
+                [kinds.parking]
+                title = "Parking occupancy"
+                metrics = { occupied = { unit = "count", min = 0, max = 1 } }
+                [kinds.bike_counter]
+                enabled = false
+                "#,
+            )?;
+            jail.set_env("CITYHUB_MQTT_CLIENT_ID", "from-env");
+            jail.set_env("CITYHUB_DATABASE_URL", "postgres://u:hunter2@db/x");
+            jail.set_env("CITYHUB_HTTP_ADDR", "0.0.0.0:9999");
+            jail.set_env("CITYHUB_CONFIG", "ignored: not a section");
+            let s = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.mqtt.client_id, "from-env");
+            assert_eq!(s.http.addr, "0.0.0.0:9999");
+            assert_eq!(s.ingest.batch_max_rows, 10);
+            assert_eq!(s.ingest.batch_max_age_ms, 50);
+            assert_eq!(s.subscription_filters(), ["$share/g1/cityhub/v1/#"]);
+            let cat = s.catalog().unwrap();
+            assert!(cat.get("parking").is_some());
+            assert!(cat.get("bike_counter").is_none());
+            let printed = s.to_redacted_toml();
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(printed.contains("postgres://u:***@db/x"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[mqtt]\nclientid = \"typo\"\n")?;
+            let err = Settings::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("clientid"), "{err}");
+            jail.create_file("d.toml", "[kinds.x]\ntitle = \"x\"\nmetrics = { a = { unit = \"%\", min = 0, max = 1, colour = 3 } }\n")?;
+            assert!(Settings::load(Some(Path::new("d.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_from_files_are_hidden() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pw", "s3cret\n")?;
+            jail.set_env("CITYHUB_MQTT_PASSWORD_FILE", "pw");
+            jail.set_env("CITYHUB_DATABASE_PASSWORD", "dbpass");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.mqtt.password.as_ref().unwrap().expose(), "s3cret");
+            assert_eq!(s.database.password.as_ref().unwrap().expose(), "dbpass");
+            let printed = s.to_redacted_toml();
+            assert!(
+                !printed.contains("s3cret") && !printed.contains("dbpass"),
+                "{printed}"
+            );
+            assert!(!format!("{s:?}").contains("s3cret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_kind_config_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[kinds.x]\ntitle = \"x\"\nmetrics = { a = { unit = \"%\", min = 5, max = 1 } }\n",
+            )?;
+            let err = Settings::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("min 5 is above max 1"), "{err}");
+            Ok(())
+        });
+    }
+}

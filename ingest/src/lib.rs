@@ -1,0 +1,96 @@
+//! Ingestion: MQTT 5 session -> decode/validate -> batch -> commit -> ack.
+//! See DESIGN.md section 3 for the guarantees this crate keeps.
+
+pub mod decode;
+pub mod metrics;
+pub mod mqtt;
+pub mod pipeline;
+
+pub use metrics::IngestMetrics;
+
+use cityhub_config::Settings;
+use cityhub_store::{BatchWriter, Store};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Errors that stop ingestion from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Grace period for committing the open batch when shutting down with the database away.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Starts the event loop, batcher and writer tasks on `tracker`; they stop on
+/// `cancel` after committing and acking what they hold. `connected` follows the
+/// broker session (for readiness).
+pub fn start(
+    settings: &Settings,
+    store: Store,
+    metrics: IngestMetrics,
+    connected: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), IngestError> {
+    let catalog = settings
+        .catalog()
+        .map_err(|e| IngestError::Config(e.to_string()))?;
+    let limits = decode::Limits {
+        max_payload_bytes: settings.ingest.max_payload_bytes,
+        max_future: chrono::Duration::seconds(settings.ingest.max_future_s),
+        retention: chrono::Duration::days(i64::from(settings.store.retention_days)),
+    };
+    let decoder = decode::Decoder::new(catalog, limits);
+    let session = mqtt::session(settings, &metrics)?;
+
+    // The inbound channel holds more than the broker may have in flight to us
+    // (Receive Maximum), twice for messages of a previous connection still queued,
+    // so the event loop in practice never waits on it.
+    let inbound_cap = usize::from(settings.mqtt.receive_maximum) * 2 + 64;
+    let (in_tx, in_rx) = mpsc::channel(inbound_cap);
+    // One batch waits while one commits: the batcher fills the next meanwhile.
+    let (batch_tx, batch_rx) = mpsc::channel(1);
+
+    let ms = |v: u64| Duration::from_millis(v);
+    tracker.spawn(mqtt::run_event_loop(
+        session.event_loop,
+        session.client,
+        session.epoch,
+        settings.subscription_filters(),
+        in_tx,
+        connected,
+        metrics.clone(),
+        (
+            ms(settings.mqtt.reconnect_min_ms),
+            ms(settings.mqtt.reconnect_max_ms),
+        ),
+        cancel.clone(),
+    ));
+    let batcher = pipeline::Batcher::new(decoder, store.clone(), metrics.clone());
+    tracker.spawn(batcher.run(
+        in_rx,
+        batch_tx,
+        settings.ingest.batch_max_rows,
+        ms(settings.ingest.batch_max_age_ms),
+        cancel.clone(),
+    ));
+    tracker.spawn(pipeline::run_writer(
+        BatchWriter::new(store),
+        batch_rx,
+        session.acker,
+        metrics,
+        (
+            ms(settings.ingest.retry_min_ms),
+            ms(settings.ingest.retry_max_ms),
+        ),
+        SHUTDOWN_GRACE,
+        cancel,
+    ));
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics of the ingestion pipeline. Held in a registry that is
+//! passed around (no global recorder), so tests can run hubs in parallel.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Handles to every ingestion metric; cheap to clone.
+#[derive(Clone)]
+pub struct IngestMetrics {
+    pub messages_received: Counter,
+    pub messages_committed: Counter,
+    pub rows_committed: Counter,
+    pub rows_duplicate: Counter,
+    pub batch_rows: Histogram,
+    pub commit_seconds: Histogram,
+    pub acks_pending: Gauge,
+    pub acks_stale: Counter,
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    pub db_retries: Counter,
+    pub mqtt_reconnects: Counter,
+    pub mqtt_connection_errors: Counter,
+    pub mqtt_connected: Gauge,
+}
+
+impl IngestMetrics {
+    /// Creates the metrics and registers them under `cityhub_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            messages_received: Counter::default(),
+            messages_committed: Counter::default(),
+            rows_committed: Counter::default(),
+            rows_duplicate: Counter::default(),
+            batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            acks_pending: Gauge::default(),
+            acks_stale: Counter::default(),
+            dead_letters: Family::default(),
+            db_retries: Counter::default(),
+            mqtt_reconnects: Counter::default(),
+            mqtt_connection_errors: Counter::default(),
+            mqtt_connected: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("cityhub");
+        r.register(
+            "mqtt_messages_received",
+            "MQTT messages received",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "messages_committed",
+            "Messages whose transaction committed (then acked)",
+            m.messages_committed.clone(),
+        );
+        r.register(
+            "observations_committed",
+            "Observation rows newly stored",
+            m.rows_committed.clone(),
+        );
+        r.register(
+            "observations_duplicate",
+            "Observation rows already stored (redeliveries)",
+            m.rows_duplicate.clone(),
+        );
+        r.register(
+            "batch_rows",
+            "Observation rows per committed batch",
+            m.batch_rows.clone(),
+        );
+        r.register(
+            "commit_seconds",
+            "Time to commit one batch",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "acks_pending",
+            "Messages received and not yet acknowledged",
+            m.acks_pending.clone(),
+        );
+        r.register(
+            "acks_stale",
+            "Acks skipped because the connection they belong to is gone (the broker redelivers)",
+            m.acks_stale.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Dead letters written, by reason",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "db_retries",
+            "Batch commits retried after a database error",
+            m.db_retries.clone(),
+        );
+        r.register(
+            "mqtt_reconnects",
+            "Successful MQTT reconnections",
+            m.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "mqtt_connection_errors",
+            "MQTT connection errors",
+            m.mqtt_connection_errors.clone(),
+        );
+        r.register(
+            "mqtt_connected",
+            "1 while connected to the broker",
+            m.mqtt_connected.clone(),
+        );
+        m
+    }
+
+    pub fn dead_letter(&self, reason: &str, n: u64) {
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+}

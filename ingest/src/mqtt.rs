@@ -1,0 +1,331 @@
+//! The MQTT 5 session: options from settings (TLS, credentials, persistent
+//! session, Receive Maximum, manual acks) and the event-loop task.
+//!
+//! The event loop runs alone in its task and is never cancelled mid-poll.
+//! Acks are sent by the writer through [`Acker`] only for messages of the
+//! current connection: after a reconnect the broker redelivers unacked
+//! messages with their packet ids, so a late ack from an old connection could
+//! acknowledge a different, not yet stored message.
+
+use crate::metrics::IngestMetrics;
+use crate::IngestError;
+use chrono::Utc;
+use cityhub_config::Settings;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A received message on its way through the pipeline.
+#[derive(Debug)]
+pub struct Inbound {
+    pub publish: Publish,
+    pub epoch: u64,
+    pub received_at: chrono::DateTime<Utc>,
+}
+
+/// What the writer needs to acknowledge a message later.
+#[derive(Debug, Clone)]
+pub struct AckToken {
+    epoch: u64,
+    publish: Publish,
+}
+
+impl AckToken {
+    pub fn of(m: &Inbound) -> Self {
+        // The payload is not needed to ack; keep only the packet id and QoS.
+        let publish = Publish {
+            payload: Default::default(),
+            topic: Default::default(),
+            properties: None,
+            ..m.publish.clone()
+        };
+        Self {
+            epoch: m.epoch,
+            publish,
+        }
+    }
+}
+
+/// Sends PUBACKs for committed messages, in the order given, on the connection they came from.
+#[derive(Clone)]
+pub struct Acker {
+    client: AsyncClient,
+    epoch: Arc<Mutex<u64>>,
+    metrics: IngestMetrics,
+}
+
+impl Acker {
+    pub async fn ack(&self, tokens: &[AckToken]) {
+        for t in tokens {
+            loop {
+                let res = {
+                    let epoch = self.epoch.lock().expect("epoch lock");
+                    if t.epoch != *epoch {
+                        self.metrics.acks_stale.inc();
+                        Ok(())
+                    } else if t.publish.qos == QoS::AtMostOnce {
+                        Ok(())
+                    } else {
+                        self.client.try_ack(&t.publish)
+                    }
+                };
+                match res {
+                    Err(ClientError::TryRequest(_)) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await
+                    }
+                    _ => break,
+                }
+            }
+            self.metrics.acks_pending.dec();
+        }
+    }
+
+    /// Asks the event loop to send DISCONNECT, which ends its task.
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+/// Builds the MQTT options from settings.
+pub fn options(settings: &Settings) -> Result<MqttOptions, IngestError> {
+    let m = &settings.mqtt;
+    let url = url_parts(m.url.expose())?;
+    let mut o = MqttOptions::new(m.client_id.clone(), url.host.clone(), url.port);
+    o.set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(m.session_expiry_s))
+        .set_receive_maximum(Some(m.receive_maximum))
+        .set_max_packet_size(Some(m.max_packet_bytes))
+        .set_manual_acks(true)
+        .set_connection_timeout(10);
+    let user = m.username.clone().or(url.user);
+    let password = m
+        .password
+        .as_ref()
+        .map(|p| p.expose().to_owned())
+        .or(url.password);
+    if let Some(user) = user {
+        o.set_credentials(user, password.unwrap_or_default());
+    }
+    if url.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(settings)?),
+        )));
+    }
+    Ok(o)
+}
+
+struct UrlParts {
+    tls: bool,
+    host: String,
+    port: u16,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+fn url_parts(s: &str) -> Result<UrlParts, IngestError> {
+    let u = url::Url::parse(s).map_err(|e| IngestError::Config(format!("mqtt.url: {e}")))?;
+    let tls = match u.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => {
+            return Err(IngestError::Config(format!(
+                "mqtt.url: scheme {other:?} is not mqtt:// or mqtts://"
+            )))
+        }
+    };
+    let host = u
+        .host_str()
+        .ok_or_else(|| IngestError::Config("mqtt.url has no host".into()))?
+        .to_owned();
+    let port = u.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let user = (!u.username().is_empty()).then(|| u.username().to_owned());
+    Ok(UrlParts {
+        tls,
+        host,
+        port,
+        user,
+        password: u.password().map(str::to_owned),
+    })
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, IngestError> {
+    std::fs::read(path).map_err(|e| IngestError::Config(format!("reading {}: {e}", path.display())))
+}
+
+fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig, IngestError> {
+    let m = &settings.mqtt;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &m.ca_file {
+        let pem = read_pem(ca)?;
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let c = c.map_err(|e| IngestError::Config(format!("{}: {e}", ca.display())))?;
+            roots
+                .add(c)
+                .map_err(|e| IngestError::Config(format!("{}: {e}", ca.display())))?;
+        }
+    } else {
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(c);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IngestError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&m.client_cert_file, &m.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let certs = rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| IngestError::Config(format!("{}: {e}", cert.display())))?;
+            let key = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
+                .map_err(|e| IngestError::Config(format!("{}: {e}", key.display())))?
+                .ok_or_else(|| {
+                    IngestError::Config(format!("{}: no private key found", key.display()))
+                })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| IngestError::Config(format!("client certificate: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Handles of a started session.
+pub struct Session {
+    pub acker: Acker,
+    pub event_loop: EventLoop,
+    pub client: AsyncClient,
+    pub epoch: Arc<Mutex<u64>>,
+}
+
+pub fn session(settings: &Settings, metrics: &IngestMetrics) -> Result<Session, IngestError> {
+    let opts = options(settings)?;
+    // Room for every ack of a full inflight window twice over, so try_ack rarely waits.
+    let cap = usize::from(settings.mqtt.receive_maximum) * 2 + 64;
+    let (client, event_loop) = AsyncClient::new(opts, cap);
+    let epoch = Arc::new(Mutex::new(0));
+    let acker = Acker {
+        client: client.clone(),
+        epoch: epoch.clone(),
+        metrics: metrics.clone(),
+    };
+    Ok(Session {
+        acker,
+        event_loop,
+        client,
+        epoch,
+    })
+}
+
+/// Runs the event loop until the writer asks for DISCONNECT (after draining), or,
+/// once shutdown has begun, until the connection fails.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_event_loop(
+    mut event_loop: EventLoop,
+    client: AsyncClient,
+    epoch: Arc<Mutex<u64>>,
+    filters: Vec<String>,
+    tx: mpsc::Sender<Inbound>,
+    connected: Arc<AtomicBool>,
+    metrics: IngestMetrics,
+    backoff: (Duration, Duration),
+    cancel: CancellationToken,
+) {
+    let mut delay = backoff.0;
+    let mut ever_connected = false;
+    let mut current = 0u64;
+    loop {
+        match event_loop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if cancel.is_cancelled() {
+                    continue; // not acked: the broker keeps it for our next session
+                }
+                metrics.messages_received.inc();
+                metrics.acks_pending.inc();
+                let m = Inbound {
+                    publish: p,
+                    epoch: current,
+                    received_at: Utc::now(),
+                };
+                if tx.send(m).await.is_err() {
+                    metrics.acks_pending.dec();
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                delay = backoff.0;
+                connected.store(true, Ordering::Relaxed);
+                metrics.mqtt_connected.set(1);
+                if ever_connected {
+                    metrics.mqtt_reconnects.inc();
+                }
+                ever_connected = true;
+                tracing::info!(
+                    session_present = ack.session_present,
+                    epoch = current,
+                    "Connected to the MQTT broker."
+                );
+                let subs = filters
+                    .iter()
+                    .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(e) = client.try_subscribe_many(subs) {
+                    tracing::error!(error = %e, "Could not queue the subscription request.");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let failed: Vec<_> = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| {
+                        !matches!(
+                            c,
+                            rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                        )
+                    })
+                    .collect();
+                if failed.is_empty() {
+                    tracing::info!(filters = ?filters, "Subscribed.");
+                } else {
+                    tracing::error!(codes = ?failed, filters = ?filters, "The broker refused a subscription.");
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                tracing::info!("Disconnected from the MQTT broker.");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                {
+                    let mut ep = epoch.lock().expect("epoch lock");
+                    *ep += 1;
+                    current = *ep;
+                    // poll() already moved unsent acks out; acks queued since belong to the old
+                    // connection too. Clearing again under the lock drops them.
+                    event_loop.clean();
+                }
+                connected.store(false, Ordering::Relaxed);
+                metrics.mqtt_connected.set(0);
+                metrics.mqtt_connection_errors.inc();
+                if cancel.is_cancelled() {
+                    tracing::info!(error = %e, "MQTT connection ended during shutdown.");
+                    break;
+                }
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost; reconnecting.");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => {}
+                }
+                delay = (delay * 2).min(backoff.1);
+            }
+        }
+    }
+    connected.store(false, Ordering::Relaxed);
+    metrics.mqtt_connected.set(0);
+}

@@ -1,0 +1,204 @@
+//! The two stages after the event loop: the batcher decodes messages and
+//! closes batches on size or age; the writer commits each batch (retrying
+//! with backoff for as long as it takes) and only then acks its messages,
+//! in arrival order.
+
+use crate::decode::Decoder;
+use crate::metrics::IngestMetrics;
+use crate::mqtt::{AckToken, Acker, Inbound};
+use bytes::Bytes;
+use cityhub_store::{BatchWriter, DeadLetter, Observation, Source, Store, WriteBatch};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A batch ready to commit, with the acks it releases.
+pub struct Batch {
+    pub write: WriteBatch,
+    pub acks: Vec<AckToken>,
+    rows: usize,
+}
+
+/// Turns messages into rows and dead letters of the open batch.
+pub struct Batcher {
+    decoder: Decoder,
+    store: Store,
+    metrics: IngestMetrics,
+}
+
+impl Batcher {
+    pub fn new(decoder: Decoder, store: Store, metrics: IngestMetrics) -> Self {
+        Self {
+            decoder,
+            store,
+            metrics,
+        }
+    }
+
+    fn add(&self, batch: &mut Batch, m: Inbound) {
+        let topic = String::from_utf8_lossy(&m.publish.topic).into_owned();
+        let payload: Bytes = m.publish.payload.clone();
+        let d = self.decoder.decode(&topic, &payload, m.received_at);
+        let source = batch.write.sources.len() as u32;
+        batch.acks.push(AckToken::of(&m));
+        batch.write.sources.push(Source {
+            topic,
+            payload,
+            received_at: m.received_at,
+        });
+        if let Some((sensor, kind)) = &d.sensor {
+            for r in &d.readings {
+                // Every catalogue metric has an id (synced at start), so this always resolves.
+                let Some(metric_id) = self.store.metric_id(kind.as_str(), r.metric.as_str()) else {
+                    continue;
+                };
+                batch.write.observations.push(Observation {
+                    sensor: sensor.clone(),
+                    metric_id,
+                    time: r.time,
+                    value: r.value,
+                    source,
+                });
+                batch
+                    .write
+                    .see_sensor(sensor, kind, d.location, r.time, source);
+            }
+            batch.rows += d.readings.len();
+        }
+        if !d.problems.is_empty() {
+            let code = d.problems[0].code;
+            let reason = d
+                .problems
+                .iter()
+                .map(|p| p.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            batch.write.dead_letters.push(DeadLetter {
+                source,
+                code,
+                reason,
+            });
+        }
+    }
+
+    /// Reads messages until cancelled or the inbound channel closes, sending closed batches on.
+    pub async fn run(
+        self,
+        mut rx: mpsc::Receiver<Inbound>,
+        tx: mpsc::Sender<Batch>,
+        max_rows: usize,
+        max_age: Duration,
+        cancel: CancellationToken,
+    ) {
+        'outer: loop {
+            let first = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                m = rx.recv() => match m { Some(m) => m, None => break },
+            };
+            let deadline = tokio::time::Instant::now() + max_age;
+            let mut batch = Batch {
+                write: WriteBatch::default(),
+                acks: Vec::new(),
+                rows: 0,
+            };
+            self.add(&mut batch, first);
+            let mut stop = false;
+            while batch.rows < max_rows {
+                // Drain what is already queued without touching the timer.
+                match rx.try_recv() {
+                    Ok(m) => {
+                        self.add(&mut batch, m);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => { stop = true; break }
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    m = rx.recv() => match m {
+                        Some(m) => self.add(&mut batch, m),
+                        None => { stop = true; break }
+                    },
+                }
+            }
+            if tx.send(batch).await.is_err() || stop {
+                break 'outer;
+            }
+        }
+        // Messages still queued are not acked; the broker redelivers them.
+        let mut left = 0;
+        rx.close();
+        while rx.try_recv().is_ok() {
+            left += 1;
+        }
+        self.metrics.acks_pending.dec_by(left);
+        tracing::debug!(unprocessed = left, "Batcher stopped.");
+    }
+}
+
+/// Commits batches in order; acks each batch's messages after its commit.
+pub async fn run_writer(
+    mut writer: BatchWriter,
+    mut rx: mpsc::Receiver<Batch>,
+    acker: Acker,
+    metrics: IngestMetrics,
+    retry: (Duration, Duration),
+    shutdown_grace: Duration,
+    cancel: CancellationToken,
+) {
+    let mut deadline: Option<Instant> = None;
+    'batches: while let Some(batch) = rx.recv().await {
+        let mut delay = retry.0;
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            match writer.write(&batch.write).await {
+                Ok(outcome) => {
+                    metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics.batch_rows.observe(batch.rows as f64);
+                    metrics.rows_committed.inc_by(outcome.inserted);
+                    metrics.rows_duplicate.inc_by(outcome.duplicates);
+                    for (code, n) in &outcome.dead_letters {
+                        metrics.dead_letter(code, *n);
+                    }
+                    metrics.messages_committed.inc_by(batch.acks.len() as u64);
+                    if attempt > 0 {
+                        tracing::info!(attempts = attempt + 1, "Batch committed after retries.");
+                    }
+                    acker.ack(&batch.acks).await;
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    metrics.db_retries.inc();
+                    if cancel.is_cancelled() {
+                        let d = *deadline.get_or_insert_with(|| Instant::now() + shutdown_grace);
+                        if Instant::now() >= d {
+                            tracing::warn!(error = %e, messages = batch.acks.len(),
+                                "Shutdown grace period over; leaving uncommitted messages unacked for redelivery.");
+                            metrics.acks_pending.dec_by(batch.acks.len() as i64);
+                            break 'batches;
+                        }
+                    }
+                    tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64,
+                        "Batch commit failed; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(retry.1);
+                }
+            }
+        }
+    }
+    // Whatever is left (shutdown gave up) stays unacked.
+    while let Ok(b) = rx.try_recv() {
+        metrics.acks_pending.dec_by(b.acks.len() as i64);
+    }
+    acker.disconnect().await;
+}

@@ -1,0 +1,224 @@
+//! The `cityhub` binary: a thin CLI over the library crates.
+
+use anyhow::{Context, Result};
+use cityhub_config::{LogFormat, Settings};
+use cityhub_store::Store;
+use clap::{Parser, Subcommand};
+use prometheus_client::registry::Registry;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Parser)]
+#[command(
+    name = "cityhub",
+    version,
+    about = "Smart-city IoT data hub: MQTT in, PostgreSQL/TimescaleDB, open data out"
+)]
+struct Cli {
+    /// Configuration file (TOML). Default: config/cityhub.toml when it exists.
+    #[arg(long, short, global = true, env = "CITYHUB_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run ingestion and the HTTP server until SIGTERM/SIGINT.
+    Serve,
+    /// Apply the database schema and exit.
+    Migrate,
+    /// Start a self-contained demo (hub, database, broker, simulated fleet).
+    Demo,
+    /// Manage the sensor registry.
+    Sensors {
+        #[command(subcommand)]
+        command: SensorsCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SensorsCommand {
+    /// Load sensors from a GeoJSON FeatureCollection or a CSV file (id,kind,name,lon,lat,...).
+    Import { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults, file, environment), secrets hidden.
+    Print,
+}
+
+fn load_settings(path: Option<&Path>) -> Result<Settings> {
+    let default = Path::new("config/cityhub.toml");
+    let file = path.or_else(|| default.exists().then_some(default));
+    Settings::load(file).context("loading configuration")
+}
+
+fn init_tracing(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let settings = load_settings(cli.config.as_deref())?;
+    if let Command::Config {
+        command: ConfigCommand::Print,
+    } = cli.command
+    {
+        print!("{}", settings.to_redacted_toml());
+        return Ok(());
+    }
+    init_tracing(&settings);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => {
+                let store = Store::open(&settings, &settings.catalog()?).await?;
+                println!("schema at version {} on {}", cityhub_store::schema::latest_version(), store.backend());
+                Ok(())
+            }
+            Command::Sensors { command: SensorsCommand::Import { file } } => {
+                let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                let catalog = settings.catalog()?;
+                let records = cityhub_store::sensors::parse(&text, &catalog)?;
+                let store = Store::open(&settings, &catalog).await?;
+                let r = cityhub_store::sensors::import(&store, &records).await?;
+                println!("imported {} sensors: {} new, {} updated", records.len(), r.inserted, r.updated);
+                Ok(())
+            }
+            Command::Demo => {
+                eprintln!(
+                    "The one-command demo (private PostgreSQL, embedded broker and the simulated Cremona fleet) \
+                     arrives with the simulators (issue 3). Meanwhile: `cityhub serve` against your own \
+                     PostgreSQL and Mosquitto, see the README."
+                );
+                std::process::exit(2)
+            }
+            Command::Config { .. } => unreachable!("handled above"),
+        }
+    })
+}
+
+async fn serve(settings: Settings) -> Result<()> {
+    let catalog = settings.catalog()?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut registry = Registry::default();
+    let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
+    let store_cell = Arc::new(tokio::sync::OnceCell::new());
+    let mqtt_connected = Arc::new(AtomicBool::new(false));
+
+    let listener = tokio::net::TcpListener::bind(&settings.http.addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", settings.http.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "HTTP server listening.");
+    let state = cityhub_api::AppState {
+        store: store_cell.clone(),
+        registry: Arc::new(registry),
+        mqtt_connected: mqtt_connected.clone(),
+    };
+    let app = cityhub_api::router(state);
+    let http_cancel = cancel.clone();
+    tracker.spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed.");
+        }
+    });
+
+    let signal_cancel = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("Shutdown requested; draining.");
+        signal_cancel.cancel();
+    });
+
+    // The database may come up after the hub: keep trying, stay stoppable.
+    let mut delay = Duration::from_millis(settings.ingest.retry_min_ms);
+    let store = loop {
+        match Store::open(&settings, &catalog).await {
+            Ok(s) => break s,
+            Err(e) if e.is_connection_lost() => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Database unavailable; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => { tracker.close(); tracker.wait().await; return Ok(()); }
+                }
+                delay = (delay * 2).min(Duration::from_millis(settings.ingest.retry_max_ms));
+            }
+            Err(e) => return Err(e).context("opening the database"),
+        }
+    };
+    tracing::info!(backend = %store.backend(), "Storage ready.");
+    let _ = store_cell.set(store.clone());
+
+    cityhub_ingest::start(
+        &settings,
+        store.clone(),
+        metrics,
+        mqtt_connected,
+        cancel.clone(),
+        &tracker,
+    )?;
+    tracker.spawn(retention_job(store, cancel.clone()));
+
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// Plain PostgreSQL: drop partitions past retention, at start and hourly.
+async fn retention_job(store: Store, cancel: CancellationToken) {
+    loop {
+        match store.apply_retention().await {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(partitions = ?dropped, "Retention: dropped old partitions.")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Retention run failed; will retry."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,118 @@
+//! Storage of cityhub: schema migrations for PostgreSQL with or without
+//! TimescaleDB, the batch writer, sensor registry and import.
+
+pub mod db;
+mod error;
+pub mod schema;
+pub mod sensors;
+pub mod writer;
+
+pub use error::StoreError;
+pub use schema::Backend;
+pub use writer::{
+    BatchWriter, DeadLetter, Observation, SensorSeen, Source, WriteBatch, WriteOutcome,
+};
+
+use cityhub_config::{Catalog, Settings};
+use deadpool_postgres::Pool;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Shared handle to the database: a pool, the backend in use and the ids of
+/// the configured metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    backend: Backend,
+    metric_ids: HashMap<(String, String), i16>,
+    retention_days: u32,
+}
+
+impl Store {
+    /// Connects, migrates the schema, and registers the catalogue's metrics.
+    pub async fn open(settings: &Settings, catalog: &Catalog) -> Result<Self, StoreError> {
+        let pool = db::pool(&settings.database)?;
+        let mut client = pool.get().await?;
+        let backend = schema::migrate(&mut client, &settings.store).await?;
+        let metric_ids = sync_metrics(&client, catalog).await?;
+        drop(client);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                metric_ids,
+                retention_days: settings.store.retention_days,
+            }),
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// The id of `kind.metric`, when both are configured.
+    pub fn metric_id(&self, kind: &str, metric: &str) -> Option<i16> {
+        self.inner
+            .metric_ids
+            .get(&(kind.to_owned(), metric.to_owned()))
+            .copied()
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.inner
+            .pool
+            .get()
+            .await?
+            .simple_query("SELECT 1")
+            .await?;
+        Ok(())
+    }
+
+    /// Drops plain-PostgreSQL partitions past retention; a no-op on TimescaleDB,
+    /// whose retention policy does this.
+    pub async fn apply_retention(&self) -> Result<Vec<String>, StoreError> {
+        if self.inner.backend.is_timescale() {
+            return Ok(Vec::new());
+        }
+        let client = self.inner.pool.get().await?;
+        schema::apply_retention(&**client, self.inner.retention_days).await
+    }
+}
+
+/// Inserts configured metrics the table lacks, updates units, returns all ids.
+async fn sync_metrics(
+    client: &tokio_postgres::Client,
+    catalog: &Catalog,
+) -> Result<HashMap<(String, String), i16>, StoreError> {
+    let (mut kinds, mut names, mut units) = (Vec::new(), Vec::new(), Vec::new());
+    for k in catalog.iter() {
+        for m in k.metrics.values() {
+            kinds.push(k.name.as_str());
+            names.push(m.name.as_str());
+            units.push(m.unit.as_str());
+        }
+    }
+    client
+        .execute(
+            "INSERT INTO metrics (kind, name, unit) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT (kind, name) DO UPDATE SET unit = excluded.unit WHERE metrics.unit <> excluded.unit",
+            &[&kinds, &names, &units],
+        )
+        .await?;
+    let rows = client
+        .query("SELECT id, kind, name FROM metrics", &[])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(1), r.get(2)), r.get(0)))
+        .collect())
+}

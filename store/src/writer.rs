@@ -1,0 +1,334 @@
+//! The batch writer: one transaction per batch, binary COPY into a staging
+//! table, idempotent insert into `observations`, upsert of `latest`, sensor
+//! registration and dead letters, all committed together or not at all.
+
+use crate::error::StoreError;
+use crate::schema::{ensure_partition, month_start};
+use crate::Store;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use cityhub_config::{GeoPoint, Name, SensorId};
+use deadpool_postgres::ClientWrapper as Client;
+use futures_util::pin_mut;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+/// Where a batch's rows came from, kept so that a row refused late (e.g. a
+/// sensor registered under another kind) still becomes a dead letter with its payload.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub topic: String,
+    pub payload: Bytes,
+    pub received_at: DateTime<Utc>,
+}
+
+/// One reading of one metric.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub sensor: SensorId,
+    pub metric_id: i16,
+    pub time: DateTime<Utc>,
+    pub value: f64,
+    /// Index into [`WriteBatch::sources`].
+    pub source: u32,
+}
+
+/// What a batch says about a sensor: registration on first sight, position and last seen.
+#[derive(Debug, Clone)]
+pub struct SensorSeen {
+    pub kind: Name,
+    pub location: Option<GeoPoint>,
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+    pub source: u32,
+}
+
+/// A message or part of one that could not be stored as observations.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub source: u32,
+    /// Low-cardinality code for metrics (`out_of_range`, `malformed_json`, ...).
+    pub code: &'static str,
+    /// Precise, human-readable reason naming the field and the rule.
+    pub reason: String,
+}
+
+/// Everything one transaction commits.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub sources: Vec<Source>,
+    pub observations: Vec<Observation>,
+    pub sensors: BTreeMap<SensorId, SensorSeen>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Records what a message says about its sensor.
+    pub fn see_sensor(
+        &mut self,
+        id: &SensorId,
+        kind: &Name,
+        location: Option<GeoPoint>,
+        time: DateTime<Utc>,
+        source: u32,
+    ) {
+        match self.sensors.get_mut(id) {
+            Some(s) => {
+                s.first = s.first.min(time);
+                s.last = s.last.max(time);
+                if location.is_some() {
+                    s.location = location;
+                }
+            }
+            None => {
+                self.sensors.insert(
+                    id.clone(),
+                    SensorSeen {
+                        kind: kind.clone(),
+                        location,
+                        first: time,
+                        last: time,
+                        source,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WriteOutcome {
+    /// Observation rows new to the table.
+    pub inserted: u64,
+    /// Rows already stored (redeliveries).
+    pub duplicates: u64,
+    /// Dead letters written, by code (including those found while writing).
+    pub dead_letters: Vec<(&'static str, u64)>,
+}
+
+/// Owns one connection and commits batches on it; reconnects on demand.
+pub struct BatchWriter {
+    store: Store,
+    client: Option<Client>,
+    partitions: HashSet<DateTime<Utc>>,
+}
+
+const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS obs_staging (
+    sensor_id integer, metric_id smallint, time timestamptz, value double precision) ON COMMIT DELETE ROWS";
+
+impl BatchWriter {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            client: None,
+            partitions: HashSet::new(),
+        }
+    }
+
+    /// Drops the connection, so that the next write starts on a fresh one.
+    pub fn reset(&mut self) {
+        self.client = None;
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let obj = self.store.pool().get().await?;
+            let client = deadpool_postgres::Object::take(obj);
+            client.batch_execute(STAGING).await?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("set above"))
+    }
+
+    /// Commits the batch in one transaction. On error nothing is committed and the
+    /// same batch can be retried: every statement is idempotent.
+    pub async fn write(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, StoreError> {
+        let result = self.write_inner(batch).await;
+        if let Err(e) = &result {
+            if e.is_connection_lost() {
+                self.reset();
+            }
+        }
+        result
+    }
+
+    async fn write_inner(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, StoreError> {
+        let timescale = self.store.backend().is_timescale();
+        let months: Vec<_> = if timescale {
+            Vec::new()
+        } else {
+            let set: HashSet<_> = batch
+                .observations
+                .iter()
+                .map(|o| month_start(o.time))
+                .collect();
+            set.into_iter()
+                .filter(|m| !self.partitions.contains(m))
+                .collect()
+        };
+        let client = self.client().await?;
+        for m in &months {
+            ensure_partition(&**client, *m).await?;
+        }
+        let tx = client.transaction().await?;
+
+        // Sensors: register new ones, refresh position and last seen of known ones.
+        // Sorted by external id (BTreeMap) so concurrent hubs lock rows in one order.
+        let mut ext = Vec::with_capacity(batch.sensors.len());
+        let mut kinds = Vec::with_capacity(batch.sensors.len());
+        let mut lons: Vec<Option<f64>> = Vec::with_capacity(batch.sensors.len());
+        let mut lats: Vec<Option<f64>> = Vec::with_capacity(batch.sensors.len());
+        let mut firsts = Vec::with_capacity(batch.sensors.len());
+        let mut lasts = Vec::with_capacity(batch.sensors.len());
+        for (id, s) in &batch.sensors {
+            ext.push(id.as_str());
+            kinds.push(s.kind.as_str());
+            lons.push(s.location.map(|p| p.lon()));
+            lats.push(s.location.map(|p| p.lat()));
+            firsts.push(s.first);
+            lasts.push(s.last);
+        }
+        let rows = tx
+            .query(
+                "INSERT INTO sensors AS s (external_id, kind, lon, lat, first_seen, last_seen)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::timestamptz[], $6::timestamptz[])
+                 ON CONFLICT (external_id) DO UPDATE SET
+                     lon = coalesce(excluded.lon, s.lon),
+                     lat = coalesce(excluded.lat, s.lat),
+                     first_seen = least(s.first_seen, excluded.first_seen),
+                     last_seen = greatest(s.last_seen, excluded.last_seen),
+                     updated_at = CASE WHEN excluded.lon IS DISTINCT FROM NULL AND
+                         (excluded.lon, excluded.lat) IS DISTINCT FROM (s.lon, s.lat) THEN now() ELSE s.updated_at END
+                 WHERE s.kind = excluded.kind
+                 RETURNING id, external_id",
+                &[&ext, &kinds, &lons, &lats, &firsts, &lasts],
+            )
+            .await?;
+        let mut ids: HashMap<&str, i32> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let e: &str = r.get(1);
+            if let Some((k, _)) = batch.sensors.get_key_value(e) {
+                ids.insert(k.as_str(), r.get(0));
+            }
+        }
+        // Sensors whose registered kind differs from the topic's: their rows become dead letters.
+        let mut refused: HashMap<&str, String> = HashMap::new();
+        if ids.len() < batch.sensors.len() {
+            let missing: Vec<&str> = ext
+                .iter()
+                .copied()
+                .filter(|e| !ids.contains_key(e))
+                .collect();
+            for r in tx
+                .query(
+                    "SELECT external_id, kind FROM sensors WHERE external_id = ANY($1)",
+                    &[&missing],
+                )
+                .await?
+            {
+                let e: String = r.get(0);
+                let k: String = r.get(1);
+                refused.insert(ext.iter().copied().find(|x| *x == e).unwrap_or_default(), k);
+            }
+        }
+
+        // Observations through a binary COPY into the staging table.
+        let sink = tx
+            .copy_in("COPY obs_staging (sensor_id, metric_id, time, value) FROM STDIN BINARY")
+            .await?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT4, Type::INT2, Type::TIMESTAMPTZ, Type::FLOAT8],
+        );
+        pin_mut!(writer);
+        let mut staged = 0u64;
+        for o in &batch.observations {
+            if let Some(id) = ids.get(o.sensor.as_str()) {
+                writer
+                    .as_mut()
+                    .write(&[id, &o.metric_id, &o.time, &o.value])
+                    .await?;
+                staged += 1;
+            }
+        }
+        writer.finish().await?;
+
+        let inserted = tx
+            .execute(
+                "INSERT INTO observations (time, sensor_id, metric_id, value)
+                 SELECT time, sensor_id, metric_id, value FROM obs_staging
+                 ON CONFLICT (sensor_id, metric_id, time) DO NOTHING",
+                &[],
+            )
+            .await?;
+        tx.execute(
+            "INSERT INTO latest AS l (sensor_id, metric_id, time, value)
+             SELECT DISTINCT ON (sensor_id, metric_id) sensor_id, metric_id, time, value
+             FROM obs_staging ORDER BY sensor_id, metric_id, time DESC
+             ON CONFLICT (sensor_id, metric_id) DO UPDATE SET time = excluded.time, value = excluded.value
+             WHERE excluded.time > l.time",
+            &[],
+        )
+        .await?;
+
+        // Dead letters: those found while decoding, plus kind conflicts found here.
+        let mut dl: Vec<(u32, &'static str, String)> = batch
+            .dead_letters
+            .iter()
+            .map(|d| (d.source, d.code, d.reason.clone()))
+            .collect();
+        for (sensor, kind) in &refused {
+            if let Some((id, seen)) = batch.sensors.get_key_value(*sensor) {
+                dl.push((
+                    seen.source,
+                    "kind_mismatch",
+                    format!(
+                        "sensor {id:?} is registered as kind {kind:?}, not {:?}",
+                        seen.kind.as_str()
+                    ),
+                ));
+            }
+        }
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        if !dl.is_empty() {
+            let mut at = Vec::with_capacity(dl.len());
+            let mut topics = Vec::with_capacity(dl.len());
+            let mut payloads = Vec::with_capacity(dl.len());
+            let mut codes = Vec::with_capacity(dl.len());
+            let mut reasons = Vec::with_capacity(dl.len());
+            for (src, code, reason) in &dl {
+                let s = &batch.sources[*src as usize];
+                at.push(s.received_at);
+                topics.push(s.topic.replace('\0', "\u{FFFD}"));
+                payloads.push(s.payload.as_ref());
+                codes.push(*code);
+                reasons.push(reason.replace('\0', "\u{FFFD}"));
+                *counts.entry(code).or_default() += 1;
+            }
+            tx.execute(
+                "INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason)
+                 SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::text[], $5::text[])",
+                &[&at, &topics, &payloads, &codes, &reasons],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+
+        // Only now, with the transaction durable, may the cache learn from it.
+        self.partitions.extend(months);
+        Ok(WriteOutcome {
+            inserted,
+            duplicates: staged - inserted,
+            dead_letters: counts.into_iter().collect(),
+        })
+    }
+}
