@@ -3,7 +3,7 @@ use thiserror::Error;
 /// Errors of the storage layer.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database: {}", pg_message(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -29,5 +29,16 @@ impl StoreError {
             StoreError::Pool(_) => true,
             _ => false,
         }
+    }
+}
+
+/// tokio-postgres prints server errors as just "db error"; show the server's message and code.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}: {})", e, db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
     }
 }

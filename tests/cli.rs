@@ -1,0 +1,173 @@
+//! The CLI as an operator uses it: config print, migrate, sensors import, and a
+//! kind added by configuration only.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::Command;
+
+fn cityhub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cityhub"));
+    cmd.args(args)
+        .current_dir(std::env::temp_dir())
+        .env_remove("CITYHUB_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn config_print_shows_layers_and_hides_secrets() {
+    let dir = std::env::temp_dir().join(format!("cityhub_cfg_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(
+        &file,
+        "[ingest]\nbatch_max_rows = 123\n[mqtt]\npassword = \"file-secret\"\n",
+    )
+    .unwrap();
+    let out = cityhub(
+        &["--config", file.to_str().unwrap(), "config", "print"],
+        &[
+            ("CITYHUB_DATABASE_URL", "postgres://u:env-secret@db/x"),
+            ("CITYHUB_MQTT_SHARE_GROUP", "g"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("batch_max_rows = 123"), "{text}");
+    assert!(text.contains("share_group = \"g\""));
+    assert!(text.contains("[kinds.waste_bin.metrics.fill_level]") || text.contains("fill_level"));
+    assert!(
+        !text.contains("env-secret") && !text.contains("file-secret"),
+        "{text}"
+    );
+    let bad = cityhub(&["--config", "/nonexistent.toml", "config", "print"], &[]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_import_and_a_kind_added_by_configuration() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("cityhub_cli_{}_{}", std::process::id(), db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("cityhub.toml");
+    std::fs::write(
+        &conf,
+        r#"
+[kinds.river_level]
+title = "River level"
+title_it = "Livello del Po"
+theme = "ENVI"
+metrics = { level = { unit = "cm", min = -500, max = 1500 } }
+"#,
+    )
+    .unwrap();
+    let env = [
+        ("CITYHUB_DATABASE_URL", db.url.as_str()),
+        ("CITYHUB_CONFIG", conf.to_str().unwrap()),
+    ];
+    let out = cityhub(&["migrate"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version 1"));
+    // Idempotent.
+    assert!(cityhub(&["migrate"], &env).status.success());
+
+    let csv = dir.join("sensors.csv");
+    std::fs::write(&csv, "id,kind,name,lon,lat,depth_mm\nbin-001,waste_bin,Piazza del Comune,10.0236,45.1333,1200\npo-01,river_level,Po a Cremona,10.0106,45.1262,\n").unwrap();
+    let out = cityhub(&["sensors", "import", csv.to_str().unwrap()], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 new"));
+    let gj = dir.join("sensors.geojson");
+    std::fs::write(
+        &gj,
+        json!({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "id": "bin-001", "geometry": {"type": "Point", "coordinates": [10.0240, 45.1335]},
+             "properties": {"kind": "waste_bin", "stream": "paper"}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = cityhub(&["sensors", "import", gj.to_str().unwrap()], &env);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 updated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = db.client().await;
+    let r = c
+        .query_one(
+            "SELECT name, lon, properties FROM sensors WHERE external_id='bin-001'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "Piazza del Comune");
+    assert_eq!(r.get::<_, f64>(1), 10.0240);
+    assert_eq!(
+        r.get::<_, serde_json::Value>(2),
+        json!({"depth_mm": 1200.0, "stream": "paper"})
+    );
+    // A file with an unknown kind is refused whole, with the reason.
+    std::fs::write(&csv, "id,kind\nx-1,volcano\n").unwrap();
+    let out = cityhub(&["sensors", "import", csv.to_str().unwrap()], &env);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind \"volcano\""));
+
+    // The configured kind ingests end to end with no code change.
+    let broker = Broker::start();
+    let _hub = Hub::start(
+        &db,
+        &broker,
+        "newkind",
+        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
+    )
+    .await;
+    publish_raw(
+        &broker,
+        &[
+            (
+                "cityhub/v1/river_level/po-01",
+                json!({"values": {"level": -120.5}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            (
+                "cityhub/v1/river_level/po-01",
+                json!({"values": {"level": 9000}}).to_string().into_bytes(),
+            ),
+        ],
+    )
+    .await;
+    wait_for(30, "river level row and dead letter", || async {
+        db.count("SELECT count(*) FROM observations").await == 1
+            && db.count("SELECT count(*) FROM dead_letters").await == 1
+    })
+    .await;
+    let v: f64 = c
+        .query_one("SELECT value FROM observations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, -120.5);
+    let reason: String = c
+        .query_one("SELECT reason FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("above the maximum 1500 cm"), "{reason}");
+}

@@ -1,0 +1,368 @@
+//! Test harness: a fresh database per test, a private Mosquitto per test started
+//! from the project's config/mosquitto.conf, and the real `cityhub` binary.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The server tests create their databases on (trust auth on CI machines).
+pub fn admin_url() -> String {
+    std::env::var("CITYHUB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+pub fn artifacts_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A database of its own, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = unique("cityhub_t");
+        let (c, conn) = tokio_postgres::connect(&admin_url(), NoTls)
+            .await
+            .expect("connect to the test PostgreSQL");
+        tokio::spawn(conn);
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let base = url::Url::parse(&admin_url()).unwrap();
+        let mut u = base.clone();
+        u.set_path(&name);
+        u.set_query(Some("sslmode=disable"));
+        Self {
+            name,
+            url: u.to_string(),
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn observations(&self) -> i64 {
+        self.count("SELECT count(*) FROM observations").await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin_url(), NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+fn mosquitto_bin() -> String {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "mosquitto".into()
+}
+
+/// A private Mosquitto started from config/mosquitto.conf on a free port.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("cityhub_mq"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto.conf"),
+        )
+        .unwrap();
+        let conf: String = conf
+            .lines()
+            .map(|l| {
+                if l.starts_with("persistence_location ") {
+                    format!("persistence_location {}/", dir.display())
+                } else if l.starts_with("listener ") {
+                    format!("listener {port} 127.0.0.1")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = dir.join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Self::spawn(&path, &dir);
+        let b = Self { port, dir, child };
+        b.wait_listening();
+        b
+    }
+
+    fn spawn(conf: &Path, dir: &Path) -> Child {
+        let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
+        Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto)")
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `cityhub serve` process.
+pub struct Hub {
+    pub http_port: u16,
+    child: Option<Child>,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Hub {
+    pub async fn start(
+        db: &TestDb,
+        broker: &Broker,
+        client_id: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut env: Vec<(String, String)> = vec![
+            ("CITYHUB_DATABASE_URL".into(), db.url.clone()),
+            ("CITYHUB_MQTT_URL".into(), broker.url()),
+            ("CITYHUB_MQTT_CLIENT_ID".into(), client_id.into()),
+            (
+                "CITYHUB_STORE_TIMESCALEDB".into(),
+                std::env::var("CITYHUB_TEST_TIMESCALEDB").unwrap_or_else(|_| "auto".into()),
+            ),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut hub = Self {
+            http_port: 0,
+            child: None,
+            log: artifacts_dir().join(format!("{}.log", unique(client_id))),
+            env,
+        };
+        hub.spawn();
+        hub.wait_ready().await;
+        hub
+    }
+
+    fn spawn(&mut self) {
+        self.http_port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cityhub"));
+        if !self.env.iter().any(|(k, _)| k == "CITYHUB_CONFIG") {
+            cmd.env_remove("CITYHUB_CONFIG");
+        }
+        cmd.arg("serve")
+            .current_dir(std::env::temp_dir())
+            .env("CITYHUB_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(self.url("/readyz")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hub not ready; log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A counter or gauge from /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status success.
+    pub fn terminate(&mut self) -> bool {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id(), "TERM");
+            return c.wait().map(|s| s.success()).unwrap_or(false);
+        }
+        false
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready().await;
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `f` returns true, or panics with `what` after `secs`.
+pub async fn wait_for<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes raw payloads at QoS 1 and waits for the broker's PUBACKs.
+pub async fn publish_raw(broker: &Broker, items: &[(&str, Vec<u8>)]) {
+    let msgs: Vec<cityhub_sim::SimMessage> = items
+        .iter()
+        .map(|(t, p)| cityhub_sim::SimMessage {
+            topic: t.to_string(),
+            payload: p.clone(),
+            sensor: String::new(),
+            time: chrono::Utc::now(),
+            values: vec![],
+        })
+        .collect();
+    let r = cityhub_sim::publish(
+        &broker.url(),
+        &unique("pub"),
+        &msgs,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.acknowledged, items.len() as u64);
+}
+
+/// Rows the simulator's messages should produce.
+pub fn expected_rows(msgs: &[cityhub_sim::SimMessage]) -> i64 {
+    msgs.iter().map(|m| m.values.len() as i64).sum()
+}

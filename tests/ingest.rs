@@ -1,0 +1,541 @@
+//! End-to-end ingestion tests against a real Mosquitto and PostgreSQL.
+
+mod common;
+
+use chrono::{Duration, DurationRound, Utc};
+use cityhub_sim::{fleet, messages, Format};
+use common::*;
+use serde_json::json;
+
+fn start_time(rounds: usize, step_min: i64) -> chrono::DateTime<Utc> {
+    (Utc::now() - Duration::minutes(step_min * rounds as i64 + 60))
+        .duration_trunc(Duration::seconds(1))
+        .unwrap()
+}
+
+/// Every stored (sensor, metric, time, value) of the simulator's messages, compared exactly.
+async fn assert_exact(db: &TestDb, msgs: &[cityhub_sim::SimMessage]) {
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "SELECT s.external_id, m.name, o.time, o.value, m.unit FROM observations o
+             JOIN sensors s ON s.id = o.sensor_id JOIN metrics m ON m.id = o.metric_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String, i64, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get::<_, chrono::DateTime<Utc>>(2).timestamp_micros(),
+                r.get(3),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String, i64, f64)> = msgs
+        .iter()
+        .flat_map(|m| {
+            m.values.iter().map(move |(k, v)| {
+                (
+                    m.sensor.clone(),
+                    k.to_string(),
+                    m.time.timestamp_micros(),
+                    *v,
+                )
+            })
+        })
+        .collect();
+    got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    want.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(got.len(), want.len(), "row count");
+    assert!(got == want, "stored rows differ from published values");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_native_and_senml_lands_exactly() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(&db, &broker, "exact", &[]).await;
+    let sensors = fleet(1, 2);
+    let t0 = start_time(3, 15);
+    let mut native = messages(1, &sensors, t0, Duration::minutes(15), 3, Format::Native);
+    // Same sensors, times 7 s later: SenML rows must not collide with native ones.
+    let senml = messages(
+        2,
+        &sensors,
+        t0 + Duration::seconds(7),
+        Duration::minutes(15),
+        3,
+        Format::Senml,
+    );
+    native.extend(senml);
+    let items: Vec<(&str, Vec<u8>)> = native
+        .iter()
+        .map(|m| (m.topic.as_str(), m.payload.clone()))
+        .collect();
+    publish_raw(&broker, &items).await;
+    let want = expected_rows(&native);
+    wait_for(30, "all rows", || async { db.observations().await == want }).await;
+    assert_exact(&db, &native).await;
+
+    // Units are those of the catalogue; positions from the first message.
+    let c = db.client().await;
+    let unit: String = c
+        .query_one(
+            "SELECT unit FROM metrics WHERE kind='air_quality' AND name='pm10'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unit, "µg/m³");
+    let located = db.count("SELECT count(*) FROM sensors WHERE lat BETWEEN 45.11 AND 45.16 AND lon BETWEEN 9.99 AND 10.07").await;
+    assert_eq!(located, 8);
+    // latest holds the newest reading of each sensor and metric.
+    let stale = db
+        .count("SELECT count(*) FROM latest l WHERE l.time <> (SELECT max(time) FROM observations o WHERE o.sensor_id=l.sensor_id AND o.metric_id=l.metric_id)")
+        .await;
+    assert_eq!(stale, 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM latest").await,
+        expected_rows(&native[..sensors.len()])
+    );
+    assert_eq!(hub.metric("cityhub_dead_letters_total").await, 0.0);
+
+    // SenML unit conversion: Kelvin and Wh arrive, °C and kWh are stored.
+    let t = (Utc::now() - Duration::minutes(1)).timestamp();
+    publish_raw(
+        &broker,
+        &[
+            (
+                "cityhub/v1/air_quality/aq-conv",
+                json!([{"bn": "aq-conv:", "bt": t, "n": "temperature", "u": "K", "v": 293.15}])
+                    .to_string()
+                    .into_bytes(),
+            ),
+            (
+                "cityhub/v1/streetlight/lamp-conv",
+                json!([{"bn": "lamp-conv:", "bt": t, "n": "energy", "u": "Wh", "v": 2500}])
+                    .to_string()
+                    .into_bytes(),
+            ),
+        ],
+    )
+    .await;
+    wait_for(20, "converted rows", || async {
+        db.observations().await == want + 2
+    })
+    .await;
+    let v: f64 = c
+        .query_one("SELECT o.value FROM observations o JOIN sensors s ON s.id=o.sensor_id WHERE s.external_id='aq-conv'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!((v - 20.0).abs() < 1e-9, "{v}");
+    let v: f64 = c
+        .query_one("SELECT o.value FROM observations o JOIN sensors s ON s.id=o.sensor_id WHERE s.external_id='lamp-conv'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2.5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_stores_nothing_twice() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(&db, &broker, "redeliver", &[]).await;
+    let msgs = messages(
+        3,
+        &fleet(3, 5),
+        start_time(4, 10),
+        Duration::minutes(10),
+        4,
+        Format::Native,
+    );
+    let items: Vec<(&str, Vec<u8>)> = msgs
+        .iter()
+        .map(|m| (m.topic.as_str(), m.payload.clone()))
+        .collect();
+    publish_raw(&broker, &items).await;
+    let want = expected_rows(&msgs);
+    wait_for(30, "first delivery", || async {
+        db.observations().await == want
+    })
+    .await;
+    publish_raw(&broker, &items).await;
+    publish_raw(&broker, &items).await;
+    wait_for(30, "redeliveries processed", || async {
+        hub.metric("cityhub_messages_committed_total").await == 3.0 * items.len() as f64
+    })
+    .await;
+    assert_eq!(db.observations().await, want);
+    assert_eq!(
+        hub.metric("cityhub_observations_duplicate_total").await,
+        2.0 * want as f64
+    );
+    assert_exact(&db, &msgs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_becomes_dead_letters_and_the_pipeline_goes_on() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(&db, &broker, "bad", &[]).await;
+    let now = Utc::now();
+    let ts = (now - Duration::minutes(5)).to_rfc3339();
+    let future = (now + Duration::hours(2)).to_rfc3339();
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "cityhub/v1/volcano/v-1",
+            br#"{"values":{"ash":1}}"#.to_vec(),
+            "unknown_kind",
+            "kind \"volcano\"",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-1",
+            b"{\"values\": {".to_vec(),
+            "malformed_json",
+            "not valid JSON",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-2",
+            json!({"ts": ts, "values": {"fill_level": "full"}})
+                .to_string()
+                .into_bytes(),
+            "wrong_type",
+            "values.fill_level: expected a number, got a string",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-3",
+            format!(r#"{{"ts":"{ts}","values":{{"fill_level":1e999}}}}"#).into_bytes(),
+            "not_finite",
+            "too large",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-4",
+            json!({"ts": ts, "values": {"fill_level": "NaN"}})
+                .to_string()
+                .into_bytes(),
+            "not_finite",
+            "values.fill_level",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-5",
+            json!({"ts": ts, "values": {"fill_level": 140}})
+                .to_string()
+                .into_bytes(),
+            "out_of_range",
+            "values.fill_level: 140 is above the maximum 100 %",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-6",
+            json!({"ts": ts}).to_string().into_bytes(),
+            "missing_values",
+            "values is missing",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-7",
+            json!({"ts": future, "values": {"fill_level": 3}})
+                .to_string()
+                .into_bytes(),
+            "future_timestamp",
+            "ahead of the hub's clock",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-8",
+            vec![b' '; 70 * 1024],
+            "oversize",
+            "above the limit of 65536",
+        ),
+        (
+            "cityhub/v1/waste_bin/b-9",
+            json!({"ts": ts, "values": {"fill_level": 10, "battery": -1}})
+                .to_string()
+                .into_bytes(),
+            "out_of_range",
+            "values.battery: -1 is below the minimum 0 %",
+        ),
+        (
+            "cityhub/v1/waste_bin",
+            br#"{"values":{"fill_level":1}}"#.to_vec(),
+            "bad_topic",
+            "is not cityhub/v1/{kind}/{sensor_id}",
+        ),
+    ];
+    let items: Vec<(&str, Vec<u8>)> = cases.iter().map(|c| (c.0, c.1.clone())).collect();
+    publish_raw(&broker, &items).await;
+    // A valid message after all of them still arrives.
+    publish_raw(
+        &broker,
+        &[(
+            "cityhub/v1/waste_bin/ok-1",
+            json!({"ts": ts, "values": {"fill_level": 42}})
+                .to_string()
+                .into_bytes(),
+        )],
+    )
+    .await;
+    wait_for(30, "valid message after the bad ones", || async {
+        db.count("SELECT count(*) FROM observations o JOIN sensors s ON s.id=o.sensor_id WHERE s.external_id='ok-1'").await == 1
+    })
+    .await;
+    wait_for(30, "all dead letters", || async {
+        db.count("SELECT count(*) FROM dead_letters").await == cases.len() as i64
+    })
+    .await;
+    let c = db.client().await;
+    for (topic, payload, code, reason) in &cases {
+        let rows = c
+            .query(
+                "SELECT reason_code, reason, payload FROM dead_letters WHERE topic = $1",
+                &[topic],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{topic}");
+        let (got_code, got_reason, got_payload): (String, String, Vec<u8>) =
+            (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+        assert_eq!(&got_code, code, "{topic}: {got_reason}");
+        assert!(
+            got_reason.contains(reason),
+            "{topic}: {got_reason:?} lacks {reason:?}"
+        );
+        assert_eq!(&got_payload, payload, "{topic}: raw payload kept");
+    }
+    // The partly bad message kept its valid metric; sensors with only bad input were not registered.
+    let kept = db.count("SELECT count(*) FROM observations o JOIN sensors s ON s.id=o.sensor_id WHERE s.external_id='b-9'").await;
+    assert_eq!(kept, 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM sensors WHERE external_id IN ('b-2','b-5','b-7')")
+            .await,
+        0
+    );
+    assert_eq!(
+        hub.metric("cityhub_dead_letters_total{reason=\"out_of_range\"")
+            .await,
+        0.0,
+        "label filter sanity"
+    );
+    let text = reqwest::get(hub.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("cityhub_dead_letters_total{reason=\"out_of_range\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("cityhub_dead_letters_total{reason=\"oversize\"} 1"));
+    assert!(text.contains("cityhub_dead_letters_total{reason=\"unknown_kind\"} 1"));
+
+    // A sensor registered under one kind cannot report as another.
+    publish_raw(
+        &broker,
+        &[(
+            "cityhub/v1/streetlight/ok-1",
+            json!({"ts": ts, "values": {"power": 12}})
+                .to_string()
+                .into_bytes(),
+        )],
+    )
+    .await;
+    wait_for(30, "kind mismatch dead letter", || async {
+        db.count("SELECT count(*) FROM dead_letters WHERE reason_code='kind_mismatch'")
+            .await
+            == 1
+    })
+    .await;
+}
+
+/// Publishes `msgs` from a background task.
+fn publish_in_background(
+    broker: &Broker,
+    msgs: &[cityhub_sim::SimMessage],
+) -> tokio::task::JoinHandle<cityhub_sim::Report> {
+    let url = broker.url();
+    let msgs = msgs.to_vec();
+    tokio::spawn(async move {
+        cityhub_sim::publish(
+            &url,
+            "load-publisher",
+            &msgs,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap()
+    })
+}
+
+fn stream(seed: u64, per_kind: usize, rounds: usize) -> Vec<cityhub_sim::SimMessage> {
+    messages(
+        seed,
+        &fleet(seed, per_kind),
+        start_time(rounds, 1),
+        Duration::minutes(1),
+        rounds,
+        Format::Native,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let mut hub = Hub::start(&db, &broker, "killed", &[]).await;
+    let msgs = stream(11, 50, 100); // 20,000 messages, 75,000 rows
+    assert_eq!(msgs.len(), 20_000);
+    let want = expected_rows(&msgs);
+    let publisher = publish_in_background(&broker, &msgs);
+    let mut kills = 0;
+    for fraction in [5, 3, 2] {
+        wait_for(120, "progress before kill", || async {
+            db.observations().await >= want / fraction as i64
+        })
+        .await;
+        let before = db.observations().await;
+        hub.kill9();
+        kills += 1;
+        assert!(
+            before < want,
+            "kill {kills} came after the stream ended; nothing was tested"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        hub.restart().await;
+    }
+    let report = publisher.await.unwrap();
+    assert_eq!(report.acknowledged, 20_000);
+    wait_for(180, "every row after three SIGKILLs", || async {
+        db.observations().await >= want
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_exact(&db, &msgs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_connections_killed_mid_stream_lose_nothing() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(&db, &broker, "pgterm", &[]).await;
+    let msgs = stream(12, 25, 100); // 10,000 messages
+    let want = expected_rows(&msgs);
+    let publisher = publish_in_background(&broker, &msgs);
+    let admin = db.client().await;
+    let mut terminated = 0i64;
+    for fraction in [4, 2] {
+        wait_for(120, "progress", || async {
+            db.observations().await >= want / fraction
+        })
+        .await;
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'cityhub'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        terminated += n;
+    }
+    assert!(terminated > 0, "no hub connection was terminated");
+    publisher.await.unwrap();
+    wait_for(120, "every row after terminated connections", || async {
+        db.observations().await >= want
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_exact(&db, &msgs).await;
+    assert!(
+        hub.metric("cityhub_db_retries_total").await >= 1.0,
+        "the hub never saw the outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_in_a_share_group_split_the_stream() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let group = [("CITYHUB_MQTT_SHARE_GROUP", "cityhub")];
+    let a = Hub::start(&db, &broker, "share-a", &group).await;
+    let b = Hub::start(&db, &broker, "share-b", &group).await;
+    let msgs = stream(13, 25, 40); // 4,000 messages
+    let want = expected_rows(&msgs);
+    publish_in_background(&broker, &msgs).await.unwrap();
+    wait_for(120, "every row through two hubs", || async {
+        db.observations().await >= want
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_exact(&db, &msgs).await;
+    let (ra, rb) = (
+        a.metric("cityhub_mqtt_messages_received_total").await,
+        b.metric("cityhub_mqtt_messages_received_total").await,
+    );
+    assert!(ra > 0.0 && rb > 0.0, "one hub got nothing: {ra} / {rb}");
+    assert_eq!(
+        ra + rb,
+        msgs.len() as f64,
+        "each message went to exactly one hub"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_commits_and_exits_cleanly() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let mut hub = Hub::start(&db, &broker, "graceful", &[]).await;
+    let msgs = stream(14, 10, 50);
+    let want = expected_rows(&msgs);
+    let publisher = publish_in_background(&broker, &msgs);
+    wait_for(60, "progress", || async {
+        db.observations().await >= want / 3
+    })
+    .await;
+    assert!(hub.terminate(), "hub did not exit cleanly on SIGTERM");
+    publisher.await.unwrap();
+    hub.restart().await;
+    wait_for(60, "the rest after restart", || async {
+        db.observations().await >= want
+    })
+    .await;
+    assert_exact(&db, &msgs).await;
+}
+
+/// Not a test of correctness: measures one hub's end-to-end rate on this machine.
+/// `cargo test --release --test ingest throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, run by hand"]
+async fn throughput() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(&db, &broker, "throughput", &[("RUST_LOG", "warn")]).await;
+    let msgs = stream(21, 250, 100); // 100,000 messages, 375,000 rows
+    let want = expected_rows(&msgs);
+    // Queue everything at the broker first, with the hub's session offline, then
+    // measure how fast the hub drains it: the publisher's speed is not measured.
+    let mut hub = hub;
+    hub.kill9();
+    publish_in_background(&broker, &msgs).await.unwrap();
+    let started = std::time::Instant::now();
+    hub.restart().await;
+    wait_for(600, "all rows", || async {
+        db.observations().await >= want
+    })
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "throughput: {} messages ({} rows) in {:.2} s = {:.0} messages/s, {:.0} rows/s (backend {})",
+        msgs.len(),
+        want,
+        secs,
+        msgs.len() as f64 / secs,
+        want as f64 / secs,
+        reqwest::get(hub.url("/readyz")).await.unwrap().text().await.unwrap()
+    );
+}
