@@ -507,6 +507,25 @@ async fn graceful_shutdown_commits_and_exits_cleanly() {
     assert_exact(&db, &msgs).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_queued_while_the_hub_was_down_drains_completely() {
+    // A resumed session delivers a large backlog at once: the pipeline must keep
+    // acking while it stores (a blocked event loop here once deadlocked the hub).
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let mut hub = Hub::start(&db, &broker, "backlog", &[]).await;
+    hub.kill9();
+    let msgs = stream(15, 100, 100); // 40,000 messages queued for the stopped hub
+    let want = expected_rows(&msgs);
+    publish_in_background(&broker, &msgs).await.unwrap();
+    hub.restart().await;
+    wait_for(300, "the whole backlog", || async {
+        db.observations().await >= want
+    })
+    .await;
+    assert_exact(&db, &msgs).await;
+}
+
 /// Not a test of correctness: measures one hub's end-to-end rate on this machine.
 /// `cargo test --release --test ingest throughput -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

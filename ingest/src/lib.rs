@@ -49,11 +49,11 @@ pub fn start(
     let decoder = decode::Decoder::new(catalog, limits);
     let session = mqtt::session(settings, &metrics)?;
 
-    // The inbound channel holds more than the broker may have in flight to us
-    // (Receive Maximum), twice for messages of a previous connection still queued,
-    // so the event loop in practice never waits on it.
-    let inbound_cap = usize::from(settings.mqtt.receive_maximum) * 2 + 64;
-    let (in_tx, in_rx) = mpsc::channel(inbound_cap);
+    // The event loop must never wait: it also carries the acks that free the pipeline,
+    // so a full inbound channel would deadlock it against the writer. The channel is
+    // therefore unbounded; what it holds is bounded by the broker's in-flight window
+    // (our Receive Maximum, and Mosquitto's max_inflight_messages), watched by acks_pending.
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
     // One batch waits while one commits: the batcher fills the next meanwhile.
     let (batch_tx, batch_rx) = mpsc::channel(1);
 

@@ -233,7 +233,7 @@ pub async fn run_event_loop(
     client: AsyncClient,
     epoch: Arc<Mutex<u64>>,
     filters: Vec<String>,
-    tx: mpsc::Sender<Inbound>,
+    tx: mpsc::UnboundedSender<Inbound>,
     connected: Arc<AtomicBool>,
     metrics: IngestMetrics,
     backoff: (Duration, Duration),
@@ -255,7 +255,7 @@ pub async fn run_event_loop(
                     epoch: current,
                     received_at: Utc::now(),
                 };
-                if tx.send(m).await.is_err() {
+                if tx.send(m).is_err() {
                     metrics.acks_pending.dec();
                 }
             }

@@ -84,7 +84,7 @@ impl Batcher {
     /// Reads messages until cancelled or the inbound channel closes, sending closed batches on.
     pub async fn run(
         self,
-        mut rx: mpsc::Receiver<Inbound>,
+        mut rx: mpsc::UnboundedReceiver<Inbound>,
         tx: mpsc::Sender<Batch>,
         max_rows: usize,
         max_age: Duration,

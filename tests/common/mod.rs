@@ -132,6 +132,9 @@ impl Broker {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("cityhub_mq"));
         std::fs::create_dir_all(&dir).unwrap();
+        // Mosquitto started as root drops to its own user: let it write its persistence file.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let conf = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto.conf"),
         )
