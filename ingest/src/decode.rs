@@ -208,8 +208,10 @@ impl Ctx<'_> {
     }
 
     /// Validates one value of `metric` (already in the kind's unit) and keeps it.
-    fn accept(&mut self, at: &str, metric: &str, time: DateTime<Utc>, value: f64) {
+    /// `at` names the value's place for the reason; built only when there is a problem.
+    fn accept(&mut self, at: impl Fn() -> String, metric: &str, time: DateTime<Utc>, value: f64) {
         let Some(m) = self.kind.metric(metric) else {
+            let at = at();
             let known: Vec<&str> = self.kind.metrics.keys().map(|k| k.as_str()).collect();
             self.push(
                 "unknown_metric",
@@ -222,14 +224,17 @@ impl Ctx<'_> {
             return;
         };
         if !value.is_finite() {
-            self.push("not_finite", format!("{at}: value is not a finite number"));
+            self.push(
+                "not_finite",
+                format!("{}: value is not a finite number", at()),
+            );
         } else if !m.in_range(value) {
             let bound = match (m.min, m.max) {
                 (Some(min), _) if value < min => format!("below the minimum {min} {}", m.unit),
                 (_, Some(max)) => format!("above the maximum {max} {}", m.unit),
                 _ => "outside the valid range".into(),
             };
-            self.push("out_of_range", format!("{at}: {value} is {bound}"));
+            self.push("out_of_range", format!("{}: {value} is {bound}", at()));
         } else {
             self.out.readings.push(Reading {
                 metric: m.name.clone(),
@@ -308,22 +313,23 @@ impl Ctx<'_> {
             return;
         }
         for (name, v) in values {
-            let at = format!("{dot}values.{name}");
+            let at = || format!("{dot}values.{name}");
             match v {
                 Value::Number(n) => match n.as_f64() {
-                    Some(x) => self.accept(&at, name, time, x),
-                    None => self.push(
-                        "not_finite",
-                        format!("{at}: not representable as a 64-bit float"),
-                    ),
+                    Some(x) => self.accept(at, name, time, x),
+                    None => {
+                        let reason = format!("{}: not representable as a 64-bit float", at());
+                        self.push("not_finite", reason)
+                    }
                 },
-                Value::String(s) if is_non_finite_word(s) => {
-                    self.push("not_finite", format!("{at}: {s:?} is not a finite number"))
-                }
-                other => self.push(
-                    "wrong_type",
-                    format!("{at}: expected a number, got {}", type_name(other)),
+                Value::String(s) if is_non_finite_word(s) => self.push(
+                    "not_finite",
+                    format!("{}: {s:?} is not a finite number", at()),
                 ),
+                other => {
+                    let reason = format!("{}: expected a number, got {}", at(), type_name(other));
+                    self.push("wrong_type", reason)
+                }
             }
         }
     }
@@ -504,7 +510,7 @@ impl Ctx<'_> {
                 },
                 _ => value,
             };
-            self.accept(&at, metric, time, value);
+            self.accept(|| at.clone(), metric, time, value);
         }
         match (lat, lon) {
             (Some(lat), Some(lon)) => match GeoPoint::new(lat, lon) {
@@ -542,7 +548,7 @@ fn is_non_finite_word(s: &str) -> bool {
 }
 
 fn epoch_seconds(s: f64) -> Option<DateTime<Utc>> {
-    if !s.is_finite() || s < 0.0 || s > 32_503_680_000.0 {
+    if !(0.0..=32_503_680_000.0).contains(&s) {
         return None;
     }
     let micros = (s * 1e6).round() as i64;

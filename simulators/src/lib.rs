@@ -39,7 +39,11 @@ pub struct SimMessage {
     pub values: Vec<(&'static str, f64)>,
 }
 
-const KINDS: &[(&str, &str, &[(&str, f64, f64)])] = &[
+/// (metric, low, high) of the values a simulated sensor reports.
+type MetricSpec = (&'static str, f64, f64);
+
+/// (kind, id prefix, metrics).
+const KINDS: &[(&str, &str, &[MetricSpec])] = &[
     (
         "waste_bin",
         "bin",

@@ -28,7 +28,8 @@ pub struct Store {
 struct Inner {
     pool: Pool,
     backend: Backend,
-    metric_ids: HashMap<(String, String), i16>,
+    /// kind -> metric -> id, looked up by `&str` on the hot path.
+    metric_ids: HashMap<String, HashMap<String, i16>>,
     retention_days: u32,
 }
 
@@ -60,10 +61,7 @@ impl Store {
 
     /// The id of `kind.metric`, when both are configured.
     pub fn metric_id(&self, kind: &str, metric: &str) -> Option<i16> {
-        self.inner
-            .metric_ids
-            .get(&(kind.to_owned(), metric.to_owned()))
-            .copied()
+        self.inner.metric_ids.get(kind)?.get(metric).copied()
     }
 
     /// Is the database answering?
@@ -92,7 +90,7 @@ impl Store {
 async fn sync_metrics(
     client: &tokio_postgres::Client,
     catalog: &Catalog,
-) -> Result<HashMap<(String, String), i16>, StoreError> {
+) -> Result<HashMap<String, HashMap<String, i16>>, StoreError> {
     let (mut kinds, mut names, mut units) = (Vec::new(), Vec::new(), Vec::new());
     for k in catalog.iter() {
         for m in k.metrics.values() {
@@ -111,8 +109,9 @@ async fn sync_metrics(
     let rows = client
         .query("SELECT id, kind, name FROM metrics", &[])
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| ((r.get(1), r.get(2)), r.get(0)))
-        .collect())
+    let mut ids: HashMap<String, HashMap<String, i16>> = HashMap::new();
+    for r in &rows {
+        ids.entry(r.get(1)).or_default().insert(r.get(2), r.get(0));
+    }
+    Ok(ids)
 }

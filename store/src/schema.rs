@@ -41,7 +41,7 @@ impl std::fmt::Display for Backend {
 }
 
 /// Arbitrary constant that serialises concurrent migrations of several hubs.
-const MIGRATION_LOCK: i64 = 0x6369_7479_6875_62;
+const MIGRATION_LOCK: i64 = 0x0063_6974_7968_7562;
 
 struct Migration {
     version: i32,
