@@ -324,6 +324,15 @@ impl Settings {
         Ok(fig.merge(env_provider()))
     }
 
+    /// The built-in defaults alone (no file, no environment): for tools and tests
+    /// that need the standard catalogue.
+    pub fn builtin() -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string(DEFAULT_KINDS)),
+        )
+    }
+
     pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
         let mut s: Settings = fig.extract().map_err(Box::new)?;
         s.resolve_secret_files()?;

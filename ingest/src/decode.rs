@@ -584,15 +584,7 @@ mod tests {
     use cityhub_config::Settings;
 
     fn decoder() -> Decoder {
-        let s: Settings =
-            figment::Figment::from(figment::providers::Serialized::defaults(Settings::default()))
-                .merge(
-                    <figment::providers::Toml as figment::providers::Format>::string(
-                        cityhub_config::settings::DEFAULT_KINDS,
-                    ),
-                )
-                .extract()
-                .unwrap();
+        let s = Settings::builtin().unwrap();
         Decoder::new(
             s.catalog().unwrap(),
             Limits {

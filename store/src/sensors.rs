@@ -243,15 +243,7 @@ mod tests {
     use cityhub_config::Settings;
 
     fn catalog() -> Catalog {
-        let s: Settings =
-            figment::Figment::from(figment::providers::Serialized::defaults(Settings::default()))
-                .merge(
-                    <figment::providers::Toml as figment::providers::Format>::string(
-                        cityhub_config::settings::DEFAULT_KINDS,
-                    ),
-                )
-                .extract()
-                .unwrap();
+        let s = Settings::builtin().unwrap();
         s.catalog().unwrap()
     }
 
