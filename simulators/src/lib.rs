@@ -1,198 +1,29 @@
-//! Simulated sensors of a Cremona fleet and a QoS 1 load publisher. Messages
-//! are deterministic for a seed, and the publisher reports exactly what the
-//! broker acknowledged, so tests can check every message arrived once.
+//! Simulated sensors of a Cremona fleet for tests, demos and load runs.
+//!
+//! - [`fleet`]: sensors placed in Cremona's districts, with the physics of each kind;
+//! - [`sim`]: the fleet reporting in simulated time, in several formats, with faults,
+//!   and an exact [`Report`] of what the hub should store;
+//! - [`replay`]: a recorded CSV series published as one sensor's stream;
+//! - [`load`]: a QoS 1 load publisher fast enough to saturate the hub.
 
-use chrono::{DateTime, Duration, Utc};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+pub mod fleet;
+pub mod formats;
+pub mod load;
+pub mod replay;
+pub mod sim;
+pub mod sun;
+
+pub use fleet::{FleetSpec, SimSensor, CREMONA};
+pub use formats::Format;
+pub use sim::{FaultRates, Report, SimMessage, SimOptions, Simulation};
+
+use chrono::{DateTime, Utc};
+use cityhub_config::Catalog;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use serde_json::json;
-
-/// Cremona's extent (DESIGN.md section 7).
-pub const CREMONA: (f64, f64, f64, f64) = (9.99, 45.11, 10.07, 45.16);
-
-/// The payload encodings the simulator speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Native,
-    Senml,
-}
-
-/// One simulated sensor.
-#[derive(Debug, Clone)]
-pub struct SimSensor {
-    pub id: String,
-    pub kind: &'static str,
-    pub lat: f64,
-    pub lon: f64,
-}
-
-/// A message ready to publish, with what it carries for later checks.
-#[derive(Debug, Clone)]
-pub struct SimMessage {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub sensor: String,
-    pub time: DateTime<Utc>,
-    pub values: Vec<(&'static str, f64)>,
-}
-
-/// (metric, low, high) of the values a simulated sensor reports.
-type MetricSpec = (&'static str, f64, f64);
-
-/// (kind, id prefix, metrics).
-const KINDS: &[(&str, &str, &[MetricSpec])] = &[
-    (
-        "waste_bin",
-        "bin",
-        &[
-            ("fill_level", 0.0, 100.0),
-            ("temperature", -5.0, 35.0),
-            ("battery", 20.0, 100.0),
-        ],
-    ),
-    (
-        "streetlight",
-        "lamp",
-        &[
-            ("power", 0.0, 150.0),
-            ("energy", 0.0, 5000.0),
-            ("dimming", 0.0, 100.0),
-        ],
-    ),
-    (
-        "bike_counter",
-        "bike",
-        &[
-            ("count_in", 0.0, 120.0),
-            ("count_out", 0.0, 120.0),
-            ("interval_s", 900.0, 900.0),
-        ],
-    ),
-    (
-        "air_quality",
-        "aq",
-        &[
-            ("pm10", 5.0, 90.0),
-            ("pm2_5", 3.0, 60.0),
-            ("no2", 5.0, 120.0),
-            ("o3", 5.0, 150.0),
-            ("temperature", -5.0, 35.0),
-            ("humidity", 20.0, 100.0),
-        ],
-    ),
-];
-
-/// A deterministic fleet: `per_kind` sensors of each of the four kinds, inside Cremona.
-pub fn fleet(seed: u64, per_kind: usize) -> Vec<SimSensor> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    for (kind, prefix, _) in KINDS {
-        for i in 0..per_kind {
-            out.push(SimSensor {
-                id: format!("{prefix}-{i:05}"),
-                kind,
-                lon: rng.gen_range(CREMONA.0..CREMONA.2),
-                lat: rng.gen_range(CREMONA.1..CREMONA.3),
-            });
-        }
-    }
-    out
-}
-
-/// `rounds` reports of every sensor, one `step` apart from `start`, in round order.
-/// Values stay within each metric's valid range; times are whole milliseconds.
-pub fn messages(
-    seed: u64,
-    sensors: &[SimSensor],
-    start: DateTime<Utc>,
-    step: Duration,
-    rounds: usize,
-    format: Format,
-) -> Vec<SimMessage> {
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
-    let mut out = Vec::with_capacity(sensors.len() * rounds);
-    for round in 0..rounds {
-        let time = start + step * round as i32;
-        for s in sensors {
-            let metrics = KINDS
-                .iter()
-                .find(|k| k.0 == s.kind)
-                .map(|k| k.2)
-                .unwrap_or(&[]);
-            let values: Vec<(&'static str, f64)> = metrics
-                .iter()
-                .map(|(m, lo, hi)| {
-                    let v = if lo == hi {
-                        *lo
-                    } else {
-                        rng.gen_range(*lo..*hi)
-                    };
-                    (*m, (v * 100.0).round() / 100.0)
-                })
-                .collect();
-            let topic = format!("cityhub/v1/{}/{}", s.kind, s.id);
-            let payload = encode(format, s, time, &values, round == 0);
-            out.push(SimMessage {
-                topic,
-                payload,
-                sensor: s.id.clone(),
-                time,
-                values,
-            });
-        }
-    }
-    out
-}
-
-fn encode(
-    format: Format,
-    s: &SimSensor,
-    time: DateTime<Utc>,
-    values: &[(&str, f64)],
-    with_location: bool,
-) -> Vec<u8> {
-    match format {
-        Format::Native => {
-            let vals: serde_json::Map<_, _> = values
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect();
-            let mut doc = json!({ "ts": time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "values": vals });
-            if with_location {
-                doc["location"] = json!({ "lat": s.lat, "lon": s.lon });
-            }
-            serde_json::to_vec(&doc).unwrap_or_default()
-        }
-        Format::Senml => {
-            let bt = time.timestamp_millis() as f64 / 1000.0;
-            let mut recs = Vec::new();
-            for (i, (k, v)) in values.iter().enumerate() {
-                let mut r = json!({ "n": k, "v": v });
-                if i == 0 {
-                    r["bn"] = json!(format!("{}:", s.id));
-                    r["bt"] = json!(bt);
-                }
-                recs.push(r);
-            }
-            if with_location {
-                recs.push(json!({ "n": "lat", "u": "lat", "v": s.lat }));
-                recs.push(json!({ "n": "lon", "u": "lon", "v": s.lon }));
-            }
-            serde_json::to_vec(&recs).unwrap_or_default()
-        }
-    }
-}
-
-/// What a publish run achieved.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
-    pub published: u64,
-    /// PUBACKs received: messages the broker took responsibility for.
-    pub acknowledged: u64,
-}
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -200,97 +31,216 @@ pub enum SimError {
     Url(String),
     #[error("MQTT: {0}")]
     Mqtt(String),
+    #[error("{0}")]
+    Options(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
 }
 
-/// Publishes `msgs` at QoS 1 (or `qos`) and waits until the broker acknowledged all of them.
-pub async fn publish(
-    broker_url: &str,
-    client_id: &str,
-    msgs: &[SimMessage],
-    qos: QoS,
-) -> Result<Report, SimError> {
+/// The first `max` messages of a simulation, up to simulated time `until`.
+pub fn generate(
+    opts: &SimOptions,
+    catalog: &Catalog,
+    max: usize,
+    until: DateTime<Utc>,
+) -> Result<Vec<SimMessage>, SimError> {
+    let mut sim = Simulation::new(opts, catalog).map_err(SimError::Options)?;
+    let mut out = Vec::with_capacity(max.min(1 << 20));
+    while out.len() < max {
+        match sim.next_until(until) {
+            Some(m) => out.push(m),
+            None => break,
+        }
+    }
+    if out.len() < max {
+        out.extend(sim.drain_held().into_iter().take(max - out.len()));
+    }
+    Ok(out)
+}
+
+fn mqtt_options(broker_url: &str, client_id: &str) -> Result<MqttOptions, SimError> {
     let u = url::Url::parse(broker_url).map_err(|e| SimError::Url(e.to_string()))?;
     let host = u
         .host_str()
         .ok_or_else(|| SimError::Url("no host".into()))?
         .to_owned();
     let mut opts = MqttOptions::new(client_id, host, u.port().unwrap_or(1883));
-    opts.set_keep_alive(std::time::Duration::from_secs(30))
+    opts.set_keep_alive(Duration::from_secs(30))
         .set_outgoing_inflight_upper_limit(1000);
-    let (client, mut el) = AsyncClient::new(opts, 1000);
-    let total = msgs.len() as u64;
-    let pub_client = client.clone();
-    let owned: Vec<(String, Vec<u8>)> = msgs
-        .iter()
-        .map(|m| (m.topic.clone(), m.payload.clone()))
-        .collect();
-    let sender = tokio::spawn(async move {
-        for (t, p) in owned {
-            if pub_client.publish(t, qos, false, p).await.is_err() {
+    if !u.username().is_empty() {
+        opts.set_credentials(u.username(), u.password().unwrap_or(""));
+    }
+    Ok(opts)
+}
+
+/// Publishes `msgs` in order and waits until the broker acknowledged all of them (QoS 1).
+pub async fn publish(
+    broker_url: &str,
+    client_id: &str,
+    msgs: &[SimMessage],
+    qos: QoS,
+) -> Result<Report, SimError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let owned = msgs.to_vec();
+    tokio::spawn(async move {
+        for m in owned {
+            if tx.send(m).await.is_err() {
                 break;
             }
         }
     });
-    let mut report = Report {
-        published: 0,
-        acknowledged: 0,
+    publish_stream(broker_url, client_id, rx, qos, CancellationToken::new()).await
+}
+
+/// Publishes what arrives on `rx` until it closes (or `cancel`), then waits for the acks.
+pub async fn publish_stream(
+    broker_url: &str,
+    client_id: &str,
+    mut rx: tokio::sync::mpsc::Receiver<SimMessage>,
+    qos: QoS,
+    cancel: CancellationToken,
+) -> Result<Report, SimError> {
+    let (client, mut el) = AsyncClient::new(mqtt_options(broker_url, client_id)?, 1000);
+    // The event loop polls in its own task: publishing waits on the request
+    // channel, which only the event loop drains.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(0u64);
+    let poller = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        let n = acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        let _ = done_tx.send(n);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(SimError::Mqtt(e.to_string())),
+                }
+            }
+        })
     };
-    while report.acknowledged < total || (qos == QoS::AtMostOnce && report.published < total) {
-        match el.poll().await {
-            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => report.published += 1,
-            Ok(Event::Incoming(Packet::PubAck(_))) => report.acknowledged += 1,
-            Ok(_) => {}
-            Err(e) => {
-                sender.abort();
-                return Err(SimError::Mqtt(e.to_string()));
+    let started = Instant::now();
+    let mut report = Report::default();
+    loop {
+        let m = tokio::select! {
+            m = rx.recv() => m,
+            _ = cancel.cancelled() => None,
+        };
+        let Some(m) = m else { break };
+        report.count(&m);
+        if client
+            .publish(m.topic, qos, false, m.payload)
+            .await
+            .is_err()
+        {
+            break; // the event loop ended: its error is reported below
+        }
+    }
+    if qos != QoS::AtMostOnce {
+        let want = report.messages;
+        while *done_rx.borrow() < want {
+            if poller.is_finished() || done_rx.changed().await.is_err() {
+                break;
             }
         }
-        if qos == QoS::AtMostOnce && report.published == total {
-            break;
-        }
     }
-    let _ = sender.await;
     let _ = client.disconnect().await;
-    while let Ok(ev) = el.poll().await {
-        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-            break;
-        }
+    match poller.await {
+        Ok(Err(e)) => return Err(e),
+        Err(e) => return Err(SimError::Mqtt(e.to_string())),
+        Ok(Ok(())) => {}
     }
+    report.acknowledged = if qos == QoS::AtMostOnce {
+        report.messages
+    } else {
+        acked.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.rate_per_s = report.messages as f64 / report.elapsed_s.max(1e-9);
     Ok(report)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How a live run paces itself.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// Simulated seconds per wall-clock second; simulated time never passes the real now.
+    pub speedup: f64,
+    /// Fixed message rate instead of the fleet's cadence (messages per second).
+    pub rate: Option<f64>,
+    /// Stop after this much simulated time...
+    pub duration: Option<chrono::Duration>,
+    /// ...or this many messages.
+    pub count: Option<u64>,
+}
 
-    #[test]
-    fn same_seed_same_messages() {
-        let start = Utc::now();
-        let a = messages(
-            7,
-            &fleet(7, 3),
-            start,
-            Duration::minutes(15),
-            2,
-            Format::Native,
-        );
-        let b = messages(
-            7,
-            &fleet(7, 3),
-            start,
-            Duration::minutes(15),
-            2,
-            Format::Native,
-        );
-        assert_eq!(a.len(), 24);
-        assert!(a
-            .iter()
-            .zip(&b)
-            .all(|(x, y)| x.payload == y.payload && x.topic == y.topic));
-        for s in fleet(7, 3) {
-            assert!(
-                (CREMONA.1..CREMONA.3).contains(&s.lat) && (CREMONA.0..CREMONA.2).contains(&s.lon)
-            );
+/// Runs the simulation live against a broker until its limits or `cancel`.
+pub async fn run_live(
+    opts: &SimOptions,
+    catalog: &Catalog,
+    pace: &Pace,
+    broker_url: &str,
+    client_id: &str,
+    qos: QoS,
+    cancel: CancellationToken,
+) -> Result<Report, SimError> {
+    let mut sim = Simulation::new(opts, catalog).map_err(SimError::Options)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let pace = pace.clone();
+    let start = opts.start;
+    let producer_cancel = cancel.clone();
+    let producer = tokio::spawn(async move {
+        let wall0 = Instant::now();
+        let end = pace.duration.map(|d| start + d);
+        let mut sent = 0u64;
+        loop {
+            if producer_cancel.is_cancelled() || pace.count.is_some_and(|c| sent >= c) {
+                break;
+            }
+            let elapsed = wall0.elapsed().as_secs_f64();
+            let mut until =
+                start + chrono::Duration::milliseconds((elapsed * pace.speedup * 1000.0) as i64);
+            if pace.rate.is_some() {
+                until = end.unwrap_or(DateTime::<Utc>::MAX_UTC);
+            }
+            until = until.min(Utc::now());
+            if let Some(e) = end {
+                until = until.min(e);
+            }
+            match sim.next_until(until) {
+                Some(m) => {
+                    if let Some(rate) = pace.rate {
+                        let due = wall0 + Duration::from_secs_f64(sent as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                None => {
+                    if end.is_some_and(|e| sim.peek_time().is_none_or(|t| t > e)) {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = producer_cancel.cancelled() => break,
+                    }
+                }
+            }
         }
-    }
+        for m in sim.drain_held() {
+            if pace.count.is_some_and(|c| sent >= c) || tx.send(m).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+    });
+    let mut report =
+        publish_stream(broker_url, client_id, rx, qos, CancellationToken::new()).await?;
+    let _ = producer.await;
+    report.seed = opts.seed;
+    report.sensors = opts.fleet.per_kind.iter().map(|(_, n)| *n as u64).sum();
+    Ok(report)
 }

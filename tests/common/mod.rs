@@ -350,8 +350,11 @@ pub async fn publish_raw(broker: &Broker, items: &[(&str, Vec<u8>)]) {
             topic: t.to_string(),
             payload: p.clone(),
             sensor: String::new(),
+            kind: String::new(),
+            format: cityhub_sim::Format::Native,
             time: chrono::Utc::now(),
             values: vec![],
+            fault: None,
         })
         .collect();
     let r = cityhub_sim::publish(
@@ -365,7 +368,46 @@ pub async fn publish_raw(broker: &Broker, items: &[(&str, Vec<u8>)]) {
     assert_eq!(r.acknowledged, items.len() as u64);
 }
 
-/// Rows the simulator's messages should produce.
+/// Rows the simulator's messages should produce (a duplicate adds none).
 pub fn expected_rows(msgs: &[cityhub_sim::SimMessage]) -> i64 {
-    msgs.iter().map(|m| m.values.len() as i64).sum()
+    msgs.iter()
+        .filter(|m| m.fault != Some("duplicate"))
+        .map(|m| m.values.len() as i64)
+        .sum()
+}
+
+/// The first `count` messages of a simulated fleet of `per_kind` sensors per kind,
+/// starting three days ago (so no timestamp is in the future).
+pub fn sim_stream(
+    seed: u64,
+    per_kind: usize,
+    count: usize,
+    formats: &[cityhub_sim::Format],
+    faults: cityhub_sim::FaultRates,
+) -> Vec<cityhub_sim::SimMessage> {
+    let catalog = cityhub_config::Settings::builtin()
+        .unwrap()
+        .catalog()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let opts = cityhub_sim::SimOptions {
+        seed,
+        start: now - chrono::Duration::days(3),
+        fleet: cityhub_sim::FleetSpec {
+            per_kind: ["waste_bin", "streetlight", "bike_counter", "air_quality"]
+                .iter()
+                .map(|k| (k.to_string(), per_kind))
+                .collect(),
+            lamp_fault_share: 0.05,
+        },
+        formats: formats.to_vec(),
+        faults,
+    };
+    let msgs = cityhub_sim::generate(&opts, &catalog, count, now).unwrap();
+    assert_eq!(
+        msgs.len(),
+        count,
+        "the fleet could not produce {count} messages in three days"
+    );
+    msgs
 }
