@@ -1,5 +1,8 @@
 //! The `cityhub` binary: a thin CLI over the library crates.
 
+mod demo;
+mod sim_cmd;
+
 use anyhow::{Context, Result};
 use cityhub_config::{LogFormat, Settings};
 use cityhub_store::Store;
@@ -33,7 +36,12 @@ enum Command {
     /// Apply the database schema and exit.
     Migrate,
     /// Start a self-contained demo (hub, database, broker, simulated fleet).
-    Demo,
+    Demo(demo::DemoArgs),
+    /// Simulated sensors: a Cremona fleet, a CSV replay, or a load run.
+    Sim {
+        #[command(subcommand)]
+        command: sim_cmd::SimCommand,
+    },
     /// Manage the sensor registry.
     Sensors {
         #[command(subcommand)]
@@ -66,7 +74,13 @@ fn load_settings(path: Option<&Path>) -> Result<Settings> {
 
 fn init_tracing(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.filter));
+        // The demo's embedded broker logs ordinary disconnects as errors; server notices are noise.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "rumqttd=off,tokio_postgres::connection=warn,{}",
+                settings.log.filter
+            ))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -92,47 +106,80 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve => serve(settings).await,
+            Command::Serve => {
+                let cancel = CancellationToken::new();
+                let c = cancel.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("Shutdown requested; draining.");
+                    c.cancel();
+                });
+                serve(settings, cancel, None).await
+            }
             Command::Migrate => {
                 let store = Store::open(&settings, &settings.catalog()?).await?;
-                println!("schema at version {} on {}", cityhub_store::schema::latest_version(), store.backend());
+                println!(
+                    "schema at version {} on {}",
+                    cityhub_store::schema::latest_version(),
+                    store.backend()
+                );
                 Ok(())
             }
-            Command::Sensors { command: SensorsCommand::Import { file } } => {
-                let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            Command::Sensors {
+                command: SensorsCommand::Import { file },
+            } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
                 let catalog = settings.catalog()?;
                 let records = cityhub_store::sensors::parse(&text, &catalog)?;
                 let store = Store::open(&settings, &catalog).await?;
                 let r = cityhub_store::sensors::import(&store, &records).await?;
-                println!("imported {} sensors: {} new, {} updated", records.len(), r.inserted, r.updated);
+                println!(
+                    "imported {} sensors: {} new, {} updated",
+                    records.len(),
+                    r.inserted,
+                    r.updated
+                );
                 Ok(())
             }
-            Command::Demo => {
-                eprintln!(
-                    "The one-command demo (private PostgreSQL, embedded broker and the simulated Cremona fleet) \
-                     arrives with the simulators (issue 3). Meanwhile: `cityhub serve` against your own \
-                     PostgreSQL and Mosquitto, see the README."
-                );
-                std::process::exit(2)
-            }
+            Command::Demo(args) => demo::run(settings, args).await,
+            Command::Sim { command } => sim_cmd::run(&settings, command).await,
             Command::Config { .. } => unreachable!("handled above"),
         }
     })
 }
 
-async fn serve(settings: Settings) -> Result<()> {
+/// What an embedding caller (the demo) learns of a running hub: the HTTP address
+/// once it listens, and the broker connection state.
+pub(crate) type ServeHooks = (
+    tokio::sync::oneshot::Sender<std::net::SocketAddr>,
+    Arc<AtomicBool>,
+);
+
+/// Runs the hub until `cancel`.
+pub(crate) async fn serve(
+    settings: Settings,
+    cancel: CancellationToken,
+    hooks: Option<ServeHooks>,
+) -> Result<()> {
     let catalog = settings.catalog()?;
-    let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut registry = Registry::default();
     let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
     let store_cell = Arc::new(tokio::sync::OnceCell::new());
-    let mqtt_connected = Arc::new(AtomicBool::new(false));
+    let (ready, mqtt_connected) = match hooks {
+        Some((tx, flag)) => (Some(tx), flag),
+        None => (None, Arc::new(AtomicBool::new(false))),
+    };
 
     let listener = tokio::net::TcpListener::bind(&settings.http.addr)
         .await
         .with_context(|| format!("binding HTTP on {}", settings.http.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "HTTP server listening.");
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "HTTP server listening.");
+    if let Some(tx) = ready {
+        let _ = tx.send(local);
+    }
     let state = cityhub_api::AppState {
         store: store_cell.clone(),
         registry: Arc::new(registry),
@@ -147,13 +194,6 @@ async fn serve(settings: Settings) -> Result<()> {
         if let Err(e) = r {
             tracing::error!(error = %e, "HTTP server failed.");
         }
-    });
-
-    let signal_cancel = cancel.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("Shutdown requested; draining.");
-        signal_cancel.cancel();
     });
 
     // The database may come up after the hub: keep trying, stay stoppable.
@@ -208,7 +248,7 @@ async fn retention_job(store: Store, cancel: CancellationToken) {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

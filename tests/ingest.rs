@@ -550,3 +550,52 @@ async fn throughput() {
         reqwest::get(hub.url("/readyz")).await.unwrap().text().await.unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_report_and_database_agree_with_faults() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _hub = Hub::start(&db, &broker, "faults", &[]).await;
+    let faults = FaultRates::parse(
+        "malformed=0.03,out_of_range=0.03,unknown_kind=0.03,duplicate=0.05,out_of_order=0.05,burst=0.02",
+    )
+    .unwrap();
+    let msgs = sim_stream(31, 10, 4000, &[Format::Native, Format::Senml], faults);
+    let report = cityhub_sim::publish(
+        &broker.url(),
+        "faulty-fleet",
+        &msgs,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.acknowledged, 4000);
+    for f in [
+        "malformed",
+        "out_of_range",
+        "unknown_kind",
+        "duplicate",
+        "out_of_order",
+    ] {
+        assert!(
+            report.faults.get(f).copied().unwrap_or(0) > 0,
+            "no {f} fault injected: {:?}",
+            report.faults
+        );
+    }
+    let dead: u64 = report.expected_dead_letters.values().sum();
+    wait_for(60, "every valid row and every dead letter", || async {
+        db.observations().await == report.expected_rows as i64
+            && db.count("SELECT count(*) FROM dead_letters").await == dead as i64
+    })
+    .await;
+    for (code, n) in &report.expected_dead_letters {
+        let got = db
+            .count(&format!(
+                "SELECT count(*) FROM dead_letters WHERE reason_code = '{code}'"
+            ))
+            .await;
+        assert_eq!(got, *n as i64, "dead letters {code}");
+    }
+    assert_exact(&db, &msgs).await;
+}

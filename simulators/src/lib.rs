@@ -15,12 +15,12 @@ pub mod sun;
 
 pub use fleet::{FleetSpec, SimSensor, CREMONA};
 pub use formats::Format;
+pub use rumqttc::v5::mqttbytes::QoS;
 pub use sim::{FaultRates, Report, SimMessage, SimOptions, Simulation};
 
 use chrono::{DateTime, Utc};
 use cityhub_config::Catalog;
 use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,384 @@
+//! `cityhub demo`: everything on one machine with one command. With no database
+//! URL a private PostgreSQL cluster runs from the system's binaries in a data
+//! folder of its own (kept for the next run); with no broker URL an embedded
+//! rumqttd broker listens on a free port; the simulated Cremona fleet publishes
+//! to it and the hub serves the API.
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use cityhub_config::{ConnUrl, Settings};
+use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, SimOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Options of the demo.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Folder for the private PostgreSQL cluster (reused by later runs).
+    #[arg(long, default_value = "cityhub-demo-data")]
+    pub data_dir: PathBuf,
+    /// Use this PostgreSQL instead of a private cluster.
+    #[arg(long, env = "CITYHUB_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Use this broker instead of the embedded one.
+    #[arg(long, env = "CITYHUB_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+    /// Simulated sensors per kind: waste bins, streetlights, bike counters, air-quality stations.
+    #[arg(long, default_value = "120,200,12,8", value_delimiter = ',')]
+    pub fleet: Vec<usize>,
+    /// Hours of history simulated before catching up with the present.
+    #[arg(long, default_value_t = 24)]
+    pub history_hours: i64,
+    /// Simulated seconds per second while catching up.
+    #[arg(long, default_value_t = 240.0)]
+    pub speedup: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// The newest installed PostgreSQL server's bin folder.
+fn pg_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+        .collect();
+    dirs.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+    });
+    dirs.pop()
+}
+
+fn ensure_postgres_installed() -> Result<PathBuf> {
+    if let Some(bin) = pg_bin() {
+        return Ok(bin);
+    }
+    if is_root() && Path::new("/usr/bin/apt-get").exists() {
+        eprintln!("demo: installing PostgreSQL (apt-get install postgresql)...");
+        let ok = Command::new("sh")
+            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null"])
+            .status()?
+            .success();
+        if ok {
+            if let Some(bin) = pg_bin() {
+                return Ok(bin);
+            }
+        }
+    }
+    bail!("PostgreSQL server binaries not found: install them (Debian: `sudo apt-get install postgresql`) or pass --database-url")
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root (initdb refuses root).
+/// Its output goes to `log`, shown only when it fails.
+fn pg_tool(bin: &Path, tool: &str, args: &[&str], as_postgres: bool, log: &Path) -> Result<()> {
+    let exe = bin.join(tool);
+    let mut cmd = if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    let out = cmd
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    let mut text = out.stdout;
+    text.extend_from_slice(&out.stderr);
+    let _ = std::fs::write(log, &text);
+    if !out.status.success() {
+        bail!(
+            "{} {} failed ({}):\n{}",
+            exe.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&text)
+        );
+    }
+    Ok(())
+}
+
+/// A private cluster in `dir`, started on a free port; stopped on drop.
+struct PrivatePostgres {
+    bin: PathBuf,
+    data: PathBuf,
+    as_postgres: bool,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start(dir: &Path) -> Result<Self> {
+        let bin = ensure_postgres_installed()?;
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let data = dir.join("pg");
+        let as_postgres = is_root();
+        if as_postgres {
+            // The cluster belongs to the postgres user; so must its folder (and the way to it).
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()?;
+            let mut p = dir.as_path();
+            while let Some(parent) = p.parent() {
+                let _ = Command::new("chmod").arg("o+x").arg(parent).status();
+                p = parent;
+            }
+        }
+        let fresh = !data.join("PG_VERSION").exists();
+        if fresh {
+            eprintln!(
+                "demo: creating a private PostgreSQL cluster in {}",
+                data.display()
+            );
+            let args = [
+                "-D",
+                path_str(&data)?,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ];
+            pg_tool(&bin, "initdb", &args, as_postgres, &dir.join("initdb.log"))?;
+        } else {
+            eprintln!("demo: reusing the PostgreSQL cluster in {}", data.display());
+        }
+        let port = free_port()?;
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            path_str(&dir)?
+        );
+        let log = dir.join("postgres.log");
+        let args = [
+            "-D",
+            path_str(&data)?,
+            "-o",
+            &opts,
+            "-l",
+            path_str(&log)?,
+            "-w",
+            "start",
+        ];
+        pg_tool(&bin, "pg_ctl", &args, as_postgres, &dir.join("pg_ctl.log"))?;
+        Ok(Self {
+            bin,
+            data,
+            as_postgres,
+            port,
+        })
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().context("path is not UTF-8")
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if let Ok(d) = path_str(&self.data) {
+            let log = self.data.with_file_name("pg_ctl.log");
+            match pg_tool(
+                &self.bin,
+                "pg_ctl",
+                &["-D", d, "-m", "fast", "-w", "stop"],
+                self.as_postgres,
+                &log,
+            ) {
+                Ok(()) => eprintln!("demo: PostgreSQL stopped"),
+                Err(e) => eprintln!("demo: stopping PostgreSQL: {e}"),
+            }
+        }
+    }
+}
+
+async fn create_database(admin_url: &str, name: &str) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+    }
+    Ok(())
+}
+
+/// An embedded rumqttd broker (MQTT 5) on a free local port.
+fn start_embedded_broker() -> Result<String> {
+    let port = free_port()?;
+    let config = format!(
+        r#"
+id = 0
+[router]
+id = 0
+max_connections = 1000
+max_outgoing_packet_count = 4096
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v5.1]
+name = "v5-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 4096
+    dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config =
+        toml::from_str(&config).context("embedded broker configuration")?;
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "Embedded MQTT broker stopped.");
+            }
+        })?;
+    // No probe connection here: the hub retries until the broker listens, and the fleet
+    // starts only once the hub is connected.
+    Ok(format!("mqtt://127.0.0.1:{port}"))
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
+    let cancel = CancellationToken::new();
+    let _pg = match &args.database_url {
+        Some(url) => {
+            settings.database.url = ConnUrl::new(url.clone());
+            None
+        }
+        None => {
+            let pg = PrivatePostgres::start(&args.data_dir)?;
+            create_database(&pg.url("postgres"), "cityhub").await?;
+            settings.database.url = ConnUrl::new(pg.url("cityhub"));
+            Some(pg)
+        }
+    };
+    let broker = match &args.mqtt_url {
+        Some(u) => u.clone(),
+        None => start_embedded_broker()?,
+    };
+    settings.mqtt.url = ConnUrl::new(broker.clone());
+    // The embedded broker keeps no sessions across runs; a fresh client id per run is honest about that.
+    settings.mqtt.client_id = format!("cityhub-demo-{}", std::process::id());
+
+    let catalog = settings.catalog()?;
+    let kinds = ["waste_bin", "streetlight", "bike_counter", "air_quality"];
+    let per_kind: Vec<(String, usize)> = kinds
+        .iter()
+        .zip(args.fleet.iter().chain(std::iter::repeat(&0)))
+        .filter(|(k, n)| **n > 0 && catalog.get(k).is_some())
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+    let opts = SimOptions {
+        seed: args.seed,
+        start: Utc::now() - chrono::Duration::hours(args.history_hours.max(0)),
+        fleet: FleetSpec {
+            per_kind,
+            lamp_fault_share: 0.05,
+        },
+        formats: vec![Format::Native, Format::Senml],
+        faults: FaultRates::default(),
+    };
+    let pace = Pace {
+        speedup: args.speedup.max(1.0),
+        rate: None,
+        duration: None,
+        count: None,
+    };
+
+    let signal_cancel = cancel.clone();
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        eprintln!("demo: stopping...");
+        signal_cancel.cancel();
+    });
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hub = tokio::spawn(crate::serve(
+        settings,
+        cancel.clone(),
+        Some((ready_tx, connected.clone())),
+    ));
+    let addr = match ready_rx.await {
+        Ok(a) => a,
+        Err(_) => return hub.await?.context("the hub did not start"),
+    };
+    // The embedded broker keeps nothing for absent subscribers: start the fleet once the hub listens.
+    while !connected.load(std::sync::atomic::Ordering::Relaxed) {
+        if hub.is_finished() {
+            return hub.await?.context("the hub stopped");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // SUBACK
+    let sim_cancel = cancel.clone();
+    let catalog2 = catalog.clone();
+    let sim = tokio::spawn(async move {
+        cityhub_sim::run_live(
+            &opts,
+            &catalog2,
+            &pace,
+            &broker,
+            "cityhub-demo-fleet",
+            rumqttc_qos(),
+            sim_cancel,
+        )
+        .await
+    });
+    println!("cityhub demo is running: http://{addr}/readyz and http://{addr}/metrics  (Ctrl-C stops it)");
+    let report = sim.await?;
+    match report {
+        Ok(r) => eprintln!(
+            "demo: the fleet sent {} messages ({} acknowledged)",
+            r.messages, r.acknowledged
+        ),
+        Err(e) => {
+            eprintln!("demo: the simulated fleet stopped: {e}");
+            cancel.cancel();
+        }
+    }
+    cancel.cancel();
+    hub.await??;
+    Ok(())
+}
+
+fn rumqttc_qos() -> cityhub_sim::QoS {
+    cityhub_sim::QoS::AtLeastOnce
+}

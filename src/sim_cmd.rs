@@ -1,0 +1,291 @@
+//! `cityhub sim ...`: the simulators from the command line.
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use cityhub_config::Settings;
+use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, SimOptions};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SimCommand {
+    /// Run a simulated Cremona fleet against a broker.
+    Run(RunArgs),
+    /// Publish a recorded CSV series as one sensor's stream.
+    Replay(ReplayArgs),
+    /// Publish small QoS 1 messages as fast as the broker takes them.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Broker URL (default: mqtt.url of the configuration).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Sensors per kind, e.g. `waste_bin=200,streetlight=300` (any configured kind).
+    #[arg(
+        long,
+        default_value = "waste_bin=50,streetlight=80,bike_counter=6,air_quality=4"
+    )]
+    fleet: String,
+    /// Payload formats, taken by sensors in turn: native, senml, chirpstack, ttn, sensor-community.
+    #[arg(long, default_value = "native", value_delimiter = ',')]
+    format: Vec<String>,
+    /// Fault rates, e.g. `malformed=0.01,out_of_range=0.01,unknown_kind=0.01,duplicate=0.02,out_of_order=0.02,burst=0.01`.
+    #[arg(long, default_value = "")]
+    faults: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulated start: RFC 3339, `now`, or an offset like `-24h`.
+    #[arg(long, default_value = "now")]
+    start: String,
+    /// Simulated seconds per second (simulated time never passes the present).
+    #[arg(long, default_value_t = 1.0)]
+    speedup: f64,
+    /// Fixed rate in messages per second instead of the fleet's cadence.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this much simulated time (e.g. `2h`, `3d`).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// MQTT QoS (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    #[arg(long, default_value_t = 0.05)]
+    lamp_fault_share: f64,
+    /// Write the report (what was sent, faults, expected rows) as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    file: PathBuf,
+    #[arg(long)]
+    broker: Option<String>,
+    #[arg(long, default_value = "air_quality")]
+    kind: String,
+    #[arg(long, default_value = "replay-0001")]
+    sensor: String,
+    /// Column-to-metric mapping, e.g. `NO2_GT=no2,T=temperature,RH=humidity`
+    /// (default: columns named like the kind's metrics).
+    #[arg(long, default_value = "")]
+    map: String,
+    /// Values meaning "missing" (the UCI air-quality set uses -200).
+    #[arg(
+        long,
+        default_value = "-200",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    missing: Vec<f64>,
+    /// Data seconds per second; 0 publishes as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    speedup: f64,
+    #[arg(long)]
+    lat: Option<f64>,
+    #[arg(long)]
+    lon: Option<f64>,
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    #[arg(long)]
+    broker: Option<String>,
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = 10_000)]
+    sensors: u64,
+    /// Packets written per system call on each connection.
+    #[arg(long, default_value_t = 512)]
+    window: u64,
+}
+
+fn broker(settings: &Settings, arg: &Option<String>) -> String {
+    arg.clone()
+        .unwrap_or_else(|| settings.mqtt.url.expose().to_owned())
+}
+
+/// `90s`, `15m`, `2h`, `3d`.
+fn parse_duration(s: &str) -> Result<chrono::Duration> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n.parse().with_context(|| format!("duration {s:?}"))?;
+    Ok(match unit {
+        "s" | "" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => bail!("duration {s:?}: use s, m, h or d"),
+    })
+}
+
+fn parse_start(s: &str) -> Result<DateTime<Utc>> {
+    if s == "now" {
+        return Ok(Utc::now());
+    }
+    if let Some(rest) = s.strip_prefix('-') {
+        return Ok(Utc::now() - parse_duration(rest)?);
+    }
+    Ok(DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("start {s:?}"))?
+        .with_timezone(&Utc))
+}
+
+fn cancel_on_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        c.cancel();
+    });
+    cancel
+}
+
+fn write_report<T: serde::Serialize>(path: &Option<PathBuf>, report: &T) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    println!("{json}");
+    if let Some(p) = path {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn run(settings: &Settings, cmd: SimCommand) -> Result<()> {
+    let catalog = settings.catalog()?;
+    match cmd {
+        SimCommand::Run(a) => {
+            let mut per_kind = Vec::new();
+            for part in a.fleet.split(',').filter(|p| !p.is_empty()) {
+                let (k, n) = part
+                    .split_once('=')
+                    .with_context(|| format!("--fleet {part:?}: expected kind=count"))?;
+                per_kind.push((
+                    k.trim().to_owned(),
+                    n.trim()
+                        .parse()
+                        .with_context(|| format!("--fleet {part:?}"))?,
+                ));
+            }
+            let formats = a
+                .format
+                .iter()
+                .map(|f| Format::parse(f))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let opts = SimOptions {
+                seed: a.seed,
+                start: parse_start(&a.start)?,
+                fleet: FleetSpec {
+                    per_kind,
+                    lamp_fault_share: a.lamp_fault_share,
+                },
+                formats,
+                faults: FaultRates::parse(&a.faults).map_err(anyhow::Error::msg)?,
+            };
+            let pace = Pace {
+                speedup: a.speedup,
+                rate: a.rate,
+                duration: a.duration.as_deref().map(parse_duration).transpose()?,
+                count: a.count,
+            };
+            let qos = if a.qos == 0 {
+                cityhub_sim::QoS::AtMostOnce
+            } else {
+                cityhub_sim::QoS::AtLeastOnce
+            };
+            let client_id = format!("cityhub-sim-{}", std::process::id());
+            let report = cityhub_sim::run_live(
+                &opts,
+                &catalog,
+                &pace,
+                &broker(settings, &a.broker),
+                &client_id,
+                qos,
+                cancel_on_signal(),
+            )
+            .await?;
+            write_report(&a.report, &report)
+        }
+        SimCommand::Replay(a) => {
+            let kind = catalog
+                .get(&a.kind)
+                .with_context(|| format!("kind {:?} is not configured", a.kind))?;
+            let metrics: Vec<String> = kind.metrics.keys().map(|m| m.to_string()).collect();
+            let map = a
+                .map
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(h, m)| (h.trim().to_owned(), m.trim().to_owned()))
+                        .with_context(|| format!("--map {p:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let spec = cityhub_sim::replay::ReplaySpec {
+                kind: a.kind.clone(),
+                sensor: a.sensor.clone(),
+                map,
+                missing: a.missing,
+                lat: a.lat,
+                lon: a.lon,
+            };
+            let text = std::fs::read_to_string(&a.file)
+                .with_context(|| format!("reading {}", a.file.display()))?;
+            let series =
+                cityhub_sim::replay::read(&text, &spec, &metrics).map_err(anyhow::Error::msg)?;
+            let msgs = cityhub_sim::replay::messages(&series, &spec, Utc::now());
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let speedup = a.speedup;
+            let cancel = cancel_on_signal();
+            let producer_cancel = cancel.clone();
+            tokio::spawn(async move {
+                let (Some(first), wall0) =
+                    (msgs.first().map(|m| m.time), std::time::Instant::now())
+                else {
+                    return;
+                };
+                for m in msgs {
+                    if speedup > 0.0 {
+                        let due = (m.time - first).num_milliseconds() as f64 / 1000.0 / speedup;
+                        tokio::select! {
+                            _ = tokio::time::sleep_until((wall0 + std::time::Duration::from_secs_f64(due)).into()) => {}
+                            _ = producer_cancel.cancelled() => break,
+                        }
+                    }
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let client_id = format!("cityhub-replay-{}", std::process::id());
+            let report = cityhub_sim::publish_stream(
+                &broker(settings, &a.broker),
+                &client_id,
+                rx,
+                cityhub_sim::QoS::AtLeastOnce,
+                cancel,
+            )
+            .await?;
+            write_report(&a.report, &report)
+        }
+        SimCommand::Load(a) => {
+            let spec = cityhub_sim::load::LoadSpec {
+                messages: a.messages,
+                connections: a.connections,
+                sensors: a.sensors.max(1),
+                start: Utc::now() - chrono::Duration::days(20),
+                step: chrono::Duration::seconds(1),
+                window: a.window,
+            };
+            let report = cityhub_sim::load::run(&broker(settings, &a.broker), &spec).await?;
+            write_report(&None, &report)
+        }
+    }
+}
