@@ -37,7 +37,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Simulated start: RFC 3339, `now`, or an offset like `-24h`.
-    #[arg(long, default_value = "now")]
+    #[arg(long, default_value = "now", allow_hyphen_values = true)]
     start: String,
     /// Simulated seconds per second (simulated time never passes the present).
     #[arg(long, default_value_t = 1.0)]

@@ -388,7 +388,7 @@ impl SimSensor {
                 let mut collected = false;
                 let mut day = prev.date_naive();
                 while day <= t.date_naive() {
-                    if day.num_days_from_ce() as u32 % *round_days == 0 {
+                    if (day.num_days_from_ce() as u32).is_multiple_of(*round_days) {
                         let at = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
                             + Duration::minutes(i64::from(*round_minute));
                         if at > prev && at <= t {

@@ -7,6 +7,9 @@ use crate::sim::SimMessage;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde_json::json;
 
+/// One row of a series: its time and the metrics it has values for.
+pub type Row = (DateTime<Utc>, Vec<(String, f64)>);
+
 /// How to read the file.
 #[derive(Debug, Clone)]
 pub struct ReplaySpec {
@@ -42,11 +45,7 @@ fn parse_time(date: Option<&str>, time: &str) -> Option<DateTime<Utc>> {
 
 /// Reads the series; rows with no usable value are skipped. Values are rounded to
 /// the file's own precision by parsing (a decimal comma is accepted).
-pub fn read(
-    text: &str,
-    spec: &ReplaySpec,
-    metrics: &[String],
-) -> Result<Vec<(DateTime<Utc>, Vec<(String, f64)>)>, String> {
+pub fn read(text: &str, spec: &ReplaySpec, metrics: &[String]) -> Result<Vec<Row>, String> {
     let delim = if text.lines().next().unwrap_or("").matches(';').count() > 1 {
         b';'
     } else {
@@ -129,11 +128,7 @@ pub fn read(
 }
 
 /// The series as native messages, shifted so the last row is at `end`.
-pub fn messages(
-    series: &[(DateTime<Utc>, Vec<(String, f64)>)],
-    spec: &ReplaySpec,
-    end: DateTime<Utc>,
-) -> Vec<SimMessage> {
+pub fn messages(series: &[Row], spec: &ReplaySpec, end: DateTime<Utc>) -> Vec<SimMessage> {
     let Some(last) = series.last().map(|(t, _)| *t) else {
         return Vec::new();
     };

@@ -216,3 +216,96 @@ fn faults_are_injected_and_accounted() {
     assert!(FaultRates::parse("bogus=0.1").is_err());
     assert!(FaultRates::parse("malformed=2").is_err());
 }
+
+#[test]
+fn network_server_formats_have_the_shape_of_the_real_thing() {
+    let t0 = Utc::now() - Duration::hours(6);
+    let catalog = Settings::builtin().unwrap().catalog().unwrap();
+    let mut o = opts(3, t0, 2, FaultRates::default());
+    o.formats = vec![Format::Chirpstack];
+    let msgs = generate(&o, &catalog, 50, Utc::now()).unwrap();
+    let bin = msgs.iter().find(|m| m.kind == "waste_bin").unwrap();
+    assert!(
+        bin.topic.starts_with("application/") && bin.topic.ends_with("/event/up"),
+        "{}",
+        bin.topic
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&bin.payload).unwrap();
+    // Same keys as a real ChirpStack v4 capture, where it is present.
+    let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/chirpstack-jena/example3.json");
+    if real.exists() {
+        let real: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(real).unwrap()).unwrap();
+        for key in [
+            "deduplicationId",
+            "time",
+            "deviceInfo",
+            "devAddr",
+            "fCnt",
+            "fPort",
+            "data",
+            "object",
+            "rxInfo",
+        ] {
+            assert!(real.get(key).is_some() && doc.get(key).is_some(), "{key}");
+        }
+        for key in [
+            "tenantId",
+            "applicationId",
+            "applicationName",
+            "deviceProfileName",
+            "deviceName",
+            "devEui",
+            "tags",
+        ] {
+            assert!(
+                real["deviceInfo"].get(key).is_some() && doc["deviceInfo"].get(key).is_some(),
+                "deviceInfo.{key}"
+            );
+        }
+        // Like the real bin sensor, ours reports distance in mm, not a fill level.
+        assert!(real["object"].get("distance").is_some());
+    } else {
+        eprintln!("SKIPPED comparison: shared/testdata/chirpstack-jena is absent");
+    }
+    assert!(
+        doc["object"]["distance"].as_f64().is_some() && doc["object"].get("fill_level").is_none()
+    );
+    assert!(doc["rxInfo"][0]["location"]["latitude"].as_f64().is_some());
+
+    o.formats = vec![Format::Ttn];
+    let msgs = generate(&o, &catalog, 10, Utc::now()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&msgs[0].payload).unwrap();
+    assert!(msgs[0].topic.starts_with("v3/") && msgs[0].topic.contains("@cremona/devices/"));
+    assert!(doc["uplink_message"]["decoded_payload"].is_object());
+    assert!(doc["uplink_message"]["locations"]["user"]["latitude"].is_number());
+
+    o.formats = vec![Format::SensorCommunity];
+    let msgs = generate(&o, &catalog, 200, Utc::now()).unwrap();
+    let aq = msgs
+        .iter()
+        .find(|m| m.format == Format::SensorCommunity)
+        .expect("air quality in Sensor.Community format");
+    assert_eq!(aq.kind, "air_quality");
+    let doc: serde_json::Value = serde_json::from_slice(&aq.payload).unwrap();
+    let types: Vec<&str> = doc["sensordatavalues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["SDS_P1", "SDS_P2", "BME280_temperature", "BME280_humidity"]
+    );
+    assert!(
+        doc["sensordatavalues"][0]["value"].is_string(),
+        "Sensor.Community sends values as strings"
+    );
+    // Other kinds cannot speak it and fall back to native JSON.
+    assert!(msgs
+        .iter()
+        .filter(|m| m.kind != "air_quality")
+        .all(|m| m.format == Format::Native));
+}
