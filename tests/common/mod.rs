@@ -129,6 +129,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Self {
+        Self::start_with(|port| format!("listener {port} 127.0.0.1"))
+    }
+
+    /// Starts from config/mosquitto.conf with its `listener` line replaced by
+    /// `listener(port)` (e.g. a TLS listener with authentication).
+    pub fn start_with(listener: impl Fn(u16) -> String) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("cityhub_mq"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -139,13 +145,17 @@ impl Broker {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto.conf"),
         )
         .unwrap();
+        let listener_text = listener(port);
+        // A listener that sets its own authentication replaces the project's default.
+        let own_auth = listener_text.contains("allow_anonymous");
         let conf: String = conf
             .lines()
+            .filter(|l| !(own_auth && l.starts_with("allow_anonymous")))
             .map(|l| {
                 if l.starts_with("persistence_location ") {
                     format!("persistence_location {}/", dir.display())
                 } else if l.starts_with("listener ") {
-                    format!("listener {port} 127.0.0.1")
+                    listener_text.clone()
                 } else {
                     l.to_owned()
                 }
@@ -185,6 +195,11 @@ impl Broker {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// A folder the broker may read (it drops root privileges), for its files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
@@ -229,6 +244,35 @@ impl Hub {
         };
         hub.spawn();
         hub.wait_ready().await;
+        hub
+    }
+
+    /// Starts a hub that is not expected to become ready; waits only for its HTTP server.
+    pub async fn start_unready(
+        db: &TestDb,
+        broker: &Broker,
+        client_id: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut env: Vec<(String, String)> = vec![
+            ("CITYHUB_DATABASE_URL".into(), db.url.clone()),
+            ("CITYHUB_MQTT_URL".into(), broker.url()),
+            ("CITYHUB_MQTT_CLIENT_ID".into(), client_id.into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut hub = Self {
+            http_port: 0,
+            child: None,
+            log: artifacts_dir().join(format!("{}.log", unique(client_id))),
+            env,
+        };
+        hub.spawn();
+        let url = hub.url("/healthz");
+        wait_for(30, "the hub's HTTP server", || {
+            let url = url.clone();
+            async move { reqwest::get(url).await.is_ok() }
+        })
+        .await;
         hub
     }
 
