@@ -167,6 +167,7 @@ pub(crate) async fn serve(
     let mut registry = Registry::default();
     let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
     let store_cell = Arc::new(tokio::sync::OnceCell::new());
+    let ingest_cell = Arc::new(tokio::sync::OnceCell::new());
     let (ready, mqtt_connected) = match hooks {
         Some((tx, flag)) => (Some(tx), flag),
         None => (None, Arc::new(AtomicBool::new(false))),
@@ -184,6 +185,7 @@ pub(crate) async fn serve(
         store: store_cell.clone(),
         registry: Arc::new(registry),
         mqtt_connected: mqtt_connected.clone(),
+        ingest: ingest_cell.clone(),
     };
     let app = cityhub_api::router(state);
     let http_cancel = cancel.clone();
@@ -215,7 +217,7 @@ pub(crate) async fn serve(
     tracing::info!(backend = %store.backend(), "Storage ready.");
     let _ = store_cell.set(store.clone());
 
-    cityhub_ingest::start(
+    let http_ingest = cityhub_ingest::start(
         &settings,
         store.clone(),
         metrics,
@@ -223,6 +225,7 @@ pub(crate) async fn serve(
         cancel.clone(),
         &tracker,
     )?;
+    let _ = ingest_cell.set(http_ingest);
     tracker.spawn(retention_job(store, cancel.clone()));
 
     tracker.close();

@@ -1,11 +1,13 @@
 //! The HTTP side of cityhub. This crate serves liveness, readiness and
 //! Prometheus metrics; the open-data feeds, OGC API and catalogue build on it.
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use cityhub_ingest::{HttpIngest, HttpSubmission};
 use cityhub_store::Store;
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -20,6 +22,8 @@ pub struct AppState {
     pub store: Arc<OnceCell<Store>>,
     pub registry: Arc<Registry>,
     pub mqtt_connected: Arc<AtomicBool>,
+    /// Set once ingestion runs: the way in for HTTP submissions.
+    pub ingest: Arc<OnceCell<HttpIngest>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -27,6 +31,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/ingest/sensor-community",
+            post(ingest_sensor_community).layer(DefaultBodyLimit::max(1024 * 1024)),
+        )
         .with_state(state)
 }
 
@@ -88,5 +96,54 @@ async fn metrics(State(s): State<AppState>) -> Response {
             )
                 .into_response()
         }
+    }
+}
+
+/// Time an HTTP client waits for its submission's commit before being told to retry.
+const HTTP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "60")],
+        Json(json!({ "error": "storage is unavailable; nothing was stored, send the data again later" })),
+    )
+        .into_response()
+}
+
+/// `POST /ingest/sensor-community`: the airrohr firmware's "custom API" upload
+/// (`X-Sensor: esp8266-<chip id>`, `X-Pin` per sensor type). 200 only after the
+/// transaction holding the readings committed; 422 when nothing in it was valid
+/// (the payload is kept as a dead letter); 503 when it could not be stored.
+async fn ingest_sensor_community(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(ingest) = s.ingest.get() else {
+        return unavailable();
+    };
+    let x_sensor = headers
+        .get("x-sensor")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let submission = HttpSubmission {
+        payload: body,
+        x_sensor,
+        received_at: chrono::Utc::now(),
+        reply: tx,
+    };
+    if ingest.submit(submission).await.is_err() {
+        return unavailable();
+    }
+    match tokio::time::timeout(HTTP_COMMIT_WAIT, rx).await {
+        Ok(Ok(Ok(outcome))) if outcome.stored == 0 && !outcome.rejected.is_empty() => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": outcome.rejected.join("; "), "stored": 0 })),
+        )
+            .into_response(),
+        Ok(Ok(Ok(outcome))) => (StatusCode::OK, Json(outcome)).into_response(),
+        _ => unavailable(),
     }
 }

@@ -36,6 +36,28 @@ pub struct KindDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main_metric: Option<String>,
     pub metrics: BTreeMap<String, MetricDef>,
+    /// Metrics computed by the hub from another metric and a sensor property.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub derived: BTreeMap<String, DerivedDef>,
+}
+
+/// How a derived metric is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Formula {
+    /// Ultrasonic bin sensors: `100 * (1 - distance / depth)`, clamped to 0-100 %.
+    FillFromDistance,
+}
+
+/// A metric the hub derives at commit time, e.g. `fill_level` from `distance`
+/// and the bin's registered depth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedDef {
+    pub from: String,
+    pub formula: Formula,
+    /// The sensor property (from the registry) the formula needs, e.g. `depth_mm`.
+    pub property: String,
 }
 
 fn yes() -> bool {
@@ -73,6 +95,12 @@ pub enum CatalogError {
     NoMetrics(String),
     #[error("kind {kind:?}: main_metric {metric:?} is not one of its metrics")]
     MainMetric { kind: String, metric: String },
+    #[error("kind {kind:?}: derived metric {metric:?} and its source {from:?} must both be metrics of the kind")]
+    Derived {
+        kind: String,
+        metric: String,
+        from: String,
+    },
 }
 
 /// A validated metric: what the pipeline checks values against.

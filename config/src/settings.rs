@@ -303,6 +303,8 @@ pub struct Settings {
     pub store: StoreSettings,
     pub log: LogSettings,
     pub kinds: BTreeMap<String, KindDef>,
+    /// Network-server and community-network formats, each on its own topics.
+    pub adapters: Vec<crate::adapters::AdapterDef>,
 }
 
 impl Settings {
@@ -351,7 +353,6 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        Catalog::from_defs(&self.kinds)?;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.ingest.batch_max_rows == 0 {
             return invalid("ingest.batch_max_rows must be at least 1");
@@ -373,6 +374,26 @@ impl Settings {
         if !self.mqtt.share_group.is_empty() && self.mqtt.share_group.contains(['/', '+', '#']) {
             return invalid("mqtt.share_group must not contain '/', '+' or '#'");
         }
+        let catalog = Catalog::from_defs(&self.kinds)?;
+        for a in &self.adapters {
+            for k in a.kind.iter().chain(a.kind_map.values()) {
+                if catalog.get(k).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "adapter {:?}: kind {k:?} is not configured",
+                        a.name
+                    )));
+                }
+            }
+            if a.kind.is_none()
+                && a.kind_from.is_none()
+                && a.format != crate::AdapterFormat::SensorCommunity
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "adapter {:?}: set kind or kind_from",
+                    a.name
+                )));
+            }
+        }
         if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
             return invalid("mqtt.client_cert_file and mqtt.client_key_file go together");
         }
@@ -390,10 +411,17 @@ impl Settings {
             .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 
-    /// The subscription filters, with the shared-subscription prefix when a group is set.
+    /// The subscription filters (native topics and adapters'), with the
+    /// shared-subscription prefix when a group is set.
     pub fn subscription_filters(&self) -> Vec<String> {
-        self.mqtt
-            .topics
+        let mut topics = self.mqtt.topics.clone();
+        for a in &self.adapters {
+            let t = a.topic();
+            if !topics.contains(&t) {
+                topics.push(t);
+            }
+        }
+        topics
             .iter()
             .map(|t| {
                 if self.mqtt.share_group.is_empty() {

@@ -34,6 +34,8 @@ pub struct Decoded {
     /// Known when the topic names a valid kind and sensor.
     pub sensor: Option<(SensorId, Name)>,
     pub location: Option<GeoPoint>,
+    /// The location is a hint (a gateway's position), not the sensor's own.
+    pub location_fallback: bool,
     pub readings: Vec<Reading>,
     pub problems: Vec<Problem>,
 }
@@ -46,19 +48,64 @@ pub struct Limits {
     pub retention: chrono::Duration,
 }
 
-/// Decodes native-topic messages against the kind catalogue.
+/// Decodes native-topic messages and adapter formats against the kind catalogue.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     catalog: Catalog,
     limits: Limits,
+    adapters: Vec<cityhub_config::AdapterDef>,
 }
+
+mod adapters;
 
 /// SenML: times below 2^28 s are relative to now (RFC 8428 section 4.5.3).
 const SENML_RELATIVE_LIMIT: f64 = 268_435_456.0;
 
 impl Decoder {
     pub fn new(catalog: Catalog, limits: Limits) -> Self {
-        Self { catalog, limits }
+        Self {
+            catalog,
+            limits,
+            adapters: Vec::new(),
+        }
+    }
+
+    /// Adds the configured adapters; a topic matching an adapter's filter is read in its format.
+    pub fn with_adapters(mut self, adapters: Vec<cityhub_config::AdapterDef>) -> Self {
+        self.adapters = adapters;
+        self
+    }
+
+    /// Size check and JSON parse, shared by every format.
+    fn parse_json(&self, payload: &[u8], out: &mut Decoded) -> Option<Value> {
+        if payload.len() > self.limits.max_payload_bytes {
+            out.problems.push(problem(
+                "oversize",
+                format!(
+                    "payload is {} bytes, above the limit of {}",
+                    payload.len(),
+                    self.limits.max_payload_bytes
+                ),
+            ));
+            return None;
+        }
+        match serde_json::from_slice(payload) {
+            Ok(v) => Some(v),
+            Err(e) if e.to_string().starts_with("number out of range") => {
+                out.problems.push(problem(
+                    "not_finite",
+                    format!("a number is too large for a 64-bit float ({e})"),
+                ));
+                None
+            }
+            Err(e) => {
+                out.problems.push(problem(
+                    "malformed_json",
+                    format!("payload is not valid JSON: {e}"),
+                ));
+                None
+            }
+        }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -67,6 +114,13 @@ impl Decoder {
 
     /// Decodes a message received at `now` on `topic`.
     pub fn decode(&self, topic: &str, payload: &[u8], now: DateTime<Utc>) -> Decoded {
+        if let Some(a) = self
+            .adapters
+            .iter()
+            .find(|a| topic_matches(&a.topic(), topic))
+        {
+            return self.decode_adapter(a, payload, now, None);
+        }
         let mut out = Decoded::default();
         let kind = match self.route(topic) {
             Ok((kind, sensor)) => {
@@ -78,33 +132,8 @@ impl Decoder {
                 return out;
             }
         };
-        if payload.len() > self.limits.max_payload_bytes {
-            out.problems.push(problem(
-                "oversize",
-                format!(
-                    "payload is {} bytes, above the limit of {}",
-                    payload.len(),
-                    self.limits.max_payload_bytes
-                ),
-            ));
+        let Some(doc) = self.parse_json(payload, &mut out) else {
             return out;
-        }
-        let doc: Value = match serde_json::from_slice(payload) {
-            Ok(v) => v,
-            Err(e) if e.to_string().starts_with("number out of range") => {
-                out.problems.push(problem(
-                    "not_finite",
-                    format!("a number is too large for a 64-bit float ({e})"),
-                ));
-                return out;
-            }
-            Err(e) => {
-                out.problems.push(problem(
-                    "malformed_json",
-                    format!("payload is not valid JSON: {e}"),
-                ));
-                return out;
-            }
         };
         let mut ctx = Ctx {
             kind,
@@ -151,6 +180,20 @@ impl Decoder {
             SensorId::parse(sensor).map_err(|e| problem("bad_sensor_id", format!("topic: {e}")))?;
         Ok((kind, sensor))
     }
+}
+
+/// MQTT topic filter matching: `+` is one level, `#` the rest.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match (f, t.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(level)) if f == level => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
 }
 
 fn topic_sensor(topic: &str) -> &str {

@@ -7,6 +7,7 @@ pub mod mqtt;
 pub mod pipeline;
 
 pub use metrics::IngestMetrics;
+pub use pipeline::{HttpIngest, HttpOutcome, HttpRefused, HttpSubmission};
 
 use cityhub_config::Settings;
 use cityhub_store::{BatchWriter, Store};
@@ -37,7 +38,7 @@ pub fn start(
     connected: Arc<AtomicBool>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<(), IngestError> {
+) -> Result<HttpIngest, IngestError> {
     let catalog = settings
         .catalog()
         .map_err(|e| IngestError::Config(e.to_string()))?;
@@ -46,7 +47,7 @@ pub fn start(
         max_future: chrono::Duration::seconds(settings.ingest.max_future_s),
         retention: chrono::Duration::days(i64::from(settings.store.retention_days)),
     };
-    let decoder = decode::Decoder::new(catalog, limits);
+    let decoder = decode::Decoder::new(catalog, limits).with_adapters(settings.adapters.clone());
     let session = mqtt::session(settings, &metrics)?;
 
     // The event loop must never wait: it also carries the acks that free the pipeline,
@@ -56,6 +57,7 @@ pub fn start(
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     // One batch waits while one commits: the batcher fills the next meanwhile.
     let (batch_tx, batch_rx) = mpsc::channel(1);
+    let (http_tx, http_rx) = mpsc::channel(256);
 
     let ms = |v: u64| Duration::from_millis(v);
     tracker.spawn(mqtt::run_event_loop(
@@ -75,6 +77,7 @@ pub fn start(
     let batcher = pipeline::Batcher::new(decoder, store.clone(), metrics.clone());
     tracker.spawn(batcher.run(
         in_rx,
+        http_rx,
         batch_tx,
         settings.ingest.batch_max_rows,
         ms(settings.ingest.batch_max_age_ms),
@@ -92,5 +95,5 @@ pub fn start(
         SHUTDOWN_GRACE,
         cancel,
     ));
-    Ok(())
+    Ok(HttpIngest { tx: http_tx })
 }

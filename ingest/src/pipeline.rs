@@ -9,7 +9,7 @@ use crate::mqtt::{AckToken, Acker, Inbound};
 use bytes::Bytes;
 use cityhub_store::{BatchWriter, DeadLetter, Observation, Source, Store, WriteBatch};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// A batch ready to commit, with the acks it releases.
@@ -17,7 +17,63 @@ pub struct Batch {
     pub write: WriteBatch,
     pub acks: Vec<AckToken>,
     rows: usize,
+    /// An HTTP submission waits for this batch: it is tried once and the
+    /// client is told the outcome (on failure it retries, so nothing is kept).
+    reply: Option<(
+        oneshot::Sender<Result<HttpOutcome, HttpRefused>>,
+        HttpOutcome,
+    )>,
 }
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            write: WriteBatch::default(),
+            acks: Vec::new(),
+            rows: 0,
+            reply: None,
+        }
+    }
+}
+
+/// A message that arrived over HTTP (Sensor.Community firmware's custom API).
+#[derive(Debug)]
+pub struct HttpSubmission {
+    pub payload: Bytes,
+    /// The firmware's `X-Sensor` header (`esp8266-<chip id>`).
+    pub x_sensor: Option<String>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub reply: oneshot::Sender<Result<HttpOutcome, HttpRefused>>,
+}
+
+/// What a committed HTTP submission did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HttpOutcome {
+    /// Readings stored.
+    pub stored: usize,
+    /// Why parts were refused (they are dead letters now).
+    pub rejected: Vec<String>,
+}
+
+/// The submission was not committed; the client should send it again later.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRefused;
+
+/// The HTTP side's handle on ingestion.
+#[derive(Clone)]
+pub struct HttpIngest {
+    pub(crate) tx: mpsc::Sender<HttpSubmission>,
+}
+
+impl HttpIngest {
+    /// Hands `s` to the pipeline; `Err` when it cannot take submissions now.
+    pub async fn submit(&self, s: HttpSubmission) -> Result<(), HttpRefused> {
+        self.tx.send(s).await.map_err(|_| HttpRefused)
+    }
+}
+
+/// The HTTP source, as the synthetic topic dead letters show.
+pub const HTTP_SENSOR_COMMUNITY_TOPIC: &str = "http:/ingest/sensor-community";
 
 /// Turns messages into rows and dead letters of the open batch.
 pub struct Batcher {
@@ -39,12 +95,46 @@ impl Batcher {
         let topic = String::from_utf8_lossy(&m.publish.topic).into_owned();
         let payload: Bytes = m.publish.payload.clone();
         let d = self.decoder.decode(&topic, &payload, m.received_at);
-        let source = batch.write.sources.len() as u32;
         batch.acks.push(AckToken::of(&m));
+        self.add_decoded(batch, topic, payload, m.received_at, &d);
+    }
+
+    /// A batch of its own for one HTTP submission.
+    fn http_batch(&self, s: HttpSubmission) -> Batch {
+        let d = self.decoder.decode_sensor_community_http(
+            &s.payload,
+            s.x_sensor.as_deref(),
+            s.received_at,
+        );
+        let mut batch = Batch::new();
+        let outcome = HttpOutcome {
+            stored: d.readings.len(),
+            rejected: d.problems.iter().map(|p| p.reason.clone()).collect(),
+        };
+        self.add_decoded(
+            &mut batch,
+            HTTP_SENSOR_COMMUNITY_TOPIC.to_owned(),
+            s.payload,
+            s.received_at,
+            &d,
+        );
+        batch.reply = Some((s.reply, outcome));
+        batch
+    }
+
+    fn add_decoded(
+        &self,
+        batch: &mut Batch,
+        topic: String,
+        payload: Bytes,
+        received_at: chrono::DateTime<chrono::Utc>,
+        d: &crate::decode::Decoded,
+    ) {
+        let source = batch.write.sources.len() as u32;
         batch.write.sources.push(Source {
             topic,
             payload,
-            received_at: m.received_at,
+            received_at,
         });
         if let Some((sensor, kind)) = &d.sensor {
             for r in &d.readings {
@@ -59,9 +149,10 @@ impl Batcher {
                     value: r.value,
                     source,
                 });
+                let location = d.location.map(|p| (p, d.location_fallback));
                 batch
                     .write
-                    .see_sensor(sensor, kind, d.location, r.time, source);
+                    .see_sensor(sensor, kind, location, r.time, source);
             }
             batch.rows += d.readings.len();
         }
@@ -82,9 +173,11 @@ impl Batcher {
     }
 
     /// Reads messages until cancelled or the inbound channel closes, sending closed batches on.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         self,
         mut rx: mpsc::UnboundedReceiver<Inbound>,
+        mut http_rx: mpsc::Receiver<HttpSubmission>,
         tx: mpsc::Sender<Batch>,
         max_rows: usize,
         max_age: Duration,
@@ -94,14 +187,18 @@ impl Batcher {
             let first = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                s = http_rx.recv(), if !http_rx.is_closed() => {
+                    if let Some(s) = s {
+                        if tx.send(self.http_batch(s)).await.is_err() {
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 m = rx.recv() => match m { Some(m) => m, None => break },
             };
             let deadline = tokio::time::Instant::now() + max_age;
-            let mut batch = Batch {
-                write: WriteBatch::default(),
-                acks: Vec::new(),
-                rows: 0,
-            };
+            let mut batch = Batch::new();
             self.add(&mut batch, first);
             let mut stop = false;
             while batch.rows < max_rows {
@@ -132,6 +229,8 @@ impl Batcher {
             }
         }
         // Messages still queued are not acked; the broker redelivers them.
+        // HTTP clients still waiting are told to come back (their reply drops).
+        http_rx.close();
         let mut left = 0;
         rx.close();
         while rx.try_recv().is_ok() {
@@ -153,7 +252,12 @@ pub async fn run_writer(
     cancel: CancellationToken,
 ) {
     let mut deadline: Option<Instant> = None;
-    'batches: while let Some(batch) = rx.recv().await {
+    'batches: while let Some(mut batch) = rx.recv().await {
+        if batch.reply.as_ref().is_some_and(|(r, _)| r.is_closed()) {
+            // The HTTP client stopped waiting (and was told to send again): storing it now
+            // would store it twice.
+            continue;
+        }
         let mut delay = retry.0;
         let mut attempt = 0u32;
         loop {
@@ -174,11 +278,20 @@ pub async fn run_writer(
                         tracing::info!(attempts = attempt + 1, "Batch committed after retries.");
                     }
                     acker.ack(&batch.acks).await;
+                    if let Some((reply, outcome)) = batch.reply.take() {
+                        let _ = reply.send(Ok(outcome));
+                    }
                     break;
                 }
                 Err(e) => {
                     attempt += 1;
                     metrics.db_retries.inc();
+                    if let Some((reply, _)) = batch.reply.take() {
+                        // Not committed: the HTTP client is told to retry; nothing to keep.
+                        tracing::warn!(error = %e, "HTTP submission not committed; answered 503.");
+                        let _ = reply.send(Err(HttpRefused));
+                        break;
+                    }
                     if cancel.is_cancelled() {
                         let d = *deadline.get_or_insert_with(|| Instant::now() + shutdown_grace);
                         if Instant::now() >= d {

@@ -168,7 +168,7 @@ pub fn encode(
             )
         }
         Format::SensorCommunity => {
-            let chip = u32::from_str_radix(&dev_eui(&s.id)[10..], 16).unwrap_or(0) % 10_000_000;
+            let chip = sensor_community_chip(&s.id);
             let map = |k: &str| match k {
                 "pm10" => Some("SDS_P1"),
                 "pm2_5" => Some("SDS_P2"),
@@ -187,6 +187,16 @@ pub fn encode(
         }
     };
     (topic, serde_json::to_vec(&doc).unwrap_or_default())
+}
+
+/// The airrohr chip id the simulator gives sensor `id`.
+pub fn sensor_community_chip(id: &str) -> u32 {
+    u32::from_str_radix(&dev_eui(id)[10..], 16).unwrap_or(0) % 10_000_000
+}
+
+/// What an ultrasonic sensor in a bin `depth` mm deep reads at `fill` %: whole millimetres.
+pub fn distance_mm(depth: f64, fill: f64) -> f64 {
+    (depth * (1.0 - fill / 100.0)).round()
 }
 
 fn kind_number(kind: &str) -> u64 {

@@ -318,12 +318,20 @@ impl Simulation {
         if fault.is_none() || fault == Some("out_of_range") {
             self.sent_once[i] = true;
         }
-        if !native_like {
-            // Network-server formats are stored through adapters; the account lists what they carry.
+        if format == Format::SensorCommunity {
+            // The account lists what the format carries.
             stored.retain(|(k, _)| {
-                format != Format::SensorCommunity
-                    || ["pm10", "pm2_5", "temperature", "humidity"].contains(&k.as_str())
+                ["pm10", "pm2_5", "temperature", "humidity"].contains(&k.as_str())
             });
+        }
+        if let (Format::Chirpstack, Some(depth)) = (format, s.depth_mm()) {
+            // Ultrasonic bin sensors report distance; the hub derives the fill level from it.
+            for (k, v) in stored.iter_mut() {
+                if k == "fill_level" {
+                    *k = "distance".into();
+                    *v = crate::formats::distance_mm(depth, *v);
+                }
+            }
         }
         SimMessage {
             topic,

@@ -25,7 +25,16 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// A derived metric resolved to metric ids (see `cityhub_config::DerivedDef`).
+#[derive(Debug, Clone)]
+pub struct Derived {
+    pub from: i16,
+    pub target: i16,
+    pub property: String,
+}
+
 struct Inner {
+    derived: Vec<Derived>,
     pool: Pool,
     backend: Backend,
     /// kind -> metric -> id, looked up by `&str` on the hot path.
@@ -41,8 +50,24 @@ impl Store {
         let backend = schema::migrate(&mut client, &settings.store).await?;
         let metric_ids = sync_metrics(&client, catalog).await?;
         drop(client);
+        let id = |k: &str, m: &str| metric_ids.get(k).and_then(|ms| ms.get(m)).copied();
+        let mut derived = Vec::new();
+        for k in catalog.iter() {
+            for (target, d) in &k.def.derived {
+                if let (Some(from), Some(target)) =
+                    (id(k.name.as_str(), &d.from), id(k.name.as_str(), target))
+                {
+                    derived.push(Derived {
+                        from,
+                        target,
+                        property: d.property.clone(),
+                    });
+                }
+            }
+        }
         Ok(Self {
             inner: Arc::new(Inner {
+                derived,
                 pool,
                 backend,
                 metric_ids,
@@ -53,6 +78,11 @@ impl Store {
 
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// Derived metrics computed at commit time.
+    pub fn derived(&self) -> &[Derived] {
+        &self.inner.derived
     }
 
     pub fn backend(&self) -> &Backend {

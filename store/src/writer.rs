@@ -39,6 +39,9 @@ pub struct Observation {
 pub struct SensorSeen {
     pub kind: Name,
     pub location: Option<GeoPoint>,
+    /// The location is only a hint (e.g. the receiving gateway's position):
+    /// it never replaces a position the sensor already has.
+    pub location_fallback: bool,
     pub first: DateTime<Utc>,
     pub last: DateTime<Utc>,
     pub source: u32,
@@ -68,21 +71,28 @@ impl WriteBatch {
         self.sources.is_empty()
     }
 
-    /// Records what a message says about its sensor.
+    /// Records what a message says about its sensor; `location` carries whether it is
+    /// only a hint (see [`SensorSeen::location_fallback`]).
     pub fn see_sensor(
         &mut self,
         id: &SensorId,
         kind: &Name,
-        location: Option<GeoPoint>,
+        location: Option<(GeoPoint, bool)>,
         time: DateTime<Utc>,
         source: u32,
     ) {
+        let (location, fallback) = match location {
+            Some((p, f)) => (Some(p), f),
+            None => (None, false),
+        };
         match self.sensors.get_mut(id) {
             Some(s) => {
                 s.first = s.first.min(time);
                 s.last = s.last.max(time);
-                if location.is_some() {
+                if location.is_some() && (!fallback || s.location.is_none() || s.location_fallback)
+                {
                     s.location = location;
+                    s.location_fallback = fallback;
                 }
             }
             None => {
@@ -91,6 +101,7 @@ impl WriteBatch {
                     SensorSeen {
                         kind: kind.clone(),
                         location,
+                        location_fallback: fallback,
                         first: time,
                         last: time,
                         source,
@@ -175,6 +186,7 @@ impl BatchWriter {
                 .filter(|m| !self.partitions.contains(m))
                 .collect()
         };
+        let store = self.store.clone();
         let client = self.client().await?;
         for m in &months {
             ensure_partition(&**client, *m).await?;
@@ -189,11 +201,18 @@ impl BatchWriter {
         let mut lats: Vec<Option<f64>> = Vec::with_capacity(batch.sensors.len());
         let mut firsts = Vec::with_capacity(batch.sensors.len());
         let mut lasts = Vec::with_capacity(batch.sensors.len());
+        let (mut fb_ext, mut fb_lons, mut fb_lats) = (Vec::new(), Vec::new(), Vec::new());
         for (id, s) in &batch.sensors {
             ext.push(id.as_str());
             kinds.push(s.kind.as_str());
-            lons.push(s.location.map(|p| p.lon()));
-            lats.push(s.location.map(|p| p.lat()));
+            let own = s.location.filter(|_| !s.location_fallback);
+            lons.push(own.map(|p| p.lon()));
+            lats.push(own.map(|p| p.lat()));
+            if let (Some(p), true) = (s.location, s.location_fallback) {
+                fb_ext.push(id.as_str());
+                fb_lons.push(p.lon());
+                fb_lats.push(p.lat());
+            }
             firsts.push(s.first);
             lasts.push(s.last);
         }
@@ -213,6 +232,16 @@ impl BatchWriter {
                 &[&ext, &kinds, &lons, &lats, &firsts, &lasts],
             )
             .await?;
+        if !fb_ext.is_empty() {
+            // Hints (gateway positions) only place sensors that have no position yet.
+            tx.execute(
+                "UPDATE sensors AS s SET lon = f.lon, lat = f.lat
+                 FROM unnest($1::text[], $2::float8[], $3::float8[]) AS f(external_id, lon, lat)
+                 WHERE s.external_id = f.external_id AND s.lon IS NULL",
+                &[&fb_ext, &fb_lons, &fb_lats],
+            )
+            .await?;
+        }
         let mut ids: HashMap<&str, i32> = HashMap::with_capacity(rows.len());
         for r in &rows {
             let e: &str = r.get(1);
@@ -262,6 +291,19 @@ impl BatchWriter {
         }
         writer.finish().await?;
 
+        for d in store.derived() {
+            // Derived metrics from the registered sensor property, in the same transaction.
+            tx.execute(
+                "INSERT INTO obs_staging (sensor_id, metric_id, time, value)
+                 SELECT st.sensor_id, $2, st.time,
+                        greatest(0, least(100, 100 * (1 - st.value / (s.properties->>$3)::float8)))
+                 FROM obs_staging st JOIN sensors s ON s.id = st.sensor_id
+                 WHERE st.metric_id = $1 AND jsonb_typeof(s.properties->$3) = 'number'
+                   AND (s.properties->>$3)::float8 > 0",
+                &[&d.from, &d.target, &d.property],
+            )
+            .await?;
+        }
         let inserted = tx
             .execute(
                 "INSERT INTO observations (time, sensor_id, metric_id, value)

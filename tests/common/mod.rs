@@ -66,6 +66,13 @@ impl TestDb {
         }
     }
 
+    /// A connection to the server's admin database.
+    pub async fn admin() -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         let (c, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
         tokio::spawn(conn);
