@@ -298,8 +298,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     settings.mqtt.client_id = format!("cityhub-demo-{}", std::process::id());
 
     let catalog = settings.catalog()?;
-    let kinds = ["waste_bin", "streetlight", "bike_counter", "air_quality"];
-    let per_kind: Vec<(String, usize)> = kinds
+    let per_kind: Vec<(String, usize)> = cityhub_sim::fleet::BUILT_IN_KINDS
         .iter()
         .zip(args.fleet.iter().chain(std::iter::repeat(&0)))
         .filter(|(k, n)| **n > 0 && catalog.get(k).is_some())

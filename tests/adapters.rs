@@ -84,18 +84,8 @@ async fn chirpstack_and_the_things_stack_uplinks_end_to_end() {
         .unwrap()
         .catalog()
         .unwrap();
-    let fleet = cityhub_sim::fleet::build(
-        41,
-        &cityhub_sim::FleetSpec {
-            per_kind: ["waste_bin", "streetlight", "bike_counter", "air_quality"]
-                .iter()
-                .map(|k| (k.to_string(), 3))
-                .collect(),
-            lamp_fault_share: 0.05,
-        },
-        &catalog,
-    )
-    .unwrap();
+    let fleet = cityhub_sim::fleet::build(41, &cityhub_sim::FleetSpec::built_in(3, 0.05), &catalog)
+        .unwrap();
     let depth: HashMap<String, f64> = fleet
         .iter()
         .filter_map(|s| s.depth_mm().map(|d| (s.id.clone(), d)))

@@ -152,18 +152,14 @@ async fn mqtts_with_password_from_a_file() {
     std::fs::write(&pwfile, "s3cret-hub\n").unwrap();
     let db = TestDb::new().await;
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
-    let hub = Hub::start(
-        &db,
-        &broker,
-        "tls-pw",
-        &[
-            ("CITYHUB_MQTT_URL", &url),
-            ("CITYHUB_MQTT_CA_FILE", &pki.path("ca.crt")),
-            ("CITYHUB_MQTT_USERNAME", "hub"),
-            ("CITYHUB_MQTT_PASSWORD_FILE", pwfile.to_str().unwrap()),
-        ],
-    )
-    .await;
+    let ca = pki.path("ca.crt");
+    let env = [
+        ("CITYHUB_MQTT_URL", url.as_str()),
+        ("CITYHUB_MQTT_CA_FILE", ca.as_str()),
+        ("CITYHUB_MQTT_USERNAME", "hub"),
+        ("CITYHUB_MQTT_PASSWORD_FILE", pwfile.to_str().unwrap()),
+    ];
+    let hub = Hub::start(&db, &broker, "tls-pw", &env).await;
     assert_anonymous_refused(&broker, &pki);
     mosquitto_pub(
         &broker,
@@ -184,18 +180,7 @@ async fn mqtts_with_password_from_a_file() {
 
     // A wrong password: the hub stays up, not ready, and says why.
     std::fs::write(&pwfile, "wrong\n").unwrap();
-    let bad = Hub::start_unready(
-        &db,
-        &broker,
-        "tls-badpw",
-        &[
-            ("CITYHUB_MQTT_URL", &url),
-            ("CITYHUB_MQTT_CA_FILE", &pki.path("ca.crt")),
-            ("CITYHUB_MQTT_USERNAME", "hub"),
-            ("CITYHUB_MQTT_PASSWORD_FILE", pwfile.to_str().unwrap()),
-        ],
-    )
-    .await;
+    let bad = Hub::start_unready(&db, &broker, "tls-badpw", &env).await;
     wait_for(30, "the refusal in the log", || async {
         std::fs::read_to_string(&bad.log)
             .unwrap_or_default()

@@ -148,11 +148,24 @@ pub struct SimSensor {
     activity: f64,
 }
 
+/// The kinds the simulator has physics for (DESIGN.md section 1).
+pub const BUILT_IN_KINDS: [&str; 4] = ["waste_bin", "streetlight", "bike_counter", "air_quality"];
+
 /// What to build: sensors per kind, and the share of faulty lamps.
 #[derive(Debug, Clone)]
 pub struct FleetSpec {
     pub per_kind: Vec<(String, usize)>,
     pub lamp_fault_share: f64,
+}
+
+impl FleetSpec {
+    /// `n` sensors of each built-in kind.
+    pub fn built_in(n: usize, lamp_fault_share: f64) -> Self {
+        Self {
+            per_kind: BUILT_IN_KINDS.iter().map(|k| (k.to_string(), n)).collect(),
+            lamp_fault_share,
+        }
+    }
 }
 
 fn prefix(kind: &str) -> String {

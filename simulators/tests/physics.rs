@@ -10,13 +10,7 @@ fn opts(seed: u64, start: DateTime<Utc>, per_kind: usize, faults: FaultRates) ->
     SimOptions {
         seed,
         start,
-        fleet: FleetSpec {
-            per_kind: ["waste_bin", "streetlight", "bike_counter", "air_quality"]
-                .iter()
-                .map(|k| (k.to_string(), per_kind))
-                .collect(),
-            lamp_fault_share: 0.1,
-        },
+        fleet: FleetSpec::built_in(per_kind, 0.1),
         formats: vec![Format::Native, Format::Senml],
         faults,
     }

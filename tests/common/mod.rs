@@ -227,12 +227,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub async fn start(
-        db: &TestDb,
-        broker: &Broker,
-        client_id: &str,
-        extra: &[(&str, &str)],
-    ) -> Self {
+    /// Spawns `cityhub serve` for `db` and `broker` with `extra` environment.
+    fn launch(db: &TestDb, broker: &Broker, client_id: &str, extra: &[(&str, &str)]) -> Self {
         let mut env: Vec<(String, String)> = vec![
             ("CITYHUB_DATABASE_URL".into(), db.url.clone()),
             ("CITYHUB_MQTT_URL".into(), broker.url()),
@@ -250,30 +246,29 @@ impl Hub {
             env,
         };
         hub.spawn();
+        hub
+    }
+
+    /// A hub that is ready (database and broker connected).
+    pub async fn start(
+        db: &TestDb,
+        broker: &Broker,
+        client_id: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let hub = Self::launch(db, broker, client_id, extra);
         hub.wait_ready().await;
         hub
     }
 
-    /// Starts a hub that is not expected to become ready; waits only for its HTTP server.
+    /// A hub that is not expected to become ready; waits only for its HTTP server.
     pub async fn start_unready(
         db: &TestDb,
         broker: &Broker,
         client_id: &str,
         extra: &[(&str, &str)],
     ) -> Self {
-        let mut env: Vec<(String, String)> = vec![
-            ("CITYHUB_DATABASE_URL".into(), db.url.clone()),
-            ("CITYHUB_MQTT_URL".into(), broker.url()),
-            ("CITYHUB_MQTT_CLIENT_ID".into(), client_id.into()),
-        ];
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut hub = Self {
-            http_port: 0,
-            child: None,
-            log: artifacts_dir().join(format!("{}.log", unique(client_id))),
-            env,
-        };
-        hub.spawn();
+        let hub = Self::launch(db, broker, client_id, extra);
         let url = hub.url("/healthz");
         wait_for(30, "the hub's HTTP server", || {
             let url = url.clone();
@@ -444,13 +439,7 @@ pub fn sim_stream(
     let opts = cityhub_sim::SimOptions {
         seed,
         start: now - chrono::Duration::days(3),
-        fleet: cityhub_sim::FleetSpec {
-            per_kind: ["waste_bin", "streetlight", "bike_counter", "air_quality"]
-                .iter()
-                .map(|k| (k.to_string(), per_kind))
-                .collect(),
-            lamp_fault_share: 0.05,
-        },
+        fleet: cityhub_sim::FleetSpec::built_in(per_kind, 0.05),
         formats: formats.to_vec(),
         faults,
     };
