@@ -101,6 +101,14 @@ fn main() -> Result<()> {
         return Ok(());
     }
     init_tracing(&settings);
+    // Crash-only: a panic anywhere (a bug) ends the process at once instead of leaving a
+    // pipeline stage dead. Nothing is lost: unacknowledged messages stay with the broker.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!(panic = %info, "A task panicked; exiting so a supervisor restarts the hub.");
+        std::process::exit(70);
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

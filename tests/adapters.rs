@@ -108,7 +108,7 @@ async fn chirpstack_and_the_things_stack_uplinks_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _hub = Hub::start(
+    let hub = Hub::start(
         &db,
         &broker,
         "lorawan",
@@ -132,6 +132,16 @@ async fn chirpstack_and_the_things_stack_uplinks_end_to_end() {
     )
     .await;
     assert_eq!(db.count("SELECT count(*) FROM dead_letters").await, 0);
+    // Every message was acknowledged after its commit, and derived rows are not counted as duplicates.
+    wait_for(30, "all acks", || async {
+        hub.metric("cityhub_messages_committed_total").await == msgs.len() as f64
+    })
+    .await;
+    assert_eq!(hub.metric("cityhub_acks_pending").await, 0.0);
+    assert_eq!(
+        hub.metric("cityhub_observations_duplicate_total").await,
+        0.0
+    );
 
     let got = stored(&db).await;
     for m in &msgs {

@@ -21,6 +21,7 @@ pub struct AppState {
     /// Set once the database is reachable and migrated.
     pub store: Arc<OnceCell<Store>>,
     pub registry: Arc<Registry>,
+    /// True once subscribed on a live broker connection.
     pub mqtt_connected: Arc<AtomicBool>,
     /// Set once ingestion runs: the way in for HTTP submissions.
     pub ingest: Arc<OnceCell<HttpIngest>>,

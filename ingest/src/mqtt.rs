@@ -242,6 +242,9 @@ pub async fn run_event_loop(
     let mut delay = backoff.0;
     let mut ever_connected = false;
     let mut current = 0u64;
+    // Receive times strictly increase (by at least 1 µs, PostgreSQL's resolution), so two
+    // messages without a timestamp from one sensor never share the receive time they get.
+    let mut last_received = Utc::now();
     loop {
         match event_loop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -250,10 +253,16 @@ pub async fn run_event_loop(
                 }
                 metrics.messages_received.inc();
                 metrics.acks_pending.inc();
+                let now = Utc::now();
+                last_received = if now > last_received + chrono::Duration::microseconds(1) {
+                    now
+                } else {
+                    last_received + chrono::Duration::microseconds(1)
+                };
                 let m = Inbound {
                     publish: p,
                     epoch: current,
-                    received_at: Utc::now(),
+                    received_at: last_received,
                 };
                 if tx.send(m).is_err() {
                     metrics.acks_pending.dec();
@@ -261,7 +270,6 @@ pub async fn run_event_loop(
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 delay = backoff.0;
-                connected.store(true, Ordering::Relaxed);
                 metrics.mqtt_connected.set(1);
                 if ever_connected {
                     metrics.mqtt_reconnects.inc();
@@ -291,6 +299,8 @@ pub async fn run_event_loop(
                     })
                     .collect();
                 if failed.is_empty() {
+                    // Ready only now: before the SUBACK the broker may drop what it gets for us.
+                    connected.store(true, Ordering::Relaxed);
                     tracing::info!(filters = ?filters, "Subscribed.");
                 } else {
                     tracing::error!(codes = ?failed, filters = ?filters, "The broker refused a subscription.");

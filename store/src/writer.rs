@@ -293,16 +293,17 @@ impl BatchWriter {
 
         for d in store.derived() {
             // Derived metrics from the registered sensor property, in the same transaction.
-            tx.execute(
-                "INSERT INTO obs_staging (sensor_id, metric_id, time, value)
+            staged += tx
+                .execute(
+                    "INSERT INTO obs_staging (sensor_id, metric_id, time, value)
                  SELECT st.sensor_id, $2, st.time,
                         greatest(0, least(100, 100 * (1 - st.value / (s.properties->>$3)::float8)))
                  FROM obs_staging st JOIN sensors s ON s.id = st.sensor_id
                  WHERE st.metric_id = $1 AND jsonb_typeof(s.properties->$3) = 'number'
                    AND (s.properties->>$3)::float8 > 0",
-                &[&d.from, &d.target, &d.property],
-            )
-            .await?;
+                    &[&d.from, &d.target, &d.property],
+                )
+                .await?;
         }
         let inserted = tx
             .execute(
@@ -369,7 +370,7 @@ impl BatchWriter {
         self.partitions.extend(months);
         Ok(WriteOutcome {
             inserted,
-            duplicates: staged - inserted,
+            duplicates: staged.saturating_sub(inserted),
             dead_letters: counts.into_iter().collect(),
         })
     }
