@@ -164,10 +164,10 @@ impl BatchWriter {
     /// same batch can be retried: every statement is idempotent.
     pub async fn write(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, StoreError> {
         let result = self.write_inner(batch).await;
-        if let Err(e) = &result {
-            if e.is_connection_lost() {
-                self.reset();
-            }
+        if result.is_err() {
+            // A fresh session next time: session state that made this fail (a server
+            // turned read-only, a setting changed, an aborted COPY) does not stick.
+            self.reset();
         }
         result
     }

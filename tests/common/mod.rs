@@ -177,8 +177,21 @@ impl Broker {
         b
     }
 
+    /// Stops the broker the way a service manager does (SIGTERM: it saves its
+    /// persistent sessions) and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        unsafe_kill(self.child.id(), "TERM");
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir.join("mosquitto.conf"), &self.dir);
+        self.wait_listening();
+    }
+
     fn spawn(conf: &Path, dir: &Path) -> Child {
-        let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("mosquitto.log"))
+            .unwrap();
         Command::new(mosquitto_bin())
             .arg("-c")
             .arg(conf)
@@ -334,6 +347,19 @@ impl Hub {
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Resident memory of the hub process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     pub fn kill9(&mut self) {

@@ -1,0 +1,258 @@
+//! Outages and hostile input: the broker restarted, the database read-only or
+//! away at start, floods of bad payloads. Every valid message ends stored exactly
+//! once, every invalid one a dead letter, and memory stays bounded meanwhile.
+
+mod common;
+
+use cityhub_sim::{FaultRates, Format};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_mid_stream() {
+    let db = TestDb::new().await;
+    let mut broker = Broker::start();
+    let hub = Hub::start(
+        &db,
+        &broker,
+        "broker-restart",
+        &[("CITYHUB_INGEST_BATCH_MAX_ROWS", "500")],
+    )
+    .await;
+    let msgs = sim_stream(
+        51,
+        25,
+        8000,
+        &[Format::Native, Format::Senml],
+        FaultRates::default(),
+    );
+    let (first, second) = msgs.split_at(5000);
+    let first_items: Vec<(&str, Vec<u8>)> = first
+        .iter()
+        .map(|m| (m.topic.as_str(), m.payload.clone()))
+        .collect();
+    publish_raw(&broker, &first_items).await;
+    let want_first = expected_rows(first);
+    wait_for(60, "progress before the restart", || async {
+        db.observations().await > want_first / 10
+    })
+    .await;
+    let before = db.observations().await;
+    broker.restart();
+    assert!(
+        before < want_first,
+        "the restart came after the first part was stored; nothing was tested"
+    );
+    let second_items: Vec<(&str, Vec<u8>)> = second
+        .iter()
+        .map(|m| (m.topic.as_str(), m.payload.clone()))
+        .collect();
+    hub.wait_ready().await;
+    publish_raw(&broker, &second_items).await;
+    wait_for(120, "every row after the broker restart", || async {
+        db.observations().await >= expected_rows(&msgs)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(db.observations().await, expected_rows(&msgs));
+    assert!(hub.metric("cityhub_mqtt_reconnects_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_read_only_then_restored() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(&db, &broker, "read-only", &[]).await;
+    let admin = TestDb::admin().await;
+    let terminate = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'cityhub'",
+        db.name
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            db.name
+        ))
+        .await
+        .unwrap();
+    admin.batch_execute(&terminate).await.unwrap();
+    let msgs = sim_stream(52, 10, 2000, &[Format::Native], FaultRates::default());
+    let items: Vec<(&str, Vec<u8>)> = msgs
+        .iter()
+        .map(|m| (m.topic.as_str(), m.payload.clone()))
+        .collect();
+    publish_raw(&broker, &items).await;
+    wait_for(60, "the hub to hit the read-only database", || async {
+        hub.metric("cityhub_db_retries_total").await >= 2.0
+    })
+    .await;
+    assert_eq!(
+        db.observations().await,
+        0,
+        "a read-only database stored something"
+    );
+    assert!(
+        hub.metric("cityhub_acks_pending").await > 0.0,
+        "messages were acked while nothing could be stored"
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RESET default_transaction_read_only",
+            db.name
+        ))
+        .await
+        .unwrap();
+    wait_for(120, "every row once writable again", || async {
+        db.observations().await == expected_rows(&msgs)
+    })
+    .await;
+    wait_for(30, "every ack", || async {
+        hub.metric("cityhub_acks_pending").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_started_while_the_database_is_away() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    // A first run creates the hub's persistent session at the broker.
+    let mut hub = Hub::start(&db, &broker, "db-late", &[]).await;
+    hub.kill9();
+    let admin = TestDb::admin().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let msgs = sim_stream(
+        53,
+        10,
+        3000,
+        &[Format::Native, Format::Senml],
+        FaultRates::default(),
+    );
+    let items: Vec<(&str, Vec<u8>)> = msgs
+        .iter()
+        .map(|m| (m.topic.as_str(), m.payload.clone()))
+        .collect();
+    publish_raw(&broker, &items).await;
+    let hub = Hub::start_unready(&db, &broker, "db-late", &[]).await;
+    let r = reqwest::get(hub.url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("\"database\":\"unavailable\""));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            db.name
+        ))
+        .await
+        .unwrap();
+    hub.wait_ready().await;
+    wait_for(120, "the backlog after the database appeared", || async {
+        db.observations().await == expected_rows(&msgs)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_of_malformed_and_oversized_payloads_among_valid_traffic() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(&db, &broker, "flood", &[]).await;
+    let valid = sim_stream(54, 10, 3000, &[Format::Native], FaultRates::default());
+    let big = vec![b'{'; 100 * 1024];
+    let mut items: Vec<(&str, Vec<u8>)> = Vec::new();
+    let (mut malformed, mut oversized) = (0, 0);
+    for (i, m) in valid.iter().enumerate() {
+        items.push((m.topic.as_str(), m.payload.clone()));
+        if i % 3 == 0 {
+            items.push((m.topic.as_str(), m.payload[..m.payload.len() / 2].to_vec()));
+            malformed += 1;
+        }
+        if i % 20 == 0 {
+            items.push((m.topic.as_str(), big.clone()));
+            oversized += 1;
+        }
+    }
+    publish_raw(&broker, &items).await;
+    wait_for(120, "valid rows and dead letters", || async {
+        db.observations().await == expected_rows(&valid)
+            && db.count("SELECT count(*) FROM dead_letters").await == malformed + oversized
+    })
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM dead_letters WHERE reason_code = 'oversize'")
+            .await,
+        oversized
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM dead_letters WHERE reason_code = 'malformed_json'")
+            .await,
+        malformed
+    );
+    assert_eq!(
+        hub.metric("cityhub_dead_letters_total").await,
+        (malformed + oversized) as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_while_the_database_is_away() {
+    // The bound: the broker sends at most max_inflight_messages (4096 in
+    // config/mosquitto.conf) unacknowledged messages to the hub, whatever the backlog.
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(&db, &broker, "memory", &[]).await;
+    let idle = hub.rss_kib();
+    let admin = TestDb::admin().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            db.name
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'cityhub'",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let msgs = sim_stream(55, 50, 40_000, &[Format::Native], FaultRates::default());
+    let items: Vec<(&str, Vec<u8>)> = msgs
+        .iter()
+        .map(|m| (m.topic.as_str(), m.payload.clone()))
+        .collect();
+    publish_raw(&broker, &items).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let pending = hub.metric("cityhub_acks_pending").await;
+    let peak = hub.rss_kib();
+    eprintln!("memory: idle {idle} KiB, with 40,000 messages waiting {peak} KiB, {pending} messages in the hub");
+    assert!(
+        pending <= 4096.0 + 64.0,
+        "the hub holds {pending} messages, more than the broker's in-flight window"
+    );
+    assert!(
+        peak < idle + 64 * 1024,
+        "resident memory grew by more than 64 MiB: {idle} -> {peak} KiB"
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            db.name
+        ))
+        .await
+        .unwrap();
+    wait_for(180, "the whole backlog after the outage", || async {
+        db.observations().await == expected_rows(&msgs)
+    })
+    .await;
+}
