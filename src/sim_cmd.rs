@@ -106,6 +106,12 @@ pub struct LoadArgs {
     /// Packets written per system call on each connection.
     #[arg(long, default_value_t = 512)]
     window: u64,
+    /// Metrics per message: 3 (waste bins) or 6 (air-quality stations).
+    #[arg(long, default_value_t = 3)]
+    metrics: u8,
+    /// Messages per second in total (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 fn broker(settings: &Settings, arg: &Option<String>) -> String {
@@ -278,8 +284,11 @@ pub async fn run(settings: &Settings, cmd: SimCommand) -> Result<()> {
         SimCommand::Load(a) => {
             let spec = cityhub_sim::load::LoadSpec {
                 messages: a.messages,
+                stop_at: None,
+                rate: a.rate,
                 connections: a.connections,
                 sensors: a.sensors.max(1),
+                metrics: a.metrics,
                 start: Utc::now() - chrono::Duration::days(20),
                 step: chrono::Duration::seconds(1),
                 window: a.window,

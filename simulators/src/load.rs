@@ -7,6 +7,8 @@ use bytes::BytesMut;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
 use rumqttc::mqttbytes::QoS;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,14 +16,20 @@ use tokio::net::TcpStream;
 /// What a load run publishes.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
+    /// At most this many messages...
     pub messages: u64,
+    /// ...and no more once this instant has passed.
+    pub stop_at: Option<Instant>,
+    /// Total messages per second over all connections; as fast as possible when unset.
+    pub rate: Option<f64>,
     pub connections: usize,
-    /// Distinct sensors (`bin-000001`...): waste bins reporting three metrics.
+    /// Distinct sensors; each round of all sensors is `step` later than the previous.
     pub sensors: u64,
-    /// Timestamp of the first round; each round of all sensors is `step` later.
+    /// 3: waste bins (fill level, temperature, battery); 6: air-quality stations.
+    pub metrics: u8,
     pub start: DateTime<Utc>,
     pub step: Duration,
-    /// PUBLISH packets in flight per connection before waiting for PUBACKs.
+    /// PUBLISH packets written per system call on each connection.
     pub window: u64,
 }
 
@@ -39,27 +47,60 @@ pub struct LoadReport {
 pub fn message(spec: &LoadSpec, i: u64) -> (String, Vec<u8>) {
     let sensor = i % spec.sensors;
     let round = i / spec.sensors;
-    let t = spec.start + spec.step * round as i32;
-    let fill = (i * 37 % 1000) as f64 / 10.0;
-    let payload = format!(
-        r#"{{"ts":"{}","values":{{"fill_level":{fill},"temperature":{},"battery":{}}}}}"#,
-        t.to_rfc3339_opts(SecondsFormat::Millis, true),
-        (i % 300) as f64 / 10.0,
-        100 - (i % 50)
-    );
-    (
-        format!("cityhub/v1/waste_bin/bin-{sensor:06}"),
-        payload.into_bytes(),
-    )
+    let t = (spec.start + spec.step * round as i32).to_rfc3339_opts(SecondsFormat::Millis, true);
+    let a = (i * 37 % 1000) as f64 / 10.0;
+    if spec.metrics >= 6 {
+        let payload = format!(
+            r#"{{"ts":"{t}","values":{{"pm10":{a},"pm2_5":{},"no2":{},"o3":{},"temperature":{},"humidity":{}}}}}"#,
+            a * 0.7,
+            (i % 90) as f64,
+            (i % 120) as f64,
+            (i % 300) as f64 / 10.0,
+            (i % 100) as f64
+        );
+        (
+            format!("cityhub/v1/air_quality/aq-{sensor:06}"),
+            payload.into_bytes(),
+        )
+    } else {
+        let payload = format!(
+            r#"{{"ts":"{t}","values":{{"fill_level":{a},"temperature":{},"battery":{}}}}}"#,
+            (i % 300) as f64 / 10.0,
+            100 - (i % 50)
+        );
+        (
+            format!("cityhub/v1/waste_bin/bin-{sensor:06}"),
+            payload.into_bytes(),
+        )
+    }
 }
 
+async fn read_packet(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+) -> Result<Option<Packet>, SimError> {
+    loop {
+        match Packet::read(buf, 1 << 20) {
+            Ok(p) => return Ok(Some(p)),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                if rd.read_buf(buf).await? == 0 {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(SimError::Mqtt(format!("{e:?}"))),
+        }
+    }
+}
+
+/// Connection `c` of `n` publishes messages `c, c + n, c + 2n, ...` below `spec.messages`,
+/// so that all connections together advance through the rounds in time order.
 async fn connection(
     addr: String,
     id: String,
     spec: LoadSpec,
-    from: u64,
-    to: u64,
-) -> Result<u64, SimError> {
+    c: u64,
+    n: u64,
+) -> Result<(u64, u64), SimError> {
     let mut stream = TcpStream::connect(&addr).await?;
     stream.set_nodelay(true)?;
     let mut buf = BytesMut::with_capacity(1 << 20);
@@ -72,42 +113,46 @@ async fn connection(
     buf.clear();
     let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(1 << 16);
-    // CONNACK
-    loop {
-        match Packet::read(&mut inbuf, 1 << 20) {
-            Ok(Packet::ConnAck(_)) => break,
-            Ok(other) => return Err(SimError::Mqtt(format!("expected CONNACK, got {other:?}"))),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
-                if rd.read_buf(&mut inbuf).await? == 0 {
-                    return Err(SimError::Mqtt("connection closed before CONNACK".into()));
-                }
-            }
-            Err(e) => return Err(SimError::Mqtt(format!("{e:?}"))),
-        }
+    match read_packet(&mut rd, &mut inbuf).await? {
+        Some(Packet::ConnAck(_)) => {}
+        other => return Err(SimError::Mqtt(format!("expected CONNACK, got {other:?}"))),
     }
-    let total = to - from;
-    let reader = tokio::spawn(async move {
-        let mut acked = 0u64;
-        while acked < total {
-            match Packet::read(&mut inbuf, 1 << 20) {
-                Ok(Packet::PubAck(_)) => acked += 1,
-                Ok(_) => {}
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
-                    if rd.read_buf(&mut inbuf).await? == 0 {
-                        break;
-                    }
+    // The reader counts PUBACKs until it has as many as the writer sent.
+    let sent = Arc::new(AtomicU64::new(u64::MAX));
+    let reader = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut acked = 0u64;
+            while acked < sent.load(Ordering::Acquire) {
+                match tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    read_packet(&mut rd, &mut inbuf),
+                )
+                .await
+                {
+                    Ok(Ok(Some(Packet::PubAck(_)))) => acked += 1,
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {} // re-check `sent`
                 }
-                Err(e) => return Err(SimError::Mqtt(format!("{e:?}"))),
             }
-        }
-        Ok::<_, SimError>((acked, rd, inbuf))
-    });
+            Ok::<_, SimError>(acked)
+        })
+    };
+    let started = Instant::now();
     let mut pkid: u16 = 0;
-    let mut i = from;
-    while i < to {
-        let chunk_end = (i + spec.window.max(1)).min(to);
-        for j in i..chunk_end {
-            let (topic, payload) = message(&spec, j);
+    // k counts this connection's messages; message k is number c + k * n overall.
+    let count = spec.messages / n + u64::from(c < spec.messages % n);
+    let mut k = 0u64;
+    while k < count && spec.stop_at.is_none_or(|s| Instant::now() < s) {
+        let chunk_end = (k + spec.window.max(1)).min(count);
+        if let Some(rate) = spec.rate {
+            let due = started + std::time::Duration::from_secs_f64(k as f64 * n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        for j in k..chunk_end {
+            let (topic, payload) = message(&spec, c + j * n);
             pkid = pkid.wrapping_add(1).max(1);
             let mut p = Publish::new(topic, QoS::AtLeastOnce, payload);
             p.pkid = pkid;
@@ -116,16 +161,17 @@ async fn connection(
         }
         wr.write_all(&buf).await?;
         buf.clear();
-        i = chunk_end;
+        k = chunk_end;
     }
-    let (acked, _rd, _) = reader.await.map_err(|e| SimError::Mqtt(e.to_string()))??;
-    // DISCONNECT
-    wr.write_all(&[0xE0, 0x00]).await?;
-    Ok(acked)
+    let total = k;
+    sent.store(total, Ordering::Release);
+    let acked = reader.await.map_err(|e| SimError::Mqtt(e.to_string()))??;
+    wr.write_all(&[0xE0, 0x00]).await?; // DISCONNECT
+    Ok((total, acked))
 }
 
-/// Publishes `spec.messages` messages over `spec.connections` connections and
-/// waits until every PUBACK arrived.
+/// Publishes over `spec.connections` connections until `spec.messages` or
+/// `spec.stop_at`, and waits until every PUBACK arrived.
 pub async fn run(broker_url: &str, spec: &LoadSpec) -> Result<LoadReport, SimError> {
     let u = url::Url::parse(broker_url).map_err(|e| SimError::Url(e.to_string()))?;
     let addr = format!(
@@ -137,26 +183,31 @@ pub async fn run(broker_url: &str, spec: &LoadSpec) -> Result<LoadReport, SimErr
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..n {
-        let from = spec.messages * c / n;
-        let to = spec.messages * (c + 1) / n;
+        let id = format!(
+            "cityhub-load-{}-{c}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         tasks.push(tokio::spawn(connection(
             addr.clone(),
-            format!("cityhub-load-{}-{c}", std::process::id()),
+            id,
             spec.clone(),
-            from,
-            to,
+            c,
+            n,
         )));
     }
-    let mut acknowledged = 0;
+    let (mut messages, mut acknowledged) = (0, 0);
     for t in tasks {
-        acknowledged += t.await.map_err(|e| SimError::Mqtt(e.to_string()))??;
+        let (s, a) = t.await.map_err(|e| SimError::Mqtt(e.to_string()))??;
+        messages += s;
+        acknowledged += a;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(LoadReport {
-        messages: spec.messages,
+        messages,
         acknowledged,
-        rows: spec.messages * 3,
+        rows: messages * u64::from(spec.metrics.clamp(3, 6)),
         seconds,
-        messages_per_s: spec.messages as f64 / seconds,
+        messages_per_s: messages as f64 / seconds,
     })
 }
