@@ -257,33 +257,14 @@ async fn sensor_community_over_mqtt_and_http() {
     );
 
     // Database away: 503 with Retry-After, nothing stored, and it works again afterwards.
-    let admin = TestDb::admin().await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            db.name
-        ))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'cityhub'",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.allow_connections(false).await;
+    db.terminate_hub_connections().await;
     let body2 =
         r#"{"esp8266id":"4243","sensordatavalues":[{"value_type":"SDS_P1","value":"33.30"}]}"#;
     let r = http.post(&url).body(body2).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers().get("retry-after").unwrap(), "60");
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.allow_connections(true).await;
     assert_eq!(
         db.count("SELECT count(*) FROM sensors WHERE external_id = 'sc-4243'")
             .await,

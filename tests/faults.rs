@@ -63,10 +63,6 @@ async fn database_read_only_then_restored() {
     let broker = Broker::start();
     let hub = Hub::start(&db, &broker, "read-only", &[]).await;
     let admin = TestDb::admin().await;
-    let terminate = format!(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'cityhub'",
-        db.name
-    );
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {} SET default_transaction_read_only = on",
@@ -74,7 +70,7 @@ async fn database_read_only_then_restored() {
         ))
         .await
         .unwrap();
-    admin.batch_execute(&terminate).await.unwrap();
+    db.terminate_hub_connections().await;
     let msgs = sim_stream(52, 10, 2000, &[Format::Native], FaultRates::default());
     let items: Vec<(&str, Vec<u8>)> = msgs
         .iter()
@@ -118,14 +114,7 @@ async fn hub_started_while_the_database_is_away() {
     // A first run creates the hub's persistent session at the broker.
     let mut hub = Hub::start(&db, &broker, "db-late", &[]).await;
     hub.kill9();
-    let admin = TestDb::admin().await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.allow_connections(false).await;
     let msgs = sim_stream(
         53,
         10,
@@ -147,13 +136,7 @@ async fn hub_started_while_the_database_is_away() {
         .unwrap()
         .contains("\"database\":\"unavailable\""));
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.allow_connections(true).await;
     hub.wait_ready().await;
     wait_for(120, "the backlog after the database appeared", || async {
         db.observations().await == expected_rows(&msgs)
@@ -211,21 +194,8 @@ async fn memory_stays_bounded_while_the_database_is_away() {
     let broker = Broker::start();
     let hub = Hub::start(&db, &broker, "memory", &[]).await;
     let idle = hub.rss_kib();
-    let admin = TestDb::admin().await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            db.name
-        ))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'cityhub'",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.allow_connections(false).await;
+    db.terminate_hub_connections().await;
     let msgs = sim_stream(55, 50, 40_000, &[Format::Native], FaultRates::default());
     let items: Vec<(&str, Vec<u8>)> = msgs
         .iter()
@@ -244,13 +214,7 @@ async fn memory_stays_bounded_while_the_database_is_away() {
         peak < idle + 64 * 1024,
         "resident memory grew by more than 64 MiB: {idle} -> {peak} KiB"
     );
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.allow_connections(true).await;
     wait_for(180, "the whole backlog after the outage", || async {
         db.observations().await == expected_rows(&msgs)
     })

@@ -73,6 +73,32 @@ impl TestDb {
         c
     }
 
+    /// Opens or closes the database to new connections (existing ones stay).
+    pub async fn allow_connections(&self, allow: bool) {
+        Self::admin()
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Ends every connection the hub has to this database; returns how many.
+    pub async fn terminate_hub_connections(&self) -> i64 {
+        Self::admin()
+            .await
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = $1 AND application_name = 'cityhub'",
+                &[&self.name],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         let (c, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
         tokio::spawn(conn);
