@@ -115,11 +115,7 @@ async fn chirpstack_and_the_things_stack_uplinks_end_to_end() {
         &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
     )
     .await;
-    let items: Vec<(&str, Vec<u8>)> = msgs
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
-    publish_raw(&broker, &items).await;
+    publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
     let derived = msgs
         .iter()
@@ -195,11 +191,7 @@ async fn sensor_community_over_mqtt_and_http() {
     .filter(|m| m.format == Format::SensorCommunity)
     .collect();
     assert!(msgs.len() > 20);
-    let items: Vec<(&str, Vec<u8>)> = msgs
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
-    publish_raw(&broker, &items).await;
+    publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
     wait_for(60, "Sensor.Community rows over MQTT", || async {
         db.observations().await == want

@@ -26,11 +26,7 @@ async fn broker_restarted_mid_stream() {
         FaultRates::default(),
     );
     let (first, second) = msgs.split_at(5000);
-    let first_items: Vec<(&str, Vec<u8>)> = first
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
-    publish_raw(&broker, &first_items).await;
+    publish_sim(&broker, first).await;
     let want_first = expected_rows(first);
     wait_for(60, "progress before the restart", || async {
         db.observations().await > want_first / 10
@@ -42,12 +38,8 @@ async fn broker_restarted_mid_stream() {
         before < want_first,
         "the restart came after the first part was stored; nothing was tested"
     );
-    let second_items: Vec<(&str, Vec<u8>)> = second
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
     hub.wait_ready().await;
-    publish_raw(&broker, &second_items).await;
+    publish_sim(&broker, second).await;
     wait_for(120, "every row after the broker restart", || async {
         db.observations().await >= expected_rows(&msgs)
     })
@@ -72,11 +64,7 @@ async fn database_read_only_then_restored() {
         .unwrap();
     db.terminate_hub_connections().await;
     let msgs = sim_stream(52, 10, 2000, &[Format::Native], FaultRates::default());
-    let items: Vec<(&str, Vec<u8>)> = msgs
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
-    publish_raw(&broker, &items).await;
+    publish_sim(&broker, &msgs).await;
     wait_for(60, "the hub to hit the read-only database", || async {
         hub.metric("cityhub_db_retries_total").await >= 2.0
     })
@@ -122,11 +110,7 @@ async fn hub_started_while_the_database_is_away() {
         &[Format::Native, Format::Senml],
         FaultRates::default(),
     );
-    let items: Vec<(&str, Vec<u8>)> = msgs
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
-    publish_raw(&broker, &items).await;
+    publish_sim(&broker, &msgs).await;
     let hub = Hub::start_unready(&db, &broker, "db-late", &[]).await;
     let r = reqwest::get(hub.url("/readyz")).await.unwrap();
     assert_eq!(r.status(), 503);
@@ -197,11 +181,7 @@ async fn memory_stays_bounded_while_the_database_is_away() {
     db.allow_connections(false).await;
     db.terminate_hub_connections().await;
     let msgs = sim_stream(55, 50, 40_000, &[Format::Native], FaultRates::default());
-    let items: Vec<(&str, Vec<u8>)> = msgs
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
-    publish_raw(&broker, &items).await;
+    publish_sim(&broker, &msgs).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let pending = hub.metric("cityhub_acks_pending").await;
     let peak = hub.rss_kib();

@@ -71,11 +71,7 @@ async fn every_kind_native_and_senml_lands_exactly() {
             );
         }
     }
-    let items: Vec<(&str, Vec<u8>)> = native
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
-    publish_raw(&broker, &items).await;
+    publish_sim(&broker, &native).await;
     let want = expected_rows(&native);
     wait_for(30, "all rows", || async { db.observations().await == want }).await;
     assert_exact(&db, &native).await;
@@ -148,20 +144,16 @@ async fn redelivery_stores_nothing_twice() {
     let broker = Broker::start();
     let hub = Hub::start(&db, &broker, "redeliver", &[]).await;
     let msgs = sim_stream(3, 5, 80, &[Format::Native], FaultRates::default());
-    let items: Vec<(&str, Vec<u8>)> = msgs
-        .iter()
-        .map(|m| (m.topic.as_str(), m.payload.clone()))
-        .collect();
-    publish_raw(&broker, &items).await;
+    publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
     wait_for(30, "first delivery", || async {
         db.observations().await == want
     })
     .await;
-    publish_raw(&broker, &items).await;
-    publish_raw(&broker, &items).await;
+    publish_sim(&broker, &msgs).await;
+    publish_sim(&broker, &msgs).await;
     wait_for(30, "redeliveries processed", || async {
-        hub.metric("cityhub_messages_committed_total").await == 3.0 * items.len() as f64
+        hub.metric("cityhub_messages_committed_total").await == 3.0 * msgs.len() as f64
     })
     .await;
     assert_eq!(db.observations().await, want);

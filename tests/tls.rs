@@ -70,8 +70,15 @@ fn tls_listener(pki: &Pki, port: u16, extra: &str) -> String {
     )
 }
 
-fn mosquitto_pub(broker: &Broker, pki: &Pki, auth: &[&str], topic: &str, payload: &str) {
-    let out = Command::new("mosquitto_pub")
+/// Runs `mosquitto_pub` against the TLS listener with `auth` options.
+fn mosquitto_pub_output(
+    broker: &Broker,
+    pki: &Pki,
+    auth: &[&str],
+    topic: &str,
+    payload: &str,
+) -> std::process::Output {
+    Command::new("mosquitto_pub")
         .args([
             "-h",
             "127.0.0.1",
@@ -88,7 +95,11 @@ fn mosquitto_pub(broker: &Broker, pki: &Pki, auth: &[&str], topic: &str, payload
         ])
         .args(auth)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn mosquitto_pub(broker: &Broker, pki: &Pki, auth: &[&str], topic: &str, payload: &str) {
+    let out = mosquitto_pub_output(broker, pki, auth, topic, payload);
     assert!(
         out.status.success(),
         "mosquitto_pub: {}",
@@ -98,23 +109,7 @@ fn mosquitto_pub(broker: &Broker, pki: &Pki, auth: &[&str], topic: &str, payload
 
 /// The broker really demands authentication: an anonymous publish is refused.
 fn assert_anonymous_refused(broker: &Broker, pki: &Pki) {
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "--cafile",
-            &pki.path("ca.crt"),
-            "-q",
-            "1",
-            "-t",
-            "x",
-            "-m",
-            "x",
-        ])
-        .output()
-        .unwrap();
+    let out = mosquitto_pub_output(broker, pki, &[], "x", "x");
     assert!(
         !out.status.success(),
         "the test broker accepted an anonymous client"

@@ -466,6 +466,19 @@ pub async fn publish_raw(broker: &Broker, items: &[(&str, Vec<u8>)]) {
     assert_eq!(r.acknowledged, items.len() as u64);
 }
 
+/// Publishes simulator messages at QoS 1 and waits for the broker's PUBACKs.
+pub async fn publish_sim(broker: &Broker, msgs: &[cityhub_sim::SimMessage]) {
+    let r = cityhub_sim::publish(
+        &broker.url(),
+        &unique("pub"),
+        msgs,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.acknowledged, msgs.len() as u64);
+}
+
 /// Rows the simulator's messages should produce (a duplicate adds none).
 pub fn expected_rows(msgs: &[cityhub_sim::SimMessage]) -> i64 {
     msgs.iter()
