@@ -189,13 +189,19 @@ pub(crate) async fn serve(
     if let Some(tx) = ready {
         let _ = tx.send(local);
     }
+    let live = cityhub_api::live::channel();
     let state = cityhub_api::AppState {
         store: store_cell.clone(),
         registry: Arc::new(registry),
         mqtt_connected: mqtt_connected.clone(),
         ingest: ingest_cell.clone(),
+        settings: Arc::new(settings.clone()),
+        catalog: Arc::new(catalog.clone()),
+        live: live.clone(),
+        shutdown: cancel.clone(),
     };
-    let app = cityhub_api::router(state);
+    let app =
+        cityhub_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let http_cancel = cancel.clone();
     tracker.spawn(async move {
         let r = axum::serve(listener, app)
@@ -230,6 +236,7 @@ pub(crate) async fn serve(
         store.clone(),
         metrics,
         mqtt_connected,
+        live,
         cancel.clone(),
         &tracker,
     )?;

@@ -1,19 +1,40 @@
-//! The HTTP side of cityhub. This crate serves liveness, readiness and
-//! Prometheus metrics; the open-data feeds, OGC API and catalogue build on it.
+//! The HTTP side of cityhub: open-data feeds, time series, OGC API - Features,
+//! the DCAT-AP_IT catalogue, the live stream, admin calls, health and metrics.
+//! Every public endpoint is described in `/openapi.json`, generated from the
+//! handlers' annotations.
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+mod dcat;
+mod docs;
+pub mod error;
+mod feeds;
+pub mod geo;
+mod health;
+pub mod live;
+mod ogc;
+pub mod params;
+mod sensors;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use cityhub_ingest::{HttpIngest, HttpSubmission};
+use cityhub_config::{Catalog, Settings};
+use cityhub_ingest::{HttpIngest, LiveBatch};
 use cityhub_store::Store;
+use error::{ApiError, ErrorBody};
 use prometheus_client::registry::Registry;
-use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tokio::sync::OnceCell;
+use std::time::Duration;
+use tokio::sync::{broadcast, OnceCell};
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{Any, CorsLayer};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Everything a handler may use; passed in, never global.
 #[derive(Clone)]
@@ -25,126 +46,227 @@ pub struct AppState {
     pub mqtt_connected: Arc<AtomicBool>,
     /// Set once ingestion runs: the way in for HTTP submissions.
     pub ingest: Arc<OnceCell<HttpIngest>>,
+    pub settings: Arc<Settings>,
+    pub catalog: Arc<Catalog>,
+    /// Committed latest values, fanned out to `/api/v1/stream` clients.
+    pub live: broadcast::Sender<LiveBatch>,
+    /// Ends open streams when the server shuts down.
+    pub shutdown: CancellationToken,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route(
-            "/ingest/sensor-community",
-            post(ingest_sensor_community).layer(DefaultBodyLimit::max(1024 * 1024)),
-        )
-        .with_state(state)
+impl AppState {
+    fn store(&self) -> Result<&Store, ApiError> {
+        self.store.get().ok_or(ApiError::NotReady)
+    }
+
+    fn kind_names(&self) -> Vec<String> {
+        self.catalog.iter().map(|k| k.name.to_string()).collect()
+    }
 }
 
-/// The process is up and serving HTTP.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
-}
+/// Admin calls carry `Authorization: Bearer <http.admin_token>`.
+pub struct Admin;
 
-/// Ready when the database answers and the broker session is up; reports the storage backend.
-async fn readyz(State(s): State<AppState>) -> Response {
-    let mqtt = s.mqtt_connected.load(Ordering::Relaxed);
-    let (db_ok, backend) = match s.store.get() {
-        Some(store) => match store.ping().await {
-            Ok(()) => (
-                true,
-                serde_json::to_value(store.backend()).unwrap_or_default(),
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "Readiness: database check failed.");
-                (
-                    false,
-                    serde_json::to_value(store.backend()).unwrap_or_default(),
-                )
-            }
-        },
-        None => (false, serde_json::Value::Null),
-    };
-    let ready = db_ok && mqtt;
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "database": if db_ok { "ok" } else { "unavailable" },
-        "mqtt": if mqtt { "connected" } else { "disconnected" },
-        "backend": backend,
-    });
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
-}
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
 
-async fn metrics(State(s): State<AppState>) -> Response {
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "Encoding metrics failed.");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": "metrics unavailable"})),
-            )
-                .into_response()
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Self::Rejection> {
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        let Some(given) = given else {
+            return Err(ApiError::Unauthorized);
+        };
+        let Some(expected) = &s.settings.http.admin_token else {
+            return Err(ApiError::Forbidden(
+                "the admin API is disabled: no http.admin_token is configured".into(),
+            ));
+        };
+        if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+            Ok(Admin)
+        } else {
+            tracing::warn!(path = %parts.uri.path(), "Admin call with a wrong token refused.");
+            Err(ApiError::Forbidden("the token is not valid".into()))
         }
     }
 }
 
-/// Time an HTTP client waits for its submission's commit before being told to retry.
-const HTTP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn unavailable() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "60")],
-        Json(json!({ "error": "storage is unavailable; nothing was stored, send the data again later" })),
-    )
-        .into_response()
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
-/// `POST /ingest/sensor-community`: the airrohr firmware's "custom API" upload
-/// (`X-Sensor: esp8266-<chip id>`, `X-Pin` per sensor type). 200 only after the
-/// transaction holding the readings committed; 422 when nothing in it was valid
-/// (the payload is kept as a dead letter); 503 when it could not be stored.
-async fn ingest_sensor_community(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let Some(ingest) = s.ingest.get() else {
-        return unavailable();
-    };
-    let x_sensor = headers
-        .get("x-sensor")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let submission = HttpSubmission {
-        payload: body,
-        x_sensor,
-        received_at: chrono::Utc::now(),
-        reply: tx,
-    };
-    if ingest.submit(submission).await.is_err() {
-        return unavailable();
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "cityhub",
+        description = "Open data of a city's sensor networks: GeoJSON feeds, time series, OGC API - Features, a DCAT-AP_IT catalogue and a live stream. Errors are JSON `{code, description}`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    tags(
+        (name = "sensors", description = "Sensors, latest values, time series, live stream"),
+        (name = "open data", description = "Downloads and the DCAT-AP_IT catalogue"),
+        (name = "OGC API - Features", description = "OGC API - Features - Part 1: Core, GeoJSON, OpenAPI 3.0"),
+        (name = "admin", description = "Needs the admin bearer token"),
+        (name = "operations", description = "Health, readiness, metrics, ingestion over HTTP")
+    )
+)]
+struct ApiDoc;
+
+/// The routes and their OpenAPI description, built from the same handler list.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::ingest_sensor_community))
+        .routes(routes!(sensors::kinds))
+        .routes(routes!(sensors::list))
+        .routes(routes!(sensors::one, sensors::put))
+        .routes(routes!(sensors::readings))
+        .routes(routes!(sensors::dead_letters))
+        .routes(routes!(live::stream))
+        .routes(routes!(feeds::feed))
+        .routes(routes!(ogc::landing))
+        .routes(routes!(ogc::conformance))
+        .routes(routes!(ogc::collections))
+        .routes(routes!(ogc::one_collection))
+        .routes(routes!(ogc::items))
+        .routes(routes!(ogc::item))
+        .routes(routes!(dcat::catalog))
+        .routes(routes!(dcat::catalog_jsonld))
+        .routes(routes!(dcat::catalog_ttl))
+        .routes(routes!(dcat::catalog_rdf))
+        .split_for_parts();
+    if let Some(c) = api.components.as_mut() {
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
-    match tokio::time::timeout(HTTP_COMMIT_WAIT, rx).await {
-        Ok(Ok(Ok(outcome))) if outcome.stored == 0 && !outcome.rejected.is_empty() => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "error": outcome.rejected.join("; "), "stored": 0 })),
+    (router, api)
+}
+
+/// The OpenAPI document of every public endpoint.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+pub fn router(state: AppState) -> Router {
+    let (router, api) = routes();
+    let api = Arc::new(api);
+    let json = Arc::new(api.to_json().unwrap_or_default());
+    let html = Arc::new(docs::html(&api));
+    let http = &state.settings.http;
+    let mut app = router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let json = json.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/vnd.oai.openapi+json;version=3.0",
+                        )],
+                        json.as_bytes().to_vec(),
+                    )
+                }
+            }),
         )
-            .into_response(),
-        Ok(Ok(Ok(outcome))) => (StatusCode::OK, Json(outcome)).into_response(),
-        _ => unavailable(),
+        .route(
+            "/api",
+            get(move || {
+                let html = html.clone();
+                async move { axum::response::Html(html.as_bytes().to_vec()) }
+            }),
+        )
+        .fallback(not_found)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            http.max_body_bytes,
+        ))
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true))
+        // Open data: any origin may read; admin calls authenticate by token, not cookies.
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods(Any)
+                .allow_headers(Any)
+                .expose_headers([header::ETAG, header::LAST_MODIFIED, header::RETRY_AFTER])
+                .max_age(Duration::from_secs(3600)),
+        )
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        )
+        .with_state(state.clone());
+    if http.rate_limit_per_s > 0 {
+        app = with_rate_limit(
+            app,
+            http.rate_limit_per_s,
+            http.rate_limit_burst,
+            &state.shutdown,
+        );
     }
+    app
+}
+
+/// Per client address; needs the server to provide `ConnectInfo<SocketAddr>`.
+fn with_rate_limit(app: Router, per_s: u32, burst: u32, shutdown: &CancellationToken) -> Router {
+    let config = Arc::new(
+        tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond((1_000_000_000 / u64::from(per_s)).max(1))
+            .burst_size(burst.max(1))
+            .finish()
+            .expect("rate limit settings are validated non-zero"),
+    );
+    // Forget idle clients now and then, so the table does not grow without bound.
+    let limiter = config.limiter().clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => limiter.retain_recent(),
+                _ = stop.cancelled() => break,
+            }
+        }
+    });
+    app.layer(
+        tower_governor::GovernorLayer::new(config).error_handler(|e| {
+            let (code, wait) = match &e {
+                tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, *wait_time)
+                }
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, 1),
+            };
+            let body = ErrorBody {
+                code: "TooManyRequests",
+                description: format!("too many requests from this address; retry in {wait} s"),
+            };
+            let mut r = (code, Json(body)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait.max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }),
+    )
+}
+
+async fn not_found(State(_): State<AppState>, uri: axum::http::Uri) -> Response {
+    ApiError::NotFound(format!(
+        "no resource at {}; see /api for the endpoints",
+        uri.path()
+    ))
+    .into_response()
 }

@@ -27,6 +27,8 @@ pub struct KindDef {
     pub title_it: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description_it: Option<String>,
     /// EU data-theme code (ENVI, ENER, TRAN, ...), for the catalogue.
     #[serde(default = "default_theme")]
     pub theme: String,

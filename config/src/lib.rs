@@ -9,4 +9,6 @@ pub mod units;
 pub use adapters::{AdapterDef, AdapterFormat, FieldDef, FieldMap};
 pub use kinds::{Catalog, DerivedDef, Formula, Kind, KindDef, Metric, MetricDef};
 pub use model::{GeoPoint, ModelError, Name, SensorId};
-pub use settings::{ConfigError, ConnUrl, LogFormat, Secret, Settings, TimescaleMode};
+pub use settings::{
+    CatalogSettings, ConfigError, ConnUrl, HttpSettings, LogFormat, Secret, Settings, TimescaleMode,
+};

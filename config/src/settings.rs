@@ -14,7 +14,15 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_KINDS: &str = include_str!("../kinds.toml");
 
 /// Top-level sections; `CITYHUB_<SECTION>_<KEY>` maps to `<section>.<key>`.
-const SECTIONS: &[&str] = &["database", "mqtt", "http", "ingest", "store", "log"];
+/// The EU data-theme vocabulary (publications.europa.eu/resource/authority/data-theme).
+pub const EU_THEMES: &[&str] = &[
+    "AGRI", "ECON", "EDUC", "ENER", "ENVI", "GOVE", "HEAL", "INTR", "JUST", "REGI", "SOCI", "TECH",
+    "TRAN",
+];
+
+const SECTIONS: &[&str] = &[
+    "database", "mqtt", "http", "ingest", "store", "log", "catalog",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -198,12 +206,95 @@ impl Default for MqttSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
     pub addr: String,
+    /// The address clients reach the hub at (behind a proxy), used in links, the
+    /// catalogue and OGC API documents; unset: taken from each request's Host header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Bearer token of the admin endpoints; with none set they answer 403.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Requests per second one client address may make (0: no limit)...
+    pub rate_limit_per_s: u32,
+    /// ...with bursts up to this many.
+    pub rate_limit_burst: u32,
+    /// Largest page of readings or items one request returns.
+    pub max_page: u32,
+    /// Largest request body accepted (admin and ingest calls).
+    pub max_body_bytes: usize,
+    /// Basemap tiles of the operator map (`{z}/{x}/{y}` template).
+    pub tile_url: String,
+    pub tile_attribution: String,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".into(),
+            public_url: None,
+            admin_token: None,
+            admin_token_file: None,
+            rate_limit_per_s: 50,
+            rate_limit_burst: 200,
+            max_page: 10_000,
+            max_body_bytes: 1024 * 1024,
+            tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
+            tile_attribution: "© OpenStreetMap contributors".into(),
+        }
+    }
+}
+
+/// Who publishes the open data, for the DCAT-AP_IT catalogue (defaults: Cremona).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogSettings {
+    pub title: String,
+    pub title_en: String,
+    pub description: String,
+    pub description_en: String,
+    /// The publishing administration and its code in the Italian IPA register.
+    pub publisher_name: String,
+    pub publisher_ipa: String,
+    /// Rights holder of the datasets; the publisher when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rights_holder_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rights_holder_ipa: Option<String>,
+    pub homepage: String,
+    pub contact_name: String,
+    pub contact_email: String,
+    /// Licence document of every distribution.
+    pub licence_url: String,
+    pub licence_name: String,
+    /// A gazetteer URI of the area covered (e.g. GeoNames); the sensors' bounding box is added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spatial_uri: Option<String>,
+    /// EU frequency vocabulary code of how often the datasets change.
+    pub accrual_periodicity: String,
+    /// Languages of the metadata (EU language vocabulary codes).
+    pub languages: Vec<String>,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        Self {
+            title: "Sensori urbani del Comune di Cremona".into(),
+            title_en: "Urban sensors of the City of Cremona".into(),
+            description: "Dati aperti in tempo reale dei sensori della città: riempimento dei cassonetti, energia dell'illuminazione pubblica, contatori di biciclette e qualità dell'aria.".into(),
+            description_en: "Real-time open data from the city's sensors: waste bin fill levels, street lighting energy, bicycle counters and air quality.".into(),
+            publisher_name: "Comune di Cremona".into(),
+            publisher_ipa: "c_d150".into(),
+            rights_holder_name: None,
+            rights_holder_ipa: None,
+            homepage: "https://www.comune.cremona.it".into(),
+            contact_name: "Comune di Cremona - Servizio Sistemi Informativi".into(),
+            contact_email: "opendata@comune.cremona.it".into(),
+            licence_url: "https://creativecommons.org/licenses/by/4.0/".into(),
+            licence_name: "Creative Commons Attribuzione 4.0 Internazionale (CC BY 4.0)".into(),
+            spatial_uri: None,
+            accrual_periodicity: "UPDATE_CONT".into(),
+            languages: vec!["ITA".into(), "ENG".into()],
         }
     }
 }
@@ -302,6 +393,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub store: StoreSettings,
     pub log: LogSettings,
+    pub catalog: CatalogSettings,
     pub kinds: BTreeMap<String, KindDef>,
     /// Network-server and community-network formats, each on its own topics.
     pub adapters: Vec<crate::adapters::AdapterDef>,
@@ -349,6 +441,9 @@ impl Settings {
         if let Some(p) = &self.mqtt.password_file {
             self.mqtt.password = Some(read_secret(p)?);
         }
+        if let Some(p) = &self.http.admin_token_file {
+            self.http.admin_token = Some(read_secret(p)?);
+        }
         Ok(())
     }
 
@@ -393,6 +488,58 @@ impl Settings {
                     a.name
                 )));
             }
+        }
+        if let Some(t) = &self.http.admin_token {
+            if t.expose().len() < 16 {
+                return invalid("http.admin_token must be at least 16 characters");
+            }
+        }
+        if let Some(u) = &self.http.public_url {
+            match url::Url::parse(u) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+                _ => return invalid("http.public_url must be an http(s) URL"),
+            }
+        }
+        let c = &self.catalog;
+        for (what, u) in [
+            ("catalog.licence_url", Some(&c.licence_url)),
+            ("catalog.homepage", Some(&c.homepage)),
+            ("catalog.spatial_uri", c.spatial_uri.as_ref()),
+        ] {
+            if let Some(u) = u {
+                if url::Url::parse(u).is_err() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what} must be an absolute URL"
+                    )));
+                }
+            }
+        }
+        if !c.contact_email.contains('@') || c.contact_email.contains([' ', '<', '>']) {
+            return invalid("catalog.contact_email must be an e-mail address");
+        }
+        if c.publisher_ipa.trim().is_empty() {
+            return invalid("catalog.publisher_ipa (the publisher's IPA code) must be set");
+        }
+        if !c
+            .accrual_periodicity
+            .chars()
+            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+        {
+            return invalid(
+                "catalog.accrual_periodicity must be an EU frequency code, e.g. UPDATE_CONT",
+            );
+        }
+        for (name, k) in &self.kinds {
+            if k.enabled && !EU_THEMES.contains(&k.theme.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "kinds.{name}.theme {:?} is not an EU data-theme code ({})",
+                    k.theme,
+                    EU_THEMES.join(", ")
+                )));
+            }
+        }
+        if self.http.max_page == 0 {
+            return invalid("http.max_page must be at least 1");
         }
         if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
             return invalid("mqtt.client_cert_file and mqtt.client_key_file go together");

@@ -7,7 +7,7 @@ pub mod mqtt;
 pub mod pipeline;
 
 pub use metrics::IngestMetrics;
-pub use pipeline::{HttpIngest, HttpOutcome, HttpRefused, HttpSubmission};
+pub use pipeline::{HttpIngest, HttpOutcome, HttpRefused, HttpSubmission, LiveBatch};
 
 use cityhub_config::Settings;
 use cityhub_store::{BatchWriter, Store};
@@ -36,6 +36,7 @@ pub fn start(
     store: Store,
     metrics: IngestMetrics,
     connected: Arc<AtomicBool>,
+    live: tokio::sync::broadcast::Sender<pipeline::LiveBatch>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<HttpIngest, IngestError> {
@@ -93,6 +94,7 @@ pub fn start(
             ms(settings.ingest.retry_max_ms),
         ),
         SHUTDOWN_GRACE,
+        live,
         cancel,
     ));
     Ok(HttpIngest { tx: http_tx })

@@ -7,7 +7,14 @@ use crate::decode::Decoder;
 use crate::metrics::IngestMetrics;
 use crate::mqtt::{AckToken, Acker, Inbound};
 use bytes::Bytes;
-use cityhub_store::{BatchWriter, DeadLetter, Observation, Source, Store, WriteBatch};
+use cityhub_store::{
+    BatchWriter, DeadLetter, LatestChange, Observation, Source, Store, WriteBatch,
+};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Latest values advanced by one committed batch, for live subscribers.
+pub type LiveBatch = Arc<Vec<LatestChange>>;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -249,6 +256,7 @@ pub async fn run_writer(
     metrics: IngestMetrics,
     retry: (Duration, Duration),
     shutdown_grace: Duration,
+    live: broadcast::Sender<LiveBatch>,
     cancel: CancellationToken,
 ) {
     let mut deadline: Option<Instant> = None;
@@ -260,10 +268,15 @@ pub async fn run_writer(
         }
         let mut delay = retry.0;
         let mut attempt = 0u32;
+        writer.report_latest = live.receiver_count() > 0;
         loop {
             let started = Instant::now();
             match writer.write(&batch.write).await {
-                Ok(outcome) => {
+                Ok(mut outcome) => {
+                    if !outcome.latest.is_empty() {
+                        // Nobody listening is not an error: the stream is best effort.
+                        let _ = live.send(Arc::new(std::mem::take(&mut outcome.latest)));
+                    }
                     metrics
                         .commit_seconds
                         .observe(started.elapsed().as_secs_f64());

@@ -19,6 +19,8 @@ pub enum StoreError {
     SchemaTooNew { db: i32, known: i32 },
     #[error("import: {0}")]
     Import(String),
+    #[error("sensor {sensor:?} is registered as kind {registered:?}; a sensor keeps its kind")]
+    KindConflict { sensor: String, registered: String },
 }
 
 impl StoreError {

@@ -3,6 +3,7 @@
 
 pub mod db;
 mod error;
+pub mod query;
 pub mod schema;
 pub mod sensors;
 pub mod writer;
@@ -10,7 +11,8 @@ pub mod writer;
 pub use error::StoreError;
 pub use schema::Backend;
 pub use writer::{
-    BatchWriter, DeadLetter, Observation, SensorSeen, Source, WriteBatch, WriteOutcome,
+    BatchWriter, DeadLetter, LatestChange, Observation, SensorSeen, Source, WriteBatch,
+    WriteOutcome,
 };
 
 use cityhub_config::{Catalog, Settings};
@@ -39,6 +41,8 @@ struct Inner {
     backend: Backend,
     /// kind -> metric -> id, looked up by `&str` on the hot path.
     metric_ids: HashMap<String, HashMap<String, i16>>,
+    /// id -> (kind, metric), to name what `latest` and `observations` hold.
+    metric_names: HashMap<i16, (String, String)>,
     retention_days: u32,
 }
 
@@ -65,8 +69,13 @@ impl Store {
                 }
             }
         }
+        let metric_names = metric_ids
+            .iter()
+            .flat_map(|(k, ms)| ms.iter().map(move |(m, id)| (*id, (k.clone(), m.clone()))))
+            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
+                metric_names,
                 derived,
                 pool,
                 backend,
@@ -92,6 +101,14 @@ impl Store {
     /// The id of `kind.metric`, when both are configured.
     pub fn metric_id(&self, kind: &str, metric: &str) -> Option<i16> {
         self.inner.metric_ids.get(kind)?.get(metric).copied()
+    }
+
+    /// The kind and name of metric `id`.
+    pub fn metric_name(&self, id: i16) -> Option<(&str, &str)> {
+        self.inner
+            .metric_names
+            .get(&id)
+            .map(|(k, m)| (k.as_str(), m.as_str()))
     }
 
     /// Is the database answering?

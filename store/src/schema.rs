@@ -53,10 +53,11 @@ struct Migration {
     timescale: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "core",
-    common: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "core",
+        common: r#"
 CREATE TABLE sensors (
     id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     external_id text NOT NULL UNIQUE,
@@ -98,7 +99,7 @@ CREATE TABLE dead_letters (
 );
 CREATE INDEX dead_letters_received ON dead_letters (received_at DESC);
 "#,
-    plain: r#"
+        plain: r#"
 CREATE TABLE observations (
     time      timestamptz NOT NULL,
     sensor_id integer NOT NULL,
@@ -119,7 +120,7 @@ SELECT date_trunc('day', time) AS bucket, sensor_id, metric_id,
        (array_agg(value ORDER BY time DESC))[1] AS last
 FROM observations GROUP BY 1, 2, 3;
 "#,
-    timescale: r#"
+        timescale: r#"
 CREATE TABLE observations (
     time      timestamptz NOT NULL,
     sensor_id integer NOT NULL,
@@ -154,7 +155,20 @@ SELECT add_continuous_aggregate_policy('obs_daily',
 SELECT add_retention_policy('obs_hourly', {retention});
 SELECT add_retention_policy('obs_daily', {retention});
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "realtime_aggregates",
+        common: "",
+        plain: "",
+        // Since TimescaleDB 2.13 continuous aggregates default to materialized-only; the API
+        // reads them for hourly and daily buckets and must see the last hours too.
+        timescale: r#"
+ALTER MATERIALIZED VIEW obs_hourly SET (timescaledb.materialized_only = false);
+ALTER MATERIALIZED VIEW obs_daily SET (timescaledb.materialized_only = false);
+"#,
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i32 {

@@ -121,6 +121,19 @@ pub struct WriteOutcome {
     pub duplicates: u64,
     /// Dead letters written, by code (including those found while writing).
     pub dead_letters: Vec<(&'static str, u64)>,
+    /// Latest values this batch advanced (derived metrics included), when asked for
+    /// with [`BatchWriter::report_latest`]: what live subscribers are told.
+    pub latest: Vec<LatestChange>,
+}
+
+/// A sensor's newest value of a metric, as committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestChange {
+    pub sensor: SensorId,
+    pub kind: Name,
+    pub metric_id: i16,
+    pub time: DateTime<Utc>,
+    pub value: f64,
 }
 
 /// Owns one connection and commits batches on it; reconnects on demand.
@@ -128,6 +141,8 @@ pub struct BatchWriter {
     store: Store,
     client: Option<Client>,
     partitions: HashSet<DateTime<Utc>>,
+    /// Collect [`WriteOutcome::latest`]; off when nobody listens, as it costs a little.
+    pub report_latest: bool,
 }
 
 const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS obs_staging (
@@ -139,6 +154,7 @@ impl BatchWriter {
             store,
             client: None,
             partitions: HashSet::new(),
+            report_latest: false,
         }
     }
 
@@ -187,6 +203,7 @@ impl BatchWriter {
                 .collect()
         };
         let store = self.store.clone();
+        let report_latest = self.report_latest;
         let client = self.client().await?;
         for m in &months {
             ensure_partition(&**client, *m).await?;
@@ -313,15 +330,36 @@ impl BatchWriter {
                 &[],
             )
             .await?;
-        tx.execute(
-            "INSERT INTO latest AS l (sensor_id, metric_id, time, value)
+        let advanced = tx
+            .query(
+                "INSERT INTO latest AS l (sensor_id, metric_id, time, value)
              SELECT DISTINCT ON (sensor_id, metric_id) sensor_id, metric_id, time, value
              FROM obs_staging ORDER BY sensor_id, metric_id, time DESC
              ON CONFLICT (sensor_id, metric_id) DO UPDATE SET time = excluded.time, value = excluded.value
-             WHERE excluded.time > l.time",
-            &[],
-        )
-        .await?;
+             WHERE excluded.time > l.time
+             RETURNING sensor_id, metric_id, time, value, $1::bool",
+                &[&report_latest],
+            )
+            .await?;
+        let mut latest = Vec::new();
+        if report_latest && !advanced.is_empty() {
+            let by_pk: HashMap<i32, &str> = ids.iter().map(|(e, pk)| (*pk, *e)).collect();
+            latest.reserve(advanced.len());
+            for r in &advanced {
+                let pk: i32 = r.get(0);
+                let Some((id, seen)) = by_pk.get(&pk).and_then(|e| batch.sensors.get_key_value(*e))
+                else {
+                    continue;
+                };
+                latest.push(LatestChange {
+                    sensor: id.clone(),
+                    kind: seen.kind.clone(),
+                    metric_id: r.get(1),
+                    time: r.get(2),
+                    value: r.get(3),
+                });
+            }
+        }
 
         // Dead letters: those found while decoding, plus kind conflicts found here.
         let mut dl: Vec<(u32, &'static str, String)> = batch
@@ -372,6 +410,7 @@ impl BatchWriter {
             inserted,
             duplicates: staged.saturating_sub(inserted),
             dead_letters: counts.into_iter().collect(),
+            latest,
         })
     }
 }

@@ -1,0 +1,646 @@
+//! The DCAT-AP_IT catalogue (`/catalog`, `.jsonld`, `.ttl`, `.rdf`): one dataset per
+//! kind with its GeoJSON, CSV and OGC API distributions, built as an RDF graph and
+//! written by the oxigraph serialisers, so every syntax says the same thing.
+//!
+//! Each node carries its class explicitly (`dct:LicenseDocument`, `dct:Frequency`,
+//! `skos:Concept`, ...): the DCAT-AP SHACL range shapes check classes, and harvesters
+//! do not infer them.
+
+use crate::error::{ApiError, ApiResult};
+use crate::geo::cached;
+use crate::params::{BaseUrl, StrictQuery};
+use crate::sensors::NoParams;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use cityhub_store::query::{self, KindExtent};
+use oxrdf::vocab::{rdf, xsd};
+use oxrdf::{Literal, NamedNode, NamedOrBlankNode, Term, Triple};
+use std::collections::HashMap;
+
+const DCAT: &str = "http://www.w3.org/ns/dcat#";
+const DCT: &str = "http://purl.org/dc/terms/";
+const DCATAPIT: &str = "http://dati.gov.it/onto/dcatapit#";
+const FOAF: &str = "http://xmlns.com/foaf/0.1/";
+const VCARD: &str = "http://www.w3.org/2006/vcard/ns#";
+const SKOS: &str = "http://www.w3.org/2004/02/skos/core#";
+const LOCN: &str = "http://www.w3.org/ns/locn#";
+const GSP: &str = "http://www.opengis.net/ont/geosparql#";
+const RDFS: &str = "http://www.w3.org/2000/01/rdf-schema#";
+const DCATAP: &str = "http://data.europa.eu/r5r/";
+const EU: &str = "http://publications.europa.eu/resource/authority/";
+
+const PREFIXES: &[(&str, &str)] = &[
+    ("dcat", DCAT),
+    ("dct", DCT),
+    ("dcatapit", DCATAPIT),
+    ("foaf", FOAF),
+    ("vcard", VCARD),
+    ("skos", SKOS),
+    ("locn", LOCN),
+    ("gsp", GSP),
+    ("xsd", "http://www.w3.org/2001/XMLSchema#"),
+    ("rdfs", RDFS),
+    ("dcatap", DCATAP),
+];
+
+/// English and Italian labels of the EU data-theme vocabulary.
+pub fn theme_labels(code: &str) -> Option<(&'static str, &'static str)> {
+    Some(match code {
+        "AGRI" => (
+            "Agriculture, fisheries, forestry and food",
+            "Agricoltura, pesca, silvicoltura e prodotti alimentari",
+        ),
+        "ECON" => ("Economy and finance", "Economia e finanze"),
+        "EDUC" => (
+            "Education, culture and sport",
+            "Istruzione, cultura e sport",
+        ),
+        "ENER" => ("Energy", "Energia"),
+        "ENVI" => ("Environment", "Ambiente"),
+        "GOVE" => ("Government and public sector", "Governo e settore pubblico"),
+        "HEAL" => ("Health", "Salute"),
+        "INTR" => ("International issues", "Tematiche internazionali"),
+        "JUST" => (
+            "Justice, legal system and public safety",
+            "Giustizia, sistema giuridico e sicurezza pubblica",
+        ),
+        "REGI" => ("Regions and cities", "Regioni e città"),
+        "SOCI" => ("Population and society", "Popolazione e società"),
+        "TECH" => ("Science and technology", "Scienza e tecnologia"),
+        "TRAN" => ("Transport", "Trasporti"),
+        _ => return None,
+    })
+}
+
+struct Graph {
+    triples: Vec<Triple>,
+}
+
+fn iri(s: &str) -> ApiResult<NamedNode> {
+    NamedNode::new(s).map_err(|e| ApiError::Internal(format!("catalogue IRI {s:?}: {e}")))
+}
+
+fn v(ns: &str, local: &str) -> NamedNode {
+    NamedNode::new_unchecked(format!("{ns}{local}"))
+}
+
+impl Graph {
+    fn add(&mut self, s: &NamedNode, p: NamedNode, o: impl Into<Term>) {
+        self.triples
+            .push(Triple::new(NamedOrBlankNode::from(s.clone()), p, o.into()));
+    }
+    fn typed(&mut self, s: &NamedNode, classes: &[NamedNode]) {
+        for c in classes {
+            self.add(s, rdf::TYPE.into_owned(), c.clone());
+        }
+    }
+    fn text(&mut self, s: &NamedNode, p: NamedNode, value: &str, lang: &str) {
+        let lit = Literal::new_language_tagged_literal_unchecked(value, lang);
+        self.add(s, p, lit);
+    }
+    fn plain(&mut self, s: &NamedNode, p: NamedNode, value: &str) {
+        self.add(s, p, Literal::new_simple_literal(value));
+    }
+    fn date(&mut self, s: &NamedNode, p: NamedNode, t: DateTime<Utc>) {
+        let lit = Literal::new_typed_literal(t.format("%Y-%m-%d").to_string(), xsd::DATE);
+        self.add(s, p, lit);
+    }
+    fn datetime(&mut self, s: &NamedNode, p: NamedNode, t: DateTime<Utc>) {
+        let lit = Literal::new_typed_literal(
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            xsd::DATE_TIME,
+        );
+        self.add(s, p, lit);
+    }
+}
+
+/// `dct:spatial`: the configured gazetteer place, and the sensors' bounding box with its centroid.
+fn spatial(
+    g: &mut Graph,
+    node: &NamedNode,
+    place: Option<&str>,
+    bbox: Option<query::Bbox>,
+    area_iri: &str,
+) -> ApiResult<()> {
+    if let Some(u) = place {
+        let place = iri(u)?;
+        g.add(node, v(DCT, "spatial"), place.clone());
+        g.typed(&place, &[v(DCT, "Location")]);
+    }
+    if let Some(b) = bbox {
+        let area = iri(area_iri)?;
+        g.add(node, v(DCT, "spatial"), area.clone());
+        g.typed(&area, &[v(DCT, "Location")]);
+        let wkt = format!(
+            "POLYGON(({a} {b}, {c} {b}, {c} {d}, {a} {d}, {a} {b}))",
+            a = b.min_lon,
+            b = b.min_lat,
+            c = b.max_lon,
+            d = b.max_lat
+        );
+        g.add(
+            &area,
+            v(DCAT, "bbox"),
+            Literal::new_typed_literal(wkt, v(GSP, "wktLiteral")),
+        );
+        let centroid = format!(
+            "POINT({} {})",
+            (b.min_lon + b.max_lon) / 2.0,
+            (b.min_lat + b.max_lat) / 2.0
+        );
+        g.add(
+            &area,
+            v(DCAT, "centroid"),
+            Literal::new_typed_literal(centroid, v(GSP, "wktLiteral")),
+        );
+    }
+    Ok(())
+}
+
+/// Builds the whole catalogue for the kinds configured now and the data stored now.
+fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> ApiResult<Graph> {
+    let c = &s.settings.catalog;
+    let mut g = Graph {
+        triples: Vec::new(),
+    };
+    let now = Utc::now();
+    let catalog = iri(&format!("{base}/catalog"))?;
+    let publisher = iri(&format!("{base}/catalog#publisher"))?;
+    let holder = iri(&format!("{base}/catalog#rights-holder"))?;
+    let contact = iri(&format!("{base}/catalog#contact-point"))?;
+    let licence = iri(&c.licence_url)?;
+    let homepage = iri(&c.homepage)?;
+    let themes = iri(&format!("{EU}data-theme"))?;
+    let service = iri(&format!("{base}/ogc"))?;
+    let newest = extents.values().filter_map(|e| e.last).max();
+
+    g.typed(&catalog, &[v(DCAT, "Catalog"), v(DCATAPIT, "Catalog")]);
+    g.text(&catalog, v(DCT, "title"), &c.title, "it");
+    g.text(&catalog, v(DCT, "title"), &c.title_en, "en");
+    g.text(&catalog, v(DCT, "description"), &c.description, "it");
+    g.text(&catalog, v(DCT, "description"), &c.description_en, "en");
+    g.add(&catalog, v(DCT, "publisher"), publisher.clone());
+    g.date(&catalog, v(DCT, "modified"), newest.unwrap_or(now));
+    g.add(&catalog, v(FOAF, "homepage"), homepage.clone());
+    g.typed(&homepage, &[v(FOAF, "Document")]);
+    g.add(&catalog, v(DCAT, "themeTaxonomy"), themes.clone());
+    g.typed(&themes, &[v(SKOS, "ConceptScheme")]);
+    g.text(&themes, v(DCT, "title"), "Data theme", "en");
+    for l in &c.languages {
+        let lang = iri(&format!("{EU}language/{l}"))?;
+        g.add(&catalog, v(DCT, "language"), lang.clone());
+        g.typed(&lang, &[v(DCT, "LinguisticSystem")]);
+    }
+
+    let authority = iri("http://purl.org/adms/publishertype/LocalAuthority")?;
+    g.typed(&authority, &[v(SKOS, "Concept")]);
+    g.text(&authority, v(SKOS, "prefLabel"), "Local Authority", "en");
+    let agent = |g: &mut Graph, node: &NamedNode, name: &str, ipa: &str| {
+        g.typed(node, &[v(FOAF, "Agent"), v(DCATAPIT, "Agent")]);
+        g.text(node, v(FOAF, "name"), name, "it");
+        g.plain(node, v(DCT, "identifier"), ipa);
+        g.add(node, v(DCT, "type"), authority.clone());
+    };
+    agent(&mut g, &publisher, &c.publisher_name, &c.publisher_ipa);
+    agent(
+        &mut g,
+        &holder,
+        c.rights_holder_name.as_deref().unwrap_or(&c.publisher_name),
+        c.rights_holder_ipa.as_deref().unwrap_or(&c.publisher_ipa),
+    );
+    g.typed(
+        &contact,
+        &[
+            v(VCARD, "Kind"),
+            v(VCARD, "Organization"),
+            v(DCATAPIT, "Organization"),
+        ],
+    );
+    g.plain(&contact, v(VCARD, "fn"), &c.contact_name);
+    g.add(
+        &contact,
+        v(VCARD, "hasEmail"),
+        iri(&format!("mailto:{}", c.contact_email))?,
+    );
+
+    g.typed(
+        &licence,
+        &[v(DCT, "LicenseDocument"), v(DCATAPIT, "LicenseDocument")],
+    );
+    g.text(&licence, v(FOAF, "name"), &c.licence_name, "it");
+    let attribution = iri("http://purl.org/adms/licencetype/Attribution")?;
+    g.add(&licence, v(DCT, "type"), attribution.clone());
+    g.typed(&attribution, &[v(SKOS, "Concept")]);
+    g.text(&attribution, v(SKOS, "prefLabel"), "Attribution", "en");
+
+    let availability = iri(&format!("{EU}planned-availability/AVAILABLE"))?;
+    g.typed(&availability, &[v(SKOS, "Concept")]);
+    g.text(&availability, v(SKOS, "prefLabel"), "available", "en");
+    let frequency = iri(&format!("{EU}frequency/{}", c.accrual_periodicity))?;
+    g.typed(&frequency, &[v(DCT, "Frequency")]);
+
+    // The OGC API as a data service every dataset is served by.
+    g.typed(&service, &[v(DCAT, "DataService")]);
+    g.text(
+        &service,
+        v(DCT, "title"),
+        "OGC API - Features dei sensori urbani",
+        "it",
+    );
+    g.text(
+        &service,
+        v(DCT, "title"),
+        "OGC API - Features of the urban sensors",
+        "en",
+    );
+    g.add(&service, v(DCAT, "endpointURL"), service.clone());
+    let openapi = iri(&format!("{base}/openapi.json"))?;
+    g.add(&service, v(DCAT, "endpointDescription"), openapi.clone());
+    // DCAT-AP's range shapes want both typed, even as plain resources.
+    g.typed(&service, &[v(RDFS, "Resource")]);
+    g.add(&service, v(DCAT, "contactPoint"), contact.clone());
+    g.plain(&service, v(DCAT, "keyword"), "OGC API - Features");
+    g.add(&catalog, v(DCT, "license"), licence.clone());
+    let all = extents
+        .values()
+        .filter_map(|e| e.bbox)
+        .reduce(|a, b| query::Bbox {
+            min_lon: a.min_lon.min(b.min_lon),
+            min_lat: a.min_lat.min(b.min_lat),
+            max_lon: a.max_lon.max(b.max_lon),
+            max_lat: a.max_lat.max(b.max_lat),
+        });
+    spatial(
+        &mut g,
+        &catalog,
+        c.spatial_uri.as_deref(),
+        all,
+        &format!("{base}/catalog#area"),
+    )?;
+    if let Some(first) = extents.values().filter_map(|e| e.first).min() {
+        g.date(&catalog, v(DCT, "issued"), first);
+    }
+    g.typed(&openapi, &[v(RDFS, "Resource")]);
+    let ogc_core = iri(crate::ogc::CONFORMANCE[0])?;
+    g.add(&service, v(DCT, "conformsTo"), ogc_core.clone());
+    g.typed(&ogc_core, &[v(DCT, "Standard")]);
+    g.add(&service, v(DCT, "license"), licence.clone());
+    g.add(&service, v(DCT, "publisher"), publisher.clone());
+    g.add(&catalog, v(DCAT, "service"), service.clone());
+
+    for kind in s.catalog.iter() {
+        let k = kind.name.as_str();
+        let def = &kind.def;
+        let ext = extents.get(k).cloned().unwrap_or_default();
+        let ds = iri(&format!("{base}/catalog/dataset/{k}"))?;
+        g.add(&catalog, v(DCAT, "dataset"), ds.clone());
+        g.add(&service, v(DCAT, "servesDataset"), ds.clone());
+        g.typed(&ds, &[v(DCAT, "Dataset"), v(DCATAPIT, "Dataset")]);
+        g.plain(
+            &ds,
+            v(DCT, "identifier"),
+            &format!("{}:{k}", c.publisher_ipa),
+        );
+        g.text(
+            &ds,
+            v(DCT, "title"),
+            def.title_it.as_deref().unwrap_or(&def.title),
+            "it",
+        );
+        g.text(&ds, v(DCT, "title"), &def.title, "en");
+        let metrics: Vec<String> = kind
+            .metrics
+            .values()
+            .map(|m| format!("{} ({})", m.name, m.unit))
+            .collect();
+        let desc_en = format!(
+            "{} Latest value of each sensor, updated as readings arrive; metrics: {}.",
+            def.description.as_deref().unwrap_or(&def.title),
+            metrics.join(", ")
+        );
+        let desc_it = format!(
+            "{} Ultimo valore di ogni sensore, aggiornato all'arrivo delle letture; grandezze: {}.",
+            def.description_it
+                .as_deref()
+                .or(def.title_it.as_deref())
+                .unwrap_or(&def.title),
+            metrics.join(", ")
+        );
+        g.text(&ds, v(DCT, "description"), &desc_it, "it");
+        g.text(&ds, v(DCT, "description"), &desc_en, "en");
+        let theme = iri(&format!("{EU}data-theme/{}", def.theme))?;
+        g.add(&ds, v(DCAT, "theme"), theme.clone());
+        g.add(&service, v(DCAT, "theme"), theme.clone());
+        g.typed(&theme, &[v(SKOS, "Concept")]);
+        g.add(&theme, v(SKOS, "inScheme"), themes.clone());
+        if let Some((en, it)) = theme_labels(&def.theme) {
+            g.text(&theme, v(SKOS, "prefLabel"), en, "en");
+            g.text(&theme, v(SKOS, "prefLabel"), it, "it");
+        }
+        g.add(&ds, v(DCT, "accrualPeriodicity"), frequency.clone());
+        g.add(&ds, v(DCT, "publisher"), publisher.clone());
+        g.add(&ds, v(DCT, "rightsHolder"), holder.clone());
+        g.add(&ds, v(DCAT, "contactPoint"), contact.clone());
+        g.date(&ds, v(DCT, "modified"), ext.last.unwrap_or(now));
+        if let Some(first) = ext.first {
+            g.date(&ds, v(DCT, "issued"), first);
+        }
+        for l in &c.languages {
+            g.add(&ds, v(DCT, "language"), iri(&format!("{EU}language/{l}"))?);
+        }
+        for kw in
+            std::iter::once(k.replace('_', " ")).chain(kind.metrics.keys().map(|m| m.to_string()))
+        {
+            g.plain(&ds, v(DCAT, "keyword"), &kw);
+        }
+        let landing = iri(&format!("{base}/ogc/collections/{k}"))?;
+        g.add(&ds, v(DCAT, "landingPage"), landing.clone());
+        g.typed(&landing, &[v(FOAF, "Document")]);
+        spatial(
+            &mut g,
+            &ds,
+            c.spatial_uri.as_deref(),
+            ext.bbox,
+            &format!("{base}/catalog/dataset/{k}#area"),
+        )?;
+        if let (Some(first), Some(last)) = (ext.first, ext.last) {
+            let period = iri(&format!("{base}/catalog/dataset/{k}#period"))?;
+            g.add(&ds, v(DCT, "temporal"), period.clone());
+            g.typed(&period, &[v(DCT, "PeriodOfTime")]);
+            g.datetime(&period, v(DCAT, "startDate"), first);
+            g.datetime(&period, v(DCAT, "endDate"), last);
+        }
+
+        let dists = [
+            (
+                "geojson",
+                format!("{base}/feeds/{k}.geojson"),
+                "GEOJSON",
+                "application/geo+json",
+                "Ultimi valori dei sensori (GeoJSON)",
+                "Latest sensor values (GeoJSON)",
+                true,
+            ),
+            (
+                "csv",
+                format!("{base}/feeds/{k}.csv"),
+                "CSV",
+                "text/csv",
+                "Ultimi valori dei sensori (CSV, unità nelle intestazioni)",
+                "Latest sensor values (CSV, units in the headers)",
+                true,
+            ),
+            (
+                "ogc",
+                format!("{base}/ogc/collections/{k}/items"),
+                "GEOJSON",
+                "application/geo+json",
+                "Sensori tramite OGC API - Features",
+                "Sensors through OGC API - Features",
+                false,
+            ),
+        ];
+        for (suffix, url, format, media, title_it, title_en, download) in dists {
+            let d = iri(&format!("{base}/catalog/dataset/{k}/{suffix}"))?;
+            let access = iri(&url)?;
+            g.add(&ds, v(DCAT, "distribution"), d.clone());
+            g.typed(&d, &[v(DCAT, "Distribution"), v(DCATAPIT, "Distribution")]);
+            g.add(&d, v(DCAT, "accessURL"), access.clone());
+            if download {
+                g.add(&d, v(DCAT, "downloadURL"), access);
+            } else {
+                g.add(&d, v(DCAT, "accessService"), service.clone());
+            }
+            let fmt = iri(&format!("{EU}file-type/{format}"))?;
+            g.add(&d, v(DCT, "format"), fmt.clone());
+            g.typed(&fmt, &[v(DCT, "MediaTypeOrExtent")]);
+            let mt = iri(&format!(
+                "http://www.iana.org/assignments/media-types/{media}"
+            ))?;
+            g.add(&d, v(DCAT, "mediaType"), mt.clone());
+            g.typed(&mt, &[v(DCT, "MediaType")]);
+            g.add(&d, v(DCT, "license"), licence.clone());
+            g.text(&d, v(DCT, "title"), title_it, "it");
+            g.text(&d, v(DCT, "title"), title_en, "en");
+            g.text(
+                &d,
+                v(DCT, "description"),
+                &format!(
+                    "{title_it}: {}",
+                    def.title_it.as_deref().unwrap_or(&def.title)
+                ),
+                "it",
+            );
+            g.text(
+                &d,
+                v(DCT, "description"),
+                &format!("{title_en}: {}", def.title),
+                "en",
+            );
+            g.date(&d, v(DCT, "modified"), ext.last.unwrap_or(now));
+            g.add(&d, v(DCATAP, "availability"), availability.clone());
+        }
+    }
+    Ok(g)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Syntax {
+    JsonLd,
+    Turtle,
+    RdfXml,
+}
+
+impl Syntax {
+    fn media_type(self) -> &'static str {
+        match self {
+            Syntax::JsonLd => "application/ld+json",
+            Syntax::Turtle => "text/turtle; charset=utf-8",
+            Syntax::RdfXml => "application/rdf+xml",
+        }
+    }
+}
+
+fn serialize(g: &Graph, syntax: Syntax) -> ApiResult<Vec<u8>> {
+    // Grouped by subject (stable, so each node's statements keep their order): the
+    // serialisers then write one block per node.
+    let mut seen = std::collections::HashSet::new();
+    let mut sorted: Vec<&Triple> = g.triples.iter().filter(|t| seen.insert(*t)).collect();
+    sorted.sort_by(|a, b| a.subject.to_string().cmp(&b.subject.to_string()));
+    let g = Graph {
+        triples: sorted.into_iter().cloned().collect(),
+    };
+    let g = &g;
+    let err = |e: std::io::Error| ApiError::Internal(format!("serialising the catalogue: {e}"));
+    let perr = |e: oxrdf::IriParseError| ApiError::Internal(format!("catalogue prefix: {e}"));
+    match syntax {
+        Syntax::Turtle => {
+            let mut s = oxttl::TurtleSerializer::new();
+            for (p, ns) in PREFIXES {
+                s = s.with_prefix(*p, *ns).map_err(perr)?;
+            }
+            let mut w = s.for_writer(Vec::new());
+            for t in &g.triples {
+                w.serialize_triple(t).map_err(err)?;
+            }
+            w.finish().map_err(err)
+        }
+        Syntax::JsonLd => {
+            let mut s = oxjsonld::JsonLdSerializer::new();
+            for (p, ns) in PREFIXES {
+                s = s.with_prefix(*p, *ns).map_err(perr)?;
+            }
+            let mut w = s.for_writer(Vec::new());
+            for t in &g.triples {
+                w.serialize_quad(t.as_ref().in_graph(oxrdf::GraphNameRef::DefaultGraph))
+                    .map_err(err)?;
+            }
+            w.finish().map_err(err)
+        }
+        Syntax::RdfXml => {
+            let mut s = oxrdfxml::RdfXmlSerializer::new();
+            for (p, ns) in PREFIXES {
+                s = s.with_prefix(*p, *ns).map_err(perr)?;
+            }
+            let mut w = s.for_writer(Vec::new());
+            for t in &g.triples {
+                w.serialize_triple(t).map_err(err)?;
+            }
+            w.finish().map_err(err)
+        }
+    }
+}
+
+/// Picks a syntax from an Accept header (q-values honoured; JSON-LD by default).
+pub fn negotiate(accept: Option<&str>) -> Option<Syntax> {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return Some(Syntax::JsonLd);
+    };
+    let mut best: Option<(f32, Syntax)> = None;
+    for part in accept.split(',') {
+        let mut it = part.split(';');
+        let mt = it.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = it
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let syntax = match mt.as_str() {
+            "application/ld+json" | "application/json" | "*/*" | "application/*" => Syntax::JsonLd,
+            "text/turtle" | "text/*" => Syntax::Turtle,
+            "application/rdf+xml" => Syntax::RdfXml,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
+            best = Some((q, syntax));
+        }
+    }
+    best.map(|(_, s)| s)
+}
+
+async fn respond(
+    s: &AppState,
+    base: &str,
+    headers: &HeaderMap,
+    syntax: Syntax,
+    vary: bool,
+) -> ApiResult<Response> {
+    let extents = query::kind_extents(s.store()?).await?;
+    let g = build(s, base, &extents)?;
+    let body = serialize(&g, syntax)?;
+    let modified = extents.values().filter_map(|e| e.last).max();
+    let mut extra = vec![];
+    if vary {
+        extra.push((header::VARY, "Accept".to_owned()));
+    }
+    Ok(cached(headers, syntax.media_type(), body, modified, &extra))
+}
+
+/// The catalogue in the syntax the Accept header asks for (JSON-LD, Turtle or RDF/XML).
+#[utoipa::path(get, path = "/catalog", tag = "open data",
+    responses(
+        (status = 200, description = "DCAT-AP_IT catalogue",
+         content((Object = "application/ld+json"), (String = "text/turtle"), (String = "application/rdf+xml"))),
+        (status = 406, description = "None of the accepted syntaxes is available", body = crate::error::ErrorBody)))]
+pub async fn catalog(
+    State(s): State<AppState>,
+    base: BaseUrl,
+    headers: HeaderMap,
+    _q: StrictQuery<NoParams>,
+) -> ApiResult<Response> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let Some(syntax) = negotiate(accept) else {
+        return Err(ApiError::NotAcceptable(
+            "the catalogue is available as application/ld+json, text/turtle and application/rdf+xml".into(),
+        ));
+    };
+    respond(&s, &base.0, &headers, syntax, true).await
+}
+
+/// The catalogue as JSON-LD.
+#[utoipa::path(get, path = "/catalog.jsonld", tag = "open data",
+    responses((status = 200, description = "DCAT-AP_IT catalogue", content_type = "application/ld+json")))]
+pub async fn catalog_jsonld(
+    State(s): State<AppState>,
+    base: BaseUrl,
+    headers: HeaderMap,
+    _q: StrictQuery<NoParams>,
+) -> ApiResult<Response> {
+    respond(&s, &base.0, &headers, Syntax::JsonLd, false).await
+}
+
+/// The catalogue as Turtle.
+#[utoipa::path(get, path = "/catalog.ttl", tag = "open data",
+    responses((status = 200, description = "DCAT-AP_IT catalogue", content_type = "text/turtle")))]
+pub async fn catalog_ttl(
+    State(s): State<AppState>,
+    base: BaseUrl,
+    headers: HeaderMap,
+    _q: StrictQuery<NoParams>,
+) -> ApiResult<Response> {
+    respond(&s, &base.0, &headers, Syntax::Turtle, false).await
+}
+
+/// The catalogue as RDF/XML (what CKAN-based harvesters such as dati.gov.it's read).
+#[utoipa::path(get, path = "/catalog.rdf", tag = "open data",
+    responses((status = 200, description = "DCAT-AP_IT catalogue", content_type = "application/rdf+xml")))]
+pub async fn catalog_rdf(
+    State(s): State<AppState>,
+    base: BaseUrl,
+    headers: HeaderMap,
+    _q: StrictQuery<NoParams>,
+) -> ApiResult<Response> {
+    respond(&s, &base.0, &headers, Syntax::RdfXml, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(None), Some(Syntax::JsonLd));
+        assert_eq!(negotiate(Some("text/turtle")), Some(Syntax::Turtle));
+        assert_eq!(
+            negotiate(Some("application/ld+json;q=0.5, text/turtle;q=0.9")),
+            Some(Syntax::Turtle)
+        );
+        assert_eq!(negotiate(Some("application/rdf+xml")), Some(Syntax::RdfXml));
+        assert_eq!(negotiate(Some("*/*")), Some(Syntax::JsonLd));
+        assert_eq!(negotiate(Some("application/xml")), None);
+        assert_eq!(negotiate(Some("text/turtle;q=0")), None);
+    }
+
+    #[test]
+    fn every_eu_theme_has_labels() {
+        for t in [
+            "AGRI", "ECON", "EDUC", "ENER", "ENVI", "GOVE", "HEAL", "INTR", "JUST", "REGI", "SOCI",
+            "TECH", "TRAN",
+        ] {
+            assert!(theme_labels(t).is_some(), "{t}");
+        }
+        assert!(theme_labels("XXXX").is_none());
+    }
+}

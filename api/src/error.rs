@@ -1,0 +1,87 @@
+//! Errors of the HTTP layer: what the client did wrong, said plainly; what the
+//! server did wrong, logged in full and reported without internals.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cityhub_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error answer (the exception shape of OGC API - Features).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A short, stable code, e.g. `InvalidParameterValue`, `NotFound`.
+    pub code: &'static str,
+    /// What went wrong, for a human.
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("an admin bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("storage is not available yet")]
+    NotReady,
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "InvalidParameterValue"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            ApiError::Store(StoreError::KindConflict { .. }) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Store(e) if e.is_connection_lost() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
+            ApiError::Store(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+            }
+        };
+        let description = match (&self, status) {
+            (ApiError::Store(StoreError::KindConflict { .. }), _) => self.to_string(),
+            (_, StatusCode::INTERNAL_SERVER_ERROR) => {
+                tracing::error!(error = %self, "Request failed.");
+                "internal error; it has been logged".to_owned()
+            }
+            (ApiError::Store(_), _) => {
+                tracing::warn!(error = %self, "Request failed: database unavailable.");
+                "storage is unavailable; try again later".to_owned()
+            }
+            _ => self.to_string(),
+        };
+        let mut res = (status, Json(ErrorBody { code, description })).into_response();
+        let h = res.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                h.insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                h.insert(header::RETRY_AFTER, "5".parse().unwrap());
+            }
+            _ => {}
+        }
+        res
+    }
+}

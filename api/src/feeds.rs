@@ -1,0 +1,129 @@
+//! `/feeds/{kind}.geojson` and `/feeds/{kind}.csv`: the open-data downloads, one
+//! row per sensor with its latest values. Columns follow the kind catalogue, so
+//! they stay the same whatever the sensors sent.
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::geo::{self, cached, flat_feature, FeatureCollection, GEOJSON};
+use crate::params::StrictQuery;
+use crate::sensors::{known_kind, NoParams};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use cityhub_store::query::{self, SensorFilter, SensorView};
+use serde_json::{Map, Value};
+
+/// The metric columns of a kind, in catalogue order.
+pub fn metric_columns(s: &AppState, kind: &str) -> Vec<(String, String)> {
+    s.catalog
+        .get(kind)
+        .map(|k| {
+            k.metrics
+                .values()
+                .map(|m| (m.name.to_string(), m.unit.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn kind_sensors(s: &AppState, kind: &str) -> ApiResult<Vec<SensorView>> {
+    Ok(query::sensors(
+        s.store()?,
+        &SensorFilter {
+            kinds: vec![kind.to_owned()],
+            ..Default::default()
+        },
+    )
+    .await?)
+}
+
+/// Latest values of every sensor of a kind, as GeoJSON or CSV (by the file extension).
+#[utoipa::path(get, path = "/feeds/{file}", tag = "open data",
+    params(("file" = String, Path, description = "`<kind>.geojson` or `<kind>.csv`, e.g. `waste_bin.csv`")),
+    responses(
+        (status = 200, description = "The feed; CSV headers carry units, e.g. `fill_level [%]`",
+         content((FeatureCollection = "application/geo+json"), (String = "text/csv"))),
+        (status = 304, description = "Not modified (ETag / Last-Modified)"),
+        (status = 404, description = "Unknown kind or format", body = ErrorBody)))]
+pub async fn feed(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+    _q: StrictQuery<NoParams>,
+) -> ApiResult<Response> {
+    let (kind, ext) = file.rsplit_once('.').ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no feed {file:?}: use <kind>.geojson or <kind>.csv"
+        ))
+    })?;
+    if ext != "geojson" && ext != "csv" {
+        return Err(ApiError::NotFound(format!(
+            "no feed format {ext:?}: use <kind>.geojson or <kind>.csv"
+        )));
+    }
+    known_kind(&s, kind)?;
+    let columns = metric_columns(&s, kind);
+    let rows = kind_sensors(&s, kind).await?;
+    let modified = geo::last_modified(&rows);
+    let disposition = (
+        header::CONTENT_DISPOSITION,
+        format!("inline; filename=\"{kind}.{ext}\""),
+    );
+    if ext == "geojson" {
+        let names: Vec<String> = columns.iter().map(|(m, _)| m.clone()).collect();
+        let mut fc = FeatureCollection::new(rows.iter().map(|r| flat_feature(r, &names)).collect());
+        fc.units = columns
+            .iter()
+            .map(|(m, u)| (m.clone(), Value::String(u.clone())))
+            .collect::<Map<_, _>>();
+        return Ok(cached(
+            &headers,
+            GEOJSON,
+            geo::to_json(&fc)?,
+            modified,
+            &[disposition],
+        ));
+    }
+    let body = csv_feed(&rows, &columns)?;
+    Ok(cached(
+        &headers,
+        "text/csv; charset=utf-8",
+        body,
+        modified,
+        &[disposition],
+    ))
+}
+
+/// `sensor_id,name,kind,lon,lat,last_seen,<metric> [<unit>],<metric>_time,...`
+pub fn csv_feed(rows: &[SensorView], columns: &[(String, String)]) -> ApiResult<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut head: Vec<String> = ["sensor_id", "name", "kind", "lon", "lat", "last_seen"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (m, u) in columns {
+        head.push(format!("{m} [{u}]"));
+        head.push(format!("{m}_time"));
+    }
+    let err = |e: csv::Error| ApiError::Internal(format!("writing CSV: {e}"));
+    w.write_record(&head).map_err(err)?;
+    let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    for r in rows {
+        let mut rec = vec![
+            r.id.clone(),
+            r.name.clone().unwrap_or_default(),
+            r.kind.clone(),
+            opt(r.lon),
+            opt(r.lat),
+            r.last_seen.map(geo::rfc3339).unwrap_or_default(),
+        ];
+        for (m, _) in columns {
+            let l = r.latest.iter().find(|l| &l.metric == m);
+            rec.push(opt(l.map(|l| l.value)));
+            rec.push(l.map(|l| geo::rfc3339(l.time)).unwrap_or_default());
+        }
+        w.write_record(&rec).map_err(err)?;
+    }
+    w.into_inner()
+        .map_err(|e| ApiError::Internal(format!("writing CSV: {e}")))
+}

@@ -1,0 +1,234 @@
+//! GeoJSON (RFC 7946) documents of sensors, and HTTP caching of such documents.
+
+use crate::error::ApiError;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use cityhub_store::query::SensorView;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::hash::{Hash, Hasher};
+use utoipa::ToSchema;
+
+pub const GEOJSON: &str = "application/geo+json";
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Point {
+    /// Always `Point`.
+    #[serde(rename = "type")]
+    #[schema(example = "Point")]
+    pub kind: &'static str,
+    /// Longitude, latitude (WGS 84).
+    pub coordinates: [f64; 2],
+}
+
+/// A GeoJSON Feature; `geometry` is null for a sensor with no known position.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Feature {
+    /// Always `Feature`.
+    #[serde(rename = "type")]
+    #[schema(example = "Feature")]
+    pub kind: &'static str,
+    pub id: String,
+    pub geometry: Option<Point>,
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+}
+
+/// A link of an OGC API document.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Link {
+    pub href: String,
+    pub rel: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+impl Link {
+    pub fn new(rel: &str, href: String, media_type: &str, title: &str) -> Self {
+        Link {
+            href,
+            rel: rel.into(),
+            media_type: Some(media_type.into()),
+            title: (!title.is_empty()).then(|| title.to_owned()),
+        }
+    }
+}
+
+/// A GeoJSON FeatureCollection, with the OGC API paging members when paged.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureCollection {
+    /// Always `FeatureCollection`.
+    #[serde(rename = "type")]
+    #[schema(example = "FeatureCollection")]
+    pub kind: &'static str,
+    pub features: Vec<Feature>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number_matched: Option<i64>,
+    pub number_returned: usize,
+    pub time_stamp: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+    /// Units of the metric properties (a foreign member; RFC 7946 section 6.1).
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub units: Map<String, Value>,
+}
+
+impl FeatureCollection {
+    pub fn new(features: Vec<Feature>) -> Self {
+        FeatureCollection {
+            kind: "FeatureCollection",
+            number_returned: features.len(),
+            features,
+            number_matched: None,
+            time_stamp: Utc::now(),
+            links: Vec::new(),
+            units: Map::new(),
+        }
+    }
+}
+
+fn geometry(s: &SensorView) -> Option<Point> {
+    match (s.lon, s.lat) {
+        (Some(lon), Some(lat)) => Some(Point {
+            kind: "Point",
+            coordinates: [lon, lat],
+        }),
+        _ => None,
+    }
+}
+
+fn num(v: f64) -> Value {
+    serde_json::Number::from_f64(v)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}
+
+/// The API's sensor: registry attributes, plus `latest` with value, unit and time per metric.
+pub fn sensor_feature(s: &SensorView) -> Feature {
+    let mut p = s.properties.clone();
+    p.insert("kind".into(), s.kind.clone().into());
+    p.insert(
+        "name".into(),
+        s.name.clone().map(Value::String).unwrap_or(Value::Null),
+    );
+    p.insert("first_seen".into(), json_time(s.first_seen));
+    p.insert("last_seen".into(), json_time(s.last_seen));
+    let mut latest = Map::new();
+    for l in &s.latest {
+        let mut m = Map::new();
+        m.insert("value".into(), num(l.value));
+        m.insert("unit".into(), l.unit.clone().into());
+        m.insert("time".into(), json_time(Some(l.time)));
+        latest.insert(l.metric.clone(), Value::Object(m));
+    }
+    p.insert("latest".into(), Value::Object(latest));
+    Feature {
+        kind: "Feature",
+        id: s.id.clone(),
+        geometry: geometry(s),
+        properties: p,
+    }
+}
+
+/// The open-data row of a sensor: flat properties (one value and one time per metric of
+/// the kind, null when never reported), so GIS tools see plain columns.
+pub fn flat_feature(s: &SensorView, metrics: &[String]) -> Feature {
+    let mut p = Map::new();
+    p.insert("sensor_id".into(), s.id.clone().into());
+    p.insert(
+        "name".into(),
+        s.name.clone().map(Value::String).unwrap_or(Value::Null),
+    );
+    p.insert("kind".into(), s.kind.clone().into());
+    p.insert("last_seen".into(), json_time(s.last_seen));
+    for m in metrics {
+        let l = s.latest.iter().find(|l| &l.metric == m);
+        p.insert(m.clone(), l.map(|l| num(l.value)).unwrap_or(Value::Null));
+        p.insert(format!("{m}_time"), json_time(l.map(|l| l.time)));
+    }
+    Feature {
+        kind: "Feature",
+        id: s.id.clone(),
+        geometry: geometry(s),
+        properties: p,
+    }
+}
+
+pub fn json_time(t: Option<DateTime<Utc>>) -> Value {
+    t.map(|t| Value::String(rfc3339(t))).unwrap_or(Value::Null)
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// The newest change a set of sensors shows (for Last-Modified).
+pub fn last_modified(sensors: &[SensorView]) -> Option<DateTime<Utc>> {
+    sensors
+        .iter()
+        .flat_map(|s| s.latest.iter().map(|l| l.time).chain([s.updated_at]))
+        .max()
+}
+
+fn http_date(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+/// A cacheable answer: strong ETag over the body, Last-Modified when known, and 304
+/// when the client's copy is current (If-None-Match wins over If-Modified-Since, RFC 9110).
+pub fn cached(
+    req: &HeaderMap,
+    content_type: &str,
+    body: Vec<u8>,
+    modified: Option<DateTime<Utc>>,
+    extra: &[(header::HeaderName, String)],
+) -> Response {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    let etag = format!("\"{:016x}-{:x}\"", h.finish(), body.len());
+    let modified = modified.map(|t| t.min(Utc::now()));
+    let not_modified = match req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        Some(inm) => inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*"),
+        None => match (
+            req.get(header::IF_MODIFIED_SINCE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| DateTime::parse_from_rfc2822(v).ok()),
+            modified,
+        ) {
+            (Some(since), Some(m)) => m.timestamp() <= since.timestamp(),
+            _ => false,
+        },
+    };
+    let mut headers = HeaderMap::new();
+    let mut put = |k: header::HeaderName, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            headers.insert(k, v);
+        }
+    };
+    put(header::ETAG, &etag);
+    put(header::CACHE_CONTROL, "public, max-age=30");
+    if let Some(m) = modified {
+        put(header::LAST_MODIFIED, &http_date(m));
+    }
+    for (k, v) in extra {
+        put(k.clone(), v);
+    }
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    put(header::CONTENT_TYPE, content_type);
+    (StatusCode::OK, headers, body).into_response()
+}
+
+/// A JSON body for [`cached`].
+pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("encoding JSON: {e}")))
+}
