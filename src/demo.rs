@@ -361,7 +361,11 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         )
         .await
     });
-    println!("cityhub demo is running: http://{addr}/readyz and http://{addr}/metrics  (Ctrl-C stops it)");
+    println!("cityhub demo is running: http://{addr}/readyz  (Ctrl-C stops it)");
+    println!("  API and its docs:   http://{addr}/api   (OpenAPI: http://{addr}/openapi.json)");
+    println!("  sensors (GeoJSON):  http://{addr}/api/v1/sensors   feeds: http://{addr}/feeds/waste_bin.csv");
+    println!("  OGC API - Features: http://{addr}/ogc   catalogue: http://{addr}/catalog.ttl");
+    println!("  live readings:      http://{addr}/api/v1/stream   metrics: http://{addr}/metrics");
     let report = sim.await?;
     match report {
         Ok(r) => eprintln!(

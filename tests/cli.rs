@@ -80,7 +80,7 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version 1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version 2"));
     // Idempotent.
     assert!(cityhub(&["migrate"], &env).status.success());
 

@@ -39,7 +39,7 @@ pub async fn kind_sensors(s: &AppState, kind: &str) -> ApiResult<Vec<SensorView>
 
 /// Latest values of every sensor of a kind, as GeoJSON or CSV (by the file extension).
 #[utoipa::path(get, path = "/feeds/{file}", tag = "open data",
-    params(("file" = String, Path, description = "`<kind>.geojson` or `<kind>.csv`, e.g. `waste_bin.csv`")),
+    params(("file" = String, Path, description = "`<kind>.geojson` or `<kind>.csv`, e.g. `waste_bin.csv`", example = "waste_bin.geojson")),
     responses(
         (status = 200, description = "The feed; CSV headers carry units, e.g. `fill_level [%]`",
          content((FeatureCollection = "application/geo+json"), (String = "text/csv"))),

@@ -69,7 +69,10 @@ pub struct FeatureCollection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub number_matched: Option<i64>,
     pub number_returned: usize,
-    pub time_stamp: DateTime<Utc>,
+    /// When the response was made (OGC pages); absent on cacheable documents, whose
+    /// ETag would otherwise change on every request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_stamp: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
     /// Units of the metric properties (a foreign member; RFC 7946 section 6.1).
@@ -85,7 +88,7 @@ impl FeatureCollection {
             number_returned: features.len(),
             features,
             number_matched: None,
-            time_stamp: Utc::now(),
+            time_stamp: None,
             links: Vec::new(),
             units: Map::new(),
         }

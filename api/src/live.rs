@@ -155,7 +155,7 @@ pub async fn stream(
             }
         }
     });
-    Ok(Sse::new(body)
+    Ok(Sse::new(futures_util::StreamExt::fuse(body))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }

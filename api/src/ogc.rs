@@ -88,6 +88,7 @@ pub async fn landing(
 pub struct OgcParams {
     /// Output format: `json` (the only one).
     #[allow(dead_code)] // accepted so links with `f=json` work; there is one format
+    #[param(inline)]
     f: Option<JsonFormat>,
 }
 
@@ -276,6 +277,7 @@ pub struct ItemsParams {
     datetime: Option<String>,
     /// Output format: `json` or `geojson` (both GeoJSON).
     #[allow(dead_code)] // accepted so links with `f=json` work; there is one format
+    #[param(inline)]
     f: Option<JsonFormat>,
 }
 
@@ -326,6 +328,7 @@ pub async fn items(
         .collect();
     let mut fc = FeatureCollection::new(rows.iter().map(|r| flat_feature(r, &names)).collect());
     fc.number_matched = Some(matched);
+    fc.time_stamp = Some(chrono::Utc::now());
     let b = &base.0;
     let path = format!("{b}/ogc/collections/{kind}/items");
     let mut q = vec![format!("limit={limit}")];

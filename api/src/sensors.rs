@@ -227,8 +227,10 @@ pub struct ReadingsParams {
     /// End (exclusive); default now.
     to: Option<String>,
     /// `raw` readings, or buckets with avg/min/max/count (UTC-aligned).
+    #[param(inline)]
     bucket: Option<BucketParam>,
     /// `json` (paged) or `csv` (the whole range, streamed).
+    #[param(inline)]
     format: Option<FormatParam>,
     /// Rows per page (JSON); default 1000.
     #[param(minimum = 1)]
@@ -514,7 +516,10 @@ fn readings_csv(
                 Some((Ok(Bytes::from(out)), (rx, names, id)))
             }
         });
-    let body = Body::from_stream(futures_util::StreamExt::chain(first, rows));
+    // Fused: the compression layer may poll once more after the end.
+    let body = Body::from_stream(futures_util::StreamExt::fuse(
+        futures_util::StreamExt::chain(first, rows),
+    ));
     (
         StatusCode::OK,
         [

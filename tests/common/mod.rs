@@ -516,3 +516,64 @@ pub fn sim_stream(
     );
     msgs
 }
+
+/// The admin token of [`fixture`] hubs.
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct Fixture {
+    pub db: TestDb,
+    pub broker: Broker,
+    pub hub: Hub,
+    pub http: reqwest::Client,
+}
+
+/// A hub with 5 sensors per kind and 600 simulated messages stored, plus one dead letter.
+pub async fn fixture(extra: &[(&str, &str)]) -> Fixture {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let mut env = vec![
+        ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
+        ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+    ];
+    env.extend_from_slice(extra);
+    let hub = Hub::start(&db, &broker, "opendata", &env).await;
+    let msgs = sim_stream(
+        11,
+        5,
+        600,
+        &[cityhub_sim::Format::Native],
+        cityhub_sim::FaultRates::default(),
+    );
+    publish_sim(&broker, &msgs).await;
+    publish_raw(
+        &broker,
+        &[("cityhub/v1/waste_bin/bin-bad", b"{not json".to_vec())],
+    )
+    .await;
+    let want = expected_rows(&msgs);
+    wait_for(60, "the simulated rows", || {
+        let db = &db;
+        async move {
+            db.observations().await >= want
+                && db.count("SELECT count(*) FROM dead_letters").await >= 1
+        }
+    })
+    .await;
+    Fixture {
+        db,
+        broker,
+        hub,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Fixture {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.hub.url(path)).send().await.unwrap()
+    }
+    pub async fn json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.get(path).await;
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
