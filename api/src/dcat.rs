@@ -469,7 +469,7 @@ fn serialize(g: &Graph, syntax: Syntax) -> ApiResult<Vec<u8>> {
     // serialisers then write one block per node.
     let mut seen = std::collections::HashSet::new();
     let mut sorted: Vec<&Triple> = g.triples.iter().filter(|t| seen.insert(*t)).collect();
-    sorted.sort_by(|a, b| a.subject.to_string().cmp(&b.subject.to_string()));
+    sorted.sort_by_key(|t| t.subject.to_string());
     let g = Graph {
         triples: sorted.into_iter().cloned().collect(),
     };

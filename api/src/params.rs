@@ -72,9 +72,12 @@ pub fn parse_time(name: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
     )))
 }
 
+/// A closed time interval; `None` is open at that end.
+pub type Interval = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// OGC `datetime`: an instant, or an interval `start/end` where either end may be `..`
 /// (or empty) for open. Returns the closed interval it covers.
-pub fn parse_datetime(s: &str) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+pub fn parse_datetime(s: &str) -> Result<Interval, ApiError> {
     match s.split_once('/') {
         None => {
             let t = parse_time("datetime", s)?;

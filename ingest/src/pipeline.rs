@@ -249,6 +249,7 @@ impl Batcher {
 }
 
 /// Commits batches in order; acks each batch's messages after its commit.
+#[allow(clippy::too_many_arguments)] // one task's whole wiring, passed once at start
 pub async fn run_writer(
     mut writer: BatchWriter,
     mut rx: mpsc::Receiver<Batch>,
