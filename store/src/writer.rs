@@ -330,19 +330,24 @@ impl BatchWriter {
                 &[],
             )
             .await?;
-        let advanced = tx
-            .query(
-                "INSERT INTO latest AS l (sensor_id, metric_id, time, value)
+        const UPSERT_LATEST: &str = "INSERT INTO latest AS l (sensor_id, metric_id, time, value)
              SELECT DISTINCT ON (sensor_id, metric_id) sensor_id, metric_id, time, value
              FROM obs_staging ORDER BY sensor_id, metric_id, time DESC
              ON CONFLICT (sensor_id, metric_id) DO UPDATE SET time = excluded.time, value = excluded.value
-             WHERE excluded.time > l.time
-             RETURNING sensor_id, metric_id, time, value, $1::bool",
-                &[&report_latest],
+             WHERE excluded.time > l.time";
+        // The advanced rows travel back only when a live subscriber wants them.
+        let advanced = if report_latest {
+            tx.query(
+                &format!("{UPSERT_LATEST} RETURNING sensor_id, metric_id, time, value"),
+                &[],
             )
-            .await?;
+            .await?
+        } else {
+            tx.execute(UPSERT_LATEST, &[]).await?;
+            Vec::new()
+        };
         let mut latest = Vec::new();
-        if report_latest && !advanced.is_empty() {
+        if !advanced.is_empty() {
             let by_pk: HashMap<i32, &str> = ids.iter().map(|(e, pk)| (*pk, *e)).collect();
             latest.reserve(advanced.len());
             for r in &advanced {
