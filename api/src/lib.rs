@@ -62,6 +62,16 @@ impl AppState {
     fn kind_names(&self) -> Vec<String> {
         self.catalog.iter().map(|k| k.name.to_string()).collect()
     }
+
+    /// What to tell a client that named a kind the catalogue lacks; `None` when it exists.
+    fn unknown_kind(&self, kind: &str) -> Option<String> {
+        self.catalog.get(kind).is_none().then(|| {
+            format!(
+                "unknown kind {kind:?}; known kinds: {}",
+                self.kind_names().join(", ")
+            )
+        })
+    }
 }
 
 /// Admin calls carry `Authorization: Bearer <http.admin_token>`.

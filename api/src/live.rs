@@ -116,11 +116,8 @@ pub async fn stream(
         sensors: list(&p.sensor),
     };
     if let Some(kinds) = &filter.kinds {
-        if let Some(k) = kinds.iter().find(|k| s.catalog.get(k).is_none()) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown kind {k:?}; known kinds: {}",
-                s.kind_names().join(", ")
-            )));
+        if let Some(m) = kinds.iter().find_map(|k| s.unknown_kind(k)) {
+            return Err(ApiError::BadRequest(m));
         }
     }
     let rx = s.live.subscribe();

@@ -102,12 +102,18 @@ pub struct SensorsParams {
 
 /// Checks a kind name against the catalogue.
 pub fn known_kind(s: &AppState, kind: &str) -> ApiResult<()> {
-    match s.catalog.get(kind) {
-        Some(_) => Ok(()),
-        None => Err(ApiError::NotFound(format!(
-            "unknown kind {kind:?}; known kinds: {}",
-            s.kind_names().join(", ")
+    s.unknown_kind(kind)
+        .map_or(Ok(()), |m| Err(ApiError::NotFound(m)))
+}
+
+/// A page size within 1..=`http.max_page`.
+fn page_limit(s: &AppState, given: Option<u32>, default: u32) -> ApiResult<u32> {
+    let max = s.settings.http.max_page;
+    match given.unwrap_or(default) {
+        l if l == 0 || l > max => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {max}"
         ))),
+        l => Ok(l),
     }
 }
 
@@ -125,10 +131,9 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let kinds = match &p.kind {
         Some(k) => {
-            known_kind(&s, k).map_err(|e| match e {
-                ApiError::NotFound(m) => ApiError::BadRequest(m),
-                e => e,
-            })?;
+            if let Some(m) = s.unknown_kind(k) {
+                return Err(ApiError::BadRequest(m));
+            }
             vec![k.clone()]
         }
         None => s.kind_names(),
@@ -356,13 +361,7 @@ pub async fn readings(
             geo::rfc3339(to)
         )));
     }
-    let max_page = s.settings.http.max_page;
-    let limit = p.limit.unwrap_or(1000);
-    if limit == 0 || limit > max_page {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {max_page}"
-        )));
-    }
+    let limit = page_limit(&s, p.limit, 1000)?;
     let after = p.cursor.as_deref().map(parse_cursor).transpose()?;
     let q = ReadingsQuery {
         sensor: pk,
@@ -631,11 +630,8 @@ pub async fn put(
             ))
         }
     };
-    if s.catalog.get(&kind).is_none() {
-        return Err(ApiError::BadRequest(format!(
-            "unknown kind {kind:?}; known kinds: {}",
-            s.kind_names().join(", ")
-        )));
+    if let Some(m) = s.unknown_kind(&kind) {
+        return Err(ApiError::BadRequest(m));
     }
     let name = match props.remove("name") {
         None | Some(Value::Null) => None,
@@ -769,13 +765,7 @@ pub async fn dead_letters(
     base: BaseUrl,
     StrictQuery(p): StrictQuery<DeadLetterParams>,
 ) -> ApiResult<Json<DeadLetterPage>> {
-    let max = s.settings.http.max_page;
-    let limit = p.limit.unwrap_or(100);
-    if limit == 0 || limit > max {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {max}"
-        )));
-    }
+    let limit = page_limit(&s, p.limit, 100)?;
     let rows =
         query::dead_letters(s.store()?, p.reason.as_deref(), p.before, i64::from(limit)).await?;
     let mut links = Vec::new();
