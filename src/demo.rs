@@ -87,6 +87,53 @@ fn ensure_postgres_installed() -> Result<PathBuf> {
     bail!("PostgreSQL server binaries not found: install them (Debian: `sudo apt-get install postgresql`) or pass --database-url")
 }
 
+/// Builds the operator map (`web/` -> `http.web_dir`) when it is missing, with npm
+/// (installed from Debian when we are root and it is absent). Without it the demo
+/// still runs; `/` then says how to build the map.
+fn ensure_map_built(web_dir: &Path) {
+    if web_dir.join("index.html").is_file() {
+        return;
+    }
+    let src = Path::new("web");
+    if !src.join("package.json").is_file() || web_dir != src.join("dist") {
+        eprintln!(
+            "demo: no operator map at {} (build it with `npm --prefix web ci && npm --prefix web run build`)",
+            web_dir.display()
+        );
+        return;
+    }
+    let have_npm = || {
+        Command::new("npm")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have_npm() && is_root() && Path::new("/usr/bin/apt-get").exists() {
+        eprintln!("demo: installing Node.js and npm (apt-get install nodejs npm)...");
+        let _ = Command::new("sh")
+            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null"])
+            .status();
+    }
+    if !have_npm() {
+        eprintln!(
+            "demo: npm not found, so the operator map is not built; the API works without it"
+        );
+        return;
+    }
+    eprintln!("demo: building the operator map (npm ci && npm run build in web/)...");
+    let built = ["ci --no-audit --no-fund", "run build"].iter().all(|args| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("npm {args}"))
+            .current_dir(src)
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !built {
+        eprintln!("demo: building the operator map failed (see above); the API works without it");
+    }
+}
+
 /// Runs a PostgreSQL tool, as the `postgres` user when we are root (initdb refuses root).
 /// Its output goes to `log`, shown only when it fails.
 fn pg_tool(bin: &Path, tool: &str, args: &[&str], as_postgres: bool, log: &Path) -> Result<()> {
@@ -277,6 +324,7 @@ next_connection_delay_ms = 1
 /// Runs the demo until Ctrl-C or SIGTERM.
 pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     let cancel = CancellationToken::new();
+    ensure_map_built(&settings.http.web_dir);
     let _pg = match &args.database_url {
         Some(url) => {
             settings.database.url = ConnUrl::new(url.clone());
@@ -361,7 +409,8 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         )
         .await
     });
-    println!("cityhub demo is running: http://{addr}/readyz  (Ctrl-C stops it)");
+    println!("cityhub demo is running: http://{addr}/  (the operator map; Ctrl-C stops it)");
+    println!("  health:             http://{addr}/readyz");
     println!("  API and its docs:   http://{addr}/api   (OpenAPI: http://{addr}/openapi.json)");
     println!("  sensors (GeoJSON):  http://{addr}/api/v1/sensors   feeds: http://{addr}/feeds/waste_bin.csv");
     println!("  OGC API - Features: http://{addr}/ogc   catalogue: http://{addr}/catalog.ttl");

@@ -27,6 +27,11 @@ fn run_demo(dir: &std::path::Path) -> (String, std::process::Child, std::path::P
         .env_remove("CITYHUB_MQTT_URL")
         .env_remove("CITYHUB_CONFIG")
         .env("CITYHUB_HTTP_ADDR", "127.0.0.1:0")
+        // Run from elsewhere, so point it at this checkout's built map (scripts/test builds it).
+        .env(
+            "CITYHUB_HTTP_WEB_DIR",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist"),
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
@@ -45,7 +50,10 @@ fn run_demo(dir: &std::path::Path) -> (String, std::process::Child, std::path::P
                     .split_whitespace()
                     .find(|w| w.starts_with("http://"))
                     .unwrap();
-                let base = url.trim_end_matches("/readyz").to_owned();
+                let base = url
+                    .trim_end_matches("/readyz")
+                    .trim_end_matches('/')
+                    .to_owned();
                 return (base, child, err);
             }
             Some(_) => {}
@@ -105,6 +113,14 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
         committed().await > 100.0
     })
     .await;
+    // The URL it prints first is the operator map (built by the demo when missing).
+    let page = reqwest::get(format!("{base}/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("map/main-") && html.contains("map/app-"),
+        "{html}"
+    );
     assert!(
         interrupt_and_wait(child),
         "demo did not stop cleanly: {}",

@@ -13,6 +13,7 @@ pub mod live;
 mod ogc;
 pub mod params;
 mod sensors;
+mod web;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -200,6 +201,7 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::response::Html(html.as_bytes().to_vec()) }
             }),
         )
+        .merge(web::routes(&state))
         .fallback(not_found)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             http.max_body_bytes,

@@ -46,6 +46,12 @@ pub struct KindInfo {
     pub cadence_s: u32,
     pub main_metric: Option<String>,
     pub metrics: Vec<MetricInfo>,
+    /// How the operator map judges a sensor: `{"rule": "above", "metric", "warn",
+    /// "alarm"}`, `{"rule": "lamp", "metric", "lit_above"}` or `{"rule": "activity",
+    /// "metric", "steps"}`; absent for a kind with no rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub map: Option<Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,6 +91,11 @@ pub async fn kinds(State(s): State<AppState>) -> Json<KindList> {
                     derived: k.def.derived.contains_key(m.name.as_str()),
                 })
                 .collect(),
+            map: k
+                .def
+                .map
+                .as_ref()
+                .and_then(|r| serde_json::to_value(r).ok()),
         })
         .collect();
     Json(KindList { kinds })

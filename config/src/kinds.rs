@@ -41,6 +41,40 @@ pub struct KindDef {
     /// Metrics computed by the hub from another metric and a sensor property.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub derived: BTreeMap<String, DerivedDef>,
+    /// How the operator map colours this kind's markers and what it lists as
+    /// needing action; a kind without one is drawn in a neutral colour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapRule>,
+}
+
+/// The state of a sensor as the operator map shows it, judged on its latest
+/// value of `metric` (staleness, three missed cadences, is judged for every kind).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MapRule {
+    /// Higher is worse: `warn` and above is amber, `alarm` and above is red and
+    /// needs action (bin fill, a pollutant against its limit value).
+    Above {
+        metric: String,
+        warn: f64,
+        alarm: f64,
+    },
+    /// A lamp: lit (`metric` above `lit_above`) while the sun is up at the lamp,
+    /// or dark while it is down, is a fault.
+    Lamp { metric: String, lit_above: f64 },
+    /// Activity only, never an alarm: shades by `metric` against ascending `steps`
+    /// (a counter's count per interval).
+    Activity { metric: String, steps: Vec<f64> },
+}
+
+impl MapRule {
+    pub fn metric(&self) -> &str {
+        match self {
+            Self::Above { metric, .. }
+            | Self::Lamp { metric, .. }
+            | Self::Activity { metric, .. } => metric,
+        }
+    }
 }
 
 /// How a derived metric is computed.
@@ -60,6 +94,32 @@ pub struct DerivedDef {
     pub formula: Formula,
     /// The sensor property (from the registry) the formula needs, e.g. `depth_mm`.
     pub property: String,
+}
+
+fn check_map_rule(kind: &str, def: &KindDef, rule: &MapRule) -> Result<(), CatalogError> {
+    let fail = |reason: String| {
+        Err(CatalogError::Map {
+            kind: kind.to_owned(),
+            reason,
+        })
+    };
+    if !def.metrics.contains_key(rule.metric()) {
+        return fail(format!("{:?} is not one of its metrics", rule.metric()));
+    }
+    match rule {
+        MapRule::Above { warn, alarm, .. } if warn.partial_cmp(alarm).is_none_or(|o| o.is_gt()) => {
+            fail(format!("warn {warn} must not be above alarm {alarm}"))
+        }
+        MapRule::Activity { steps, .. }
+            if steps.is_empty()
+                || steps
+                    .windows(2)
+                    .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less)) =>
+        {
+            fail("steps must be one or more ascending numbers".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn yes() -> bool {
@@ -97,6 +157,8 @@ pub enum CatalogError {
     NoMetrics(String),
     #[error("kind {kind:?}: main_metric {metric:?} is not one of its metrics")]
     MainMetric { kind: String, metric: String },
+    #[error("kind {kind:?}: map rule: {reason}")]
+    Map { kind: String, reason: String },
     #[error("kind {kind:?}: derived metric {metric:?} and its source {from:?} must both be metrics of the kind")]
     Derived {
         kind: String,
@@ -185,6 +247,9 @@ impl Catalog {
                         metric: main.clone(),
                     });
                 }
+            }
+            if let Some(rule) = &def.map {
+                check_map_rule(kname, def, rule)?;
             }
             kinds.insert(
                 name.clone(),

@@ -224,8 +224,11 @@ pub struct HttpSettings {
     /// Largest request body accepted (admin and ingest calls).
     pub max_body_bytes: usize,
     /// Basemap tiles of the operator map (`{z}/{x}/{y}` template).
+    /// (Empty: no basemap; markers, legend and panel work on a plain background.)
     pub tile_url: String,
     pub tile_attribution: String,
+    /// The built operator map (`npm --prefix web run build`), served at `/`.
+    pub web_dir: PathBuf,
 }
 
 impl Default for HttpSettings {
@@ -241,6 +244,7 @@ impl Default for HttpSettings {
             max_body_bytes: 1024 * 1024,
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             tile_attribution: "© OpenStreetMap contributors".into(),
+            web_dir: "web/dist".into(),
         }
     }
 }
@@ -494,6 +498,13 @@ impl Settings {
                 return invalid("http.admin_token must be at least 16 characters");
             }
         }
+        let t = &self.http.tile_url;
+        if !t.is_empty()
+            && !(["{z}", "{x}", "{y}"].iter().all(|p| t.contains(p))
+                && (t.starts_with("https://") || t.starts_with("http://")))
+        {
+            return invalid("http.tile_url must be an http(s) URL with {z}, {x} and {y}, or empty");
+        }
         if let Some(u) = &self.http.public_url {
             match url::Url::parse(u) {
                 Ok(p) if matches!(p.scheme(), "http" | "https") => {}
@@ -713,6 +724,48 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("min 5 is above max 1"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn map_rules_are_checked_against_the_kind() {
+        Jail::expect_with(|jail| {
+            let cases = [
+                (
+                    "map = { rule = \"above\", metric = \"b\", warn = 1, alarm = 2 }",
+                    "\"b\" is not one of its metrics",
+                ),
+                (
+                    "map = { rule = \"above\", metric = \"a\", warn = 3, alarm = 2 }",
+                    "warn 3 must not be above alarm 2",
+                ),
+                (
+                    "map = { rule = \"activity\", metric = \"a\", steps = [5, 5] }",
+                    "ascending",
+                ),
+                ("map = { rule = \"lamp\", metric = \"a\" }", "lit_above"),
+                ("map = { rule = \"glow\", metric = \"a\" }", "glow"),
+            ];
+            for (rule, want) in cases {
+                jail.create_file(
+                    "c.toml",
+                    &format!("[kinds.x]\ntitle = \"x\"\n{rule}\nmetrics = {{ a = {{ unit = \"%\" }} }}\n"),
+                )?;
+                let err = Settings::load(Some(Path::new("c.toml")))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(want), "{rule}: {err}");
+            }
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let cat = s.catalog().unwrap();
+            for k in cat.iter() {
+                assert!(
+                    k.def.map.is_some(),
+                    "built-in kind {} has no map rule",
+                    k.name
+                );
+            }
             Ok(())
         });
     }
