@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use cityhub_config::{ConnUrl, Settings};
 use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, SimOptions};
+use cityhub_store::cluster::{server_bin, PrivatePostgres};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -52,25 +53,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The newest installed PostgreSQL server's bin folder.
-fn pg_bin() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
-        .collect();
-    dirs.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-    });
-    dirs.pop()
-}
-
-fn ensure_postgres_installed() -> Result<PathBuf> {
-    if let Some(bin) = pg_bin() {
-        return Ok(bin);
+fn ensure_postgres_installed() -> Result<()> {
+    if server_bin().is_some() {
+        return Ok(());
     }
     if is_root() && Path::new("/usr/bin/apt-get").exists() {
         eprintln!("demo: installing PostgreSQL (apt-get install postgresql)...");
@@ -78,10 +63,8 @@ fn ensure_postgres_installed() -> Result<PathBuf> {
             .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null"])
             .status()?
             .success();
-        if ok {
-            if let Some(bin) = pg_bin() {
-                return Ok(bin);
-            }
+        if ok && server_bin().is_some() {
+            return Ok(());
         }
     }
     bail!("PostgreSQL server binaries not found: install them (Debian: `sudo apt-get install postgresql`) or pass --database-url")
@@ -134,135 +117,34 @@ fn ensure_map_built(web_dir: &Path) {
     }
 }
 
-/// Runs a PostgreSQL tool, as the `postgres` user when we are root (initdb refuses root).
-/// Its output goes to `log`, shown only when it fails.
-fn pg_tool(bin: &Path, tool: &str, args: &[&str], as_postgres: bool, log: &Path) -> Result<()> {
-    let exe = bin.join(tool);
-    let mut cmd = if as_postgres {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let out = cmd
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", exe.display()))?;
-    let mut text = out.stdout;
-    text.extend_from_slice(&out.stderr);
-    let _ = std::fs::write(log, &text);
-    if !out.status.success() {
-        bail!(
-            "{} {} failed ({}):\n{}",
-            exe.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&text)
-        );
-    }
-    Ok(())
-}
+/// The demo's cluster: says what it does, and stops with the demo.
+struct DemoPostgres(PrivatePostgres);
 
-/// A private cluster in `dir`, started on a free port; stopped on drop.
-struct PrivatePostgres {
-    bin: PathBuf,
-    data: PathBuf,
-    as_postgres: bool,
-    port: u16,
-}
-
-impl PrivatePostgres {
+impl DemoPostgres {
     fn start(dir: &Path) -> Result<Self> {
-        let bin = ensure_postgres_installed()?;
-        std::fs::create_dir_all(dir)?;
-        let dir = dir.canonicalize()?;
-        let data = dir.join("pg");
-        let as_postgres = is_root();
-        if as_postgres {
-            // The cluster belongs to the postgres user; so must its folder (and the way to it).
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()?;
-            let mut p = dir.as_path();
-            while let Some(parent) = p.parent() {
-                let _ = Command::new("chmod").arg("o+x").arg(parent).status();
-                p = parent;
-            }
-        }
-        let fresh = !data.join("PG_VERSION").exists();
-        if fresh {
+        ensure_postgres_installed()?;
+        let existed = dir.join("pg/PG_VERSION").exists();
+        if existed {
+            eprintln!(
+                "demo: reusing the PostgreSQL cluster in {}",
+                dir.join("pg").display()
+            );
+        } else {
             eprintln!(
                 "demo: creating a private PostgreSQL cluster in {}",
-                data.display()
+                dir.join("pg").display()
             );
-            let args = [
-                "-D",
-                path_str(&data)?,
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-            ];
-            pg_tool(&bin, "initdb", &args, as_postgres, &dir.join("initdb.log"))?;
-        } else {
-            eprintln!("demo: reusing the PostgreSQL cluster in {}", data.display());
         }
-        let port = free_port()?;
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1",
-            path_str(&dir)?
-        );
-        let log = dir.join("postgres.log");
-        let args = [
-            "-D",
-            path_str(&data)?,
-            "-o",
-            &opts,
-            "-l",
-            path_str(&log)?,
-            "-w",
-            "start",
-        ];
-        pg_tool(&bin, "pg_ctl", &args, as_postgres, &dir.join("pg_ctl.log"))?;
-        Ok(Self {
-            bin,
-            data,
-            as_postgres,
-            port,
-        })
-    }
-
-    fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
-            self.port
-        )
+        let (pg, _) = PrivatePostgres::start(dir, free_port()?)?;
+        Ok(Self(pg))
     }
 }
 
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str().context("path is not UTF-8")
-}
-
-impl Drop for PrivatePostgres {
+impl Drop for DemoPostgres {
     fn drop(&mut self) {
-        if let Ok(d) = path_str(&self.data) {
-            let log = self.data.with_file_name("pg_ctl.log");
-            match pg_tool(
-                &self.bin,
-                "pg_ctl",
-                &["-D", d, "-m", "fast", "-w", "stop"],
-                self.as_postgres,
-                &log,
-            ) {
-                Ok(()) => eprintln!("demo: PostgreSQL stopped"),
-                Err(e) => eprintln!("demo: stopping PostgreSQL: {e}"),
-            }
+        match self.0.stop() {
+            Ok(()) => eprintln!("demo: PostgreSQL stopped"),
+            Err(e) => eprintln!("demo: stopping PostgreSQL: {e}"),
         }
     }
 }
@@ -331,9 +213,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
             None
         }
         None => {
-            let pg = PrivatePostgres::start(&args.data_dir)?;
-            create_database(&pg.url("postgres"), "cityhub").await?;
-            settings.database.url = ConnUrl::new(pg.url("cityhub"));
+            let pg = DemoPostgres::start(&args.data_dir)?;
+            create_database(&pg.0.url("postgres"), "cityhub").await?;
+            settings.database.url = ConnUrl::new(pg.0.url("cityhub"));
             Some(pg)
         }
     };

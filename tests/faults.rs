@@ -200,3 +200,77 @@ async fn memory_stays_bounded_while_the_database_is_away() {
     })
     .await;
 }
+
+/// A PostgreSQL server of the test's own (a private cluster on a free port),
+/// stopped with a fast shutdown mid-stream and started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_stream() {
+    let dir = std::env::temp_dir().join(unique("cityhub_pg"));
+    let (mut pg, _) = cityhub_store::cluster::PrivatePostgres::start(&dir, free_port())
+        .expect("a private PostgreSQL cluster (Debian package postgresql)");
+    let name = unique("cityhub_pgr");
+    let (c, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    drop(c);
+    let db = TestDb {
+        url: pg.url(&name),
+        name,
+    };
+    let broker = Broker::start();
+    let hub = Hub::start(
+        &db,
+        &broker,
+        "pg-restart",
+        &[("CITYHUB_INGEST_BATCH_MAX_ROWS", "500")],
+    )
+    .await;
+    let msgs = sim_stream(
+        54,
+        25,
+        8000,
+        &[Format::Native, Format::Senml],
+        FaultRates::default(),
+    );
+    let (first, second) = msgs.split_at(5000);
+    publish_sim(&broker, first).await;
+    let want_first = expected_rows(first);
+    wait_for(60, "progress before the restart", || async {
+        db.observations().await > want_first / 10
+    })
+    .await;
+    let before = db.observations().await;
+    pg.stop().unwrap();
+    assert!(
+        before < want_first,
+        "the restart came after the first part was stored; nothing was tested"
+    );
+    // While the server is down the broker keeps taking messages, and the hub
+    // retries without acking what it could not store.
+    publish_sim(&broker, second).await;
+    wait_for(
+        60,
+        "the hub to retry against the stopped server",
+        || async { hub.metric("cityhub_db_retries_total").await >= 1.0 },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    pg.resume().unwrap();
+    wait_for(120, "every row after the restart", || async {
+        db.observations().await >= expected_rows(&msgs)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(db.observations().await, expected_rows(&msgs));
+    wait_for(30, "every ack", || async {
+        hub.metric("cityhub_acks_pending").await == 0.0
+    })
+    .await;
+    drop(hub);
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&dir);
+}

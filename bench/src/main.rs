@@ -199,9 +199,13 @@ struct Hub {
 
 impl Hub {
     async fn start(db: &Db, broker: &Broker) -> Result<Self> {
+        Self::start_with(db, broker, &[]).await
+    }
+    async fn start_with(db: &Db, broker: &Broker, env: &[(&str, &str)]) -> Result<Self> {
         let http = free_port();
         let child = Command::new(hub_bin())
             .arg("serve")
+            .envs(env.iter().copied())
             .env_remove("CITYHUB_CONFIG")
             .env("CITYHUB_DATABASE_URL", &db.url)
             .env("CITYHUB_MQTT_URL", broker.url())
@@ -558,6 +562,192 @@ async fn freshness(admin: &str, rate: f64, window: Duration) -> Result<Freshness
     })
 }
 
+struct ApiLatency {
+    sensors: i64,
+    list_bytes: usize,
+    list_ms: (f64, f64, usize),
+    readings_ms: (f64, f64, usize),
+    buckets: usize,
+    history_rows: i64,
+    achieved: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64, usize) {
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    (q(0.5), q(0.99), v.len())
+}
+
+/// Query latency of the open-data API while the hub ingests: `GET /api/v1/sensors`
+/// over 10,000 placed sensors with latest values, and a 30-day hourly readings query
+/// of one sensor with 30 days of 5-minute history. One client, requests back to back.
+async fn api_latency(admin: &str, rate: f64, window: Duration) -> Result<ApiLatency> {
+    const SENSORS: u64 = 10_000;
+    let db = Db::create(admin).await?;
+    db.migrate()?;
+    // The fleet's places, through the registry import a city would use.
+    let features: Vec<serde_json::Value> = (0..SENSORS)
+        .map(|i| {
+            serde_json::json!({"type": "Feature", "id": format!("bin-{i:06}"),
+                "geometry": {"type": "Point", "coordinates": [9.98 + (i % 100) as f64 * 0.0009, 45.11 + (i / 100) as f64 * 0.0005]},
+                "properties": {"kind": "waste_bin", "name": format!("Bin {i}")}})
+        })
+        .collect();
+    let file = std::env::temp_dir().join(format!("cityhub_bench_sensors_{}.geojson", db.name));
+    std::fs::write(
+        &file,
+        serde_json::json!({"type": "FeatureCollection", "features": features}).to_string(),
+    )?;
+    let out = Command::new(hub_bin())
+        .args(["sensors", "import"])
+        .arg(&file)
+        .env("CITYHUB_DATABASE_URL", &db.url)
+        .env_remove("CITYHUB_CONFIG")
+        .output()?;
+    let _ = std::fs::remove_file(&file);
+    if !out.status.success() {
+        bail!("import: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let broker = Broker::start()?;
+    let hub = Hub::start_with(&db, &broker, &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")]).await?;
+
+    // 30 days of one bin every 5 minutes, one day per message (`readings` array).
+    let mut opts = MqttOptions::new("bench-history", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = AsyncClient::new(opts, 100);
+    let acks = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 30 {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => n += 1,
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("history publisher: {e:?}")),
+            }
+        }
+        Ok(())
+    });
+    let now = Utc::now();
+    for day in 0..30 {
+        let readings: Vec<serde_json::Value> = (0..288)
+            .map(|k| {
+                let t = now - chrono::Duration::minutes(5 * (day * 288 + k) + 1);
+                serde_json::json!({"ts": t.to_rfc3339(), "values": {"fill_level": ((day * 288 + k) % 100) as f64}})
+            })
+            .collect();
+        let payload = serde_json::json!({ "readings": readings }).to_string();
+        client
+            .publish(
+                "cityhub/v1/waste_bin/bin-history",
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await?;
+    }
+    acks.await??;
+    let c = db.client().await?;
+    let history = || async {
+        c.query_one(
+            "SELECT count(*) FROM observations o JOIN sensors s ON s.id = o.sensor_id WHERE s.external_id = 'bin-history'",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history().await? < 30 * 288 {
+        if Instant::now() > deadline {
+            bail!("the 30-day history was not stored");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Ingest at the given rate across the 10,000 bins, and query meanwhile.
+    let started = Instant::now();
+    let url = broker.url();
+    let publisher = tokio::spawn(async move {
+        load::run(
+            &url,
+            &spec(u64::MAX / 4, SENSORS, 3, Some(started + window), Some(rate)),
+        )
+        .await
+    });
+    // Every bin has reported once before the clock starts.
+    let latest = || async {
+        c.query_one("SELECT count(DISTINCT sensor_id) FROM latest", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+    };
+    while latest().await? < SENSORS as i64 {
+        if started.elapsed() > window / 2 {
+            bail!("the 10,000 bins did not all report within half the window");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", hub.http);
+    let from =
+        (now - chrono::Duration::days(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let readings_url = format!(
+        "{base}/api/v1/sensors/bin-history/readings?metric=fill_level&bucket=1h&from={}&to={}",
+        url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>(),
+        url::form_urlencoded::byte_serialize(
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .as_bytes()
+        )
+        .collect::<String>(),
+    );
+    let (mut list, mut series) = (Vec::new(), Vec::new());
+    let (mut list_bytes, mut buckets, mut sensors) = (0, 0, 0);
+    while started.elapsed() < window {
+        let t = Instant::now();
+        let body = http
+            .get(format!("{base}/api/v1/sensors"))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        list.push(t.elapsed().as_secs_f64() * 1000.0);
+        list_bytes = body.len();
+        let t = Instant::now();
+        let body = http
+            .get(&readings_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        series.push(t.elapsed().as_secs_f64() * 1000.0);
+        if buckets == 0 {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            buckets = v["readings"].as_array().map_or(0, Vec::len);
+            let fc: serde_json::Value = serde_json::from_slice(
+                &http
+                    .get(format!("{base}/api/v1/sensors"))
+                    .send()
+                    .await?
+                    .bytes()
+                    .await?,
+            )?;
+            sensors = fc["features"].as_array().map_or(0, Vec::len) as i64;
+        }
+    }
+    let achieved = publisher.await??.messages_per_s;
+    if list.is_empty() {
+        bail!("no query finished within the window");
+    }
+    Ok(ApiLatency {
+        sensors,
+        list_bytes,
+        list_ms: percentiles(list),
+        readings_ms: percentiles(series),
+        buckets,
+        history_rows: history().await?,
+        achieved,
+    })
+}
+
 fn hardware() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -683,6 +873,44 @@ async fn main() -> Result<()> {
         ),
     );
 
+    let a = api_latency(&args.pg, best / 2.0, window).await?;
+    let under = format!(
+        "one client, back to back, while ingesting {} msg/s (half the 3-metric 1000-sensor rate) into 10,000 bins",
+        fmt(a.achieved)
+    );
+    for (what, (p50, p99, n), detail) in [
+        (
+            "GET /api/v1/sensors",
+            a.list_ms,
+            format!(
+                "{} sensors with position and latest values, {} KiB of GeoJSON",
+                a.sensors,
+                a.list_bytes / 1024
+            ),
+        ),
+        (
+            "30-day hourly readings query",
+            a.readings_ms,
+            format!(
+                "{} hourly buckets over {} readings of one bin",
+                a.buckets, a.history_rows
+            ),
+        ),
+    ] {
+        add(
+            &format!("API {what}, p50"),
+            p50,
+            "ms",
+            format!("{detail}; {n} requests; {under}"),
+        );
+        add(
+            &format!("API {what}, p99"),
+            p99,
+            "ms",
+            format!("{detail}; {n} requests; {under}"),
+        );
+    }
+
     println!(
         "\nHardware: {hw}; PostgreSQL and Mosquitto (config/mosquitto.conf) on the same machine.\n"
     );
@@ -690,7 +918,6 @@ async fn main() -> Result<()> {
     for r in &rows {
         println!("| {} | {} | {} |", r.measurement, r.result, r.settings);
     }
-    println!("| API query latency (GET /api/v1/sensors, 30-day hourly readings) | not measured | the endpoints arrive with the open-data API |");
     let out = root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     let json = serde_json::json!({ "hardware": hw, "window_s": w, "measured_at": Utc::now(), "rows": rows });

@@ -1,6 +1,7 @@
 //! Storage of cityhub: schema migrations for PostgreSQL with or without
 //! TimescaleDB, the batch writer, sensor registry and import.
 
+pub mod cluster;
 pub mod db;
 mod error;
 pub mod query;

@@ -25,7 +25,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{}_{}",
         std::process::id(),
