@@ -291,12 +291,20 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         )
         .await
     });
-    println!("cityhub demo is running: http://{addr}/  (the operator map; Ctrl-C stops it)");
-    println!("  health:             http://{addr}/readyz");
-    println!("  API and its docs:   http://{addr}/api   (OpenAPI: http://{addr}/openapi.json)");
-    println!("  sensors (GeoJSON):  http://{addr}/api/v1/sensors   feeds: http://{addr}/feeds/waste_bin.csv");
-    println!("  OGC API - Features: http://{addr}/ogc   catalogue: http://{addr}/catalog.ttl");
-    println!("  live readings:      http://{addr}/api/v1/stream   metrics: http://{addr}/metrics");
+    // Written, not println!-ed: a reader that stops listening (`| head -1`) must not stop the demo.
+    let banner = format!(
+        "cityhub demo is running: http://{addr}/  (the operator map; Ctrl-C stops it)\n\
+         \x20 health:             http://{addr}/readyz\n\
+         \x20 API and its docs:   http://{addr}/api   (OpenAPI: http://{addr}/openapi.json)\n\
+         \x20 sensors (GeoJSON):  http://{addr}/api/v1/sensors   feeds: http://{addr}/feeds/waste_bin.csv\n\
+         \x20 OGC API - Features: http://{addr}/ogc   catalogue: http://{addr}/catalog.ttl\n\
+         \x20 live readings:      http://{addr}/api/v1/stream   metrics: http://{addr}/metrics\n"
+    );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    }
     let report = sim.await?;
     match report {
         Ok(r) => eprintln!(

@@ -54,6 +54,8 @@ fn run_demo(dir: &std::path::Path) -> (String, std::process::Child, std::path::P
                     .trim_end_matches("/readyz")
                     .trim_end_matches('/')
                     .to_owned();
+                // Keep reading, as a terminal would.
+                std::thread::spawn(move || lines.for_each(drop));
                 return (base, child, err);
             }
             Some(_) => {}
