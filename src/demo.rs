@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use cityhub_config::{ConnUrl, Settings};
 use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, SimOptions};
-use cityhub_store::cluster::{server_bin, PrivatePostgres};
+use cityhub_store::cluster::{is_root, server_bin, PrivatePostgres};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -43,14 +43,6 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
 }
 
 fn ensure_postgres_installed() -> Result<()> {

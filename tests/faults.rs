@@ -7,6 +7,48 @@ mod common;
 use cityhub_sim::{FaultRates, Format};
 use common::*;
 
+/// How many of [`stream_started`]'s messages go before the outage.
+const FIRST: usize = 5000;
+
+/// 8,000 simulated messages (25 sensors per kind, native and SenML). The first
+/// [`FIRST`] are published, and a tenth of their rows stored but not all, when this
+/// returns: the outage comes mid-stream.
+async fn stream_started(db: &TestDb, broker: &Broker, seed: u64) -> Vec<cityhub_sim::SimMessage> {
+    let msgs = sim_stream(
+        seed,
+        25,
+        8000,
+        &[Format::Native, Format::Senml],
+        FaultRates::default(),
+    );
+    let first = &msgs[..FIRST];
+    publish_sim(broker, first).await;
+    let want_first = expected_rows(first);
+    wait_for(60, "progress before the outage", || async {
+        db.observations().await > want_first / 10
+    })
+    .await;
+    assert!(
+        db.observations().await < want_first,
+        "the first part was stored before the outage; nothing would be tested"
+    );
+    msgs
+}
+
+/// Every row of `msgs` stored exactly once, and every message acked.
+async fn all_stored_once(db: &TestDb, hub: &Hub, msgs: &[cityhub_sim::SimMessage]) {
+    wait_for(120, "every row after the outage", || async {
+        db.observations().await >= expected_rows(msgs)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(db.observations().await, expected_rows(msgs));
+    wait_for(30, "every ack", || async {
+        hub.metric("cityhub_acks_pending").await == 0.0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_mid_stream() {
     let db = TestDb::new().await;
@@ -18,34 +60,11 @@ async fn broker_restarted_mid_stream() {
         &[("CITYHUB_INGEST_BATCH_MAX_ROWS", "500")],
     )
     .await;
-    let msgs = sim_stream(
-        51,
-        25,
-        8000,
-        &[Format::Native, Format::Senml],
-        FaultRates::default(),
-    );
-    let (first, second) = msgs.split_at(5000);
-    publish_sim(&broker, first).await;
-    let want_first = expected_rows(first);
-    wait_for(60, "progress before the restart", || async {
-        db.observations().await > want_first / 10
-    })
-    .await;
-    let before = db.observations().await;
+    let msgs = stream_started(&db, &broker, 51).await;
     broker.restart();
-    assert!(
-        before < want_first,
-        "the restart came after the first part was stored; nothing was tested"
-    );
     hub.wait_ready().await;
-    publish_sim(&broker, second).await;
-    wait_for(120, "every row after the broker restart", || async {
-        db.observations().await >= expected_rows(&msgs)
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(db.observations().await, expected_rows(&msgs));
+    publish_sim(&broker, &msgs[FIRST..]).await;
+    all_stored_once(&db, &hub, &msgs).await;
     assert!(hub.metric("cityhub_mqtt_reconnects_total").await >= 1.0);
 }
 
@@ -229,29 +248,11 @@ async fn postgres_restarted_mid_stream() {
         &[("CITYHUB_INGEST_BATCH_MAX_ROWS", "500")],
     )
     .await;
-    let msgs = sim_stream(
-        54,
-        25,
-        8000,
-        &[Format::Native, Format::Senml],
-        FaultRates::default(),
-    );
-    let (first, second) = msgs.split_at(5000);
-    publish_sim(&broker, first).await;
-    let want_first = expected_rows(first);
-    wait_for(60, "progress before the restart", || async {
-        db.observations().await > want_first / 10
-    })
-    .await;
-    let before = db.observations().await;
+    let msgs = stream_started(&db, &broker, 54).await;
     pg.stop().unwrap();
-    assert!(
-        before < want_first,
-        "the restart came after the first part was stored; nothing was tested"
-    );
     // While the server is down the broker keeps taking messages, and the hub
     // retries without acking what it could not store.
-    publish_sim(&broker, second).await;
+    publish_sim(&broker, &msgs[FIRST..]).await;
     wait_for(
         60,
         "the hub to retry against the stopped server",
@@ -260,16 +261,7 @@ async fn postgres_restarted_mid_stream() {
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     pg.resume().unwrap();
-    wait_for(120, "every row after the restart", || async {
-        db.observations().await >= expected_rows(&msgs)
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(db.observations().await, expected_rows(&msgs));
-    wait_for(30, "every ack", || async {
-        hub.metric("cityhub_acks_pending").await == 0.0
-    })
-    .await;
+    all_stored_once(&db, &hub, &msgs).await;
     drop(hub);
     drop(pg);
     let _ = std::fs::remove_dir_all(&dir);

@@ -37,7 +37,8 @@ pub fn server_bin() -> Option<PathBuf> {
     dirs.pop()
 }
 
-fn is_root() -> bool {
+/// Whether we run as root (then the cluster, and package installs, are ours to do).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
