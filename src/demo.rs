@@ -101,6 +101,8 @@ fn ensure_map_built(web_dir: &Path) {
             .arg("-c")
             .arg(format!("npm {args}"))
             .current_dir(src)
+            // stdout carries the demo's URLs; npm's chatter goes with the other messages.
+            .stdout(std::process::Stdio::from(std::io::stderr()))
             .status()
             .is_ok_and(|s| s.success())
     });
