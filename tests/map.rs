@@ -309,7 +309,8 @@ async fn map_page_and_assets() {
     assert_eq!(settings["stale_after_cadences"], 3);
 
     // No built map: the page says how to build it, and the API still answers.
-    let empty = tempfile_dir();
+    let empty = std::env::temp_dir().join(unique("cityhub_no_map"));
+    std::fs::create_dir_all(&empty).unwrap();
     let hub2 = Hub::start(
         &db,
         &broker,
@@ -328,10 +329,4 @@ async fn map_page_and_assets() {
         200
     );
     let _ = std::fs::remove_dir_all(&empty);
-}
-
-fn tempfile_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cityhub-no-map-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

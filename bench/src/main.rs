@@ -532,8 +532,6 @@ async fn freshness(admin: &str, rate: f64, window: Duration) -> Result<Freshness
     let (rss, cpu1) = hub.usage();
     let cpu_pct = (cpu1 - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
     let achieved = publisher.await??.messages_per_s;
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let q = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
     let backend: String = c
         .query_one("SELECT value FROM cityhub_meta WHERE key = 'backend'", &[])
         .await?
@@ -550,11 +548,12 @@ async fn freshness(admin: &str, rate: f64, window: Duration) -> Result<Freshness
         .query_one("SELECT count(*) FROM observations", &[])
         .await?
         .get(0);
+    let (p50_ms, p99_ms, samples) = percentiles(samples);
     Ok(Freshness {
         achieved,
-        p50_ms: q(0.5),
-        p99_ms: q(0.99),
-        samples: samples.len(),
+        p50_ms,
+        p99_ms,
+        samples,
         rss_mib: rss as f64 / 1024.0,
         cpu_pct,
         bytes_per_reading: size as f64 / rows.max(1) as f64,
@@ -572,6 +571,7 @@ struct ApiLatency {
     achieved: f64,
 }
 
+/// p50, p99 and the number of samples.
 fn percentiles(mut v: Vec<f64>) -> (f64, f64, usize) {
     v.sort_by(f64::total_cmp);
     let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];

@@ -467,7 +467,7 @@ function setLang(lang) {
 function onReadings(ev) {
   const msg = JSON.parse(ev.data);
   const now = Date.now();
-  let entry = app.sensors.get(msg.sensor);
+  const entry = app.sensors.get(msg.sensor);
   const times = new Set();
   const points = [];
   if (!entry) return void reloadSensors();
