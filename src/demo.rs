@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use cityhub_config::{ConnUrl, Settings};
 use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, SimOptions};
-use cityhub_store::cluster::{is_root, server_bin, PrivatePostgres};
+use cityhub_testkit::{free_port, is_root, server_bin, PrivatePostgres};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -37,12 +37,6 @@ pub struct DemoArgs {
     pub speedup: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn ensure_postgres_installed() -> Result<()> {
@@ -252,21 +246,19 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         signal_cancel.cancel();
     });
 
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hub = tokio::spawn(crate::serve(
-        settings,
-        cancel.clone(),
-        Some((ready_tx, connected.clone())),
-    ));
-    let addr = match ready_rx.await {
-        Ok(a) => a,
-        Err(_) => return hub.await?.context("the hub did not start"),
-    };
+    // The fleet connects as the hub does (credentials and TLS of a broker given by URL).
+    let fleet_broker = settings.mqtt.clone();
+    let hub = cityhub_app::start(settings, cancel.clone())
+        .await
+        .context("the hub did not start")?;
+    let addr = hub.addr;
     // The embedded broker keeps nothing for absent subscribers: start the fleet once the hub listens.
-    while !connected.load(std::sync::atomic::Ordering::Relaxed) {
+    while !hub
+        .mqtt_connected
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
         if hub.is_finished() {
-            return hub.await?.context("the hub stopped");
+            return hub.stopped().await.context("the hub stopped");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -278,7 +270,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
             &opts,
             &catalog2,
             &pace,
-            &broker,
+            &fleet_broker,
             "cityhub-demo-fleet",
             rumqttc_qos(),
             sim_cancel,
@@ -311,7 +303,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         }
     }
     cancel.cancel();
-    hub.await??;
+    hub.stopped().await?;
     Ok(())
 }
 

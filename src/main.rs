@@ -7,13 +7,8 @@ use anyhow::{Context, Result};
 use cityhub_config::{LogFormat, Settings};
 use cityhub_store::Store;
 use clap::{Parser, Subcommand};
-use prometheus_client::registry::Registry;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 #[derive(Parser)]
 #[command(
@@ -122,7 +117,8 @@ fn main() -> Result<()> {
                     tracing::info!("Shutdown requested; draining.");
                     c.cancel();
                 });
-                serve(settings, cancel, None).await
+                cityhub_app::serve(settings, cancel).await?;
+                Ok(())
             }
             Command::Migrate => {
                 let store = Store::open(&settings, &settings.catalog()?).await?;
@@ -155,115 +151,6 @@ fn main() -> Result<()> {
             Command::Config { .. } => unreachable!("handled above"),
         }
     })
-}
-
-/// What an embedding caller (the demo) learns of a running hub: the HTTP address
-/// once it listens, and the broker connection state.
-pub(crate) type ServeHooks = (
-    tokio::sync::oneshot::Sender<std::net::SocketAddr>,
-    Arc<AtomicBool>,
-);
-
-/// Runs the hub until `cancel`.
-pub(crate) async fn serve(
-    settings: Settings,
-    cancel: CancellationToken,
-    hooks: Option<ServeHooks>,
-) -> Result<()> {
-    let catalog = settings.catalog()?;
-    let tracker = TaskTracker::new();
-    let mut registry = Registry::default();
-    let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
-    let store_cell = Arc::new(tokio::sync::OnceCell::new());
-    let ingest_cell = Arc::new(tokio::sync::OnceCell::new());
-    let (ready, mqtt_connected) = match hooks {
-        Some((tx, flag)) => (Some(tx), flag),
-        None => (None, Arc::new(AtomicBool::new(false))),
-    };
-
-    let listener = tokio::net::TcpListener::bind(&settings.http.addr)
-        .await
-        .with_context(|| format!("binding HTTP on {}", settings.http.addr))?;
-    let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "HTTP server listening.");
-    if let Some(tx) = ready {
-        let _ = tx.send(local);
-    }
-    let live = cityhub_api::live::channel();
-    let state = cityhub_api::AppState {
-        store: store_cell.clone(),
-        registry: Arc::new(registry),
-        mqtt_connected: mqtt_connected.clone(),
-        ingest: ingest_cell.clone(),
-        settings: Arc::new(settings.clone()),
-        catalog: Arc::new(catalog.clone()),
-        live: live.clone(),
-        shutdown: cancel.clone(),
-    };
-    let app =
-        cityhub_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let http_cancel = cancel.clone();
-    tracker.spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed.");
-        }
-    });
-
-    // The database may come up after the hub: keep trying, stay stoppable.
-    let mut delay = Duration::from_millis(settings.ingest.retry_min_ms);
-    let store = loop {
-        match Store::open(&settings, &catalog).await {
-            Ok(s) => break s,
-            Err(e) if e.is_connection_lost() => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Database unavailable; retrying.");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => { tracker.close(); tracker.wait().await; return Ok(()); }
-                }
-                delay = (delay * 2).min(Duration::from_millis(settings.ingest.retry_max_ms));
-            }
-            Err(e) => return Err(e).context("opening the database"),
-        }
-    };
-    tracing::info!(backend = %store.backend(), "Storage ready.");
-    let _ = store_cell.set(store.clone());
-
-    let http_ingest = cityhub_ingest::start(
-        &settings,
-        store.clone(),
-        metrics,
-        mqtt_connected,
-        live,
-        cancel.clone(),
-        &tracker,
-    )?;
-    let _ = ingest_cell.set(http_ingest);
-    tracker.spawn(retention_job(store, cancel.clone()));
-
-    tracker.close();
-    tracker.wait().await;
-    tracing::info!("Stopped.");
-    Ok(())
-}
-
-/// Plain PostgreSQL: drop partitions past retention, at start and hourly.
-async fn retention_job(store: Store, cancel: CancellationToken) {
-    loop {
-        match store.apply_retention().await {
-            Ok(dropped) if !dropped.is_empty() => {
-                tracing::info!(partitions = ?dropped, "Retention: dropped old partitions.")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "Retention run failed; will retry."),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = cancel.cancelled() => break,
-        }
-    }
 }
 
 pub(crate) async fn shutdown_signal() {

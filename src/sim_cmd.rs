@@ -114,9 +114,13 @@ pub struct LoadArgs {
     rate: Option<f64>,
 }
 
-fn broker(settings: &Settings, arg: &Option<String>) -> String {
-    arg.clone()
-        .unwrap_or_else(|| settings.mqtt.url.expose().to_owned())
+/// The configured broker connection (credentials and TLS included), at `--broker` when given.
+fn broker(settings: &Settings, arg: &Option<String>) -> cityhub_config::MqttSettings {
+    let mut m = settings.mqtt.clone();
+    if let Some(url) = arg {
+        m.url = cityhub_config::ConnUrl::new(url.clone());
+    }
+    m
 }
 
 /// `90s`, `15m`, `2h`, `3d`.
@@ -293,7 +297,8 @@ pub async fn run(settings: &Settings, cmd: SimCommand) -> Result<()> {
                 step: chrono::Duration::seconds(1),
                 window: a.window,
             };
-            let report = cityhub_sim::load::run(&broker(settings, &a.broker), &spec).await?;
+            let report =
+                cityhub_sim::load::run(broker(settings, &a.broker).url.expose(), &spec).await?;
             write_report(&None, &report)
         }
     }

@@ -1,10 +1,8 @@
 //! Network-server and community adapters end to end through Mosquitto, and the
 //! Sensor.Community HTTP upload with and without the database.
 
-mod common;
-
 use cityhub_sim::{FaultRates, Format};
-use common::*;
+use cityhub_testkit::*;
 use std::collections::HashMap;
 
 const ADAPTERS: &str = r#"

@@ -1,9 +1,7 @@
 //! The CLI as an operator uses it: config print, migrate, sensors import, and a
 //! kind added by configuration only.
 
-mod common;
-
-use common::*;
+use cityhub_testkit::*;
 use serde_json::json;
 use std::process::Command;
 

@@ -2,8 +2,6 @@
 //! broker, simulated fleet; it serves /readyz, stores readings, stops cleanly on
 //! Ctrl-C, and a second run reuses its data.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -92,7 +90,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
         rand::random::<u32>()
     ));
     let (base, child, err) = run_demo(&dir);
-    common::wait_for(60, "demo /readyz", || async {
+    cityhub_testkit::wait_for(60, "demo /readyz", || async {
         reqwest::get(format!("{base}/readyz"))
             .await
             .map(|r| r.status() == 200)
@@ -111,7 +109,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    common::wait_for(60, "readings from the simulated fleet", || async {
+    cityhub_testkit::wait_for(60, "readings from the simulated fleet", || async {
         committed().await > 100.0
     })
     .await;
@@ -137,7 +135,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
 
     // Second run: same folder, data kept.
     let (base, child, err) = run_demo(&dir);
-    common::wait_for(60, "second demo /readyz", || async {
+    cityhub_testkit::wait_for(60, "second demo /readyz", || async {
         reqwest::get(format!("{base}/readyz"))
             .await
             .map(|r| r.status() == 200)

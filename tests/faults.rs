@@ -2,10 +2,8 @@
 //! away at start, floods of bad payloads. Every valid message ends stored exactly
 //! once, every invalid one a dead letter, and memory stays bounded meanwhile.
 
-mod common;
-
 use cityhub_sim::{FaultRates, Format};
-use common::*;
+use cityhub_testkit::*;
 
 /// How many of [`stream_started`]'s messages go before the outage.
 const FIRST: usize = 5000;
@@ -73,7 +71,7 @@ async fn database_read_only_then_restored() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let hub = Hub::start(&db, &broker, "read-only", &[]).await;
-    let admin = TestDb::admin().await;
+    let admin = db.admin().await;
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {} SET default_transaction_read_only = on",
@@ -225,21 +223,9 @@ async fn memory_stays_bounded_while_the_database_is_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_stream() {
     let dir = std::env::temp_dir().join(unique("cityhub_pg"));
-    let (mut pg, _) = cityhub_store::cluster::PrivatePostgres::start(&dir, free_port())
+    let (mut pg, _) = PrivatePostgres::start(&dir, free_port().unwrap())
         .expect("a private PostgreSQL cluster (Debian package postgresql)");
-    let name = unique("cityhub_pgr");
-    let (c, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    drop(c);
-    let db = TestDb {
-        url: pg.url(&name),
-        name,
-    };
+    let db = TestDb::on(&pg.url("postgres")).await;
     let broker = Broker::start();
     let hub = Hub::start(
         &db,

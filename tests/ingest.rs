@@ -1,10 +1,8 @@
 //! End-to-end ingestion tests against a real Mosquitto and PostgreSQL.
 
-mod common;
-
 use chrono::{Duration, Utc};
 use cityhub_sim::{FaultRates, Format};
-use common::*;
+use cityhub_testkit::*;
 use serde_json::json;
 
 /// Every stored (sensor, metric, time, value) of the simulator's messages, compared exactly.
@@ -341,11 +339,11 @@ fn publish_in_background(
     broker: &Broker,
     msgs: &[cityhub_sim::SimMessage],
 ) -> tokio::task::JoinHandle<cityhub_sim::Report> {
-    let url = broker.url();
+    let mqtt = broker.mqtt();
     let msgs = msgs.to_vec();
     tokio::spawn(async move {
         cityhub_sim::publish(
-            &url,
+            &mqtt,
             "load-publisher",
             &msgs,
             rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
@@ -554,7 +552,7 @@ async fn simulator_report_and_database_agree_with_faults() {
     .unwrap();
     let msgs = sim_stream(31, 10, 4000, &[Format::Native, Format::Senml], faults);
     let report = cityhub_sim::publish(
-        &broker.url(),
+        &broker.mqtt(),
         "faulty-fleet",
         &msgs,
         rumqttc::v5::mqttbytes::QoS::AtLeastOnce,

@@ -3,9 +3,7 @@
 //! day of a simulated fleet plus sensors whose state is known. Screenshots land in
 //! `target/test-logs/map/`. `./scripts/test` installs Chromium and builds `web/`.
 
-mod common;
-
-use common::*;
+use cityhub_testkit::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -2,10 +2,8 @@
 //! simulators: every endpoint, its errors and edge cases, compared with what the
 //! database holds. `tests/validators.rs` runs the outside validators.
 
-mod common;
-
 use chrono::{DateTime, Duration, Utc};
-use common::*;
+use cityhub_testkit::*;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 

@@ -1,9 +1,7 @@
 //! A year of a real Italian road-side air-quality station (UCI), replayed
 //! through the hub: every non-missing value stored once, -200 never stored.
 
-mod common;
-
-use common::*;
+use cityhub_testkit::*;
 use std::path::Path;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

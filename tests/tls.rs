@@ -1,9 +1,7 @@
 //! Production connections: MQTT over TLS with a password or a client
 //! certificate, PostgreSQL over TLS; secrets never in logs.
 
-mod common;
-
-use common::*;
+use cityhub_testkit::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -7,9 +7,7 @@
 //! `tests/validators/requirements.txt`; GDAL comes from Debian's `gdal-bin`
 //! (`scripts/test` installs it).
 
-mod common;
-
-use common::*;
+use cityhub_testkit::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,7 +99,7 @@ fn save(log: &str) {
 async fn outside_validators() {
     let venv = tokio::task::spawn_blocking(venv).await.unwrap();
     let py = venv.join("bin/python");
-    let f = fixture(&[]).await;
+    let f = fixture_as_process(&[]).await;
     // A sensor with no position: its null geometry must validate too.
     let r = f
         .http

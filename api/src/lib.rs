@@ -13,6 +13,7 @@ pub mod live;
 mod ogc;
 pub mod params;
 mod sensors;
+pub mod uploads;
 mod web;
 
 use axum::extract::{FromRequestParts, State};
@@ -22,8 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cityhub_config::{Catalog, Settings};
-use cityhub_ingest::{HttpIngest, LiveBatch};
-use cityhub_store::Store;
+use cityhub_store::{LiveBatch, Store};
 use error::{ApiError, ErrorBody};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicBool;
@@ -45,8 +45,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// True once subscribed on a live broker connection.
     pub mqtt_connected: Arc<AtomicBool>,
-    /// Set once ingestion runs: the way in for HTTP submissions.
-    pub ingest: Arc<OnceCell<HttpIngest>>,
+    /// Set once ingestion runs: the way in for HTTP uploads.
+    pub uploads: Arc<OnceCell<Arc<dyn uploads::Uploads>>>,
     pub settings: Arc<Settings>,
     pub catalog: Arc<Catalog>,
     /// Committed latest values, fanned out to `/api/v1/stream` clients.
@@ -139,7 +139,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
-        .routes(routes!(health::ingest_sensor_community))
+        .routes(routes!(uploads::ingest_sensor_community))
         .routes(routes!(sensors::kinds))
         .routes(routes!(sensors::list))
         .routes(routes!(sensors::one, sensors::put))

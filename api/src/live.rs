@@ -11,7 +11,7 @@ use crate::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use cityhub_ingest::LiveBatch;
+use cityhub_store::LiveBatch;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::convert::Infallible;

@@ -1,14 +1,19 @@
 //! Typed settings and the sensor-kind catalogue shared by every cityhub crate.
 
 pub mod adapters;
+pub mod backoff;
 pub mod kinds;
 pub mod model;
+pub mod reject;
 pub mod settings;
 pub mod units;
 
 pub use adapters::{AdapterDef, AdapterFormat, FieldDef, FieldMap};
+pub use backoff::Backoff;
 pub use kinds::{Catalog, DerivedDef, Formula, Kind, KindDef, Metric, MetricDef};
 pub use model::{GeoPoint, ModelError, Name, SensorId};
+pub use reject::RejectReason;
 pub use settings::{
-    CatalogSettings, ConfigError, ConnUrl, HttpSettings, LogFormat, Secret, Settings, TimescaleMode,
+    CatalogSettings, ConfigError, ConnUrl, HttpSettings, IngestSettings, LogFormat, MqttSettings,
+    Secret, Settings, TimescaleMode,
 };

@@ -179,6 +179,13 @@ pub struct MqttSettings {
     pub reconnect_max_ms: u64,
 }
 
+impl MqttSettings {
+    /// Pauses between attempts to reconnect to the broker.
+    pub fn reconnect_backoff(&self) -> crate::Backoff {
+        crate::Backoff::new(self.reconnect_min_ms, self.reconnect_max_ms)
+    }
+}
+
 impl Default for MqttSettings {
     fn default() -> Self {
         Self {
@@ -318,6 +325,13 @@ pub struct IngestSettings {
     pub retry_max_ms: u64,
 }
 
+impl IngestSettings {
+    /// Pauses between attempts to reach or write to the database.
+    pub fn retry_backoff(&self) -> crate::Backoff {
+        crate::Backoff::new(self.retry_min_ms, self.retry_max_ms)
+    }
+}
+
 impl Default for IngestSettings {
     fn default() -> Self {
         Self {
@@ -420,6 +434,31 @@ impl Settings {
             fig = fig.merge(Toml::file(path));
         }
         Ok(fig.merge(env_provider()))
+    }
+
+    /// Defaults, then `file`, then `vars` read as the environment would be
+    /// (`CITYHUB_HTTP_ADDR`, ...), but not the process environment itself: for hubs
+    /// started in-process side by side, which must not share settings.
+    pub fn load_with_vars<'a>(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(DEFAULT_KINDS));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        for (k, v) in vars {
+            let Some(key) = k.strip_prefix("CITYHUB_").and_then(section_key) else {
+                return Err(ConfigError::Invalid(format!("{k} names no setting")));
+            };
+            let value: figment::value::Value = v.parse().expect("parsing a Value never fails");
+            fig = fig.merge(Serialized::default(&key, value));
+        }
+        Self::from_figment(fig)
     }
 
     /// The built-in defaults alone (no file, no environment): for tools and tests
@@ -601,17 +640,21 @@ fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
         })
 }
 
-/// `CITYHUB_DATABASE_URL` -> `database.url`, `CITYHUB_MQTT_CLIENT_ID` -> `mqtt.client_id`:
-/// the first `_` after the prefix separates the section from the key.
+/// `DATABASE_URL` -> `database.url`, `MQTT_CLIENT_ID` -> `mqtt.client_id`: the first
+/// `_` separates the section from the key; `None` when no section starts the name.
+fn section_key(k: &str) -> Option<String> {
+    let k = k.to_ascii_lowercase();
+    SECTIONS
+        .iter()
+        .any(|s| k.starts_with(s) && k[s.len()..].starts_with('_'))
+        .then(|| k.replacen('_', ".", 1))
+}
+
+/// `CITYHUB_DATABASE_URL` -> `database.url` (see [`section_key`]); other variables are ignored.
 fn env_provider() -> Env {
     Env::prefixed("CITYHUB_")
-        .filter(|k| {
-            let k = k.as_str().to_ascii_lowercase();
-            SECTIONS
-                .iter()
-                .any(|s| k.starts_with(s) && k[s.len()..].starts_with('_'))
-        })
-        .map(|k| k.as_str().to_ascii_lowercase().replacen('_', ".", 1).into())
+        .filter(|k| section_key(k.as_str()).is_some())
+        .map(|k| section_key(k.as_str()).unwrap_or_default().into())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Ingestion: MQTT 5 session -> decode/validate -> batch -> commit -> ack.
-//! See DESIGN.md section 3 for the guarantees this crate keeps.
+//! docs/ARCHITECTURE.md says which guarantees this crate keeps and why they hold.
 
 pub mod decode;
 pub mod metrics;
@@ -7,7 +7,7 @@ pub mod mqtt;
 pub mod pipeline;
 
 pub use metrics::IngestMetrics;
-pub use pipeline::{HttpIngest, HttpOutcome, HttpRefused, HttpSubmission, LiveBatch};
+pub use pipeline::{HttpIngest, HttpOutcome, HttpRefused, HttpSubmission};
 
 use cityhub_config::Settings;
 use cityhub_store::{BatchWriter, Store};
@@ -36,7 +36,7 @@ pub fn start(
     store: Store,
     metrics: IngestMetrics,
     connected: Arc<AtomicBool>,
-    live: tokio::sync::broadcast::Sender<pipeline::LiveBatch>,
+    live: tokio::sync::broadcast::Sender<cityhub_store::LiveBatch>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<HttpIngest, IngestError> {
@@ -69,10 +69,7 @@ pub fn start(
         in_tx,
         connected,
         metrics.clone(),
-        (
-            ms(settings.mqtt.reconnect_min_ms),
-            ms(settings.mqtt.reconnect_max_ms),
-        ),
+        settings.mqtt.reconnect_backoff(),
         cancel.clone(),
     ));
     let batcher = pipeline::Batcher::new(decoder, store.clone(), metrics.clone());
@@ -89,10 +86,7 @@ pub fn start(
         batch_rx,
         session.acker,
         metrics,
-        (
-            ms(settings.ingest.retry_min_ms),
-            ms(settings.ingest.retry_max_ms),
-        ),
+        settings.ingest.retry_backoff(),
         SHUTDOWN_GRACE,
         live,
         cancel,

@@ -14,7 +14,6 @@ use cityhub_config::Settings;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,11 +91,12 @@ impl Acker {
     }
 }
 
-/// Builds the MQTT options from settings.
+/// The hub's session options: the shared connection (URL, credentials, TLS) plus a
+/// persistent session, Receive Maximum and manual acks.
 pub fn options(settings: &Settings) -> Result<MqttOptions, IngestError> {
     let m = &settings.mqtt;
-    let url = url_parts(m.url.expose())?;
-    let mut o = MqttOptions::new(m.client_id.clone(), url.host.clone(), url.port);
+    let mut o =
+        cityhub_mqtt::options(m, &m.client_id).map_err(|e| IngestError::Config(e.to_string()))?;
     o.set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(m.session_expiry_s))
@@ -104,98 +104,7 @@ pub fn options(settings: &Settings) -> Result<MqttOptions, IngestError> {
         .set_max_packet_size(Some(m.max_packet_bytes))
         .set_manual_acks(true)
         .set_connection_timeout(10);
-    let user = m.username.clone().or(url.user);
-    let password = m
-        .password
-        .as_ref()
-        .map(|p| p.expose().to_owned())
-        .or(url.password);
-    if let Some(user) = user {
-        o.set_credentials(user, password.unwrap_or_default());
-    }
-    if url.tls {
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls_config(settings)?),
-        )));
-    }
     Ok(o)
-}
-
-struct UrlParts {
-    tls: bool,
-    host: String,
-    port: u16,
-    user: Option<String>,
-    password: Option<String>,
-}
-
-fn url_parts(s: &str) -> Result<UrlParts, IngestError> {
-    let u = url::Url::parse(s).map_err(|e| IngestError::Config(format!("mqtt.url: {e}")))?;
-    let tls = match u.scheme() {
-        "mqtt" | "tcp" => false,
-        "mqtts" | "ssl" => true,
-        other => {
-            return Err(IngestError::Config(format!(
-                "mqtt.url: scheme {other:?} is not mqtt:// or mqtts://"
-            )))
-        }
-    };
-    let host = u
-        .host_str()
-        .ok_or_else(|| IngestError::Config("mqtt.url has no host".into()))?
-        .to_owned();
-    let port = u.port().unwrap_or(if tls { 8883 } else { 1883 });
-    let user = (!u.username().is_empty()).then(|| u.username().to_owned());
-    Ok(UrlParts {
-        tls,
-        host,
-        port,
-        user,
-        password: u.password().map(str::to_owned),
-    })
-}
-
-fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, IngestError> {
-    std::fs::read(path).map_err(|e| IngestError::Config(format!("reading {}: {e}", path.display())))
-}
-
-fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig, IngestError> {
-    let m = &settings.mqtt;
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &m.ca_file {
-        let pem = read_pem(ca)?;
-        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let c = c.map_err(|e| IngestError::Config(format!("{}: {e}", ca.display())))?;
-            roots
-                .add(c)
-                .map_err(|e| IngestError::Config(format!("{}: {e}", ca.display())))?;
-        }
-    } else {
-        for c in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(c);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| IngestError::Config(e.to_string()))?
-        .with_root_certificates(roots);
-    match (&m.client_cert_file, &m.client_key_file) {
-        (Some(cert), Some(key)) => {
-            let certs = rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| IngestError::Config(format!("{}: {e}", cert.display())))?;
-            let key = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
-                .map_err(|e| IngestError::Config(format!("{}: {e}", key.display())))?
-                .ok_or_else(|| {
-                    IngestError::Config(format!("{}: no private key found", key.display()))
-                })?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| IngestError::Config(format!("client certificate: {e}")))
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
 }
 
 /// Handles of a started session.
@@ -236,10 +145,9 @@ pub async fn run_event_loop(
     tx: mpsc::UnboundedSender<Inbound>,
     connected: Arc<AtomicBool>,
     metrics: IngestMetrics,
-    backoff: (Duration, Duration),
+    mut backoff: cityhub_config::Backoff,
     cancel: CancellationToken,
 ) {
-    let mut delay = backoff.0;
     let mut ever_connected = false;
     let mut current = 0u64;
     // Receive times strictly increase (by at least 1 µs, PostgreSQL's resolution), so two
@@ -269,7 +177,7 @@ pub async fn run_event_loop(
                 }
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                delay = backoff.0;
+                backoff.reset();
                 metrics.mqtt_connected.set(1);
                 if ever_connected {
                     metrics.mqtt_reconnects.inc();
@@ -327,12 +235,12 @@ pub async fn run_event_loop(
                     tracing::info!(error = %e, "MQTT connection ended during shutdown.");
                     break;
                 }
+                let delay = backoff.next_pause();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost; reconnecting.");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = cancel.cancelled() => {}
                 }
-                delay = (delay * 2).min(backoff.1);
             }
         }
     }

@@ -7,15 +7,10 @@ use crate::decode::Decoder;
 use crate::metrics::IngestMetrics;
 use crate::mqtt::{AckToken, Acker, Inbound};
 use bytes::Bytes;
-use cityhub_store::{
-    BatchWriter, DeadLetter, LatestChange, Observation, Source, Store, WriteBatch,
-};
+use cityhub_store::{BatchWriter, DeadLetter, LiveBatch, Observation, Source, Store, WriteBatch};
 use std::sync::Arc;
-use tokio::sync::broadcast;
-
-/// Latest values advanced by one committed batch, for live subscribers.
-pub type LiveBatch = Arc<Vec<LatestChange>>;
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +45,8 @@ pub struct HttpSubmission {
     /// The firmware's `X-Sensor` header (`esp8266-<chip id>`).
     pub x_sensor: Option<String>,
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// Where it came from (the route), as the topic of its dead letters.
+    pub source: String,
     pub reply: oneshot::Sender<Result<HttpOutcome, HttpRefused>>,
 }
 
@@ -78,9 +75,6 @@ impl HttpIngest {
         self.tx.send(s).await.map_err(|_| HttpRefused)
     }
 }
-
-/// The HTTP source, as the synthetic topic dead letters show.
-pub const HTTP_SENSOR_COMMUNITY_TOPIC: &str = "http:/ingest/sensor-community";
 
 /// Turns messages into rows and dead letters of the open batch.
 pub struct Batcher {
@@ -118,13 +112,7 @@ impl Batcher {
             stored: d.readings.len(),
             rejected: d.problems.iter().map(|p| p.reason.clone()).collect(),
         };
-        self.add_decoded(
-            &mut batch,
-            HTTP_SENSOR_COMMUNITY_TOPIC.to_owned(),
-            s.payload,
-            s.received_at,
-            &d,
-        );
+        self.add_decoded(&mut batch, s.source, s.payload, s.received_at, &d);
         batch.reply = Some((s.reply, outcome));
         batch
     }
@@ -255,7 +243,7 @@ pub async fn run_writer(
     mut rx: mpsc::Receiver<Batch>,
     acker: Acker,
     metrics: IngestMetrics,
-    retry: (Duration, Duration),
+    mut backoff: cityhub_config::Backoff,
     shutdown_grace: Duration,
     live: broadcast::Sender<LiveBatch>,
     cancel: CancellationToken,
@@ -267,7 +255,7 @@ pub async fn run_writer(
             // would store it twice.
             continue;
         }
-        let mut delay = retry.0;
+        backoff.reset();
         let mut attempt = 0u32;
         writer.report_latest = live.receiver_count() > 0;
         loop {
@@ -315,10 +303,10 @@ pub async fn run_writer(
                             break 'batches;
                         }
                     }
+                    let delay = backoff.next_pause();
                     tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64,
                         "Batch commit failed; retrying.");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(retry.1);
                 }
             }
         }

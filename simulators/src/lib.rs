@@ -19,7 +19,7 @@ pub use rumqttc::v5::mqttbytes::QoS;
 pub use sim::{FaultRates, Report, SimMessage, SimOptions, Simulation};
 
 use chrono::{DateTime, Utc};
-use cityhub_config::Catalog;
+use cityhub_config::{Catalog, MqttSettings};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::time::{Duration, Instant};
@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("broker URL: {0}")]
-    Url(String),
+    #[error("broker: {0}")]
+    Broker(#[from] cityhub_mqtt::MqttError),
     #[error("MQTT: {0}")]
     Mqtt(String),
     #[error("{0}")]
@@ -58,24 +58,17 @@ pub fn generate(
     Ok(out)
 }
 
-fn mqtt_options(broker_url: &str, client_id: &str) -> Result<MqttOptions, SimError> {
-    let u = url::Url::parse(broker_url).map_err(|e| SimError::Url(e.to_string()))?;
-    let host = u
-        .host_str()
-        .ok_or_else(|| SimError::Url("no host".into()))?
-        .to_owned();
-    let mut opts = MqttOptions::new(client_id, host, u.port().unwrap_or(1883));
+/// The hub's connection settings (URL, credentials, TLS) with a publisher's flow control.
+fn mqtt_options(broker: &MqttSettings, client_id: &str) -> Result<MqttOptions, SimError> {
+    let mut opts = cityhub_mqtt::options(broker, client_id)?;
     opts.set_keep_alive(Duration::from_secs(30))
         .set_outgoing_inflight_upper_limit(1000);
-    if !u.username().is_empty() {
-        opts.set_credentials(u.username(), u.password().unwrap_or(""));
-    }
     Ok(opts)
 }
 
 /// Publishes `msgs` in order and waits until the broker acknowledged all of them (QoS 1).
 pub async fn publish(
-    broker_url: &str,
+    broker: &MqttSettings,
     client_id: &str,
     msgs: &[SimMessage],
     qos: QoS,
@@ -89,18 +82,18 @@ pub async fn publish(
             }
         }
     });
-    publish_stream(broker_url, client_id, rx, qos, CancellationToken::new()).await
+    publish_stream(broker, client_id, rx, qos, CancellationToken::new()).await
 }
 
 /// Publishes what arrives on `rx` until it closes (or `cancel`), then waits for the acks.
 pub async fn publish_stream(
-    broker_url: &str,
+    broker: &MqttSettings,
     client_id: &str,
     mut rx: tokio::sync::mpsc::Receiver<SimMessage>,
     qos: QoS,
     cancel: CancellationToken,
 ) -> Result<Report, SimError> {
-    let (client, mut el) = AsyncClient::new(mqtt_options(broker_url, client_id)?, 1000);
+    let (client, mut el) = AsyncClient::new(mqtt_options(broker, client_id)?, 1000);
     // The event loop polls in its own task: publishing waits on the request
     // channel, which only the event loop drains.
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -180,7 +173,7 @@ pub async fn run_live(
     opts: &SimOptions,
     catalog: &Catalog,
     pace: &Pace,
-    broker_url: &str,
+    broker: &MqttSettings,
     client_id: &str,
     qos: QoS,
     cancel: CancellationToken,
@@ -237,8 +230,7 @@ pub async fn run_live(
             sent += 1;
         }
     });
-    let mut report =
-        publish_stream(broker_url, client_id, rx, qos, CancellationToken::new()).await?;
+    let mut report = publish_stream(broker, client_id, rx, qos, CancellationToken::new()).await?;
     let _ = producer.await;
     report.seed = opts.seed;
     report.sensors = opts.fleet.per_kind.iter().map(|(_, n)| *n as u64).sum();

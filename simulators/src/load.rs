@@ -171,14 +171,16 @@ async fn connection(
 }
 
 /// Publishes over `spec.connections` connections until `spec.messages` or
-/// `spec.stop_at`, and waits until every PUBACK arrived.
+/// `spec.stop_at`, and waits until every PUBACK arrived. Plain TCP only: it writes
+/// raw packets to measure the broker and the hub, not a TLS stack.
 pub async fn run(broker_url: &str, spec: &LoadSpec) -> Result<LoadReport, SimError> {
-    let u = url::Url::parse(broker_url).map_err(|e| SimError::Url(e.to_string()))?;
-    let addr = format!(
-        "{}:{}",
-        u.host_str().unwrap_or("127.0.0.1"),
-        u.port().unwrap_or(1883)
-    );
+    let broker = cityhub_mqtt::Endpoint::parse(broker_url)?;
+    if broker.tls {
+        return Err(SimError::Options(
+            "the load publisher speaks plain MQTT (mqtt://) only".into(),
+        ));
+    }
+    let addr = format!("{}:{}", broker.host, broker.port);
     let n = spec.connections.max(1) as u64;
     let started = Instant::now();
     let mut tasks = Vec::new();

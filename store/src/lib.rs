@@ -1,7 +1,6 @@
 //! Storage of cityhub: schema migrations for PostgreSQL with or without
 //! TimescaleDB, the batch writer, sensor registry and import.
 
-pub mod cluster;
 pub mod db;
 mod error;
 pub mod query;
@@ -20,6 +19,9 @@ use cityhub_config::{Catalog, Settings};
 use deadpool_postgres::Pool;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Latest values advanced by one committed batch, for live subscribers.
+pub type LiveBatch = Arc<Vec<LatestChange>>;
 
 /// Shared handle to the database: a pool, the backend in use and the ids of
 /// the configured metrics. Cheap to clone.

@@ -1,0 +1,104 @@
+//! Readings uploaded over HTTP instead of MQTT: the Sensor.Community (airrohr)
+//! firmware's "custom API". The API only receives; ingestion, wired in by the
+//! app behind [`Uploads`], decodes, stores and says what it did.
+
+use crate::error::ErrorBody;
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use std::future::Future;
+use std::pin::Pin;
+
+/// The topic dead letters of this route carry, so an admin sees where they came from.
+pub const SENSOR_COMMUNITY_SOURCE: &str = "http:/ingest/sensor-community";
+
+/// One upload, as received.
+#[derive(Debug)]
+pub struct Upload {
+    pub payload: Bytes,
+    /// The firmware's `X-Sensor` header (`esp8266-<chip id>`).
+    pub x_sensor: Option<String>,
+    pub received_at: DateTime<Utc>,
+    /// Where it came from, for dead letters.
+    pub source: &'static str,
+}
+
+/// What a committed upload did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UploadOutcome {
+    /// Readings stored.
+    pub stored: usize,
+    /// Why parts were refused (they are dead letters now).
+    pub rejected: Vec<String>,
+}
+
+/// Not committed: the client should send it again later.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadRefused;
+
+/// Takes an upload and resolves once it is committed (or refused).
+pub trait Uploads: Send + Sync {
+    fn submit(
+        &self,
+        upload: Upload,
+    ) -> Pin<Box<dyn Future<Output = Result<UploadOutcome, UploadRefused>> + Send + '_>>;
+}
+
+/// Time an HTTP client waits for its submission's commit before being told to retry.
+const HTTP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "60")],
+        Json(json!({ "error": "storage is unavailable; nothing was stored, send the data again later" })),
+    )
+        .into_response()
+}
+
+/// The airrohr firmware's "custom API" upload (`X-Sensor: esp8266-<chip id>`, `X-Pin`
+/// per sensor type). 200 only after the transaction holding the readings committed;
+/// 422 when nothing in it was valid (the payload is kept as a dead letter); 503 when
+/// it could not be stored.
+#[utoipa::path(post, path = "/ingest/sensor-community", tag = "operations",
+    request_body(content = Object, content_type = "application/json",
+                 description = "`{\"esp8266id\": ..., \"sensordatavalues\": [{\"value_type\": \"SDS_P1\", \"value\": \"12.3\"}]}`"),
+    params(("X-Sensor" = Option<String>, Header, description = "`esp8266-<chip id>`")),
+    responses((status = 200, description = "Stored", body = Object),
+              (status = 422, description = "Nothing valid in it", body = Object),
+              (status = 503, description = "Not stored; send again later", body = Object),
+              (status = 413, description = "Too large", body = ErrorBody)))]
+pub async fn ingest_sensor_community(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(uploads) = s.uploads.get() else {
+        return unavailable();
+    };
+    let x_sensor = headers
+        .get("x-sensor")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let upload = Upload {
+        payload: body,
+        x_sensor,
+        received_at: chrono::Utc::now(),
+        source: SENSOR_COMMUNITY_SOURCE,
+    };
+    // Dropping the pending submission at the timeout tells the writer the client is gone.
+    match tokio::time::timeout(HTTP_COMMIT_WAIT, uploads.submit(upload)).await {
+        Ok(Ok(outcome)) if outcome.stored == 0 && !outcome.rejected.is_empty() => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": outcome.rejected.join("; "), "stored": 0 })),
+        )
+            .into_response(),
+        Ok(Ok(outcome)) => (StatusCode::OK, Json(outcome)).into_response(),
+        _ => unavailable(),
+    }
+}

@@ -1,0 +1,178 @@
+//! The hub as a library: [`start`] wires storage, ingestion and the HTTP API
+//! for the given settings and runs them until the cancellation token fires, so
+//! the `serve` command, the demo and tests all run the same hub (tests in-process
+//! on port 0, see `cityhub-testkit`).
+
+mod uploads;
+
+use cityhub_config::Settings;
+use cityhub_store::Store;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the hub could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("kind catalogue: {0}")]
+    Catalog(#[from] cityhub_config::kinds::CatalogError),
+    #[error("binding HTTP on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("opening the database: {0}")]
+    Store(#[from] cityhub_store::StoreError),
+    #[error("starting ingestion: {0}")]
+    Ingest(#[from] cityhub_ingest::IngestError),
+    #[error("the hub's task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A started hub. It stops when the token given to [`start`] is cancelled.
+pub struct Hub {
+    /// Where the HTTP server listens (the real port when `http.addr` asked for port 0).
+    pub addr: SocketAddr,
+    /// True while subscribed on a live broker session.
+    pub mqtt_connected: Arc<AtomicBool>,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+impl Hub {
+    /// Waits until every task drained and stopped.
+    pub async fn stopped(self) -> Result<(), AppError> {
+        self.task.await?
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Binds the HTTP server, then (in the background) opens the database, retrying until
+/// it answers, and starts ingestion. Returns once the server listens.
+pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub, AppError> {
+    let catalog = settings.catalog()?;
+    let listener = tokio::net::TcpListener::bind(&settings.http.addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: settings.http.addr.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: settings.http.addr.clone(),
+        source,
+    })?;
+    tracing::info!(addr = %addr, "HTTP server listening.");
+
+    let tracker = TaskTracker::new();
+    let mut registry = Registry::default();
+    let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
+    let mqtt_connected = Arc::new(AtomicBool::new(false));
+    let state = cityhub_api::AppState {
+        store: Arc::new(tokio::sync::OnceCell::new()),
+        registry: Arc::new(registry),
+        mqtt_connected: mqtt_connected.clone(),
+        uploads: Arc::new(tokio::sync::OnceCell::new()),
+        settings: Arc::new(settings.clone()),
+        catalog: Arc::new(catalog),
+        live: cityhub_api::live::channel(),
+        shutdown: cancel.clone(),
+    };
+    let app =
+        cityhub_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let http_cancel = cancel.clone();
+    tracker.spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed.");
+        }
+    });
+
+    let task = tokio::spawn(async move {
+        let started = run_pipeline(&settings, &state, metrics, &tracker, &cancel).await;
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("Stopped.");
+        started
+    });
+    Ok(Hub {
+        addr,
+        mqtt_connected,
+        task,
+    })
+}
+
+/// Runs the hub until `cancel`, then drains.
+pub async fn serve(settings: Settings, cancel: CancellationToken) -> Result<(), AppError> {
+    start(settings, cancel).await?.stopped().await
+}
+
+/// Opens the store (the database may come up after the hub: keep trying, stay
+/// stoppable), then starts ingestion and the retention job on `tracker`.
+async fn run_pipeline(
+    settings: &Settings,
+    state: &cityhub_api::AppState,
+    metrics: cityhub_ingest::IngestMetrics,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<(), AppError> {
+    let mut backoff = settings.ingest.retry_backoff();
+    let store = loop {
+        match Store::open(settings, &state.catalog).await {
+            Ok(s) => break s,
+            Err(e) if e.is_connection_lost() => {
+                let delay = backoff.next_pause();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Database unavailable; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => {
+                // Nothing can run without storage: stop the HTTP server too.
+                cancel.cancel();
+                return Err(e.into());
+            }
+        }
+    };
+    tracing::info!(backend = %store.backend(), "Storage ready.");
+    let _ = state.store.set(store.clone());
+    let http = cityhub_ingest::start(
+        settings,
+        store.clone(),
+        metrics,
+        state.mqtt_connected.clone(),
+        state.live.clone(),
+        cancel.clone(),
+        tracker,
+    )
+    .inspect_err(|_| cancel.cancel())?;
+    let _ = state.uploads.set(Arc::new(uploads::IngestUploads(http)));
+    tracker.spawn(retention_job(store, cancel.clone()));
+    Ok(())
+}
+
+/// Plain PostgreSQL: drop partitions past retention, at start and hourly.
+async fn retention_job(store: Store, cancel: CancellationToken) {
+    loop {
+        match store.apply_retention().await {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(partitions = ?dropped, "Retention: dropped old partitions.")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Retention run failed; will retry."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+}

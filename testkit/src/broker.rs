@@ -1,0 +1,132 @@
+//! A private Mosquitto started from the project's `config/mosquitto.conf`.
+
+use crate::{free_port, signal, unique, workspace_root};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn mosquitto_bin() -> &'static str {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .unwrap_or("mosquitto")
+}
+
+/// Mosquitto on a free port with the project's settings, its data in a folder of its own.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        Self::start_with(|port| format!("listener {port} 127.0.0.1"))
+    }
+
+    /// Starts from config/mosquitto.conf with its `listener` line replaced by
+    /// `listener(port)` (e.g. a TLS listener with authentication).
+    pub fn start_with(listener: impl Fn(u16) -> String) -> Self {
+        let port = free_port().expect("a free port");
+        let dir = std::env::temp_dir().join(unique("cityhub_mq"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Mosquitto started as root drops to its own user: let it write its persistence file.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let conf = std::fs::read_to_string(workspace_root().join("config/mosquitto.conf"))
+            .expect("reading config/mosquitto.conf");
+        let listener_text = listener(port);
+        // A listener that sets its own authentication replaces the project's default.
+        let own_auth = listener_text.contains("allow_anonymous");
+        let conf: String = conf
+            .lines()
+            .filter(|l| !(own_auth && l.starts_with("allow_anonymous")))
+            .map(|l| {
+                if l.starts_with("persistence_location ") {
+                    format!("persistence_location {}/", dir.display())
+                } else if l.starts_with("listener ") {
+                    listener_text.clone()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = dir.join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Self::spawn(&path, &dir);
+        let b = Self { port, dir, child };
+        b.wait_listening();
+        b
+    }
+
+    /// Stops the broker the way a service manager does (SIGTERM: it saves its
+    /// persistent sessions) and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir.join("mosquitto.conf"), &self.dir);
+        self.wait_listening();
+    }
+
+    fn spawn(conf: &Path, dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("mosquitto.log"))
+            .unwrap();
+        Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto)")
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Connection settings for this broker (plain, anonymous).
+    pub fn mqtt(&self) -> cityhub_config::MqttSettings {
+        cityhub_config::MqttSettings {
+            url: cityhub_config::ConnUrl::new(self.url()),
+            ..Default::default()
+        }
+    }
+
+    /// A folder the broker may read (it drops root privileges), for its files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,139 @@
+//! A database of its own for each test (or bench measurement), dropped after.
+
+use crate::unique;
+use tokio_postgres::NoTls;
+
+/// The server tests create their databases on (trust auth on CI machines).
+pub fn admin_url() -> String {
+    std::env::var("CITYHUB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+/// A fresh database on [`admin_url`]'s server, dropped (connections and all) on drop.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        Self::on(&admin_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL to any database there).
+    pub async fn on(admin: &str) -> Self {
+        let name = unique("cityhub_t");
+        connect(admin)
+            .await
+            .expect("connect to the test PostgreSQL")
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        let mut u = url::Url::parse(admin).expect("the admin URL is a URL");
+        u.set_path(&name);
+        u.set_query(Some("sslmode=disable"));
+        Self {
+            name,
+            url: u.to_string(),
+            admin: admin.to_owned(),
+        }
+    }
+
+    /// A connection to the server's admin database.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        connect(&self.admin)
+            .await
+            .expect("connect to the admin database")
+    }
+
+    /// Opens or closes the database to new connections (existing ones stay).
+    pub async fn allow_connections(&self, allow: bool) {
+        self.admin()
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Ends every connection the hub has to this database; returns how many.
+    pub async fn terminate_hub_connections(&self) -> i64 {
+        self.admin()
+            .await
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = $1 AND application_name = 'cityhub'",
+                &[&self.name],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Applies the hub's schema (as `cityhub migrate` does), for tools that write
+    /// without a hub.
+    #[cfg(feature = "hub")]
+    pub async fn migrate(&self) -> Result<(), cityhub_store::StoreError> {
+        let backend = std::env::var("CITYHUB_TEST_TIMESCALEDB").unwrap_or_else(|_| "auto".into());
+        let settings = cityhub_config::Settings::load_with_vars(
+            None,
+            [
+                ("CITYHUB_DATABASE_URL", self.url.as_str()),
+                ("CITYHUB_STORE_TIMESCALEDB", backend.as_str()),
+            ],
+        )
+        .expect("built-in settings with a database URL");
+        let catalog = settings.catalog().expect("the built-in catalogue");
+        cityhub_store::Store::open(&settings, &catalog).await?;
+        Ok(())
+    }
+
+    pub async fn observations(&self) -> i64 {
+        self.count("SELECT count(*) FROM observations").await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside a runtime: the DROP gets a thread and a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(c) = connect(&admin).await {
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}

@@ -1,0 +1,321 @@
+//! The hub under test: `cityhub serve` as a process of its own (for SIGKILL,
+//! SIGTERM and memory tests), or in-process on a runtime of its own (a library
+//! call, faster, one per test side by side). Both answer the same questions.
+
+use crate::{artifacts_dir, free_port, signal, unique, Broker, TestDb};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The `cityhub` binary next to the running executable: `target/<profile>/cityhub`
+/// for an integration test (`target/<profile>/deps/<test>`) or the bench.
+pub fn hub_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let mut dir = exe.parent().expect("an executable lives in a folder");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps lives in the profile folder");
+    }
+    dir.join("cityhub")
+}
+
+/// A log subscriber writing what `cityhub serve` would log at `info` to `path`.
+fn log_to(path: &std::path::Path) -> tracing::Dispatch {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("opening the hub's log");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,tokio_postgres::connection=warn",
+        ))
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .finish()
+        .into()
+}
+
+/// How a hub runs.
+enum Runner {
+    Process {
+        child: Option<Child>,
+        env: Vec<(String, String)>,
+    },
+    InProcess {
+        cancel: CancellationToken,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+/// A hub connected to a test database and broker.
+pub struct Hub {
+    pub http_port: u16,
+    /// Where the hub logs.
+    pub log: PathBuf,
+    runner: Runner,
+}
+
+/// The environment every test hub gets: its database, broker, client id and backend.
+fn base_env(db: &TestDb, broker: &Broker, client_id: &str) -> Vec<(String, String)> {
+    vec![
+        ("CITYHUB_DATABASE_URL".into(), db.url.clone()),
+        ("CITYHUB_MQTT_URL".into(), broker.url()),
+        ("CITYHUB_MQTT_CLIENT_ID".into(), client_id.into()),
+        (
+            "CITYHUB_STORE_TIMESCALEDB".into(),
+            std::env::var("CITYHUB_TEST_TIMESCALEDB").unwrap_or_else(|_| "auto".into()),
+        ),
+    ]
+}
+
+impl Hub {
+    /// Spawns `cityhub serve` for `db` and `broker` with `extra` environment.
+    fn launch(db: &TestDb, broker: &Broker, client_id: &str, extra: &[(&str, &str)]) -> Self {
+        let mut env = base_env(db, broker, client_id);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut hub = Self {
+            http_port: 0,
+            log: artifacts_dir().join(format!("{}.log", unique(client_id))),
+            runner: Runner::Process { child: None, env },
+        };
+        hub.spawn();
+        hub
+    }
+
+    /// A `cityhub serve` process that is ready (database and broker connected).
+    pub async fn start(
+        db: &TestDb,
+        broker: &Broker,
+        client_id: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let hub = Self::launch(db, broker, client_id, extra);
+        hub.wait_ready().await;
+        hub
+    }
+
+    /// A process hub that is not expected to become ready; waits only for its HTTP server.
+    pub async fn start_unready(
+        db: &TestDb,
+        broker: &Broker,
+        client_id: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let hub = Self::launch(db, broker, client_id, extra);
+        let url = hub.url("/healthz");
+        wait_for(30, "the hub's HTTP server", || {
+            let url = url.clone();
+            async move { reqwest::get(url).await.is_ok() }
+        })
+        .await;
+        hub
+    }
+
+    /// The hub as a library call ([`cityhub_app::start`]) on a runtime and thread of
+    /// its own, with `extra` given as `CITYHUB_...` settings (never read from the
+    /// process environment, which tests share). Ready when this returns.
+    pub async fn start_in_process(
+        db: &TestDb,
+        broker: &Broker,
+        client_id: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut vars = base_env(db, broker, client_id);
+        vars.push(("CITYHUB_HTTP_ADDR".into(), "127.0.0.1:0".into()));
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let settings = cityhub_config::Settings::load_with_vars(
+            None,
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .expect("test hub settings");
+        let log = artifacts_dir().join(format!("{}.log", unique(client_id)));
+        let dispatch = log_to(&log);
+        let cancel = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stop = cancel.clone();
+        let thread = std::thread::spawn(move || {
+            // Every thread of the hub's runtime logs to the hub's own file.
+            let _guard = tracing::dispatcher::set_default(&dispatch);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .on_thread_start(move || {
+                    std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+                })
+                .build()
+                .expect("a runtime for the hub");
+            rt.block_on(async move {
+                match cityhub_app::start(settings, stop).await {
+                    Ok(hub) => {
+                        let _ = tx.send(Ok(hub.addr.port()));
+                        if let Err(e) = hub.stopped().await {
+                            eprintln!("in-process hub stopped with an error: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+        let http_port = rx
+            .await
+            .expect("the hub thread answers")
+            .expect("the in-process hub starts");
+        let hub = Self {
+            http_port,
+            log,
+            runner: Runner::InProcess {
+                cancel,
+                thread: Some(thread),
+            },
+        };
+        hub.wait_ready().await;
+        hub
+    }
+
+    fn spawn(&mut self) {
+        self.http_port = free_port().expect("a free port");
+        let Runner::Process { child, env } = &mut self.runner else {
+            panic!("only a process hub is spawned");
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(hub_bin());
+        if !env.iter().any(|(k, _)| k == "CITYHUB_CONFIG") {
+            cmd.env_remove("CITYHUB_CONFIG");
+        }
+        cmd.arg("serve")
+            .current_dir(std::env::temp_dir())
+            .env("CITYHUB_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env.iter() {
+            cmd.env(k, v);
+        }
+        *child = Some(cmd.spawn().expect("spawning cityhub serve"));
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(self.url("/readyz")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hub not ready; log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A counter or gauge from /metrics, summed over its labels.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The process id of a process hub (this process for an in-process one).
+    pub fn pid(&self) -> u32 {
+        match &self.runner {
+            Runner::Process { child, .. } => child.as_ref().map(|c| c.id()).unwrap_or(0),
+            Runner::InProcess { .. } => std::process::id(),
+        }
+    }
+
+    /// Resident memory of the hub process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        crate::rss_kib(self.pid())
+    }
+
+    /// CPU seconds the hub process used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        crate::cpu_seconds(self.pid())
+    }
+
+    /// SIGKILL for a process hub. An in-process hub cannot be killed: it is cancelled
+    /// and waited for (it drains, as after SIGTERM).
+    pub fn kill9(&mut self) {
+        match &mut self.runner {
+            Runner::Process { child, .. } => {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            Runner::InProcess { cancel, thread } => {
+                cancel.cancel();
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+
+    /// SIGTERM and wait for the exit; true when it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        match &mut self.runner {
+            Runner::Process { child, .. } => match child.take() {
+                Some(mut c) => {
+                    signal(c.id(), "TERM");
+                    c.wait().map(|s| s.success()).unwrap_or(false)
+                }
+                None => false,
+            },
+            Runner::InProcess { .. } => {
+                self.kill9();
+                true
+            }
+        }
+    }
+
+    /// Kills a process hub and starts it again with the same settings.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `f` returns true, or panics with `what` after `secs`.
+pub async fn wait_for<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

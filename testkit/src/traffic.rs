@@ -1,0 +1,144 @@
+//! Simulated traffic for tests: raw payloads and simulator messages published at
+//! QoS 1, and the standard fixture of a hub holding a simulated fleet.
+
+use crate::{unique, wait_for, Broker, Hub, TestDb};
+use cityhub_sim::{FaultRates, Format, SimMessage};
+
+/// Publishes raw payloads at QoS 1 and waits for the broker's PUBACKs.
+pub async fn publish_raw(broker: &Broker, items: &[(&str, Vec<u8>)]) {
+    let msgs: Vec<SimMessage> = items
+        .iter()
+        .map(|(t, p)| SimMessage {
+            topic: t.to_string(),
+            payload: p.clone(),
+            sensor: String::new(),
+            kind: String::new(),
+            format: Format::Native,
+            time: chrono::Utc::now(),
+            values: vec![],
+            fault: None,
+        })
+        .collect();
+    publish_sim(broker, &msgs).await;
+}
+
+/// Publishes simulator messages at QoS 1 and waits for the broker's PUBACKs.
+pub async fn publish_sim(broker: &Broker, msgs: &[SimMessage]) {
+    let r = cityhub_sim::publish(
+        &broker.mqtt(),
+        &unique("pub"),
+        msgs,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    )
+    .await
+    .expect("publishing to the test broker");
+    assert_eq!(r.acknowledged, msgs.len() as u64);
+}
+
+/// Rows the simulator's messages should produce (a duplicate adds none).
+pub fn expected_rows(msgs: &[SimMessage]) -> i64 {
+    msgs.iter()
+        .filter(|m| m.fault != Some("duplicate"))
+        .map(|m| m.values.len() as i64)
+        .sum()
+}
+
+/// The first `count` messages of a simulated fleet of `per_kind` sensors per kind,
+/// starting three days ago (so no timestamp is in the future).
+pub fn sim_stream(
+    seed: u64,
+    per_kind: usize,
+    count: usize,
+    formats: &[Format],
+    faults: FaultRates,
+) -> Vec<SimMessage> {
+    let catalog = cityhub_config::Settings::builtin()
+        .unwrap()
+        .catalog()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let opts = cityhub_sim::SimOptions {
+        seed,
+        start: now - chrono::Duration::days(3),
+        fleet: cityhub_sim::FleetSpec::built_in(per_kind, 0.05),
+        formats: formats.to_vec(),
+        faults,
+    };
+    let msgs = cityhub_sim::generate(&opts, &catalog, count, now).unwrap();
+    assert_eq!(
+        msgs.len(),
+        count,
+        "the fleet could not produce {count} messages in three days"
+    );
+    msgs
+}
+
+/// The admin token of [`fixture`] hubs.
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct Fixture {
+    pub db: TestDb,
+    pub broker: Broker,
+    pub hub: Hub,
+    pub http: reqwest::Client,
+}
+
+/// An in-process hub with 5 sensors per kind and 600 simulated messages stored, plus
+/// one dead letter. `extra` settings as `CITYHUB_...` pairs.
+pub async fn fixture(extra: &[(&str, &str)]) -> Fixture {
+    fixture_with(extra, false).await
+}
+
+/// The same fixture around a `cityhub serve` process, for tests that read its log
+/// (a panic there is in the log, not in the test's output).
+pub async fn fixture_as_process(extra: &[(&str, &str)]) -> Fixture {
+    fixture_with(extra, true).await
+}
+
+async fn fixture_with(extra: &[(&str, &str)], process: bool) -> Fixture {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let mut env = vec![
+        ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
+        ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+    ];
+    env.extend_from_slice(extra);
+    let hub = if process {
+        Hub::start(&db, &broker, "opendata", &env).await
+    } else {
+        Hub::start_in_process(&db, &broker, "opendata", &env).await
+    };
+    let msgs = sim_stream(11, 5, 600, &[Format::Native], FaultRates::default());
+    publish_sim(&broker, &msgs).await;
+    publish_raw(
+        &broker,
+        &[("cityhub/v1/waste_bin/bin-bad", b"{not json".to_vec())],
+    )
+    .await;
+    let want = expected_rows(&msgs);
+    wait_for(60, "the simulated rows", || {
+        let db = &db;
+        async move {
+            db.observations().await >= want
+                && db.count("SELECT count(*) FROM dead_letters").await >= 1
+        }
+    })
+    .await;
+    Fixture {
+        db,
+        broker,
+        hub,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Fixture {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.hub.url(path)).send().await.unwrap()
+    }
+    pub async fn json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.get(path).await;
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
