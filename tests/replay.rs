@@ -7,14 +7,7 @@ use std::path::Path;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uci_air_quality_replay_lands_completely() {
     let csv = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata/uci-air-quality/AirQualityUCI.csv");
-    if !csv.exists() {
-        eprintln!(
-            "SKIPPED: {} is absent (the shared test data folder is not beside this checkout)",
-            csv.display()
-        );
-        return;
-    }
+        .join("tests/fixtures/uci-air-quality/AirQualityUCI.csv");
     let db = TestDb::new().await;
     let broker = Broker::start();
     let _hub = Hub::start(&db, &broker, "replay", &[]).await;

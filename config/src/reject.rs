@@ -77,6 +77,13 @@ impl RejectReason {
     }
 }
 
+/// So tests and filters can compare with the stored code directly.
+impl PartialEq<&str> for RejectReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.code() == *other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

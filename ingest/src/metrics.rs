@@ -118,10 +118,10 @@ impl IngestMetrics {
         m
     }
 
-    pub fn dead_letter(&self, reason: &str, n: u64) {
+    pub fn dead_letter(&self, reason: cityhub_config::RejectReason, n: u64) {
         self.dead_letters
             .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
+                reason: reason.code().to_owned(),
             })
             .inc_by(n);
     }

@@ -273,7 +273,7 @@ pub async fn run_writer(
                     metrics.rows_committed.inc_by(outcome.inserted);
                     metrics.rows_duplicate.inc_by(outcome.duplicates);
                     for (code, n) in &outcome.dead_letters {
-                        metrics.dead_letter(code, *n);
+                        metrics.dead_letter(*code, *n);
                     }
                     metrics.messages_committed.inc_by(batch.acks.len() as u64);
                     if attempt > 0 {

@@ -225,44 +225,40 @@ fn network_server_formats_have_the_shape_of_the_real_thing() {
         bin.topic
     );
     let doc: serde_json::Value = serde_json::from_slice(&bin.payload).unwrap();
-    // Same keys as a real ChirpStack v4 capture, where it is present.
+    // Same keys as a real ChirpStack v4 capture of a bin sensor.
     let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/chirpstack-jena/example3.json");
-    if real.exists() {
-        let real: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(real).unwrap()).unwrap();
-        for key in [
-            "deduplicationId",
-            "time",
-            "deviceInfo",
-            "devAddr",
-            "fCnt",
-            "fPort",
-            "data",
-            "object",
-            "rxInfo",
-        ] {
-            assert!(real.get(key).is_some() && doc.get(key).is_some(), "{key}");
-        }
-        for key in [
-            "tenantId",
-            "applicationId",
-            "applicationName",
-            "deviceProfileName",
-            "deviceName",
-            "devEui",
-            "tags",
-        ] {
-            assert!(
-                real["deviceInfo"].get(key).is_some() && doc["deviceInfo"].get(key).is_some(),
-                "deviceInfo.{key}"
-            );
-        }
-        // Like the real bin sensor, ours reports distance in mm, not a fill level.
-        assert!(real["object"].get("distance").is_some());
-    } else {
-        eprintln!("SKIPPED comparison: shared/testdata/chirpstack-jena is absent");
+        .join("../tests/fixtures/chirpstack-jena/example3.json");
+    let real: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(real).unwrap()).unwrap();
+    for key in [
+        "deduplicationId",
+        "time",
+        "deviceInfo",
+        "devAddr",
+        "fCnt",
+        "fPort",
+        "data",
+        "object",
+        "rxInfo",
+    ] {
+        assert!(real.get(key).is_some() && doc.get(key).is_some(), "{key}");
     }
+    for key in [
+        "tenantId",
+        "applicationId",
+        "applicationName",
+        "deviceProfileName",
+        "deviceName",
+        "devEui",
+        "tags",
+    ] {
+        assert!(
+            real["deviceInfo"].get(key).is_some() && doc["deviceInfo"].get(key).is_some(),
+            "deviceInfo.{key}"
+        );
+    }
+    // Like the real bin sensor, ours reports distance in mm, not a fill level.
+    assert!(real["object"].get("distance").is_some());
     assert!(
         doc["object"]["distance"].as_f64().is_some() && doc["object"].get("fill_level").is_none()
     );

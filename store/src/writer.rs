@@ -1,18 +1,20 @@
 //! The batch writer: one transaction per batch, binary COPY into a staging
 //! table, idempotent insert into `observations`, upsert of `latest`, sensor
-//! registration and dead letters, all committed together or not at all.
+//! registration and dead letters, all committed together or not at all. Each
+//! step is a function of its own taking the transaction, in the order they run.
 
 use crate::error::StoreError;
 use crate::schema::{ensure_partition, month_start};
 use crate::Store;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use cityhub_config::{GeoPoint, Name, SensorId};
+use cityhub_config::{GeoPoint, Name, RejectReason, SensorId};
 use deadpool_postgres::ClientWrapper as Client;
 use futures_util::pin_mut;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
 
 /// Where a batch's rows came from, kept so that a row refused late (e.g. a
 /// sensor registered under another kind) still becomes a dead letter with its payload.
@@ -51,8 +53,8 @@ pub struct SensorSeen {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub source: u32,
-    /// Low-cardinality code for metrics (`out_of_range`, `malformed_json`, ...).
-    pub code: &'static str,
+    /// The class of refusal (the metric label and stored `reason_code`).
+    pub code: RejectReason,
     /// Precise, human-readable reason naming the field and the rule.
     pub reason: String,
 }
@@ -119,8 +121,8 @@ pub struct WriteOutcome {
     pub inserted: u64,
     /// Rows already stored (redeliveries).
     pub duplicates: u64,
-    /// Dead letters written, by code (including those found while writing).
-    pub dead_letters: Vec<(&'static str, u64)>,
+    /// Dead letters written, by reason (including those found while writing).
+    pub dead_letters: Vec<(RejectReason, u64)>,
     /// Latest values this batch advanced (derived metrics included), when asked for
     /// with [`BatchWriter::report_latest`]: what live subscribers are told.
     pub latest: Vec<LatestChange>,
@@ -189,19 +191,7 @@ impl BatchWriter {
     }
 
     async fn write_inner(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, StoreError> {
-        let timescale = self.store.backend().is_timescale();
-        let months: Vec<_> = if timescale {
-            Vec::new()
-        } else {
-            let set: HashSet<_> = batch
-                .observations
-                .iter()
-                .map(|o| month_start(o.time))
-                .collect();
-            set.into_iter()
-                .filter(|m| !self.partitions.contains(m))
-                .collect()
-        };
+        let months = self.new_partitions(batch);
         let store = self.store.clone();
         let report_latest = self.report_latest;
         let client = self.client().await?;
@@ -209,204 +199,12 @@ impl BatchWriter {
             ensure_partition(&**client, *m).await?;
         }
         let tx = client.transaction().await?;
-
-        // Sensors: register new ones, refresh position and last seen of known ones.
-        // Sorted by external id (BTreeMap) so concurrent hubs lock rows in one order.
-        let mut ext = Vec::with_capacity(batch.sensors.len());
-        let mut kinds = Vec::with_capacity(batch.sensors.len());
-        let mut lons: Vec<Option<f64>> = Vec::with_capacity(batch.sensors.len());
-        let mut lats: Vec<Option<f64>> = Vec::with_capacity(batch.sensors.len());
-        let mut firsts = Vec::with_capacity(batch.sensors.len());
-        let mut lasts = Vec::with_capacity(batch.sensors.len());
-        let (mut fb_ext, mut fb_lons, mut fb_lats) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, s) in &batch.sensors {
-            ext.push(id.as_str());
-            kinds.push(s.kind.as_str());
-            let own = s.location.filter(|_| !s.location_fallback);
-            lons.push(own.map(|p| p.lon()));
-            lats.push(own.map(|p| p.lat()));
-            if let (Some(p), true) = (s.location, s.location_fallback) {
-                fb_ext.push(id.as_str());
-                fb_lons.push(p.lon());
-                fb_lats.push(p.lat());
-            }
-            firsts.push(s.first);
-            lasts.push(s.last);
-        }
-        let rows = tx
-            .query(
-                "INSERT INTO sensors AS s (external_id, kind, lon, lat, first_seen, last_seen)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::timestamptz[], $6::timestamptz[])
-                 ON CONFLICT (external_id) DO UPDATE SET
-                     lon = coalesce(excluded.lon, s.lon),
-                     lat = coalesce(excluded.lat, s.lat),
-                     first_seen = least(s.first_seen, excluded.first_seen),
-                     last_seen = greatest(s.last_seen, excluded.last_seen),
-                     updated_at = CASE WHEN excluded.lon IS DISTINCT FROM NULL AND
-                         (excluded.lon, excluded.lat) IS DISTINCT FROM (s.lon, s.lat) THEN now() ELSE s.updated_at END
-                 WHERE s.kind = excluded.kind
-                 RETURNING id, external_id",
-                &[&ext, &kinds, &lons, &lats, &firsts, &lasts],
-            )
-            .await?;
-        if !fb_ext.is_empty() {
-            // Hints (gateway positions) only place sensors that have no position yet.
-            tx.execute(
-                "UPDATE sensors AS s SET lon = f.lon, lat = f.lat
-                 FROM unnest($1::text[], $2::float8[], $3::float8[]) AS f(external_id, lon, lat)
-                 WHERE s.external_id = f.external_id AND s.lon IS NULL",
-                &[&fb_ext, &fb_lons, &fb_lats],
-            )
-            .await?;
-        }
-        let mut ids: HashMap<&str, i32> = HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let e: &str = r.get(1);
-            if let Some((k, _)) = batch.sensors.get_key_value(e) {
-                ids.insert(k.as_str(), r.get(0));
-            }
-        }
-        // Sensors whose registered kind differs from the topic's: their rows become dead letters.
-        let mut refused: HashMap<&str, String> = HashMap::new();
-        if ids.len() < batch.sensors.len() {
-            let missing: Vec<&str> = ext
-                .iter()
-                .copied()
-                .filter(|e| !ids.contains_key(e))
-                .collect();
-            for r in tx
-                .query(
-                    "SELECT external_id, kind FROM sensors WHERE external_id = ANY($1)",
-                    &[&missing],
-                )
-                .await?
-            {
-                let e: String = r.get(0);
-                let k: String = r.get(1);
-                refused.insert(ext.iter().copied().find(|x| *x == e).unwrap_or_default(), k);
-            }
-        }
-
-        // Observations through a binary COPY into the staging table.
-        let sink = tx
-            .copy_in("COPY obs_staging (sensor_id, metric_id, time, value) FROM STDIN BINARY")
-            .await?;
-        let writer = BinaryCopyInWriter::new(
-            sink,
-            &[Type::INT4, Type::INT2, Type::TIMESTAMPTZ, Type::FLOAT8],
-        );
-        pin_mut!(writer);
-        let mut staged = 0u64;
-        for o in &batch.observations {
-            if let Some(id) = ids.get(o.sensor.as_str()) {
-                writer
-                    .as_mut()
-                    .write(&[id, &o.metric_id, &o.time, &o.value])
-                    .await?;
-                staged += 1;
-            }
-        }
-        writer.finish().await?;
-
-        for d in store.derived() {
-            // Derived metrics from the registered sensor property, in the same transaction.
-            staged += tx
-                .execute(
-                    "INSERT INTO obs_staging (sensor_id, metric_id, time, value)
-                 SELECT st.sensor_id, $2, st.time,
-                        greatest(0, least(100, 100 * (1 - st.value / (s.properties->>$3)::float8)))
-                 FROM obs_staging st JOIN sensors s ON s.id = st.sensor_id
-                 WHERE st.metric_id = $1 AND jsonb_typeof(s.properties->$3) = 'number'
-                   AND (s.properties->>$3)::float8 > 0",
-                    &[&d.from, &d.target, &d.property],
-                )
-                .await?;
-        }
-        let inserted = tx
-            .execute(
-                "INSERT INTO observations (time, sensor_id, metric_id, value)
-                 SELECT time, sensor_id, metric_id, value FROM obs_staging
-                 ON CONFLICT (sensor_id, metric_id, time) DO NOTHING",
-                &[],
-            )
-            .await?;
-        const UPSERT_LATEST: &str = "INSERT INTO latest AS l (sensor_id, metric_id, time, value)
-             SELECT DISTINCT ON (sensor_id, metric_id) sensor_id, metric_id, time, value
-             FROM obs_staging ORDER BY sensor_id, metric_id, time DESC
-             ON CONFLICT (sensor_id, metric_id) DO UPDATE SET time = excluded.time, value = excluded.value
-             WHERE excluded.time > l.time";
-        // The advanced rows travel back only when a live subscriber wants them.
-        let advanced = if report_latest {
-            tx.query(
-                &format!("{UPSERT_LATEST} RETURNING sensor_id, metric_id, time, value"),
-                &[],
-            )
-            .await?
-        } else {
-            tx.execute(UPSERT_LATEST, &[]).await?;
-            Vec::new()
-        };
-        let mut latest = Vec::new();
-        if !advanced.is_empty() {
-            let by_pk: HashMap<i32, &str> = ids.iter().map(|(e, pk)| (*pk, *e)).collect();
-            latest.reserve(advanced.len());
-            for r in &advanced {
-                let pk: i32 = r.get(0);
-                let Some((id, seen)) = by_pk.get(&pk).and_then(|e| batch.sensors.get_key_value(*e))
-                else {
-                    continue;
-                };
-                latest.push(LatestChange {
-                    sensor: id.clone(),
-                    kind: seen.kind.clone(),
-                    metric_id: r.get(1),
-                    time: r.get(2),
-                    value: r.get(3),
-                });
-            }
-        }
-
-        // Dead letters: those found while decoding, plus kind conflicts found here.
-        let mut dl: Vec<(u32, &'static str, String)> = batch
-            .dead_letters
-            .iter()
-            .map(|d| (d.source, d.code, d.reason.clone()))
-            .collect();
-        for (sensor, kind) in &refused {
-            if let Some((id, seen)) = batch.sensors.get_key_value(*sensor) {
-                dl.push((
-                    seen.source,
-                    "kind_mismatch",
-                    format!(
-                        "sensor {id:?} is registered as kind {kind:?}, not {:?}",
-                        seen.kind.as_str()
-                    ),
-                ));
-            }
-        }
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        if !dl.is_empty() {
-            let mut at = Vec::with_capacity(dl.len());
-            let mut topics = Vec::with_capacity(dl.len());
-            let mut payloads = Vec::with_capacity(dl.len());
-            let mut codes = Vec::with_capacity(dl.len());
-            let mut reasons = Vec::with_capacity(dl.len());
-            for (src, code, reason) in &dl {
-                let s = &batch.sources[*src as usize];
-                at.push(s.received_at);
-                topics.push(s.topic.replace('\0', "\u{FFFD}"));
-                payloads.push(s.payload.as_ref());
-                codes.push(*code);
-                reasons.push(reason.replace('\0', "\u{FFFD}"));
-                *counts.entry(code).or_default() += 1;
-            }
-            tx.execute(
-                "INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason)
-                 SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::text[], $5::text[])",
-                &[&at, &topics, &payloads, &codes, &reasons],
-            )
-            .await?;
-        }
+        let sensors = register_sensors(&tx, batch).await?;
+        let mut staged = stage_observations(&tx, batch, &sensors.ids).await?;
+        staged += stage_derived(&tx, &store).await?;
+        let inserted = insert_observations(&tx).await?;
+        let latest = upsert_latest(&tx, batch, &sensors.ids, report_latest).await?;
+        let dead_letters = write_dead_letters(&tx, batch, &sensors.refused).await?;
         tx.commit().await?;
 
         // Only now, with the transaction durable, may the cache learn from it.
@@ -414,8 +212,269 @@ impl BatchWriter {
         Ok(WriteOutcome {
             inserted,
             duplicates: staged.saturating_sub(inserted),
-            dead_letters: counts.into_iter().collect(),
+            dead_letters,
             latest,
         })
     }
+
+    /// Plain PostgreSQL: the monthly partitions the batch needs that this writer has
+    /// not made yet (TimescaleDB makes its chunks itself).
+    fn new_partitions(&self, batch: &WriteBatch) -> Vec<DateTime<Utc>> {
+        if self.store.backend().is_timescale() {
+            return Vec::new();
+        }
+        let set: HashSet<_> = batch
+            .observations
+            .iter()
+            .map(|o| month_start(o.time))
+            .collect();
+        set.into_iter()
+            .filter(|m| !self.partitions.contains(m))
+            .collect()
+    }
+}
+
+/// The batch's sensors as the registry knows them.
+struct Registered<'b> {
+    /// External id -> surrogate key, for the sensors whose kind matches.
+    ids: HashMap<&'b str, i32>,
+    /// External id -> registered kind, for sensors reported under another kind.
+    refused: HashMap<&'b str, String>,
+}
+
+/// Registers new sensors and refreshes position and last seen of known ones.
+/// Sorted by external id (BTreeMap) so concurrent hubs lock rows in one order.
+async fn register_sensors<'b>(
+    tx: &Transaction<'_>,
+    batch: &'b WriteBatch,
+) -> Result<Registered<'b>, StoreError> {
+    let n = batch.sensors.len();
+    let mut ext = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut lons: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut lats: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut firsts = Vec::with_capacity(n);
+    let mut lasts = Vec::with_capacity(n);
+    let (mut fb_ext, mut fb_lons, mut fb_lats) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, s) in &batch.sensors {
+        ext.push(id.as_str());
+        kinds.push(s.kind.as_str());
+        let own = s.location.filter(|_| !s.location_fallback);
+        lons.push(own.map(|p| p.lon()));
+        lats.push(own.map(|p| p.lat()));
+        if let (Some(p), true) = (s.location, s.location_fallback) {
+            fb_ext.push(id.as_str());
+            fb_lons.push(p.lon());
+            fb_lats.push(p.lat());
+        }
+        firsts.push(s.first);
+        lasts.push(s.last);
+    }
+    let rows = tx
+        .query(
+            "INSERT INTO sensors AS s (external_id, kind, lon, lat, first_seen, last_seen)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::timestamptz[], $6::timestamptz[])
+             ON CONFLICT (external_id) DO UPDATE SET
+                 lon = coalesce(excluded.lon, s.lon),
+                 lat = coalesce(excluded.lat, s.lat),
+                 first_seen = least(s.first_seen, excluded.first_seen),
+                 last_seen = greatest(s.last_seen, excluded.last_seen),
+                 updated_at = CASE WHEN excluded.lon IS DISTINCT FROM NULL AND
+                     (excluded.lon, excluded.lat) IS DISTINCT FROM (s.lon, s.lat) THEN now() ELSE s.updated_at END
+             WHERE s.kind = excluded.kind
+             RETURNING id, external_id",
+            &[&ext, &kinds, &lons, &lats, &firsts, &lasts],
+        )
+        .await?;
+    if !fb_ext.is_empty() {
+        // Hints (gateway positions) only place sensors that have no position yet.
+        tx.execute(
+            "UPDATE sensors AS s SET lon = f.lon, lat = f.lat
+             FROM unnest($1::text[], $2::float8[], $3::float8[]) AS f(external_id, lon, lat)
+             WHERE s.external_id = f.external_id AND s.lon IS NULL",
+            &[&fb_ext, &fb_lons, &fb_lats],
+        )
+        .await?;
+    }
+    let mut ids: HashMap<&str, i32> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let e: &str = r.get(1);
+        if let Some((k, _)) = batch.sensors.get_key_value(e) {
+            ids.insert(k.as_str(), r.get(0));
+        }
+    }
+    // Sensors whose registered kind differs from the topic's: their rows become dead letters.
+    let mut refused: HashMap<&str, String> = HashMap::new();
+    if ids.len() < n {
+        let missing: Vec<&str> = ext
+            .iter()
+            .copied()
+            .filter(|e| !ids.contains_key(e))
+            .collect();
+        for r in tx
+            .query(
+                "SELECT external_id, kind FROM sensors WHERE external_id = ANY($1)",
+                &[&missing],
+            )
+            .await?
+        {
+            let e: String = r.get(0);
+            if let Some((k, _)) = batch.sensors.get_key_value(e.as_str()) {
+                refused.insert(k.as_str(), r.get(1));
+            }
+        }
+    }
+    Ok(Registered { ids, refused })
+}
+
+/// The observations of registered sensors, by binary COPY into the staging table.
+async fn stage_observations(
+    tx: &Transaction<'_>,
+    batch: &WriteBatch,
+    ids: &HashMap<&str, i32>,
+) -> Result<u64, StoreError> {
+    let sink = tx
+        .copy_in("COPY obs_staging (sensor_id, metric_id, time, value) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[Type::INT4, Type::INT2, Type::TIMESTAMPTZ, Type::FLOAT8],
+    );
+    pin_mut!(writer);
+    let mut staged = 0u64;
+    for o in &batch.observations {
+        if let Some(id) = ids.get(o.sensor.as_str()) {
+            writer
+                .as_mut()
+                .write(&[id, &o.metric_id, &o.time, &o.value])
+                .await?;
+            staged += 1;
+        }
+    }
+    writer.finish().await?;
+    Ok(staged)
+}
+
+/// Derived metrics (a bin's fill level from its distance and registered depth),
+/// staged beside the readings they come from.
+async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, StoreError> {
+    let mut staged = 0;
+    for d in store.derived() {
+        staged += tx
+            .execute(
+                "INSERT INTO obs_staging (sensor_id, metric_id, time, value)
+                 SELECT st.sensor_id, $2, st.time,
+                        greatest(0, least(100, 100 * (1 - st.value / (s.properties->>$3)::float8)))
+                 FROM obs_staging st JOIN sensors s ON s.id = st.sensor_id
+                 WHERE st.metric_id = $1 AND jsonb_typeof(s.properties->$3) = 'number'
+                   AND (s.properties->>$3)::float8 > 0",
+                &[&d.from, &d.target, &d.property],
+            )
+            .await?;
+    }
+    Ok(staged)
+}
+
+/// Staged rows into `observations`; a redelivered row changes nothing. Returns the new rows.
+async fn insert_observations(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    Ok(tx
+        .execute(
+            "INSERT INTO observations (time, sensor_id, metric_id, value)
+             SELECT time, sensor_id, metric_id, value FROM obs_staging
+             ON CONFLICT (sensor_id, metric_id, time) DO NOTHING",
+            &[],
+        )
+        .await?)
+}
+
+/// Advances `latest` to the newest staged value per sensor and metric; returns the
+/// advanced rows when `report` (a live subscriber listens), none otherwise.
+async fn upsert_latest(
+    tx: &Transaction<'_>,
+    batch: &WriteBatch,
+    ids: &HashMap<&str, i32>,
+    report: bool,
+) -> Result<Vec<LatestChange>, StoreError> {
+    const UPSERT_LATEST: &str = "INSERT INTO latest AS l (sensor_id, metric_id, time, value)
+         SELECT DISTINCT ON (sensor_id, metric_id) sensor_id, metric_id, time, value
+         FROM obs_staging ORDER BY sensor_id, metric_id, time DESC
+         ON CONFLICT (sensor_id, metric_id) DO UPDATE SET time = excluded.time, value = excluded.value
+         WHERE excluded.time > l.time";
+    if !report {
+        tx.execute(UPSERT_LATEST, &[]).await?;
+        return Ok(Vec::new());
+    }
+    let advanced = tx
+        .query(
+            &format!("{UPSERT_LATEST} RETURNING sensor_id, metric_id, time, value"),
+            &[],
+        )
+        .await?;
+    let by_pk: HashMap<i32, &str> = ids.iter().map(|(e, pk)| (*pk, *e)).collect();
+    let mut latest = Vec::with_capacity(advanced.len());
+    for r in &advanced {
+        let pk: i32 = r.get(0);
+        let Some((id, seen)) = by_pk.get(&pk).and_then(|e| batch.sensors.get_key_value(*e)) else {
+            continue;
+        };
+        latest.push(LatestChange {
+            sensor: id.clone(),
+            kind: seen.kind.clone(),
+            metric_id: r.get(1),
+            time: r.get(2),
+            value: r.get(3),
+        });
+    }
+    Ok(latest)
+}
+
+/// The dead letters found while decoding, plus kind conflicts found while
+/// registering, each with its message's topic and payload. Returns counts by reason.
+async fn write_dead_letters(
+    tx: &Transaction<'_>,
+    batch: &WriteBatch,
+    refused: &HashMap<&str, String>,
+) -> Result<Vec<(RejectReason, u64)>, StoreError> {
+    let mut dl: Vec<(u32, RejectReason, String)> = batch
+        .dead_letters
+        .iter()
+        .map(|d| (d.source, d.code, d.reason.clone()))
+        .collect();
+    for (sensor, kind) in refused {
+        if let Some((id, seen)) = batch.sensors.get_key_value(*sensor) {
+            dl.push((
+                seen.source,
+                RejectReason::KindMismatch,
+                format!(
+                    "sensor {id:?} is registered as kind {kind:?}, not {:?}",
+                    seen.kind.as_str()
+                ),
+            ));
+        }
+    }
+    if dl.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut counts: BTreeMap<RejectReason, u64> = BTreeMap::new();
+    let mut at = Vec::with_capacity(dl.len());
+    let mut topics = Vec::with_capacity(dl.len());
+    let mut payloads = Vec::with_capacity(dl.len());
+    let mut codes = Vec::with_capacity(dl.len());
+    let mut reasons = Vec::with_capacity(dl.len());
+    for (src, code, reason) in &dl {
+        let s = &batch.sources[*src as usize];
+        at.push(s.received_at);
+        topics.push(s.topic.replace('\0', "\u{FFFD}"));
+        payloads.push(s.payload.as_ref());
+        codes.push(code.code());
+        reasons.push(reason.replace('\0', "\u{FFFD}"));
+        *counts.entry(*code).or_default() += 1;
+    }
+    tx.execute(
+        "INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason)
+         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::text[], $5::text[])",
+        &[&at, &topics, &payloads, &codes, &reasons],
+    )
+    .await?;
+    Ok(counts.into_iter().collect())
 }
