@@ -6,15 +6,15 @@
 //! `skos:Concept`, ...): the DCAT-AP SHACL range shapes check classes, and harvesters
 //! do not infer them.
 
+use crate::cache::cached;
 use crate::error::{ApiError, ApiResult};
-use crate::geo::cached;
-use crate::params::{BaseUrl, StrictQuery};
-use crate::sensors::NoParams;
+use crate::params::{BaseUrl, NoParams, StrictQuery};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use cityhub_config::Kind;
 use cityhub_store::query::{self, KindExtent};
 use oxrdf::vocab::{rdf, xsd};
 use oxrdf::{Literal, NamedNode, NamedOrBlankNode, Term, Triple};
@@ -160,21 +160,46 @@ fn spatial(
     Ok(())
 }
 
+/// The nodes every dataset points to.
+struct Shared {
+    catalog: NamedNode,
+    service: NamedNode,
+    publisher: NamedNode,
+    holder: NamedNode,
+    contact: NamedNode,
+    licence: NamedNode,
+    themes: NamedNode,
+    frequency: NamedNode,
+    availability: NamedNode,
+    now: DateTime<Utc>,
+}
+
 /// Builds the whole catalogue for the kinds configured now and the data stored now.
 fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> ApiResult<Graph> {
-    let c = &s.settings.catalog;
     let mut g = Graph {
         triples: Vec::new(),
     };
+    let sh = catalog_node(&mut g, s, base, extents)?;
+    for kind in s.catalog.iter() {
+        let ext = extents.get(kind.name.as_str()).cloned().unwrap_or_default();
+        dataset(&mut g, &sh, base, kind, &ext, s)?;
+    }
+    Ok(g)
+}
+
+/// The catalogue, its publisher, rights holder, contact point, licence, concepts and
+/// the OGC API data service.
+fn catalog_node(
+    g: &mut Graph,
+    s: &AppState,
+    base: &str,
+    extents: &HashMap<String, KindExtent>,
+) -> ApiResult<Shared> {
+    let c = &s.settings.catalog;
     let now = Utc::now();
     let catalog = iri(&format!("{base}/catalog"))?;
-    let publisher = iri(&format!("{base}/catalog#publisher"))?;
-    let holder = iri(&format!("{base}/catalog#rights-holder"))?;
-    let contact = iri(&format!("{base}/catalog#contact-point"))?;
-    let licence = iri(&c.licence_url)?;
     let homepage = iri(&c.homepage)?;
     let themes = iri(&format!("{EU}data-theme"))?;
-    let service = iri(&format!("{base}/ogc"))?;
     let newest = extents.values().filter_map(|e| e.last).max();
 
     g.typed(&catalog, &[v(DCAT, "Catalog"), v(DCATAPIT, "Catalog")]);
@@ -182,7 +207,6 @@ fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> Api
     g.text(&catalog, v(DCT, "title"), &c.title_en, "en");
     g.text(&catalog, v(DCT, "description"), &c.description, "it");
     g.text(&catalog, v(DCT, "description"), &c.description_en, "en");
-    g.add(&catalog, v(DCT, "publisher"), publisher.clone());
     g.date(&catalog, v(DCT, "modified"), newest.unwrap_or(now));
     g.add(&catalog, v(FOAF, "homepage"), homepage.clone());
     g.typed(&homepage, &[v(FOAF, "Document")]);
@@ -194,7 +218,59 @@ fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> Api
         g.add(&catalog, v(DCT, "language"), lang.clone());
         g.typed(&lang, &[v(DCT, "LinguisticSystem")]);
     }
+    let (publisher, holder, contact) = agents(g, s, base)?;
+    g.add(&catalog, v(DCT, "publisher"), publisher.clone());
+    let licence = licence(g, s)?;
 
+    let availability = iri(&format!("{EU}planned-availability/AVAILABLE"))?;
+    g.typed(&availability, &[v(SKOS, "Concept")]);
+    g.text(&availability, v(SKOS, "prefLabel"), "available", "en");
+    let frequency = iri(&format!("{EU}frequency/{}", c.accrual_periodicity))?;
+    g.typed(&frequency, &[v(DCT, "Frequency")]);
+
+    let sh = Shared {
+        service: iri(&format!("{base}/ogc"))?,
+        catalog,
+        publisher,
+        holder,
+        contact,
+        licence,
+        themes,
+        frequency,
+        availability,
+        now,
+    };
+    data_service(g, &sh, base)?;
+    g.add(&sh.catalog, v(DCT, "license"), sh.licence.clone());
+    let all = extents
+        .values()
+        .filter_map(|e| e.bbox)
+        .reduce(|a, b| query::Bbox {
+            min_lon: a.min_lon.min(b.min_lon),
+            min_lat: a.min_lat.min(b.min_lat),
+            max_lon: a.max_lon.max(b.max_lon),
+            max_lat: a.max_lat.max(b.max_lat),
+        });
+    spatial(
+        g,
+        &sh.catalog,
+        c.spatial_uri.as_deref(),
+        all,
+        &format!("{base}/catalog#area"),
+    )?;
+    if let Some(first) = extents.values().filter_map(|e| e.first).min() {
+        g.date(&sh.catalog, v(DCT, "issued"), first);
+    }
+    g.add(&sh.catalog, v(DCAT, "service"), sh.service.clone());
+    Ok(sh)
+}
+
+/// Publisher, rights holder (both local authorities with an IPA code) and contact point.
+fn agents(g: &mut Graph, s: &AppState, base: &str) -> ApiResult<(NamedNode, NamedNode, NamedNode)> {
+    let c = &s.settings.catalog;
+    let publisher = iri(&format!("{base}/catalog#publisher"))?;
+    let holder = iri(&format!("{base}/catalog#rights-holder"))?;
+    let contact = iri(&format!("{base}/catalog#contact-point"))?;
     let authority = iri("http://purl.org/adms/publishertype/LocalAuthority")?;
     g.typed(&authority, &[v(SKOS, "Concept")]);
     g.text(&authority, v(SKOS, "prefLabel"), "Local Authority", "en");
@@ -204,9 +280,9 @@ fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> Api
         g.plain(node, v(DCT, "identifier"), ipa);
         g.add(node, v(DCT, "type"), authority.clone());
     };
-    agent(&mut g, &publisher, &c.publisher_name, &c.publisher_ipa);
+    agent(g, &publisher, &c.publisher_name, &c.publisher_ipa);
     agent(
-        &mut g,
+        g,
         &holder,
         c.rights_holder_name.as_deref().unwrap_or(&c.publisher_name),
         c.rights_holder_ipa.as_deref().unwrap_or(&c.publisher_ipa),
@@ -226,6 +302,13 @@ fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> Api
         iri(&format!("mailto:{}", c.contact_email))?,
     );
 
+    Ok((publisher, holder, contact))
+}
+
+/// The licence document (CC BY 4.0 by default), typed as an attribution licence.
+fn licence(g: &mut Graph, s: &AppState) -> ApiResult<NamedNode> {
+    let c = &s.settings.catalog;
+    let licence = iri(&c.licence_url)?;
     g.typed(
         &licence,
         &[v(DCT, "LicenseDocument"), v(DCATAPIT, "LicenseDocument")],
@@ -236,215 +319,230 @@ fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> Api
     g.typed(&attribution, &[v(SKOS, "Concept")]);
     g.text(&attribution, v(SKOS, "prefLabel"), "Attribution", "en");
 
-    let availability = iri(&format!("{EU}planned-availability/AVAILABLE"))?;
-    g.typed(&availability, &[v(SKOS, "Concept")]);
-    g.text(&availability, v(SKOS, "prefLabel"), "available", "en");
-    let frequency = iri(&format!("{EU}frequency/{}", c.accrual_periodicity))?;
-    g.typed(&frequency, &[v(DCT, "Frequency")]);
+    Ok(licence)
+}
 
+/// The OGC API as a data service every dataset is served by.
+fn data_service(g: &mut Graph, sh: &Shared, base: &str) -> ApiResult<()> {
+    let (service, contact, licence, publisher) =
+        (&sh.service, &sh.contact, &sh.licence, &sh.publisher);
     // The OGC API as a data service every dataset is served by.
-    g.typed(&service, &[v(DCAT, "DataService")]);
+    g.typed(service, &[v(DCAT, "DataService")]);
     g.text(
-        &service,
+        service,
         v(DCT, "title"),
         "OGC API - Features dei sensori urbani",
         "it",
     );
     g.text(
-        &service,
+        service,
         v(DCT, "title"),
         "OGC API - Features of the urban sensors",
         "en",
     );
-    g.add(&service, v(DCAT, "endpointURL"), service.clone());
+    g.add(service, v(DCAT, "endpointURL"), service.clone());
     let openapi = iri(&format!("{base}/openapi.json"))?;
-    g.add(&service, v(DCAT, "endpointDescription"), openapi.clone());
+    g.add(service, v(DCAT, "endpointDescription"), openapi.clone());
     // DCAT-AP's range shapes want both typed, even as plain resources.
-    g.typed(&service, &[v(RDFS, "Resource")]);
-    g.add(&service, v(DCAT, "contactPoint"), contact.clone());
-    g.plain(&service, v(DCAT, "keyword"), "OGC API - Features");
-    g.add(&catalog, v(DCT, "license"), licence.clone());
-    let all = extents
-        .values()
-        .filter_map(|e| e.bbox)
-        .reduce(|a, b| query::Bbox {
-            min_lon: a.min_lon.min(b.min_lon),
-            min_lat: a.min_lat.min(b.min_lat),
-            max_lon: a.max_lon.max(b.max_lon),
-            max_lat: a.max_lat.max(b.max_lat),
-        });
-    spatial(
-        &mut g,
-        &catalog,
-        c.spatial_uri.as_deref(),
-        all,
-        &format!("{base}/catalog#area"),
-    )?;
-    if let Some(first) = extents.values().filter_map(|e| e.first).min() {
-        g.date(&catalog, v(DCT, "issued"), first);
-    }
+    g.typed(service, &[v(RDFS, "Resource")]);
+    g.add(service, v(DCAT, "contactPoint"), contact.clone());
+    g.plain(service, v(DCAT, "keyword"), "OGC API - Features");
     g.typed(&openapi, &[v(RDFS, "Resource")]);
     let ogc_core = iri(crate::ogc::CONFORMANCE[0])?;
-    g.add(&service, v(DCT, "conformsTo"), ogc_core.clone());
+    g.add(service, v(DCT, "conformsTo"), ogc_core.clone());
     g.typed(&ogc_core, &[v(DCT, "Standard")]);
-    g.add(&service, v(DCT, "license"), licence.clone());
-    g.add(&service, v(DCT, "publisher"), publisher.clone());
-    g.add(&catalog, v(DCAT, "service"), service.clone());
+    g.add(service, v(DCT, "license"), licence.clone());
+    g.add(service, v(DCT, "publisher"), publisher.clone());
+    Ok(())
+}
 
-    for kind in s.catalog.iter() {
-        let k = kind.name.as_str();
-        let def = &kind.def;
-        let ext = extents.get(k).cloned().unwrap_or_default();
-        let ds = iri(&format!("{base}/catalog/dataset/{k}"))?;
-        g.add(&catalog, v(DCAT, "dataset"), ds.clone());
-        g.add(&service, v(DCAT, "servesDataset"), ds.clone());
-        g.typed(&ds, &[v(DCAT, "Dataset"), v(DCATAPIT, "Dataset")]);
-        g.plain(
-            &ds,
-            v(DCT, "identifier"),
-            &format!("{}:{k}", c.publisher_ipa),
-        );
+/// One kind's dataset: titles and descriptions in both languages, theme, keywords,
+/// extents, and its distributions.
+fn dataset(
+    g: &mut Graph,
+    sh: &Shared,
+    base: &str,
+    kind: &Kind,
+    ext: &KindExtent,
+    s: &AppState,
+) -> ApiResult<()> {
+    let c = &s.settings.catalog;
+    let k = kind.name.as_str();
+    let def = &kind.def;
+    let (catalog, service, themes, frequency, publisher, holder, contact, now) = (
+        &sh.catalog,
+        &sh.service,
+        &sh.themes,
+        &sh.frequency,
+        &sh.publisher,
+        &sh.holder,
+        &sh.contact,
+        sh.now,
+    );
+    let ds = iri(&format!("{base}/catalog/dataset/{k}"))?;
+    g.add(catalog, v(DCAT, "dataset"), ds.clone());
+    g.add(service, v(DCAT, "servesDataset"), ds.clone());
+    g.typed(&ds, &[v(DCAT, "Dataset"), v(DCATAPIT, "Dataset")]);
+    g.plain(
+        &ds,
+        v(DCT, "identifier"),
+        &format!("{}:{k}", c.publisher_ipa),
+    );
+    g.text(
+        &ds,
+        v(DCT, "title"),
+        def.title_it.as_deref().unwrap_or(&def.title),
+        "it",
+    );
+    g.text(&ds, v(DCT, "title"), &def.title, "en");
+    let metrics: Vec<String> = kind
+        .metrics
+        .values()
+        .map(|m| format!("{} ({})", m.name, m.unit))
+        .collect();
+    let desc_en = format!(
+        "{} Latest value of each sensor, updated as readings arrive; metrics: {}.",
+        def.description.as_deref().unwrap_or(&def.title),
+        metrics.join(", ")
+    );
+    let desc_it = format!(
+        "{} Ultimo valore di ogni sensore, aggiornato all'arrivo delle letture; grandezze: {}.",
+        def.description_it
+            .as_deref()
+            .or(def.title_it.as_deref())
+            .unwrap_or(&def.title),
+        metrics.join(", ")
+    );
+    g.text(&ds, v(DCT, "description"), &desc_it, "it");
+    g.text(&ds, v(DCT, "description"), &desc_en, "en");
+    let theme = iri(&format!("{EU}data-theme/{}", def.theme))?;
+    g.add(&ds, v(DCAT, "theme"), theme.clone());
+    g.add(service, v(DCAT, "theme"), theme.clone());
+    g.typed(&theme, &[v(SKOS, "Concept")]);
+    g.add(&theme, v(SKOS, "inScheme"), themes.clone());
+    if let Some((en, it)) = theme_labels(&def.theme) {
+        g.text(&theme, v(SKOS, "prefLabel"), en, "en");
+        g.text(&theme, v(SKOS, "prefLabel"), it, "it");
+    }
+    g.add(&ds, v(DCT, "accrualPeriodicity"), frequency.clone());
+    g.add(&ds, v(DCT, "publisher"), publisher.clone());
+    g.add(&ds, v(DCT, "rightsHolder"), holder.clone());
+    g.add(&ds, v(DCAT, "contactPoint"), contact.clone());
+    g.date(&ds, v(DCT, "modified"), ext.last.unwrap_or(now));
+    if let Some(first) = ext.first {
+        g.date(&ds, v(DCT, "issued"), first);
+    }
+    for l in &c.languages {
+        g.add(&ds, v(DCT, "language"), iri(&format!("{EU}language/{l}"))?);
+    }
+    for kw in std::iter::once(k.replace('_', " ")).chain(kind.metrics.keys().map(|m| m.to_string()))
+    {
+        g.plain(&ds, v(DCAT, "keyword"), &kw);
+    }
+    let landing = iri(&format!("{base}/ogc/collections/{k}"))?;
+    g.add(&ds, v(DCAT, "landingPage"), landing.clone());
+    g.typed(&landing, &[v(FOAF, "Document")]);
+    spatial(
+        g,
+        &ds,
+        c.spatial_uri.as_deref(),
+        ext.bbox,
+        &format!("{base}/catalog/dataset/{k}#area"),
+    )?;
+    if let (Some(first), Some(last)) = (ext.first, ext.last) {
+        let period = iri(&format!("{base}/catalog/dataset/{k}#period"))?;
+        g.add(&ds, v(DCT, "temporal"), period.clone());
+        g.typed(&period, &[v(DCT, "PeriodOfTime")]);
+        g.datetime(&period, v(DCAT, "startDate"), first);
+        g.datetime(&period, v(DCAT, "endDate"), last);
+    }
+
+    distributions(g, sh, base, kind, ext, &ds)
+}
+
+/// GeoJSON and CSV downloads, and the OGC API items, of one dataset.
+fn distributions(
+    g: &mut Graph,
+    sh: &Shared,
+    base: &str,
+    kind: &Kind,
+    ext: &KindExtent,
+    ds: &NamedNode,
+) -> ApiResult<()> {
+    let k = kind.name.as_str();
+    let def = &kind.def;
+    let (service, licence, availability, now) =
+        (&sh.service, &sh.licence, &sh.availability, sh.now);
+    let dists = [
+        (
+            "geojson",
+            format!("{base}/feeds/{k}.geojson"),
+            "GEOJSON",
+            "application/geo+json",
+            "Ultimi valori dei sensori (GeoJSON)",
+            "Latest sensor values (GeoJSON)",
+            true,
+        ),
+        (
+            "csv",
+            format!("{base}/feeds/{k}.csv"),
+            "CSV",
+            "text/csv",
+            "Ultimi valori dei sensori (CSV, unità nelle intestazioni)",
+            "Latest sensor values (CSV, units in the headers)",
+            true,
+        ),
+        (
+            "ogc",
+            format!("{base}/ogc/collections/{k}/items"),
+            "GEOJSON",
+            "application/geo+json",
+            "Sensori tramite OGC API - Features",
+            "Sensors through OGC API - Features",
+            false,
+        ),
+    ];
+    for (suffix, url, format, media, title_it, title_en, download) in dists {
+        let d = iri(&format!("{base}/catalog/dataset/{k}/{suffix}"))?;
+        let access = iri(&url)?;
+        g.add(ds, v(DCAT, "distribution"), d.clone());
+        g.typed(&d, &[v(DCAT, "Distribution"), v(DCATAPIT, "Distribution")]);
+        g.add(&d, v(DCAT, "accessURL"), access.clone());
+        if download {
+            g.add(&d, v(DCAT, "downloadURL"), access);
+        } else {
+            g.add(&d, v(DCAT, "accessService"), service.clone());
+        }
+        let fmt = iri(&format!("{EU}file-type/{format}"))?;
+        g.add(&d, v(DCT, "format"), fmt.clone());
+        g.typed(&fmt, &[v(DCT, "MediaTypeOrExtent")]);
+        let mt = iri(&format!(
+            "http://www.iana.org/assignments/media-types/{media}"
+        ))?;
+        g.add(&d, v(DCAT, "mediaType"), mt.clone());
+        g.typed(&mt, &[v(DCT, "MediaType")]);
+        g.add(&d, v(DCT, "license"), licence.clone());
+        g.text(&d, v(DCT, "title"), title_it, "it");
+        g.text(&d, v(DCT, "title"), title_en, "en");
         g.text(
-            &ds,
-            v(DCT, "title"),
-            def.title_it.as_deref().unwrap_or(&def.title),
+            &d,
+            v(DCT, "description"),
+            &format!(
+                "{title_it}: {}",
+                def.title_it.as_deref().unwrap_or(&def.title)
+            ),
             "it",
         );
-        g.text(&ds, v(DCT, "title"), &def.title, "en");
-        let metrics: Vec<String> = kind
-            .metrics
-            .values()
-            .map(|m| format!("{} ({})", m.name, m.unit))
-            .collect();
-        let desc_en = format!(
-            "{} Latest value of each sensor, updated as readings arrive; metrics: {}.",
-            def.description.as_deref().unwrap_or(&def.title),
-            metrics.join(", ")
+        g.text(
+            &d,
+            v(DCT, "description"),
+            &format!("{title_en}: {}", def.title),
+            "en",
         );
-        let desc_it = format!(
-            "{} Ultimo valore di ogni sensore, aggiornato all'arrivo delle letture; grandezze: {}.",
-            def.description_it
-                .as_deref()
-                .or(def.title_it.as_deref())
-                .unwrap_or(&def.title),
-            metrics.join(", ")
-        );
-        g.text(&ds, v(DCT, "description"), &desc_it, "it");
-        g.text(&ds, v(DCT, "description"), &desc_en, "en");
-        let theme = iri(&format!("{EU}data-theme/{}", def.theme))?;
-        g.add(&ds, v(DCAT, "theme"), theme.clone());
-        g.add(&service, v(DCAT, "theme"), theme.clone());
-        g.typed(&theme, &[v(SKOS, "Concept")]);
-        g.add(&theme, v(SKOS, "inScheme"), themes.clone());
-        if let Some((en, it)) = theme_labels(&def.theme) {
-            g.text(&theme, v(SKOS, "prefLabel"), en, "en");
-            g.text(&theme, v(SKOS, "prefLabel"), it, "it");
-        }
-        g.add(&ds, v(DCT, "accrualPeriodicity"), frequency.clone());
-        g.add(&ds, v(DCT, "publisher"), publisher.clone());
-        g.add(&ds, v(DCT, "rightsHolder"), holder.clone());
-        g.add(&ds, v(DCAT, "contactPoint"), contact.clone());
-        g.date(&ds, v(DCT, "modified"), ext.last.unwrap_or(now));
-        if let Some(first) = ext.first {
-            g.date(&ds, v(DCT, "issued"), first);
-        }
-        for l in &c.languages {
-            g.add(&ds, v(DCT, "language"), iri(&format!("{EU}language/{l}"))?);
-        }
-        for kw in
-            std::iter::once(k.replace('_', " ")).chain(kind.metrics.keys().map(|m| m.to_string()))
-        {
-            g.plain(&ds, v(DCAT, "keyword"), &kw);
-        }
-        let landing = iri(&format!("{base}/ogc/collections/{k}"))?;
-        g.add(&ds, v(DCAT, "landingPage"), landing.clone());
-        g.typed(&landing, &[v(FOAF, "Document")]);
-        spatial(
-            &mut g,
-            &ds,
-            c.spatial_uri.as_deref(),
-            ext.bbox,
-            &format!("{base}/catalog/dataset/{k}#area"),
-        )?;
-        if let (Some(first), Some(last)) = (ext.first, ext.last) {
-            let period = iri(&format!("{base}/catalog/dataset/{k}#period"))?;
-            g.add(&ds, v(DCT, "temporal"), period.clone());
-            g.typed(&period, &[v(DCT, "PeriodOfTime")]);
-            g.datetime(&period, v(DCAT, "startDate"), first);
-            g.datetime(&period, v(DCAT, "endDate"), last);
-        }
-
-        let dists = [
-            (
-                "geojson",
-                format!("{base}/feeds/{k}.geojson"),
-                "GEOJSON",
-                "application/geo+json",
-                "Ultimi valori dei sensori (GeoJSON)",
-                "Latest sensor values (GeoJSON)",
-                true,
-            ),
-            (
-                "csv",
-                format!("{base}/feeds/{k}.csv"),
-                "CSV",
-                "text/csv",
-                "Ultimi valori dei sensori (CSV, unità nelle intestazioni)",
-                "Latest sensor values (CSV, units in the headers)",
-                true,
-            ),
-            (
-                "ogc",
-                format!("{base}/ogc/collections/{k}/items"),
-                "GEOJSON",
-                "application/geo+json",
-                "Sensori tramite OGC API - Features",
-                "Sensors through OGC API - Features",
-                false,
-            ),
-        ];
-        for (suffix, url, format, media, title_it, title_en, download) in dists {
-            let d = iri(&format!("{base}/catalog/dataset/{k}/{suffix}"))?;
-            let access = iri(&url)?;
-            g.add(&ds, v(DCAT, "distribution"), d.clone());
-            g.typed(&d, &[v(DCAT, "Distribution"), v(DCATAPIT, "Distribution")]);
-            g.add(&d, v(DCAT, "accessURL"), access.clone());
-            if download {
-                g.add(&d, v(DCAT, "downloadURL"), access);
-            } else {
-                g.add(&d, v(DCAT, "accessService"), service.clone());
-            }
-            let fmt = iri(&format!("{EU}file-type/{format}"))?;
-            g.add(&d, v(DCT, "format"), fmt.clone());
-            g.typed(&fmt, &[v(DCT, "MediaTypeOrExtent")]);
-            let mt = iri(&format!(
-                "http://www.iana.org/assignments/media-types/{media}"
-            ))?;
-            g.add(&d, v(DCAT, "mediaType"), mt.clone());
-            g.typed(&mt, &[v(DCT, "MediaType")]);
-            g.add(&d, v(DCT, "license"), licence.clone());
-            g.text(&d, v(DCT, "title"), title_it, "it");
-            g.text(&d, v(DCT, "title"), title_en, "en");
-            g.text(
-                &d,
-                v(DCT, "description"),
-                &format!(
-                    "{title_it}: {}",
-                    def.title_it.as_deref().unwrap_or(&def.title)
-                ),
-                "it",
-            );
-            g.text(
-                &d,
-                v(DCT, "description"),
-                &format!("{title_en}: {}", def.title),
-                "en",
-            );
-            g.date(&d, v(DCT, "modified"), ext.last.unwrap_or(now));
-            g.add(&d, v(DCATAP, "availability"), availability.clone());
-        }
+        g.date(&d, v(DCT, "modified"), ext.last.unwrap_or(now));
+        g.add(&d, v(DCATAP, "availability"), availability.clone());
     }
-    Ok(g)
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

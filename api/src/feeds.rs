@@ -2,10 +2,10 @@
 //! row per sensor with its latest values. Columns follow the kind catalogue, so
 //! they stay the same whatever the sensors sent.
 
+use crate::cache::cached;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::geo::{self, cached, flat_feature, FeatureCollection, GEOJSON};
-use crate::params::StrictQuery;
-use crate::sensors::{known_kind, NoParams};
+use crate::geo::{self, flat_feature, FeatureCollection, GEOJSON};
+use crate::params::{known_kind, NoParams, StrictQuery};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
@@ -79,7 +79,7 @@ pub async fn feed(
         return Ok(cached(
             &headers,
             GEOJSON,
-            geo::to_json(&fc)?,
+            crate::cache::to_json(&fc)?,
             modified,
             &[disposition],
         ));

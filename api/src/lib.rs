@@ -3,15 +3,19 @@
 //! Every public endpoint is described in `/openapi.json`, generated from the
 //! handlers' annotations.
 
+mod admin;
+mod cache;
 mod dcat;
 mod docs;
 pub mod error;
 mod feeds;
 pub mod geo;
 mod health;
+mod kinds;
 pub mod live;
 mod ogc;
 pub mod params;
+mod readings;
 mod sensors;
 pub mod uploads;
 mod web;
@@ -140,11 +144,11 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .routes(routes!(uploads::ingest_sensor_community))
-        .routes(routes!(sensors::kinds))
+        .routes(routes!(kinds::kinds))
         .routes(routes!(sensors::list))
-        .routes(routes!(sensors::one, sensors::put))
-        .routes(routes!(sensors::readings))
-        .routes(routes!(sensors::dead_letters))
+        .routes(routes!(sensors::one, admin::put))
+        .routes(routes!(readings::readings))
+        .routes(routes!(admin::dead_letters))
         .routes(routes!(live::stream))
         .routes(routes!(feeds::feed))
         .routes(routes!(ogc::landing))

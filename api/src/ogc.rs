@@ -5,8 +5,8 @@
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::feeds::metric_columns;
 use crate::geo::{self, flat_feature, Feature, FeatureCollection, Link, GEOJSON};
+use crate::params::known_kind;
 use crate::params::{enc, parse_bbox, parse_datetime, BaseUrl, StrictQuery};
-use crate::sensors::known_kind;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -363,7 +363,11 @@ pub async fn items(
         "application/json",
         "The collection",
     ));
-    Ok(([(header::CONTENT_TYPE, GEOJSON)], geo::to_json(&fc)?).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, GEOJSON)],
+        crate::cache::to_json(&fc)?,
+    )
+        .into_response())
 }
 
 /// One sensor of a kind.
@@ -421,5 +425,9 @@ pub async fn item(
             serde_json::to_value(links).unwrap_or_default(),
         );
     }
-    Ok(([(header::CONTENT_TYPE, GEOJSON)], geo::to_json(&v)?).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, GEOJSON)],
+        crate::cache::to_json(&v)?,
+    )
+        .into_response())
 }

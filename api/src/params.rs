@@ -1,13 +1,15 @@
 //! Request parsing shared by the endpoints: strict query strings, bounding boxes,
 //! times and intervals, and the base URL links are built on.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use cityhub_store::query::Bbox;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 /// A query string with no parameter the endpoint does not know (OGC API - Features
 /// requires a 400 for those; elsewhere it catches typos such as `kinds=`).
@@ -179,5 +181,27 @@ mod tests {
         assert!(parse_datetime("../..").is_err());
         assert!(parse_datetime("2026-03-02/2026-03-01").is_err());
         assert!(parse_datetime("yesterday").is_err());
+    }
+}
+
+/// Endpoints that take no query parameters still refuse unknown ones.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// Checks a kind name against the catalogue.
+pub fn known_kind(s: &AppState, kind: &str) -> ApiResult<()> {
+    s.unknown_kind(kind)
+        .map_or(Ok(()), |m| Err(ApiError::NotFound(m)))
+}
+
+/// A page size within 1..=`http.max_page`.
+pub fn page_limit(s: &AppState, given: Option<u32>, default: u32) -> ApiResult<u32> {
+    let max = s.settings.http.max_page;
+    match given.unwrap_or(default) {
+        l if l == 0 || l > max => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {max}"
+        ))),
+        l => Ok(l),
     }
 }

@@ -83,6 +83,14 @@ pub(super) fn decoded_object(
     }
 }
 
+/// What an uplink says: which sensor, of which kind, when, and its decoded fields.
+struct Uplink<'k> {
+    sensor: SensorId,
+    kind: &'k Kind,
+    time: DateTime<Utc>,
+    fields: Map<String, Value>,
+}
+
 /// Names which adapter refused a message.
 fn tagged(mut out: Decoded, tag: &str) -> Decoded {
     for p in &mut out.problems {
@@ -108,7 +116,12 @@ impl Decoder {
         };
         let net = network(a.format);
         let found = self.uplink(a, net, &doc, now, http_sensor);
-        let (sensor, kind, time, fields) = match found {
+        let Uplink {
+            sensor,
+            kind,
+            time,
+            fields,
+        } = match found {
             Ok(f) => f,
             Err(p) => {
                 out.problems.push(p);
@@ -141,7 +154,7 @@ impl Decoder {
         doc: &Value,
         now: DateTime<Utc>,
         http_sensor: Option<&str>,
-    ) -> Result<(SensorId, &Kind, DateTime<Utc>, Map<String, Value>), Problem> {
+    ) -> Result<Uplink<'_>, Problem> {
         if !doc.is_object() {
             return Err(problem(
                 RejectReason::BadShape,
@@ -163,7 +176,12 @@ impl Decoder {
             _ => now,
         };
         let fields = (net.fields)(doc)?;
-        Ok((sensor, kind, time, fields))
+        Ok(Uplink {
+            sensor,
+            kind,
+            time,
+            fields,
+        })
     }
 
     /// The kind: fixed by the adapter, or read from the uplink (through `kind_map`).

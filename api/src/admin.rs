@@ -1,0 +1,245 @@
+//! Admin calls (bearer token): register or replace a sensor, read dead letters.
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::geo::{self, sensor_feature, Feature, GEOJSON};
+use crate::params::{enc, page_limit, BaseUrl, StrictQuery};
+use crate::sensors::sensor_id;
+use crate::{Admin, AppState};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use cityhub_config::GeoPoint;
+use cityhub_store::query::{self, SensorFilter, SensorPut};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+/// What `PUT /api/v1/sensors/{id}` takes: a GeoJSON Feature (or just its properties'
+/// content) with `kind`, optional `name`, and any further registry attributes.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SensorInput {
+    /// `Feature` (optional).
+    #[serde(rename = "type")]
+    pub kind_of_object: Option<String>,
+    /// A GeoJSON Point, or null for a sensor with no fixed position.
+    #[schema(value_type = Object)]
+    pub geometry: Option<Value>,
+    /// `kind` (required), `name`, and attributes such as `depth_mm`.
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+}
+
+/// A GeoJSON Point geometry as a position.
+fn point(g: Value) -> ApiResult<GeoPoint> {
+    let not_a_point =
+        || ApiError::BadRequest("geometry must be a GeoJSON Point [lon, lat] or null".into());
+    let g: geojson::Geometry = serde_json::from_value(g).map_err(|_| not_a_point())?;
+    let geojson::GeometryValue::Point { coordinates } = g.value else {
+        return Err(not_a_point());
+    };
+    let [lon, lat, ..] = coordinates.as_slice() else {
+        return Err(not_a_point());
+    };
+    GeoPoint::new(*lat, *lon).map_err(|e| ApiError::BadRequest(format!("geometry: {e}")))
+}
+
+/// Attribute names the API itself uses in a sensor's properties.
+const RESERVED: &[&str] = &["id", "kind", "name", "latest", "first_seen", "last_seen"];
+
+/// Registers a sensor or replaces its record (position, name, attributes). Admin only.
+#[utoipa::path(put, path = "/api/v1/sensors/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Sensor id")),
+    request_body(content = SensorInput, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Registered", body = Feature),
+        (status = 200, description = "Replaced", body = Feature),
+        (status = 400, description = "Invalid sensor", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Wrong token", body = ErrorBody),
+        (status = 409, description = "Registered under another kind", body = ErrorBody)))]
+pub async fn put(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let id = sensor_id(&id)?;
+    let input: SensorInput =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+    if input
+        .kind_of_object
+        .as_deref()
+        .is_some_and(|t| t != "Feature")
+    {
+        return Err(ApiError::BadRequest(
+            "body: type must be \"Feature\"".into(),
+        ));
+    }
+    let mut props = input.properties;
+    let kind = match props.remove("kind") {
+        Some(Value::String(k)) => k,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "properties.kind (a string) is required".into(),
+            ))
+        }
+    };
+    if let Some(m) = s.unknown_kind(&kind) {
+        return Err(ApiError::BadRequest(m));
+    }
+    let name = match props.remove("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) if n.chars().count() <= 200 && !n.chars().any(char::is_control) => {
+            Some(n)
+        }
+        Some(Value::String(_)) => {
+            return Err(ApiError::BadRequest(
+                "properties.name must be at most 200 printable characters".into(),
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "properties.name must be a string".into(),
+            ))
+        }
+    };
+    if let Some(r) = props.keys().find(|k| RESERVED.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!("properties.{r} is reserved")));
+    }
+    let location = match input.geometry {
+        None | Some(Value::Null) => None,
+        Some(g) => Some(point(g)?),
+    };
+    let store = s.store()?;
+    let created = query::put_sensor(
+        store,
+        &SensorPut {
+            id: id.clone(),
+            kind: kind.clone(),
+            name,
+            location,
+            properties: props,
+        },
+    )
+    .await?;
+    tracing::info!(sensor = %id, kind, created, "Sensor registered by an admin.");
+    let rows = query::sensors(
+        store,
+        &SensorFilter {
+            kinds: vec![kind],
+            id: Some(id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let feature = rows
+        .first()
+        .map(sensor_feature)
+        .ok_or_else(|| ApiError::Internal("sensor vanished after registration".into()))?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        code,
+        [(header::CONTENT_TYPE, GEOJSON)],
+        crate::cache::to_json(&feature)?,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterParams {
+    /// Only this reason code (e.g. `out_of_range`).
+    reason: Option<String>,
+    /// Entries older than this id (the `next` link carries it).
+    before: Option<i64>,
+    /// Default 100.
+    #[param(minimum = 1)]
+    limit: Option<u32>,
+}
+
+/// A message that could not be stored, with why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterOut {
+    pub id: i64,
+    pub received_at: String,
+    pub topic: String,
+    pub reason_code: String,
+    pub reason: String,
+    /// The payload as text when it is UTF-8...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// ...else base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    pub dead_letters: Vec<DeadLetterOut>,
+    pub links: Vec<geo::Link>,
+}
+
+/// Dead letters, newest first. Admin only.
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "admin", params(DeadLetterParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of dead letters", body = DeadLetterPage),
+        (status = 400, description = "Bad parameter", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Wrong token", body = ErrorBody)))]
+pub async fn dead_letters(
+    _: Admin,
+    State(s): State<AppState>,
+    base: BaseUrl,
+    StrictQuery(p): StrictQuery<DeadLetterParams>,
+) -> ApiResult<Json<DeadLetterPage>> {
+    let limit = page_limit(&s, p.limit, 100)?;
+    let rows =
+        query::dead_letters(s.store()?, p.reason.as_deref(), p.before, i64::from(limit)).await?;
+    let mut links = Vec::new();
+    if rows.len() == limit as usize {
+        if let Some(last) = rows.last() {
+            let mut q = format!("limit={limit}&before={}", last.id);
+            if let Some(r) = &p.reason {
+                q.push_str(&format!("&reason={}", enc(r)));
+            }
+            links.push(geo::Link::new(
+                "next",
+                format!("{}/api/v1/dead-letters?{q}", base.0),
+                "application/json",
+                "older entries",
+            ));
+        }
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(Json(DeadLetterPage {
+        dead_letters: rows
+            .into_iter()
+            .map(|d| {
+                let (payload, payload_base64) = match String::from_utf8(d.payload) {
+                    Ok(t) => (Some(t), None),
+                    Err(e) => (None, Some(b64.encode(e.into_bytes()))),
+                };
+                DeadLetterOut {
+                    id: d.id,
+                    received_at: geo::rfc3339(d.received_at),
+                    topic: d.topic,
+                    reason_code: d.reason_code,
+                    reason: d.reason,
+                    payload,
+                    payload_base64,
+                }
+            })
+            .collect(),
+        links,
+    }))
+}
