@@ -94,16 +94,12 @@ async fn chirpstack_and_the_things_stack_uplinks_end_to_end() {
         text.push_str(&format!("{id},waste_bin,{d}\n"));
     }
     std::fs::write(&csv, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cityhub"))
-        .args(["sensors", "import", csv.to_str().unwrap()])
-        .env("CITYHUB_DATABASE_URL", &db.url)
-        .env("CITYHUB_CONFIG", &conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok(
+        &["sensors", "import", csv.to_str().unwrap()],
+        &[
+            ("CITYHUB_DATABASE_URL", &db.url),
+            ("CITYHUB_CONFIG", conf.to_str().unwrap()),
+        ],
     );
 
     let hub = Hub::start(

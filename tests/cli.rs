@@ -3,18 +3,6 @@
 
 use cityhub_testkit::*;
 use serde_json::json;
-use std::process::Command;
-
-fn cityhub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cityhub"));
-    cmd.args(args)
-        .current_dir(std::env::temp_dir())
-        .env_remove("CITYHUB_CONFIG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
 
 #[test]
 fn config_print_shows_layers_and_hides_secrets() {
@@ -26,7 +14,7 @@ fn config_print_shows_layers_and_hides_secrets() {
         "[ingest]\nbatch_max_rows = 123\n[mqtt]\npassword = \"file-secret\"\n",
     )
     .unwrap();
-    let out = cityhub(
+    let out = cli(
         &["--config", file.to_str().unwrap(), "config", "print"],
         &[
             ("CITYHUB_DATABASE_URL", "postgres://u:env-secret@db/x"),
@@ -46,7 +34,7 @@ fn config_print_shows_layers_and_hides_secrets() {
         !text.contains("env-secret") && !text.contains("file-secret"),
         "{text}"
     );
-    let bad = cityhub(&["--config", "/nonexistent.toml", "config", "print"], &[]);
+    let bad = cli(&["--config", "/nonexistent.toml", "config", "print"], &[]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not exist"));
 }
@@ -72,7 +60,7 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
         ("CITYHUB_DATABASE_URL", db.url.as_str()),
         ("CITYHUB_CONFIG", conf.to_str().unwrap()),
     ];
-    let out = cityhub(&["migrate"], &env);
+    let out = cli(&["migrate"], &env);
     assert!(
         out.status.success(),
         "{}",
@@ -80,11 +68,11 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version 2"));
     // Idempotent.
-    assert!(cityhub(&["migrate"], &env).status.success());
+    assert!(cli(&["migrate"], &env).status.success());
 
     let csv = dir.join("sensors.csv");
     std::fs::write(&csv, "id,kind,name,lon,lat,depth_mm\nbin-001,waste_bin,Piazza del Comune,10.0236,45.1333,1200\npo-01,river_level,Po a Cremona,10.0106,45.1262,\n").unwrap();
-    let out = cityhub(&["sensors", "import", csv.to_str().unwrap()], &env);
+    let out = cli(&["sensors", "import", csv.to_str().unwrap()], &env);
     assert!(
         out.status.success(),
         "{}",
@@ -100,7 +88,7 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
         .to_string(),
     )
     .unwrap();
-    let out = cityhub(&["sensors", "import", gj.to_str().unwrap()], &env);
+    let out = cli(&["sensors", "import", gj.to_str().unwrap()], &env);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("1 updated"),
         "{}",
@@ -122,7 +110,7 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
     );
     // A file with an unknown kind is refused whole, with the reason.
     std::fs::write(&csv, "id,kind\nx-1,volcano\n").unwrap();
-    let out = cityhub(&["sensors", "import", csv.to_str().unwrap()], &env);
+    let out = cli(&["sensors", "import", csv.to_str().unwrap()], &env);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind \"volcano\""));
 

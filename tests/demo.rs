@@ -98,16 +98,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
     })
     .await;
     let committed = || async {
-        let text = reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("cityhub_observations_committed_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
+        cityhub_testkit::metric_at(&base, "cityhub_observations_committed_total").await
     };
     cityhub_testkit::wait_for(60, "readings from the simulated fleet", || async {
         committed().await > 100.0

@@ -11,8 +11,8 @@ async fn uci_air_quality_replay_lands_completely() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let _hub = Hub::start(&db, &broker, "replay", &[]).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cityhub"))
-        .args([
+    let out = cli_ok(
+        &[
             "sim",
             "replay",
             csv.to_str().unwrap(),
@@ -28,14 +28,8 @@ async fn uci_air_quality_replay_lands_completely() {
             "45.1335",
             "--lon",
             "10.0255",
-        ])
-        .env_remove("CITYHUB_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[],
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = report["expected_rows"].as_i64().unwrap();

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The built-in kind catalogue (DESIGN.md section 1).
+/// The built-in kind catalogue (`config/kinds.toml`; README, Sensor kinds).
 pub const DEFAULT_KINDS: &str = include_str!("../kinds.toml");
 
 /// Top-level sections; `CITYHUB_<SECTION>_<KEY>` maps to `<section>.<key>`.

@@ -9,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::f64::consts::PI;
 
-/// Cremona's extent (DESIGN.md section 7): west, south, east, north.
+/// Cremona's extent (the city's built-up area): west, south, east, north.
 pub const CREMONA: (f64, f64, f64, f64) = (9.99, 45.11, 10.07, 45.16);
 
 /// (name, lat, lon, spread in degrees, activity factor: traffic and waste).
@@ -148,7 +148,7 @@ pub struct SimSensor {
     activity: f64,
 }
 
-/// The kinds the simulator has physics for (DESIGN.md section 1).
+/// The kinds the simulator has physics for (the built-in catalogue).
 pub const BUILT_IN_KINDS: [&str; 4] = ["waste_bin", "streetlight", "bike_counter", "air_quality"];
 
 /// What to build: sensors per kind, and the share of faulty lamps.

@@ -43,131 +43,53 @@ impl std::fmt::Display for Backend {
 /// Arbitrary constant that serialises concurrent migrations of several hubs.
 const MIGRATION_LOCK: i64 = 0x0063_6974_7968_7562;
 
+/// One step of the schema: SQL run on both backends, then the backend's own part
+/// (`{retention}` and `{compress_after}` there are interval literals from settings).
 struct Migration {
     version: i32,
     name: &'static str,
-    /// Run on both backends.
     common: &'static str,
-    /// Backend-specific part; `{retention}` and `{compress_after}` are interval literals.
     plain: &'static str,
     timescale: &'static str,
 }
 
+/// `store/migrations/NNNN_name/{common,postgresql,timescaledb}.sql`, embedded in the binary.
+macro_rules! migration {
+    ($version:literal, $number:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            common: include_str!(concat!(
+                "../migrations/",
+                $number,
+                "_",
+                $name,
+                "/common.sql"
+            )),
+            plain: include_str!(concat!(
+                "../migrations/",
+                $number,
+                "_",
+                $name,
+                "/postgresql.sql"
+            )),
+            timescale: include_str!(concat!(
+                "../migrations/",
+                $number,
+                "_",
+                $name,
+                "/timescaledb.sql"
+            )),
+        }
+    };
+}
+
+/// Applied in this order, each once, recorded in `schema_migrations`.
 const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "core",
-        common: r#"
-CREATE TABLE sensors (
-    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    external_id text NOT NULL UNIQUE,
-    kind        text NOT NULL,
-    name        text,
-    lon         double precision CHECK (lon BETWEEN -180 AND 180),
-    lat         double precision CHECK (lat BETWEEN -90 AND 90),
-    properties  jsonb NOT NULL DEFAULT '{}',
-    first_seen  timestamptz,
-    last_seen   timestamptz,
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    CHECK ((lon IS NULL) = (lat IS NULL))
-);
-CREATE INDEX sensors_kind ON sensors (kind);
-
-CREATE TABLE metrics (
-    id    smallint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind  text NOT NULL,
-    name  text NOT NULL,
-    unit  text NOT NULL,
-    UNIQUE (kind, name)
-);
-
-CREATE TABLE latest (
-    sensor_id integer NOT NULL REFERENCES sensors (id) ON DELETE CASCADE,
-    metric_id smallint NOT NULL REFERENCES metrics (id),
-    time      timestamptz NOT NULL,
-    value     double precision NOT NULL,
-    PRIMARY KEY (sensor_id, metric_id)
-);
-
-CREATE TABLE dead_letters (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    received_at timestamptz NOT NULL,
-    topic       text NOT NULL,
-    payload     bytea NOT NULL,
-    reason_code text NOT NULL,
-    reason      text NOT NULL
-);
-CREATE INDEX dead_letters_received ON dead_letters (received_at DESC);
-"#,
-        plain: r#"
-CREATE TABLE observations (
-    time      timestamptz NOT NULL,
-    sensor_id integer NOT NULL,
-    metric_id smallint NOT NULL,
-    value     double precision NOT NULL,
-    UNIQUE (sensor_id, metric_id, time)
-) PARTITION BY RANGE (time);
-
-CREATE VIEW obs_hourly AS
-SELECT date_trunc('hour', time) AS bucket, sensor_id, metric_id,
-       avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count,
-       (array_agg(value ORDER BY time DESC))[1] AS last
-FROM observations GROUP BY 1, 2, 3;
-
-CREATE VIEW obs_daily AS
-SELECT date_trunc('day', time) AS bucket, sensor_id, metric_id,
-       avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count,
-       (array_agg(value ORDER BY time DESC))[1] AS last
-FROM observations GROUP BY 1, 2, 3;
-"#,
-        timescale: r#"
-CREATE TABLE observations (
-    time      timestamptz NOT NULL,
-    sensor_id integer NOT NULL,
-    metric_id smallint NOT NULL,
-    value     double precision NOT NULL,
-    UNIQUE (sensor_id, metric_id, time)
-);
-SELECT create_hypertable('observations', 'time', chunk_time_interval => INTERVAL '1 day');
-ALTER TABLE observations SET (
-    timescaledb.compress,
-    timescaledb.compress_segmentby = 'sensor_id, metric_id',
-    timescaledb.compress_orderby = 'time DESC'
-);
-SELECT add_compression_policy('observations', {compress_after});
-SELECT add_retention_policy('observations', {retention});
-
-CREATE MATERIALIZED VIEW obs_hourly WITH (timescaledb.continuous) AS
-SELECT time_bucket(INTERVAL '1 hour', time) AS bucket, sensor_id, metric_id,
-       avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count,
-       last(value, time) AS last
-FROM observations GROUP BY 1, 2, 3 WITH NO DATA;
-SELECT add_continuous_aggregate_policy('obs_hourly',
-    start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '15 minutes');
-
-CREATE MATERIALIZED VIEW obs_daily WITH (timescaledb.continuous) AS
-SELECT time_bucket(INTERVAL '1 day', time) AS bucket, sensor_id, metric_id,
-       avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count,
-       last(value, time) AS last
-FROM observations GROUP BY 1, 2, 3 WITH NO DATA;
-SELECT add_continuous_aggregate_policy('obs_daily',
-    start_offset => INTERVAL '7 days', end_offset => INTERVAL '1 day', schedule_interval => INTERVAL '1 hour');
-SELECT add_retention_policy('obs_hourly', {retention});
-SELECT add_retention_policy('obs_daily', {retention});
-"#,
-    },
-    Migration {
-        version: 2,
-        name: "realtime_aggregates",
-        common: "",
-        plain: "",
-        // Since TimescaleDB 2.13 continuous aggregates default to materialized-only; the API
-        // reads them for hourly and daily buckets and must see the last hours too.
-        timescale: r#"
-ALTER MATERIALIZED VIEW obs_hourly SET (timescaledb.materialized_only = false);
-ALTER MATERIALIZED VIEW obs_daily SET (timescaledb.materialized_only = false);
-"#,
-    },
+    migration!(1, "0001", "core"),
+    // Since TimescaleDB 2.13 continuous aggregates default to materialized-only; the API
+    // reads them for hourly and daily buckets and must see the last hours too.
+    migration!(2, "0002", "realtime_aggregates"),
 ];
 
 /// The newest schema version this build knows.
@@ -428,6 +350,25 @@ pub async fn apply_retention<C: GenericClient>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every folder in store/migrations is listed, in order, with its number.
+    #[test]
+    fn every_migration_folder_is_applied_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut folders: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        folders.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}", m.version, m.name))
+            .collect();
+        assert_eq!(folders, listed);
+        assert!(MIGRATIONS
+            .windows(2)
+            .all(|w| w[0].version + 1 == w[1].version));
+    }
 
     #[test]
     fn months() {

@@ -224,16 +224,7 @@ impl Hub {
 
     /// A counter or gauge from /metrics, summed over its labels.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_at(&self.url(""), name).await
     }
 
     /// The process id of a process hub (this process for an in-process one).
@@ -302,6 +293,46 @@ impl Drop for Hub {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A counter or gauge from the /metrics of the hub at `base` (`http://host:port`),
+/// summed over its labels.
+pub async fn metric_at(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs the `cityhub` CLI in the temp folder with `env` (and no `CITYHUB_CONFIG`
+/// unless `env` sets one).
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(hub_bin());
+    cmd.args(args)
+        .current_dir(std::env::temp_dir())
+        .env_remove("CITYHUB_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running cityhub")
+}
+
+/// [`cli`], which must succeed; its stderr is the failure message otherwise.
+pub fn cli_ok(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let out = cli(args, env);
+    assert!(
+        out.status.success(),
+        "cityhub {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Waits until `f` returns true, or panics with `what` after `secs`.

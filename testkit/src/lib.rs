@@ -16,7 +16,7 @@ pub use broker::Broker;
 pub use cluster::{is_root, server_bin, PrivatePostgres};
 pub use db::{admin_url, TestDb};
 #[cfg(feature = "hub")]
-pub use hub::{hub_bin, wait_for, Hub};
+pub use hub::{cli, cli_ok, hub_bin, metric_at, wait_for, Hub};
 #[cfg(feature = "hub")]
 pub use traffic::*;
 
