@@ -168,138 +168,150 @@ fn write_report<T: serde::Serialize>(path: &Option<PathBuf>, report: &T) -> Resu
 }
 
 pub async fn run(settings: &Settings, cmd: SimCommand) -> Result<()> {
-    let catalog = settings.catalog()?;
     match cmd {
-        SimCommand::Run(a) => {
-            let mut per_kind = Vec::new();
-            for part in a.fleet.split(',').filter(|p| !p.is_empty()) {
-                let (k, n) = part
-                    .split_once('=')
-                    .with_context(|| format!("--fleet {part:?}: expected kind=count"))?;
-                per_kind.push((
-                    k.trim().to_owned(),
-                    n.trim()
-                        .parse()
-                        .with_context(|| format!("--fleet {part:?}"))?,
-                ));
-            }
-            let formats = a
-                .format
-                .iter()
-                .map(|f| Format::parse(f))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)?;
-            let opts = SimOptions {
-                seed: a.seed,
-                start: parse_start(&a.start)?,
-                fleet: FleetSpec {
-                    per_kind,
-                    lamp_fault_share: a.lamp_fault_share,
-                },
-                formats,
-                faults: FaultRates::parse(&a.faults).map_err(anyhow::Error::msg)?,
-            };
-            let pace = Pace {
-                speedup: a.speedup,
-                rate: a.rate,
-                duration: a.duration.as_deref().map(parse_duration).transpose()?,
-                count: a.count,
-            };
-            let qos = if a.qos == 0 {
-                cityhub_sim::QoS::AtMostOnce
-            } else {
-                cityhub_sim::QoS::AtLeastOnce
-            };
-            let client_id = format!("cityhub-sim-{}", std::process::id());
-            let report = cityhub_sim::run_live(
-                &opts,
-                &catalog,
-                &pace,
-                &broker(settings, &a.broker),
-                &client_id,
-                qos,
-                cancel_on_signal(),
-            )
-            .await?;
-            write_report(&a.report, &report)
-        }
-        SimCommand::Replay(a) => {
-            let kind = catalog
-                .get(&a.kind)
-                .with_context(|| format!("kind {:?} is not configured", a.kind))?;
-            let metrics: Vec<String> = kind.metrics.keys().map(|m| m.to_string()).collect();
-            let map = a
-                .map
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    p.split_once('=')
-                        .map(|(h, m)| (h.trim().to_owned(), m.trim().to_owned()))
-                        .with_context(|| format!("--map {p:?}"))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let spec = cityhub_sim::replay::ReplaySpec {
-                kind: a.kind.clone(),
-                sensor: a.sensor.clone(),
-                map,
-                missing: a.missing,
-                lat: a.lat,
-                lon: a.lon,
-            };
-            let text = std::fs::read_to_string(&a.file)
-                .with_context(|| format!("reading {}", a.file.display()))?;
-            let series =
-                cityhub_sim::replay::read(&text, &spec, &metrics).map_err(anyhow::Error::msg)?;
-            let msgs = cityhub_sim::replay::messages(&series, &spec, Utc::now());
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            let speedup = a.speedup;
-            let cancel = cancel_on_signal();
-            let producer_cancel = cancel.clone();
-            tokio::spawn(async move {
-                let (Some(first), wall0) =
-                    (msgs.first().map(|m| m.time), std::time::Instant::now())
-                else {
-                    return;
-                };
-                for m in msgs {
-                    if speedup > 0.0 {
-                        let due = (m.time - first).num_milliseconds() as f64 / 1000.0 / speedup;
-                        tokio::select! {
-                            _ = tokio::time::sleep_until((wall0 + std::time::Duration::from_secs_f64(due)).into()) => {}
-                            _ = producer_cancel.cancelled() => break,
-                        }
-                    }
-                    if tx.send(m).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let client_id = format!("cityhub-replay-{}", std::process::id());
-            let report = cityhub_sim::publish_stream(
-                &broker(settings, &a.broker),
-                &client_id,
-                rx,
-                cityhub_sim::QoS::AtLeastOnce,
-                cancel,
-            )
-            .await?;
-            write_report(&a.report, &report)
-        }
-        SimCommand::Load(a) => {
-            let spec = cityhub_sim::load::LoadSpec {
-                messages: a.messages,
-                stop_at: None,
-                rate: a.rate,
-                connections: a.connections,
-                sensors: a.sensors.max(1),
-                metrics: a.metrics,
-                start: Utc::now() - chrono::Duration::days(20),
-                step: chrono::Duration::seconds(1),
-                window: a.window,
-            };
-            let report =
-                cityhub_sim::load::run(broker(settings, &a.broker).url.expose(), &spec).await?;
-            write_report(&None, &report)
-        }
+        SimCommand::Run(a) => fleet(settings, a).await,
+        SimCommand::Replay(a) => replay(settings, a).await,
+        SimCommand::Load(a) => load(settings, a).await,
     }
+}
+
+/// `--fleet waste_bin=200,streetlight=300`
+fn parse_fleet(s: &str) -> Result<Vec<(String, usize)>> {
+    let mut per_kind = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, n) = part
+            .split_once('=')
+            .with_context(|| format!("--fleet {part:?}: expected kind=count"))?;
+        per_kind.push((
+            k.trim().to_owned(),
+            n.trim()
+                .parse()
+                .with_context(|| format!("--fleet {part:?}"))?,
+        ));
+    }
+    Ok(per_kind)
+}
+
+/// A simulated fleet, live.
+async fn fleet(settings: &Settings, a: RunArgs) -> Result<()> {
+    let catalog = settings.catalog()?;
+    let per_kind = parse_fleet(&a.fleet)?;
+    let formats = a
+        .format
+        .iter()
+        .map(|f| Format::parse(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let opts = SimOptions {
+        seed: a.seed,
+        start: parse_start(&a.start)?,
+        fleet: FleetSpec {
+            per_kind,
+            lamp_fault_share: a.lamp_fault_share,
+        },
+        formats,
+        faults: FaultRates::parse(&a.faults).map_err(anyhow::Error::msg)?,
+    };
+    let pace = Pace {
+        speedup: a.speedup,
+        rate: a.rate,
+        duration: a.duration.as_deref().map(parse_duration).transpose()?,
+        count: a.count,
+    };
+    let qos = if a.qos == 0 {
+        cityhub_sim::QoS::AtMostOnce
+    } else {
+        cityhub_sim::QoS::AtLeastOnce
+    };
+    let client_id = format!("cityhub-sim-{}", std::process::id());
+    let report = cityhub_sim::run_live(
+        &opts,
+        &catalog,
+        &pace,
+        &broker(settings, &a.broker),
+        &client_id,
+        qos,
+        cancel_on_signal(),
+    )
+    .await?;
+    write_report(&a.report, &report)
+}
+
+/// A recorded CSV series as one sensor's stream.
+async fn replay(settings: &Settings, a: ReplayArgs) -> Result<()> {
+    let catalog = settings.catalog()?;
+    let kind = catalog
+        .get(&a.kind)
+        .with_context(|| format!("kind {:?} is not configured", a.kind))?;
+    let metrics: Vec<String> = kind.metrics.keys().map(|m| m.to_string()).collect();
+    let map = a
+        .map
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(h, m)| (h.trim().to_owned(), m.trim().to_owned()))
+                .with_context(|| format!("--map {p:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let spec = cityhub_sim::replay::ReplaySpec {
+        kind: a.kind.clone(),
+        sensor: a.sensor.clone(),
+        map,
+        missing: a.missing,
+        lat: a.lat,
+        lon: a.lon,
+    };
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let series = cityhub_sim::replay::read(&text, &spec, &metrics).map_err(anyhow::Error::msg)?;
+    let msgs = cityhub_sim::replay::messages(&series, &spec, Utc::now());
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let speedup = a.speedup;
+    let cancel = cancel_on_signal();
+    let producer_cancel = cancel.clone();
+    tokio::spawn(async move {
+        let (Some(first), wall0) = (msgs.first().map(|m| m.time), std::time::Instant::now()) else {
+            return;
+        };
+        for m in msgs {
+            if speedup > 0.0 {
+                let due = (m.time - first).num_milliseconds() as f64 / 1000.0 / speedup;
+                tokio::select! {
+                    _ = tokio::time::sleep_until((wall0 + std::time::Duration::from_secs_f64(due)).into()) => {}
+                    _ = producer_cancel.cancelled() => break,
+                }
+            }
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let client_id = format!("cityhub-replay-{}", std::process::id());
+    let report = cityhub_sim::publish_stream(
+        &broker(settings, &a.broker),
+        &client_id,
+        rx,
+        cityhub_sim::QoS::AtLeastOnce,
+        cancel,
+    )
+    .await?;
+    write_report(&a.report, &report)
+}
+
+/// QoS 1 load, as fast as the broker takes it (or at `--rate`).
+async fn load(settings: &Settings, a: LoadArgs) -> Result<()> {
+    let spec = cityhub_sim::load::LoadSpec {
+        messages: a.messages,
+        stop_at: None,
+        rate: a.rate,
+        connections: a.connections,
+        sensors: a.sensors.max(1),
+        metrics: a.metrics,
+        start: Utc::now() - chrono::Duration::days(20),
+        step: chrono::Duration::seconds(1),
+        window: a.window,
+    };
+    let report = cityhub_sim::load::run(broker(settings, &a.broker).url.expose(), &spec).await?;
+    write_report(&None, &report)
 }

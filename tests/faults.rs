@@ -232,7 +232,7 @@ async fn memory_stays_bounded_while_the_database_is_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_stream() {
     let dir = std::env::temp_dir().join(unique("cityhub_pg"));
-    let (mut pg, _) = PrivatePostgres::start(&dir, free_port().unwrap())
+    let (mut pg, _) = PrivatePostgres::start_preloading(&dir, free_port().unwrap(), test_preload())
         .expect("a private PostgreSQL cluster (Debian package postgresql)");
     let db = TestDb::on(&pg.url("postgres")).await;
     let broker = Broker::start();

@@ -230,6 +230,36 @@ async fn mqtts_with_a_client_certificate() {
         db.observations().await == 1
     })
     .await;
+
+    // The simulators connect as the hub does: the same mqtts:// URL and certificates.
+    let out = cli_ok(
+        &[
+            "sim",
+            "run",
+            "--broker",
+            &url,
+            "--fleet",
+            "waste_bin=3",
+            "--start",
+            "-1h",
+            "--speedup",
+            "1000000",
+            "--count",
+            "6",
+        ],
+        &[
+            ("CITYHUB_MQTT_CA_FILE", &pki.path("ca.crt")),
+            ("CITYHUB_MQTT_CLIENT_CERT_FILE", &pki.path("client.crt")),
+            ("CITYHUB_MQTT_CLIENT_KEY_FILE", &pki.path("client.key")),
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["acknowledged"], 6, "{report}");
+    let want = 1 + report["expected_rows"].as_i64().unwrap();
+    wait_for(30, "the simulated fleet's rows over mutual TLS", || async {
+        db.observations().await == want
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,12 +60,24 @@ pub struct PrivatePostgres {
     as_postgres: bool,
     pub port: u16,
     running: bool,
+    /// `shared_preload_libraries` of the server (e.g. `timescaledb`).
+    preload: Vec<String>,
 }
 
 impl PrivatePostgres {
     /// Starts the cluster in `dir` on `port`, creating it first when `dir` holds
     /// none. Returns it and whether it was created.
     pub fn start(dir: &Path, port: u16) -> Result<(Self, bool), ClusterError> {
+        Self::start_preloading(dir, port, &[])
+    }
+
+    /// Like [`PrivatePostgres::start`], with these `shared_preload_libraries`
+    /// (`timescaledb` for a TimescaleDB server).
+    pub fn start_preloading(
+        dir: &Path,
+        port: u16,
+        preload: &[&str],
+    ) -> Result<(Self, bool), ClusterError> {
         let bin = server_bin().ok_or(ClusterError::NotInstalled)?;
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
@@ -90,6 +102,7 @@ impl PrivatePostgres {
             as_postgres,
             port,
             running: false,
+            preload: preload.iter().map(|l| l.to_string()).collect(),
         };
         let fresh = !pg.data.join("PG_VERSION").exists();
         if fresh {
@@ -121,11 +134,17 @@ impl PrivatePostgres {
     }
 
     fn start_server(&mut self) -> Result<(), ClusterError> {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
             path_str(&self.dir)?
         );
+        if !self.preload.is_empty() {
+            opts.push_str(&format!(
+                " -c shared_preload_libraries={}",
+                self.preload.join(",")
+            ));
+        }
         let data = path_str(&self.data)?.to_owned();
         let log = path_str(&self.dir.join("postgres.log"))?.to_owned();
         self.tool(

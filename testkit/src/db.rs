@@ -9,6 +9,21 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// `CITYHUB_TEST_TIMESCALEDB` (`auto` when unset): what the tests ask of the
+/// backend; `require` makes every hub, and every private cluster, use TimescaleDB.
+pub fn timescaledb_mode() -> String {
+    std::env::var("CITYHUB_TEST_TIMESCALEDB").unwrap_or_else(|_| "auto".into())
+}
+
+/// The `shared_preload_libraries` a test's private cluster needs for [`timescaledb_mode`].
+pub fn test_preload() -> &'static [&'static str] {
+    if timescaledb_mode() == "require" {
+        &["timescaledb"]
+    } else {
+        &[]
+    }
+}
+
 async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (c, conn) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(conn);
@@ -98,7 +113,7 @@ impl TestDb {
     /// without a hub.
     #[cfg(feature = "hub")]
     pub async fn migrate(&self) -> Result<(), cityhub_store::StoreError> {
-        let backend = std::env::var("CITYHUB_TEST_TIMESCALEDB").unwrap_or_else(|_| "auto".into());
+        let backend = timescaledb_mode();
         let settings = cityhub_config::Settings::load_with_vars(
             None,
             [

@@ -64,7 +64,7 @@ fn base_env(db: &TestDb, broker: &Broker, client_id: &str) -> Vec<(String, Strin
         ("CITYHUB_MQTT_CLIENT_ID".into(), client_id.into()),
         (
             "CITYHUB_STORE_TIMESCALEDB".into(),
-            std::env::var("CITYHUB_TEST_TIMESCALEDB").unwrap_or_else(|_| "auto".into()),
+            crate::db::timescaledb_mode(),
         ),
     ]
 }
