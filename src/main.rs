@@ -117,8 +117,14 @@ fn main() -> Result<()> {
                     tracing::info!("Shutdown requested; draining.");
                     c.cancel();
                 });
-                cityhub_app::serve(settings, cancel).await?;
-                Ok(())
+                match cityhub_app::serve(settings, cancel).await {
+                    // Tasks still running hold nothing that is acked: leave at once.
+                    Err(e @ cityhub_app::AppError::ShutdownDeadline(_)) => {
+                        tracing::error!(error = %e, "Exiting.");
+                        std::process::exit(75);
+                    }
+                    r => Ok(r?),
+                }
             }
             Command::Migrate => {
                 let store = Store::open(&settings, &settings.catalog()?).await?;

@@ -110,6 +110,9 @@ pub async fn put(
     if let Some(r) = props.keys().find(|k| RESERVED.contains(&k.as_str())) {
         return Err(ApiError::BadRequest(format!("properties.{r} is reserved")));
     }
+    if let Some(Err(why)) = s.catalog.get(&kind).map(|k| k.check_properties(&props)) {
+        return Err(ApiError::BadRequest(format!("properties.{why}")));
+    }
     let location = match input.geometry {
         None | Some(Value::Null) => None,
         Some(g) => Some(point(g)?),
@@ -177,10 +180,17 @@ pub struct DeadLetterOut {
     /// The payload as text when it is UTF-8...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
-    /// ...else base64.
+    /// ...else base64. At most `ingest.dead_letter_payload_bytes` of it is kept...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// ...of a payload this long.
+    pub payload_bytes: i32,
+    /// The reason's length before it was cut to `ingest.dead_letter_reason_bytes`.
+    pub reason_bytes: i32,
 }
+
+/// Payload and reason bytes on one page of dead letters, at most (one entry always fits).
+const PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterPage {
@@ -203,10 +213,17 @@ pub async fn dead_letters(
     StrictQuery(p): StrictQuery<DeadLetterParams>,
 ) -> ApiResult<Json<DeadLetterPage>> {
     let limit = page_limit(&s, p.limit, 100)?;
-    let rows =
-        query::dead_letters(s.store()?, p.reason.as_deref(), p.before, i64::from(limit)).await?;
+    let (rows, cut) = query::dead_letters(
+        s.store()?,
+        p.reason.as_deref(),
+        p.before,
+        i64::from(limit),
+        PAGE_BYTES,
+    )
+    .await?;
     let mut links = Vec::new();
-    if rows.len() == limit as usize {
+    // A page cut short by its size has a next page too.
+    if rows.len() == limit as usize || cut {
         if let Some(last) = rows.last() {
             let mut q = format!("limit={limit}&before={}", last.id);
             if let Some(r) = &p.reason {
@@ -237,6 +254,8 @@ pub async fn dead_letters(
                     reason: d.reason,
                     payload,
                     payload_base64,
+                    payload_bytes: d.payload_bytes,
+                    reason_bytes: d.reason_bytes,
                 }
             })
             .collect(),

@@ -37,11 +37,21 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
         },
         None => (false, serde_json::Value::Null),
     };
-    let ready = db_ok && mqtt;
+    // A pipeline that holds a message this long is stuck, whatever else answers.
+    let oldest = s.oldest_unacked.load(Ordering::Relaxed);
+    let waiting_s = if oldest == 0 {
+        0.0
+    } else {
+        (chrono::Utc::now().timestamp_micros() - oldest).max(0) as f64 / 1e6
+    };
+    let flowing = waiting_s <= s.settings.ingest.max_unacked_age_s as f64;
+    let ready = db_ok && mqtt && flowing;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "database": if db_ok { "ok" } else { "unavailable" },
         "mqtt": if mqtt { "connected" } else { "disconnected" },
+        "ingest": if flowing { "flowing" } else { "stalled" },
+        "oldest_unacked_s": waiting_s,
         "backend": backend,
     });
     let code = if ready {

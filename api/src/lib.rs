@@ -57,6 +57,8 @@ pub struct AppState {
     pub live: broadcast::Sender<LiveBatch>,
     /// Ends open streams when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Receive time (µs since the epoch) of the oldest message waiting for its commit; 0: none.
+    pub oldest_unacked: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl AppState {
@@ -209,6 +211,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             http.max_body_bytes,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(http.body_timeout_s),
         ))
         .layer(tower_http::compression::CompressionLayer::new().gzip(true))
         // Open data: any origin may read; admin calls authenticate by token, not cookies.

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// The topic dead letters of this route carry, so an admin sees where they came from.
 pub const SENSOR_COMMUNITY_SOURCE: &str = "http:/ingest/sensor-community";
@@ -41,16 +42,16 @@ pub struct UploadOutcome {
 #[derive(Debug, Clone, Copy)]
 pub struct UploadRefused;
 
-/// Takes an upload and resolves once it is committed (or refused).
+/// Takes an upload and resolves once it is committed, or refused: refused when it
+/// could not be taken, or when `wait` passed before the commit began (then it is
+/// never committed).
 pub trait Uploads: Send + Sync {
     fn submit(
         &self,
         upload: Upload,
+        wait: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<UploadOutcome, UploadRefused>> + Send + '_>>;
 }
-
-/// Time an HTTP client waits for its submission's commit before being told to retry.
-const HTTP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn unavailable() -> Response {
     (
@@ -91,14 +92,14 @@ pub async fn ingest_sensor_community(
         received_at: chrono::Utc::now(),
         source: SENSOR_COMMUNITY_SOURCE,
     };
-    // Dropping the pending submission at the timeout tells the writer the client is gone.
-    match tokio::time::timeout(HTTP_COMMIT_WAIT, uploads.submit(upload)).await {
-        Ok(Ok(outcome)) if outcome.stored == 0 && !outcome.rejected.is_empty() => (
+    let wait = Duration::from_secs(s.settings.http.upload_timeout_s);
+    match uploads.submit(upload, wait).await {
+        Ok(outcome) if outcome.stored == 0 && !outcome.rejected.is_empty() => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({ "error": outcome.rejected.join("; "), "stored": 0 })),
         )
             .into_response(),
-        Ok(Ok(outcome)) => (StatusCode::OK, Json(outcome)).into_response(),
+        Ok(outcome) => (StatusCode::OK, Json(outcome)).into_response(),
         _ => unavailable(),
     }
 }

@@ -32,6 +32,8 @@ pub enum AppError {
     Ingest(#[from] cityhub_ingest::IngestError),
     #[error("the hub's task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("shutdown took longer than {0} s; stopped without waiting for the rest (nothing uncommitted was acked)")]
+    ShutdownDeadline(u64),
 }
 
 /// A started hub. It stops when the token given to [`start`] is cancelled.
@@ -83,6 +85,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         catalog: Arc::new(catalog),
         live: cityhub_api::live::channel(),
         shutdown: cancel.clone(),
+        oldest_unacked: metrics.oldest_unacked.clone(),
     };
     let app =
         cityhub_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -96,10 +99,19 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         }
     });
 
+    let deadline = Duration::from_secs(settings.ingest.shutdown_timeout_s);
     let task = tokio::spawn(async move {
         let started = run_pipeline(&settings, &state, metrics, &tracker, &cancel).await;
         tracker.close();
-        tracker.wait().await;
+        // Drain, but never longer than the deadline after the stop request: a locked
+        // table or a slow client must not hold the process.
+        tokio::select! {
+            _ = tracker.wait() => {}
+            _ = async { cancel.cancelled().await; tokio::time::sleep(deadline).await } => {
+                tracing::warn!(deadline_s = deadline.as_secs(), "Shutdown deadline passed; stopping now.");
+                return Err(AppError::ShutdownDeadline(deadline.as_secs()));
+            }
+        }
         tracing::info!("Stopped.");
         started
     });
@@ -156,12 +168,17 @@ async fn run_pipeline(
     )
     .inspect_err(|_| cancel.cancel())?;
     let _ = state.uploads.set(Arc::new(uploads::IngestUploads(http)));
-    tracker.spawn(retention_job(store, cancel.clone()));
+    tracker.spawn(retention_job(
+        store,
+        settings.ingest.dead_letter_retention_days,
+        cancel.clone(),
+    ));
     Ok(())
 }
 
-/// Plain PostgreSQL: drop partitions past retention, at start and hourly.
-async fn retention_job(store: Store, cancel: CancellationToken) {
+/// At start and hourly: on plain PostgreSQL, drop partitions past retention; on
+/// both backends, delete dead letters past theirs (`0` keeps them).
+async fn retention_job(store: Store, dead_letter_days: u32, cancel: CancellationToken) {
     loop {
         match store.apply_retention().await {
             Ok(dropped) if !dropped.is_empty() => {
@@ -169,6 +186,13 @@ async fn retention_job(store: Store, cancel: CancellationToken) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "Retention run failed; will retry."),
+        }
+        if dead_letter_days > 0 {
+            match cityhub_store::query::purge_dead_letters(&store, dead_letter_days).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "Retention: deleted old dead letters."),
+                Err(e) => tracing::warn!(error = %e, "Dead-letter retention failed; will retry."),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

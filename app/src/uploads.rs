@@ -3,8 +3,10 @@
 
 use cityhub_api::uploads::{Upload, UploadOutcome, UploadRefused, Uploads};
 use cityhub_ingest::{HttpIngest, HttpSubmission};
+use cityhub_store::Claim;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 pub(crate) struct IngestUploads(pub(crate) HttpIngest);
 
@@ -12,20 +14,32 @@ impl Uploads for IngestUploads {
     fn submit(
         &self,
         u: Upload,
+        wait: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<UploadOutcome, UploadRefused>> + Send + '_>> {
         Box::pin(async move {
-            let (reply, outcome) = tokio::sync::oneshot::channel();
+            let (reply, mut outcome) = tokio::sync::oneshot::channel();
+            let claim = Claim::default();
             self.0
                 .submit(HttpSubmission {
                     payload: u.payload,
                     x_sensor: u.x_sensor,
                     received_at: u.received_at,
                     source: u.source.to_owned(),
+                    claim: claim.clone(),
                     reply,
                 })
-                .await
                 .map_err(|_| UploadRefused)?;
-            match outcome.await {
+            let result = tokio::select! {
+                r = &mut outcome => r,
+                _ = tokio::time::sleep(wait) => {
+                    if claim.abandon() {
+                        return Err(UploadRefused); // never committed now
+                    }
+                    // The writer claimed it and is committing: its answer is near.
+                    outcome.await
+                }
+            };
+            match result {
                 Ok(Ok(o)) => Ok(UploadOutcome {
                     stored: o.stored,
                     rejected: o.rejected,

@@ -85,6 +85,17 @@ pub enum Formula {
     FillFromDistance,
 }
 
+impl Formula {
+    /// The values the registry property may take: outside them the formula means
+    /// nothing (or overflows), so registration refuses them and the writer skips them.
+    pub fn property_range(self) -> (f64, f64) {
+        match self {
+            // A bin's depth in mm: from 1 mm to 100 m.
+            Formula::FillFromDistance => (1.0, 100_000.0),
+        }
+    }
+}
+
 /// A metric the hub derives at commit time, e.g. `fill_level` from `distance`
 /// and the bin's registered depth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +204,30 @@ pub struct Kind {
 impl Kind {
     pub fn metric(&self, name: &str) -> Option<&Metric> {
         self.metrics.get(name)
+    }
+
+    /// Checks the registry attributes a derived metric of this kind reads (e.g.
+    /// `depth_mm`): a finite number within the formula's range, when present.
+    pub fn check_properties(
+        &self,
+        props: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        for d in self.def.derived.values() {
+            let Some(v) = props.get(&d.property) else {
+                continue;
+            };
+            let (lo, hi) = d.formula.property_range();
+            match v.as_f64() {
+                Some(x) if x.is_finite() && (lo..=hi).contains(&x) => {}
+                _ => {
+                    return Err(format!(
+                        "{} must be a number from {lo} to {hi} (got {v})",
+                        d.property
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 }
 

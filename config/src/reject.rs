@@ -42,6 +42,7 @@ pub enum RejectReason {
     BadSenml,
     NoDecodedPayload,
     KindMismatch,
+    DatabaseRefused,
 }
 
 impl RejectReason {
@@ -73,6 +74,7 @@ impl RejectReason {
             BadSenml => "a SenML record is not valid (RFC 8428)",
             NoDecodedPayload => "a network server's uplink has no decoded payload",
             KindMismatch => "the sensor is registered as another kind",
+            DatabaseRefused => "the database refused the message's rows (the reason says why)",
         }
     }
 }
@@ -93,7 +95,7 @@ mod tests {
     fn codes_are_stable_snake_case_and_round_trip() {
         assert_eq!(RejectReason::OutOfRange.code(), "out_of_range");
         assert_eq!(RejectReason::BadSenml.code(), "bad_senml");
-        assert_eq!(RejectReason::iter().count(), 19);
+        assert_eq!(RejectReason::iter().count(), 20);
         for r in RejectReason::iter() {
             assert_eq!(r.code().parse::<RejectReason>().unwrap(), r);
             assert_eq!(serde_json::to_value(r).unwrap(), r.code());

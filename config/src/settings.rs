@@ -230,6 +230,11 @@ pub struct HttpSettings {
     pub max_page: u32,
     /// Largest request body accepted (admin and ingest calls).
     pub max_body_bytes: usize,
+    /// A request body must arrive within this time (a slow sender is cut off).
+    pub body_timeout_s: u64,
+    /// How long an HTTP upload waits for its commit before the client is told to send
+    /// it again (and it is then never stored).
+    pub upload_timeout_s: u64,
     /// Basemap tiles of the operator map (`{z}/{x}/{y}` template).
     /// (Empty: no basemap; markers, legend and panel work on a plain background.)
     pub tile_url: String,
@@ -249,6 +254,8 @@ impl Default for HttpSettings {
             rate_limit_burst: 200,
             max_page: 10_000,
             max_body_bytes: 1024 * 1024,
+            body_timeout_s: 10,
+            upload_timeout_s: 30,
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             tile_attribution: "© OpenStreetMap contributors".into(),
             web_dir: "web/dist".into(),
@@ -323,6 +330,29 @@ pub struct IngestSettings {
     pub max_future_s: i64,
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
+    /// A batch also closes at this many messages (dead letters included)...
+    pub batch_max_messages: usize,
+    /// ...or this many bytes of payloads and reasons, so no batch outgrows memory or
+    /// PostgreSQL's message size, whatever the input.
+    pub batch_max_bytes: usize,
+    /// A dead letter keeps at most this much of its payload (the full length is recorded).
+    pub dead_letter_payload_bytes: usize,
+    /// ...and this much of its reason.
+    pub dead_letter_reason_bytes: usize,
+    /// Dead letters older than this are deleted (0 keeps them).
+    pub dead_letter_retention_days: u32,
+    /// The writer's `statement_timeout` and `lock_timeout`: a stuck statement fails
+    /// (and is retried) instead of holding the pipeline, and shutdown, without limit.
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
+    /// A batch whose commit loses the connection this many times while the database
+    /// answers otherwise is treated as poison and split to find the message at fault.
+    pub poison_after_attempts: u32,
+    /// `/readyz` says not ready while a message has waited longer than this for its commit.
+    pub max_unacked_age_s: u64,
+    /// After SIGTERM the hub drains for at most this long, then exits; what is not
+    /// committed by then is not acked, so the broker delivers it again.
+    pub shutdown_timeout_s: u64,
 }
 
 impl IngestSettings {
@@ -341,6 +371,16 @@ impl Default for IngestSettings {
             max_future_s: 600,
             retry_min_ms: 100,
             retry_max_ms: 10_000,
+            batch_max_messages: 5000,
+            batch_max_bytes: 16 * 1024 * 1024,
+            dead_letter_payload_bytes: 16 * 1024,
+            dead_letter_reason_bytes: 1024,
+            dead_letter_retention_days: 30,
+            statement_timeout_ms: 30_000,
+            lock_timeout_ms: 5_000,
+            poison_after_attempts: 4,
+            max_unacked_age_s: 120,
+            shutdown_timeout_s: 20,
         }
     }
 }
@@ -492,8 +532,27 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.ingest.batch_max_rows == 0 {
-            return invalid("ingest.batch_max_rows must be at least 1");
+        if self.ingest.batch_max_rows == 0
+            || self.ingest.batch_max_messages == 0
+            || self.ingest.batch_max_bytes == 0
+        {
+            return invalid(
+                "ingest.batch_max_rows, batch_max_messages and batch_max_bytes must be at least 1",
+            );
+        }
+        if self.ingest.dead_letter_reason_bytes < 64 {
+            return invalid("ingest.dead_letter_reason_bytes must be at least 64");
+        }
+        if self.ingest.shutdown_timeout_s == 0
+            || self.http.body_timeout_s == 0
+            || self.http.upload_timeout_s == 0
+        {
+            return invalid(
+                "ingest.shutdown_timeout_s, http.body_timeout_s and http.upload_timeout_s must be above 0",
+            );
+        }
+        if self.ingest.statement_timeout_ms == 0 || self.ingest.lock_timeout_ms == 0 {
+            return invalid("ingest.statement_timeout_ms and lock_timeout_ms must be above 0");
         }
         if self.mqtt.receive_maximum == 0 {
             return invalid("mqtt.receive_maximum must be at least 1");

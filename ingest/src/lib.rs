@@ -10,7 +10,7 @@ pub use metrics::IngestMetrics;
 pub use pipeline::{HttpIngest, HttpOutcome, HttpRefused, HttpSubmission};
 
 use cityhub_config::Settings;
-use cityhub_store::{BatchWriter, Store};
+use cityhub_store::{BatchWriter, Store, WriterLimits};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +24,6 @@ pub enum IngestError {
     #[error("configuration: {0}")]
     Config(String),
 }
-
-/// Grace period for committing the open batch when shutting down with the database away.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Starts the event loop, batcher and writer tasks on `tracker`; they stop on
 /// `cancel` after committing and acking what they hold. `connected` follows the
@@ -51,10 +48,11 @@ pub fn start(
     let decoder = decode::Decoder::new(catalog, limits).with_adapters(settings.adapters.clone());
     let session = mqtt::session(settings, &metrics)?;
 
-    // The event loop must never wait: it also carries the acks that free the pipeline,
-    // so a full inbound channel would deadlock it against the writer. The channel is
-    // therefore unbounded; what it holds is bounded by the broker's in-flight window
-    // (our Receive Maximum, and Mosquitto's max_inflight_messages), watched by acks_pending.
+    // The event loop must never wait on the pipeline: it also carries the acks that free
+    // it. The channel is therefore unbounded; what it holds is bounded by the event loop
+    // itself, which stops reading the socket while mqtt.receive_maximum messages are
+    // unacked (whatever the broker's own limit), and by the batcher dropping messages of
+    // a connection that is gone (the broker sends them again).
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     // One batch waits while one commits: the batcher fills the next meanwhile.
     let (batch_tx, batch_rx) = mpsc::channel(1);
@@ -64,30 +62,53 @@ pub fn start(
     tracker.spawn(mqtt::run_event_loop(
         session.event_loop,
         session.client,
-        session.epoch,
+        session.epoch.clone(),
         settings.subscription_filters(),
         in_tx,
         connected,
         metrics.clone(),
         settings.mqtt.reconnect_backoff(),
+        settings.mqtt.receive_maximum,
         cancel.clone(),
     ));
-    let batcher = pipeline::Batcher::new(decoder, store.clone(), metrics.clone());
-    tracker.spawn(batcher.run(
-        in_rx,
-        http_rx,
-        batch_tx,
-        settings.ingest.batch_max_rows,
-        ms(settings.ingest.batch_max_age_ms),
-        cancel.clone(),
-    ));
+    let ing = &settings.ingest;
+    let limits = pipeline::BatchLimits {
+        max_rows: ing.batch_max_rows,
+        max_messages: ing.batch_max_messages,
+        max_bytes: ing.batch_max_bytes,
+        max_age: ms(ing.batch_max_age_ms),
+        reason_bytes: ing.dead_letter_reason_bytes,
+    };
+    let batcher = pipeline::Batcher::new(
+        decoder,
+        store.clone(),
+        metrics.clone(),
+        limits,
+        session.epoch.clone(),
+    );
+    tracker.spawn(batcher.run(in_rx, http_rx, batch_tx, cancel.clone()));
+    let writer = BatchWriter::new(
+        store.clone(),
+        WriterLimits {
+            statement_timeout_ms: ing.statement_timeout_ms,
+            lock_timeout_ms: ing.lock_timeout_ms,
+            dead_letter_payload_bytes: ing.dead_letter_payload_bytes,
+        },
+    );
     tracker.spawn(pipeline::run_writer(
-        BatchWriter::new(store),
+        writer,
+        store,
         batch_rx,
         session.acker,
         metrics,
         settings.ingest.retry_backoff(),
-        SHUTDOWN_GRACE,
+        pipeline::Isolation {
+            poison_after_attempts: ing.poison_after_attempts,
+            reason_bytes: ing.dead_letter_reason_bytes,
+        },
+        // Retrying the open batch after SIGTERM: half the deadline, so the writer gives
+        // up (and disconnects cleanly) before the app stops waiting for it.
+        Duration::from_secs(ing.shutdown_timeout_s).max(Duration::from_secs(2)) / 2,
         live,
         cancel,
     ));

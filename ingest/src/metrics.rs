@@ -29,9 +29,29 @@ pub struct IngestMetrics {
     pub mqtt_reconnects: Counter,
     pub mqtt_connection_errors: Counter,
     pub mqtt_connected: Gauge,
+    pub retained_dropped: Counter,
+    /// Age of the oldest message taken but not yet acknowledged (0 when none).
+    pub oldest_unacked_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Receive time (µs since the epoch) of the oldest message of the batch being
+    /// committed, 0 when the writer holds none: readiness reads it.
+    pub oldest_unacked: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Acks handed to the MQTT client and not yet written to the broker: while there
+    /// are some, the event loop must keep polling, or the writer would wait for room.
+    pub acks_queued: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl IngestMetrics {
+    /// Records the batch the writer now holds (its oldest receive time), or none.
+    pub fn holding(&self, oldest: Option<chrono::DateTime<chrono::Utc>>) {
+        use std::sync::atomic::Ordering;
+        let micros = oldest.map_or(0, |t| t.timestamp_micros());
+        self.oldest_unacked.store(micros, Ordering::Relaxed);
+        let age = oldest.map_or(0.0, |t| {
+            (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        self.oldest_unacked_seconds.set(age);
+    }
+
     /// Creates the metrics and registers them under `cityhub_`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
@@ -48,8 +68,22 @@ impl IngestMetrics {
             mqtt_reconnects: Counter::default(),
             mqtt_connection_errors: Counter::default(),
             mqtt_connected: Gauge::default(),
+            retained_dropped: Counter::default(),
+            oldest_unacked_seconds: Gauge::default(),
+            oldest_unacked: Default::default(),
+            acks_queued: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("cityhub");
+        r.register(
+            "retained_dropped",
+            "Retained messages acknowledged and not stored (a retained copy is no new reading)",
+            m.retained_dropped.clone(),
+        );
+        r.register(
+            "oldest_unacked_seconds",
+            "Age of the oldest message the hub holds unacknowledged",
+            m.oldest_unacked_seconds.clone(),
+        );
         r.register(
             "mqtt_messages_received",
             "MQTT messages received",

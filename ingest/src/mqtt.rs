@@ -11,7 +11,7 @@ use crate::metrics::IngestMetrics;
 use crate::IngestError;
 use chrono::Utc;
 use cityhub_config::Settings;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, MqttOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,7 +71,11 @@ impl Acker {
                     } else if t.publish.qos == QoS::AtMostOnce {
                         Ok(())
                     } else {
-                        self.client.try_ack(&t.publish)
+                        let r = self.client.try_ack(&t.publish);
+                        if r.is_ok() {
+                            self.metrics.acks_queued.fetch_add(1, Ordering::Relaxed);
+                        }
+                        r
                     }
                 };
                 match res {
@@ -146,18 +150,41 @@ pub async fn run_event_loop(
     connected: Arc<AtomicBool>,
     metrics: IngestMetrics,
     mut backoff: cityhub_config::Backoff,
+    receive_maximum: u16,
     cancel: CancellationToken,
 ) {
     let mut ever_connected = false;
     let mut current = 0u64;
+    // Our own Receive Maximum, whatever the broker does: with this many messages taken
+    // and not yet acked, stop reading the socket until acks free room (TCP then holds
+    // the broker back). Acks still go out: they only need the request queue, which has
+    // room for twice the window, and are flushed as soon as polling resumes.
+    let window = i64::from(receive_maximum);
     // Receive times strictly increase (by at least 1 µs, PostgreSQL's resolution), so two
     // messages without a timestamp from one sensor never share the receive time they get.
     let mut last_received = Utc::now();
     loop {
+        while metrics.acks_pending.get() >= window
+            && metrics.acks_queued.load(Ordering::Relaxed) <= 0
+            && !cancel.is_cancelled()
+        {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
         match event_loop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if cancel.is_cancelled() {
                     continue; // not acked: the broker keeps it for our next session
+                }
+                if p.retain {
+                    // A retained copy (a broker ignoring retain handling "never"), not a new
+                    // reading: stored at each resubscription it would repeat a reading
+                    // without a timestamp. Acked so it is not sent again.
+                    metrics.retained_dropped.inc();
+                    let _ = client.try_ack(&p);
+                    continue;
                 }
                 metrics.messages_received.inc();
                 metrics.acks_pending.inc();
@@ -188,9 +215,11 @@ pub async fn run_event_loop(
                     epoch = current,
                     "Connected to the MQTT broker."
                 );
-                let subs = filters
-                    .iter()
-                    .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
+                // Retain handling 2 (MQTT 5): never send retained messages on subscribing.
+                let subs = filters.iter().map(|f| Filter {
+                    retain_forward_rule: RetainForwardRule::Never,
+                    ..Filter::new(f.clone(), QoS::AtLeastOnce)
+                });
                 if let Err(e) = client.try_subscribe_many(subs) {
                     tracing::error!(error = %e, "Could not queue the subscription request.");
                 }
@@ -214,6 +243,9 @@ pub async fn run_event_loop(
                     tracing::error!(codes = ?failed, filters = ?filters, "The broker refused a subscription.");
                 }
             }
+            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => {
+                metrics.acks_queued.fetch_sub(1, Ordering::Relaxed);
+            }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 tracing::info!("Disconnected from the MQTT broker.");
                 break;
@@ -227,6 +259,7 @@ pub async fn run_event_loop(
                     // poll() already moved unsent acks out; acks queued since belong to the old
                     // connection too. Clearing again under the lock drops them.
                     event_loop.clean();
+                    metrics.acks_queued.store(0, Ordering::Relaxed);
                 }
                 connected.store(false, Ordering::Relaxed);
                 metrics.mqtt_connected.set(0);

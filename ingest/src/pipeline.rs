@@ -1,13 +1,22 @@
 //! The two stages after the event loop: the batcher decodes messages and
-//! closes batches on size or age; the writer commits each batch (retrying
-//! with backoff for as long as it takes) and only then acks its messages,
-//! in arrival order.
+//! closes batches on rows, messages, bytes or age; the writer commits each
+//! batch and only then acks its messages, in arrival order. A batch that fails
+//! for a transient reason (connection, lock, read-only, disk) is retried with
+//! backoff; one the database refuses for its data is split until the messages
+//! at fault are found, and those become dead letters, so no input can stall
+//! the pipeline.
 
 use crate::decode::Decoder;
 use crate::metrics::IngestMetrics;
 use crate::mqtt::{AckToken, Acker, Inbound};
 use bytes::Bytes;
-use cityhub_store::{BatchWriter, DeadLetter, LiveBatch, Observation, Source, Store, WriteBatch};
+use cityhub_config::RejectReason;
+use cityhub_store::{
+    BatchWriter, DeadLetter, LiveBatch, Observation, Source, Store, StoreError, WriteBatch,
+    WriteOutcome,
+};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -19,6 +28,8 @@ pub struct Batch {
     pub write: WriteBatch,
     pub acks: Vec<AckToken>,
     rows: usize,
+    /// Payload and reason bytes held.
+    bytes: usize,
     /// An HTTP submission waits for this batch: it is tried once and the
     /// client is told the outcome (on failure it retries, so nothing is kept).
     reply: Option<(
@@ -33,6 +44,7 @@ impl Batch {
             write: WriteBatch::default(),
             acks: Vec::new(),
             rows: 0,
+            bytes: 0,
             reply: None,
         }
     }
@@ -47,6 +59,8 @@ pub struct HttpSubmission {
     pub received_at: chrono::DateTime<chrono::Utc>,
     /// Where it came from (the route), as the topic of its dead letters.
     pub source: String,
+    /// Claimed by the writer before COMMIT, or abandoned by the client's deadline.
+    pub claim: cityhub_store::Claim,
     pub reply: oneshot::Sender<Result<HttpOutcome, HttpRefused>>,
 }
 
@@ -70,9 +84,26 @@ pub struct HttpIngest {
 }
 
 impl HttpIngest {
-    /// Hands `s` to the pipeline; `Err` when it cannot take submissions now.
-    pub async fn submit(&self, s: HttpSubmission) -> Result<(), HttpRefused> {
-        self.tx.send(s).await.map_err(|_| HttpRefused)
+    /// Hands `s` to the pipeline at once; `Err` when it cannot take submissions now
+    /// (stopped, or as many waiting as the queue holds): the client is told to retry.
+    pub fn submit(&self, s: HttpSubmission) -> Result<(), HttpRefused> {
+        self.tx.try_send(s).map_err(|_| HttpRefused)
+    }
+}
+
+/// When a batch closes, and how much of a reason a dead letter keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+    pub reason_bytes: usize,
+}
+
+impl BatchLimits {
+    fn full(&self, b: &Batch) -> bool {
+        b.rows >= self.max_rows || b.acks.len() >= self.max_messages || b.bytes >= self.max_bytes
     }
 }
 
@@ -81,14 +112,43 @@ pub struct Batcher {
     decoder: Decoder,
     store: Store,
     metrics: IngestMetrics,
+    limits: BatchLimits,
+    /// The broker connection now; messages of an older one are dropped unstored.
+    epoch: Arc<std::sync::Mutex<u64>>,
 }
 
 impl Batcher {
-    pub fn new(decoder: Decoder, store: Store, metrics: IngestMetrics) -> Self {
+    pub fn new(
+        decoder: Decoder,
+        store: Store,
+        metrics: IngestMetrics,
+        limits: BatchLimits,
+        epoch: Arc<std::sync::Mutex<u64>>,
+    ) -> Self {
         Self {
             decoder,
             store,
             metrics,
+            limits,
+            epoch,
+        }
+    }
+
+    /// A message of a connection that is gone: its ack could not be sent, and the
+    /// broker delivers it again on the new one. Storing it now would only hold memory.
+    fn stale(&self, m: &Inbound) -> bool {
+        let stale = m.epoch != *self.epoch.lock().expect("epoch lock");
+        if stale {
+            self.metrics.acks_stale.inc();
+            self.metrics.acks_pending.dec();
+        }
+        stale
+    }
+
+    /// Adds `m` to the batch unless it is stale.
+    fn take(&self, batch: &mut Batch, m: Inbound) {
+        if !self.stale(&m) {
+            self.add(batch, m);
         }
     }
 
@@ -108,12 +168,20 @@ impl Batcher {
             s.received_at,
         );
         let mut batch = Batch::new();
+        // Two value types of one metric (SDS_P1 and PMS_P1) at one time are one row.
+        let rows: std::collections::HashSet<_> =
+            d.readings.iter().map(|r| (&r.metric, r.time)).collect();
         let outcome = HttpOutcome {
-            stored: d.readings.len(),
-            rejected: d.problems.iter().map(|p| p.reason.clone()).collect(),
+            stored: rows.len(),
+            rejected: d
+                .problems
+                .iter()
+                .map(|p| cityhub_store::truncate(p.reason.clone(), self.limits.reason_bytes))
+                .collect(),
         };
         self.add_decoded(&mut batch, s.source, s.payload, s.received_at, &d);
         batch.reply = Some((s.reply, outcome));
+        batch.write.claim = Some(s.claim);
         batch
     }
 
@@ -126,6 +194,7 @@ impl Batcher {
         d: &crate::decode::Decoded,
     ) {
         let source = batch.write.sources.len() as u32;
+        batch.bytes += payload.len();
         batch.write.sources.push(Source {
             topic,
             payload,
@@ -151,33 +220,24 @@ impl Batcher {
             }
             batch.rows += d.readings.len();
         }
-        if !d.problems.is_empty() {
-            let code = d.problems[0].code;
-            let reason = d
-                .problems
-                .iter()
-                .map(|p| p.reason.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            batch.write.dead_letters.push(DeadLetter {
-                source,
-                code,
-                reason,
-            });
+        if let Some(first) = d.problems.first() {
+            let (reason, full) = joined_reasons(&d.problems, self.limits.reason_bytes);
+            let mut dl = DeadLetter::new(source, first.code, reason, self.limits.reason_bytes);
+            dl.reason_bytes = full;
+            batch.bytes += dl.reason.len();
+            batch.write.dead_letters.push(dl);
         }
     }
 
     /// Reads messages until cancelled or the inbound channel closes, sending closed batches on.
-    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         self,
         mut rx: mpsc::UnboundedReceiver<Inbound>,
         mut http_rx: mpsc::Receiver<HttpSubmission>,
         tx: mpsc::Sender<Batch>,
-        max_rows: usize,
-        max_age: Duration,
         cancel: CancellationToken,
     ) {
+        let max_age = self.limits.max_age;
         'outer: loop {
             let first = tokio::select! {
                 biased;
@@ -190,17 +250,21 @@ impl Batcher {
                     }
                     continue;
                 }
-                m = rx.recv() => match m { Some(m) => m, None => break },
+                m = rx.recv() => match m {
+                    Some(m) if self.stale(&m) => continue,
+                    Some(m) => m,
+                    None => break,
+                },
             };
             let deadline = tokio::time::Instant::now() + max_age;
             let mut batch = Batch::new();
             self.add(&mut batch, first);
             let mut stop = false;
-            while batch.rows < max_rows {
+            while !self.limits.full(&batch) {
                 // Drain what is already queued without touching the timer.
                 match rx.try_recv() {
                     Ok(m) => {
-                        self.add(&mut batch, m);
+                        self.take(&mut batch, m);
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -214,7 +278,7 @@ impl Batcher {
                     _ = cancel.cancelled() => { stop = true; break }
                     _ = tokio::time::sleep_until(deadline) => break,
                     m = rx.recv() => match m {
-                        Some(m) => self.add(&mut batch, m),
+                        Some(m) => self.take(&mut batch, m),
                         None => { stop = true; break }
                     },
                 }
@@ -236,14 +300,100 @@ impl Batcher {
     }
 }
 
+/// The reasons of a message's problems joined with `; `, cut at `max` bytes; and the
+/// length the whole would have had (a flood of problems never builds it).
+fn joined_reasons(problems: &[crate::decode::Problem], max: usize) -> (String, usize) {
+    let full = problems.iter().map(|p| p.reason.len() + 2).sum::<usize>() - 2;
+    let mut out = String::new();
+    for p in problems {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(&p.reason);
+        if out.len() > max {
+            break;
+        }
+    }
+    (cityhub_store::truncate(out, max), full)
+}
+
+/// How the writer treats failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Isolation {
+    /// A batch whose commit loses the connection this many times in a row while the
+    /// database answers a ping is split like a refused one.
+    pub poison_after_attempts: u32,
+    pub reason_bytes: usize,
+}
+
+type Commit<'a> = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a>>;
+
+/// Commits `b`, or, when the database refuses its rows (`fault`), commits its halves,
+/// down to single messages whose rows become a dead letter with the database's
+/// reason. Every part is idempotent, so a transient error midway lets the caller
+/// retry the whole batch.
+fn isolate<'a>(
+    writer: &'a mut BatchWriter,
+    b: &'a WriteBatch,
+    fault: StoreError,
+    store: &'a Store,
+    iso: Isolation,
+) -> Commit<'a> {
+    Box::pin(async move {
+        let n = b.sources.len();
+        if n <= 1 {
+            let reason = format!(
+                "the database refused this message's rows: {}",
+                fault.server_message()
+            );
+            tracing::warn!(reason = %reason, "A message the database refuses became a dead letter.");
+            let mut only = WriteBatch {
+                sources: b.sources.clone(),
+                dead_letters: b.dead_letters.clone(),
+                ..Default::default()
+            };
+            only.dead_letters.push(DeadLetter::new(
+                0,
+                RejectReason::DatabaseRefused,
+                reason,
+                iso.reason_bytes,
+            ));
+            return writer.write(&only).await;
+        }
+        let mut total = WriteOutcome::default();
+        for half in [b.sources_in(0..n / 2), b.sources_in(n / 2..n)] {
+            let outcome = match writer.write(&half).await {
+                Ok(o) => o,
+                Err(e) if is_fault(&e, store, iso, iso.poison_after_attempts).await => {
+                    isolate(writer, &half, e, store, iso).await?
+                }
+                Err(e) => return Err(e),
+            };
+            total.merge(outcome);
+        }
+        Ok(total)
+    })
+}
+
+/// Whether `e` is the data's fault: a data error, or (after `attempts` lost
+/// connections in a row) a lost connection while the database answers otherwise.
+async fn is_fault(e: &StoreError, store: &Store, iso: Isolation, attempts: u32) -> bool {
+    e.is_permanent()
+        || (e.is_connection_lost()
+            && attempts >= iso.poison_after_attempts
+            && store.ping().await.is_ok())
+}
+
 /// Commits batches in order; acks each batch's messages after its commit.
 #[allow(clippy::too_many_arguments)] // one task's whole wiring, passed once at start
 pub async fn run_writer(
     mut writer: BatchWriter,
+    store: Store,
     mut rx: mpsc::Receiver<Batch>,
     acker: Acker,
     metrics: IngestMetrics,
     mut backoff: cityhub_config::Backoff,
+    iso: Isolation,
     shutdown_grace: Duration,
     live: broadcast::Sender<LiveBatch>,
     cancel: CancellationToken,
@@ -256,11 +406,40 @@ pub async fn run_writer(
             continue;
         }
         backoff.reset();
+        let oldest = batch.write.sources.iter().map(|s| s.received_at).min();
         let mut attempt = 0u32;
+        let mut lost_in_a_row = 0u32;
+        let mut refused_once = false;
         writer.report_latest = live.receiver_count() > 0;
         loop {
+            metrics.holding(oldest);
             let started = Instant::now();
-            match writer.write(&batch.write).await {
+            let result = match writer.write(&batch.write).await {
+                Err(e) => {
+                    lost_in_a_row = if e.is_connection_lost() {
+                        lost_in_a_row + 1
+                    } else {
+                        0
+                    };
+                    // A data error is believed only when it repeats on a fresh session (the
+                    // writer reset itself): "no partition for row" after a partition was
+                    // dropped, for one, goes away by itself.
+                    let fault = if e.is_permanent() {
+                        std::mem::replace(&mut refused_once, true)
+                    } else {
+                        is_fault(&e, &store, iso, lost_in_a_row).await
+                    };
+                    if fault {
+                        tracing::warn!(error = %e, messages = batch.write.sources.len(),
+                            "The database refuses this batch; splitting it to find the messages at fault.");
+                        isolate(&mut writer, &batch.write, e, &store, iso).await
+                    } else {
+                        Err(e)
+                    }
+                }
+                ok => ok,
+            };
+            match result {
                 Ok(mut outcome) => {
                     if !outcome.latest.is_empty() {
                         // Nobody listening is not an error: the stream is best effort.
@@ -280,6 +459,7 @@ pub async fn run_writer(
                         tracing::info!(attempts = attempt + 1, "Batch committed after retries.");
                     }
                     acker.ack(&batch.acks).await;
+                    metrics.holding(None);
                     if let Some((reply, outcome)) = batch.reply.take() {
                         let _ = reply.send(Ok(outcome));
                     }

@@ -21,6 +21,8 @@ pub enum StoreError {
     Import(String),
     #[error("sensor {sensor:?} is registered as kind {registered:?}; a sensor keeps its kind")]
     KindConflict { sensor: String, registered: String },
+    #[error("the waiting client gave up before the commit; nothing was stored")]
+    Abandoned,
 }
 
 impl StoreError {
@@ -30,6 +32,31 @@ impl StoreError {
             StoreError::Db(e) => e.is_closed() || e.as_db_error().is_none(),
             StoreError::Pool(_) => true,
             _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// True when the data, not the database's state, is at fault (data exceptions,
+    /// integrity violations, program limits): retrying the same rows fails again,
+    /// so the batch must be split to find the message at fault.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Db(e) => e
+                .code()
+                .is_some_and(|c| matches!(c.code().get(..2), Some("22" | "23" | "54"))),
+            _ => false,
+        }
+    }
+
+    /// The server's own message, for a dead letter's reason (no connection details).
+    pub fn server_message(&self) -> String {
+        match self {
+            StoreError::Db(e) => match e.as_db_error() {
+                Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+                None => e.to_string(),
+            },
+            other => other.to_string(),
         }
     }
 }

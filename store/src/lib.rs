@@ -11,8 +11,8 @@ pub mod writer;
 pub use error::StoreError;
 pub use schema::Backend;
 pub use writer::{
-    BatchWriter, DeadLetter, LatestChange, Observation, SensorSeen, Source, WriteBatch,
-    WriteOutcome,
+    truncate, BatchWriter, Claim, DeadLetter, LatestChange, Observation, SensorSeen, Source,
+    WriteBatch, WriteOutcome, WriterLimits,
 };
 
 use cityhub_config::{Catalog, Settings};
@@ -36,6 +36,7 @@ pub struct Derived {
     pub from: i16,
     pub target: i16,
     pub property: String,
+    pub formula: cityhub_config::Formula,
 }
 
 struct Inner {
@@ -68,6 +69,7 @@ impl Store {
                         from,
                         target,
                         property: d.property.clone(),
+                        formula: d.formula,
                     });
                 }
             }

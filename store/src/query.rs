@@ -403,24 +403,38 @@ pub struct DeadLetterRow {
     pub payload: Vec<u8>,
     pub reason_code: String,
     pub reason: String,
+    /// The lengths before payload and reason were cut short.
+    pub payload_bytes: i32,
+    pub reason_bytes: i32,
 }
 
+/// At most `limit` dead letters, newest first, and no more than `max_bytes` of
+/// payloads and reasons in all (always at least one), so a page's size is bounded;
+/// and whether the size cut the page short.
 pub async fn dead_letters(
     store: &Store,
     reason_code: Option<&str>,
     before_id: Option<i64>,
     limit: i64,
-) -> Result<Vec<DeadLetterRow>, StoreError> {
+    max_bytes: i64,
+) -> Result<(Vec<DeadLetterRow>, bool), StoreError> {
     let client = store.pool().get().await?;
     let rows = client
         .query(
-            "SELECT id, received_at, topic, payload, reason_code, reason FROM dead_letters
-             WHERE ($1::text IS NULL OR reason_code = $1) AND ($2::bigint IS NULL OR id < $2)
-             ORDER BY id DESC LIMIT $3",
-            &[&reason_code, &before_id, &limit],
+            "SELECT id, received_at, topic, payload, reason_code, reason, payload_bytes, reason_bytes, fetched
+             FROM (SELECT *, sum(length(payload) + octet_length(reason)) OVER (ORDER BY id DESC) AS running,
+                          row_number() OVER (ORDER BY id DESC) AS n, count(*) OVER () AS fetched
+                   FROM (SELECT * FROM dead_letters
+                         WHERE ($1::text IS NULL OR reason_code = $1) AND ($2::bigint IS NULL OR id < $2)
+                         ORDER BY id DESC LIMIT $3) newest) sized
+             WHERE running <= $4 OR n = 1
+             ORDER BY id DESC",
+            &[&reason_code, &before_id, &limit, &max_bytes],
         )
         .await?;
-    Ok(rows
+    let fetched: i64 = rows.first().map_or(0, |r| r.get(8));
+    let cut = (rows.len() as i64) < fetched;
+    let page = rows
         .iter()
         .map(|r| DeadLetterRow {
             id: r.get(0),
@@ -429,8 +443,22 @@ pub async fn dead_letters(
             payload: r.get(3),
             reason_code: r.get(4),
             reason: r.get(5),
+            payload_bytes: r.get(6),
+            reason_bytes: r.get(7),
         })
-        .collect())
+        .collect();
+    Ok((page, cut))
+}
+
+/// Deletes dead letters received more than `days` ago; returns how many.
+pub async fn purge_dead_letters(store: &Store, days: u32) -> Result<u64, StoreError> {
+    let client = store.pool().get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM dead_letters WHERE received_at < now() - make_interval(days => $1)",
+            &[&(days as i32)],
+        )
+        .await?)
 }
 
 /// A sensor as an operator registers it: the whole record, replacing what was there.

@@ -90,6 +90,7 @@ const MIGRATIONS: &[Migration] = &[
     // Since TimescaleDB 2.13 continuous aggregates default to materialized-only; the API
     // reads them for hourly and daily buckets and must see the last hours too.
     migration!(2, "0002", "realtime_aggregates"),
+    migration!(3, "0003", "bounded_dead_letters"),
 ];
 
 /// The newest schema version this build knows.

@@ -34,13 +34,18 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Vec<SensorRecord>, StoreEr
     let mut errors = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, r) in records.iter().enumerate() {
-        if catalog.get(&r.kind).is_none() {
-            errors.push(format!(
+        match catalog.get(&r.kind) {
+            None => errors.push(format!(
                 "sensor #{} ({}): unknown kind {:?}",
                 i + 1,
                 r.id,
                 r.kind
-            ));
+            )),
+            Some(kind) => {
+                if let Err(why) = kind.check_properties(&r.properties) {
+                    errors.push(format!("sensor #{} ({}): {why}", i + 1, r.id));
+                }
+            }
         }
         if !seen.insert(r.id.clone()) {
             errors.push(format!("sensor #{} ({}): id appears twice", i + 1, r.id));

@@ -55,8 +55,38 @@ pub struct DeadLetter {
     pub source: u32,
     /// The class of refusal (the metric label and stored `reason_code`).
     pub code: RejectReason,
-    /// Precise, human-readable reason naming the field and the rule.
+    /// Precise, human-readable reason naming the field and the rule (possibly cut short).
     pub reason: String,
+    /// The reason's length before it was cut short.
+    pub reason_bytes: usize,
+}
+
+impl DeadLetter {
+    /// A dead letter whose reason is kept to at most `max` bytes (cut on a character
+    /// boundary, marked with `…`); the full length is recorded.
+    pub fn new(source: u32, code: RejectReason, reason: String, max: usize) -> Self {
+        let reason_bytes = reason.len();
+        Self {
+            source,
+            code,
+            reason: truncate(reason, max),
+            reason_bytes,
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
 }
 
 /// Everything one transaction commits.
@@ -66,11 +96,71 @@ pub struct WriteBatch {
     pub observations: Vec<Observation>,
     pub sensors: BTreeMap<SensorId, SensorSeen>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Someone waits for this batch (an HTTP upload) and may stop waiting: the
+    /// writer commits only if it claims the batch first.
+    pub claim: Option<Claim>,
+}
+
+/// Who decides a waited-for batch's fate first: the writer, claiming it just before
+/// COMMIT, or the waiter, abandoning it at its deadline. Exactly one wins, so a
+/// client told "not stored" never has its upload stored.
+#[derive(Debug, Clone, Default)]
+pub struct Claim(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl Claim {
+    const OPEN: u8 = 0;
+    const CLAIMED: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    fn decide(&self, to: u8) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(Self::OPEN, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The writer's side: true when it may commit.
+    pub fn try_claim(&self) -> bool {
+        self.decide(Self::CLAIMED)
+    }
+
+    /// The waiter's side: true when the batch will not be committed; false when the
+    /// writer claimed it first (its outcome is then on its way).
+    pub fn abandon(&self) -> bool {
+        self.decide(Self::ABANDONED)
+    }
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
+    }
+
+    /// The batch of sources `range` alone: their observations, dead letters and sensors.
+    /// A poison batch is split with it until the message at fault is found.
+    pub fn sources_in(&self, range: std::ops::Range<usize>) -> WriteBatch {
+        let first = range.start as u32;
+        let inside = |s: u32| range.contains(&(s as usize));
+        let mut out = WriteBatch {
+            sources: self.sources[range.clone()].to_vec(),
+            ..Default::default()
+        };
+        for o in self.observations.iter().filter(|o| inside(o.source)) {
+            let seen = &self.sensors[&o.sensor];
+            let location = seen.location.map(|p| (p, seen.location_fallback));
+            out.see_sensor(&o.sensor, &seen.kind, location, o.time, o.source - first);
+            out.observations.push(Observation {
+                source: o.source - first,
+                ..o.clone()
+            });
+        }
+        for d in self.dead_letters.iter().filter(|d| inside(d.source)) {
+            out.dead_letters.push(DeadLetter {
+                source: d.source - first,
+                ..d.clone()
+            });
+        }
+        out
     }
 
     /// Records what a message says about its sensor; `location` carries whether it is
@@ -128,6 +218,21 @@ pub struct WriteOutcome {
     pub latest: Vec<LatestChange>,
 }
 
+impl WriteOutcome {
+    /// Adds what another part of the same batch did.
+    pub fn merge(&mut self, other: WriteOutcome) {
+        self.inserted += other.inserted;
+        self.duplicates += other.duplicates;
+        for (code, n) in other.dead_letters {
+            match self.dead_letters.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, m)) => *m += n,
+                None => self.dead_letters.push((code, n)),
+            }
+        }
+        self.latest.extend(other.latest);
+    }
+}
+
 /// A sensor's newest value of a metric, as committed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatestChange {
@@ -138,11 +243,30 @@ pub struct LatestChange {
     pub value: f64,
 }
 
+/// What bounds the writer: its session's timeouts and the payload a dead letter keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
+    pub dead_letter_payload_bytes: usize,
+}
+
+impl Default for WriterLimits {
+    fn default() -> Self {
+        Self {
+            statement_timeout_ms: 30_000,
+            lock_timeout_ms: 5_000,
+            dead_letter_payload_bytes: 16 * 1024,
+        }
+    }
+}
+
 /// Owns one connection and commits batches on it; reconnects on demand.
 pub struct BatchWriter {
     store: Store,
     client: Option<Client>,
     partitions: HashSet<DateTime<Utc>>,
+    limits: WriterLimits,
     /// Collect [`WriteOutcome::latest`]; off when nobody listens, as it costs a little.
     pub report_latest: bool,
 }
@@ -151,18 +275,21 @@ const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS obs_staging (
     sensor_id integer, metric_id smallint, time timestamptz, value double precision) ON COMMIT DELETE ROWS";
 
 impl BatchWriter {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, limits: WriterLimits) -> Self {
         Self {
             store,
             client: None,
             partitions: HashSet::new(),
+            limits,
             report_latest: false,
         }
     }
 
-    /// Drops the connection, so that the next write starts on a fresh one.
+    /// Drops the connection and forgets which partitions exist (one may have been
+    /// dropped since), so that the next write starts afresh.
     pub fn reset(&mut self) {
         self.client = None;
+        self.partitions.clear();
     }
 
     async fn client(&mut self) -> Result<&mut Client, StoreError> {
@@ -172,7 +299,12 @@ impl BatchWriter {
         if self.client.is_none() {
             let obj = self.store.pool().get().await?;
             let client = deadpool_postgres::Object::take(obj);
-            client.batch_execute(STAGING).await?;
+            client
+                .batch_execute(&format!(
+                    "SET statement_timeout = {}; SET lock_timeout = {}; {STAGING}",
+                    self.limits.statement_timeout_ms, self.limits.lock_timeout_ms
+                ))
+                .await?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("set above"))
@@ -194,6 +326,7 @@ impl BatchWriter {
         let months = self.new_partitions(batch);
         let store = self.store.clone();
         let report_latest = self.report_latest;
+        let max_payload = self.limits.dead_letter_payload_bytes;
         let client = self.client().await?;
         for m in &months {
             ensure_partition(&**client, *m).await?;
@@ -204,7 +337,11 @@ impl BatchWriter {
         staged += stage_derived(&tx, &store).await?;
         let inserted = insert_observations(&tx).await?;
         let latest = upsert_latest(&tx, batch, &sensors.ids, report_latest).await?;
-        let dead_letters = write_dead_letters(&tx, batch, &sensors.refused).await?;
+        let dead_letters_written =
+            write_dead_letters(&tx, batch, &sensors.refused, max_payload).await?;
+        if batch.claim.as_ref().is_some_and(|c| !c.try_claim()) {
+            return Err(StoreError::Abandoned); // rolled back as the transaction drops
+        }
         tx.commit().await?;
 
         // Only now, with the transaction durable, may the cache learn from it.
@@ -212,7 +349,7 @@ impl BatchWriter {
         Ok(WriteOutcome {
             inserted,
             duplicates: staged.saturating_sub(inserted),
-            dead_letters,
+            dead_letters: dead_letters_written,
             latest,
         })
     }
@@ -360,6 +497,9 @@ async fn stage_observations(
 async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, StoreError> {
     let mut staged = 0;
     for d in store.derived() {
+        // Only attributes within the formula's range: one set by hand to 1e-305 would
+        // overflow the division and refuse every batch with that sensor in it.
+        let (lo, hi) = d.formula.property_range();
         staged += tx
             .execute(
                 "INSERT INTO obs_staging (sensor_id, metric_id, time, value)
@@ -367,8 +507,8 @@ async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, Store
                         greatest(0, least(100, 100 * (1 - st.value / (s.properties->>$3)::float8)))
                  FROM obs_staging st JOIN sensors s ON s.id = st.sensor_id
                  WHERE st.metric_id = $1 AND jsonb_typeof(s.properties->$3) = 'number'
-                   AND (s.properties->>$3)::float8 > 0",
-                &[&d.from, &d.target, &d.property],
+                   AND (s.properties->>$3)::float8 BETWEEN $4 AND $5",
+                &[&d.from, &d.target, &d.property, &lo, &hi],
             )
             .await?;
     }
@@ -434,21 +574,20 @@ async fn write_dead_letters(
     tx: &Transaction<'_>,
     batch: &WriteBatch,
     refused: &HashMap<&str, String>,
+    max_payload: usize,
 ) -> Result<Vec<(RejectReason, u64)>, StoreError> {
-    let mut dl: Vec<(u32, RejectReason, String)> = batch
-        .dead_letters
-        .iter()
-        .map(|d| (d.source, d.code, d.reason.clone()))
-        .collect();
+    let mut dl: Vec<DeadLetter> = batch.dead_letters.clone();
     for (sensor, kind) in refused {
         if let Some((id, seen)) = batch.sensors.get_key_value(*sensor) {
-            dl.push((
+            let reason = format!(
+                "sensor {id:?} is registered as kind {kind:?}, not {:?}",
+                seen.kind.as_str()
+            );
+            dl.push(DeadLetter::new(
                 seen.source,
                 RejectReason::KindMismatch,
-                format!(
-                    "sensor {id:?} is registered as kind {kind:?}, not {:?}",
-                    seen.kind.as_str()
-                ),
+                reason,
+                usize::MAX,
             ));
         }
     }
@@ -461,19 +600,25 @@ async fn write_dead_letters(
     let mut payloads = Vec::with_capacity(dl.len());
     let mut codes = Vec::with_capacity(dl.len());
     let mut reasons = Vec::with_capacity(dl.len());
-    for (src, code, reason) in &dl {
-        let s = &batch.sources[*src as usize];
+    let mut payload_bytes = Vec::with_capacity(dl.len());
+    let mut reason_bytes = Vec::with_capacity(dl.len());
+    for d in &dl {
+        let s = &batch.sources[d.source as usize];
         at.push(s.received_at);
         topics.push(s.topic.replace('\0', "\u{FFFD}"));
-        payloads.push(s.payload.as_ref());
-        codes.push(code.code());
-        reasons.push(reason.replace('\0', "\u{FFFD}"));
-        *counts.entry(*code).or_default() += 1;
+        payloads.push(&s.payload[..s.payload.len().min(max_payload)]);
+        payload_bytes.push(i32::try_from(s.payload.len()).unwrap_or(i32::MAX));
+        codes.push(d.code.code());
+        reasons.push(d.reason.replace('\0', "\u{FFFD}"));
+        reason_bytes.push(i32::try_from(d.reason_bytes).unwrap_or(i32::MAX));
+        *counts.entry(d.code).or_default() += 1;
     }
+    // A batch retried after an unknown commit outcome writes no dead letter twice.
     tx.execute(
-        "INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason)
-         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::text[], $5::text[])",
-        &[&at, &topics, &payloads, &codes, &reasons],
+        "INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason, payload_bytes, reason_bytes)
+         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::int[], $7::int[])
+         ON CONFLICT (received_at, topic, reason_code, md5(payload)) DO NOTHING",
+        &[&at, &topics, &payloads, &codes, &reasons, &payload_bytes, &reason_bytes],
     )
     .await?;
     Ok(counts.into_iter().collect())

@@ -31,6 +31,15 @@ impl Broker {
     /// Starts from config/mosquitto.conf with its `listener` line replaced by
     /// `listener(port)` (e.g. a TLS listener with authentication).
     pub fn start_with(listener: impl Fn(u16) -> String) -> Self {
+        Self::start_editing(listener, |_| None)
+    }
+
+    /// Like [`Broker::start_with`]; `edit` may replace any other line of the
+    /// project's file (return the new line), e.g. `max_inflight_messages 0`.
+    pub fn start_editing(
+        listener: impl Fn(u16) -> String,
+        edit: impl Fn(&str) -> Option<String>,
+    ) -> Self {
         let port = free_port().expect("a free port");
         let dir = std::env::temp_dir().join(unique("cityhub_mq"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -51,7 +60,7 @@ impl Broker {
                 } else if l.starts_with("listener ") {
                     listener_text.clone()
                 } else {
-                    l.to_owned()
+                    edit(l).unwrap_or_else(|| l.to_owned())
                 }
             })
             .collect::<Vec<_>>()

@@ -127,8 +127,36 @@ impl TestDb {
         Ok(())
     }
 
+    /// Takes `table` in ACCESS EXCLUSIVE mode on a connection of its own, as a
+    /// slow migration or an operator's long transaction would; held until released.
+    pub async fn lock(&self, table: &str) -> TableLock {
+        let client = self.client().await;
+        client
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .expect("locking the table");
+        TableLock { client }
+    }
+
     pub async fn observations(&self) -> i64 {
         self.count("SELECT count(*) FROM observations").await
+    }
+}
+
+/// A table lock held by a transaction of its own; [`TableLock::release`] ends it
+/// (dropping it does too, when its connection closes).
+pub struct TableLock {
+    client: tokio_postgres::Client,
+}
+
+impl TableLock {
+    pub async fn release(self) {
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .expect("releasing the lock");
     }
 }
 

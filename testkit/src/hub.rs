@@ -281,6 +281,28 @@ impl Hub {
         }
     }
 
+    /// SIGTERM, then waits at most `limit` for the process to exit: its exit status
+    /// (true: success), or `None` when it was still running (it is then killed).
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<bool> {
+        let Runner::Process { child, .. } = &mut self.runner else {
+            panic!("only a process hub gets signals");
+        };
+        let mut c = child.take()?;
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status.success());
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills a process hub and starts it again with the same settings.
     pub async fn restart(&mut self) {
         self.kill9();

@@ -14,7 +14,7 @@ pub mod traffic;
 
 pub use broker::Broker;
 pub use cluster::{is_root, server_bin, PrivatePostgres};
-pub use db::{admin_url, test_preload, timescaledb_mode, TestDb};
+pub use db::{admin_url, test_preload, timescaledb_mode, TableLock, TestDb};
 #[cfg(feature = "hub")]
 pub use hub::{cli, cli_ok, hub_bin, metric_at, wait_for, Hub};
 #[cfg(feature = "hub")]
