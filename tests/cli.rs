@@ -66,7 +66,7 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version 2"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version 3"));
     // Idempotent.
     assert!(cli(&["migrate"], &env).status.success());
 

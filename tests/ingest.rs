@@ -273,7 +273,7 @@ async fn bad_input_becomes_dead_letters_and_the_pipeline_goes_on() {
     for (topic, payload, code, reason) in &cases {
         let rows = c
             .query(
-                "SELECT reason_code, reason, payload FROM dead_letters WHERE topic = $1",
+                "SELECT reason_code, reason, payload, payload_bytes FROM dead_letters WHERE topic = $1",
                 &[topic],
             )
             .await
@@ -286,7 +286,11 @@ async fn bad_input_becomes_dead_letters_and_the_pipeline_goes_on() {
             got_reason.contains(reason),
             "{topic}: {got_reason:?} lacks {reason:?}"
         );
-        assert_eq!(&got_payload, payload, "{topic}: raw payload kept");
+        // The raw payload, up to ingest.dead_letter_payload_bytes (16 KiB), and its length.
+        let kept = payload.len().min(16 * 1024);
+        assert_eq!(got_payload, payload[..kept], "{topic}: raw payload kept");
+        let full: i32 = rows[0].get(3);
+        assert_eq!(full as usize, payload.len(), "{topic}: payload length");
     }
     // The partly bad message kept its valid metric; sensors with only bad input were not registered.
     let kept = db.count("SELECT count(*) FROM observations o JOIN sensors s ON s.id=o.sensor_id WHERE s.external_id='b-9'").await;

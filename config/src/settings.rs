@@ -465,15 +465,18 @@ impl Settings {
 
     /// The provider stack, exposed so tests can layer their own environment.
     pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Settings::default()))
+        Ok(Self::defaults_and_file(file)?.merge(env_provider()))
+    }
+
+    /// Defaults and the built-in kinds, then `file` (which must exist when given).
+    fn defaults_and_file(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let fig = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::string(DEFAULT_KINDS));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::MissingFile(path.to_owned()));
-            }
-            fig = fig.merge(Toml::file(path));
+        match file {
+            Some(path) if !path.exists() => Err(ConfigError::MissingFile(path.to_owned())),
+            Some(path) => Ok(fig.merge(Toml::file(path))),
+            None => Ok(fig),
         }
-        Ok(fig.merge(env_provider()))
     }
 
     /// Defaults, then `file`, then `vars` read as the environment would be
@@ -483,14 +486,7 @@ impl Settings {
         file: Option<&Path>,
         vars: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Settings::default()))
-            .merge(Toml::string(DEFAULT_KINDS));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::MissingFile(path.to_owned()));
-            }
-            fig = fig.merge(Toml::file(path));
-        }
+        let mut fig = Self::defaults_and_file(file)?;
         for (k, v) in vars {
             let Some(key) = k.strip_prefix("CITYHUB_").and_then(section_key) else {
                 return Err(ConfigError::Invalid(format!("{k} names no setting")));
@@ -504,10 +500,7 @@ impl Settings {
     /// The built-in defaults alone (no file, no environment): for tools and tests
     /// that need the standard catalogue.
     pub fn builtin() -> Result<Self, ConfigError> {
-        Self::from_figment(
-            Figment::from(Serialized::defaults(Settings::default()))
-                .merge(Toml::string(DEFAULT_KINDS)),
-        )
+        Self::from_figment(Self::defaults_and_file(None)?)
     }
 
     pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
@@ -740,6 +733,29 @@ mod tests {
                     .max,
                 Some(100.0)
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn vars_layer_like_the_environment_without_touching_it() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CITYHUB_MQTT_CLIENT_ID", "from-the-process-env");
+            let s = Settings::load_with_vars(
+                None,
+                [
+                    ("CITYHUB_HTTP_ADDR", "127.0.0.1:0"),
+                    ("CITYHUB_INGEST_BATCH_MAX_ROWS", "7"),
+                ],
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(s.http.addr, "127.0.0.1:0");
+            assert_eq!(s.ingest.batch_max_rows, 7);
+            assert_eq!(s.mqtt.client_id, "cityhub-ingest", "the process env leaked in");
+            let e = Settings::load_with_vars(None, [("CITYHUB_NOPE", "1")]).unwrap_err();
+            assert!(e.to_string().contains("CITYHUB_NOPE"), "{e}");
+            let e = Settings::load_with_vars(None, [("CITYHUB_INGEST_NO_SUCH_KEY", "1")]);
+            assert!(e.is_err(), "unknown keys are refused as in files");
             Ok(())
         });
     }
