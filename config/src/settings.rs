@@ -751,7 +751,10 @@ mod tests {
             .map_err(|e| e.to_string())?;
             assert_eq!(s.http.addr, "127.0.0.1:0");
             assert_eq!(s.ingest.batch_max_rows, 7);
-            assert_eq!(s.mqtt.client_id, "cityhub-ingest", "the process env leaked in");
+            assert_eq!(
+                s.mqtt.client_id, "cityhub-ingest",
+                "the process env leaked in"
+            );
             let e = Settings::load_with_vars(None, [("CITYHUB_NOPE", "1")]).unwrap_err();
             assert!(e.to_string().contains("CITYHUB_NOPE"), "{e}");
             let e = Settings::load_with_vars(None, [("CITYHUB_INGEST_NO_SUCH_KEY", "1")]);
