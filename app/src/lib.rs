@@ -3,6 +3,7 @@
 //! the `serve` command, the demo and tests all run the same hub (tests in-process
 //! on port 0, see `cityhub-testkit`).
 
+mod http;
 mod uploads;
 
 use cityhub_config::Settings;
@@ -87,17 +88,12 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         shutdown: cancel.clone(),
         oldest_unacked: metrics.oldest_unacked.clone(),
     };
-    let app =
-        cityhub_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let http_cancel = cancel.clone();
-    tracker.spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed.");
-        }
-    });
+    tracker.spawn(http::serve(
+        listener,
+        cityhub_api::router(state.clone()),
+        Duration::from_secs(settings.http.header_timeout_s),
+        cancel.clone(),
+    ));
 
     let deadline = Duration::from_secs(settings.ingest.shutdown_timeout_s);
     let task = tokio::spawn(async move {

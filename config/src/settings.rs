@@ -230,7 +230,9 @@ pub struct HttpSettings {
     pub max_page: u32,
     /// Largest request body accepted (admin and ingest calls).
     pub max_body_bytes: usize,
-    /// A request body must arrive within this time (a slow sender is cut off).
+    /// A request's head (line and headers) must arrive within this time...
+    pub header_timeout_s: u64,
+    /// ...and its body within this one (a slow sender is cut off).
     pub body_timeout_s: u64,
     /// How long an HTTP upload waits for its commit before the client is told to send
     /// it again (and it is then never stored).
@@ -254,6 +256,7 @@ impl Default for HttpSettings {
             rate_limit_burst: 200,
             max_page: 10_000,
             max_body_bytes: 1024 * 1024,
+            header_timeout_s: 10,
             body_timeout_s: 10,
             upload_timeout_s: 30,
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
@@ -537,11 +540,12 @@ impl Settings {
             return invalid("ingest.dead_letter_reason_bytes must be at least 64");
         }
         if self.ingest.shutdown_timeout_s == 0
+            || self.http.header_timeout_s == 0
             || self.http.body_timeout_s == 0
             || self.http.upload_timeout_s == 0
         {
             return invalid(
-                "ingest.shutdown_timeout_s, http.body_timeout_s and http.upload_timeout_s must be above 0",
+                "ingest.shutdown_timeout_s and http.header_timeout_s, body_timeout_s and upload_timeout_s must be above 0",
             );
         }
         if self.ingest.statement_timeout_ms == 0 || self.ingest.lock_timeout_ms == 0 {
