@@ -314,3 +314,30 @@ impl Catalog {
         self.kinds.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn derived_properties_must_be_in_the_formulas_range() {
+        let catalog = crate::Settings::builtin().unwrap().catalog().unwrap();
+        let bin = catalog.get("waste_bin").unwrap();
+        let props = |v: serde_json::Value| json!({ "depth_mm": v }).as_object().unwrap().clone();
+        assert!(bin.check_properties(&props(json!(1200))).is_ok());
+        assert!(bin.check_properties(&serde_json::Map::new()).is_ok());
+        for bad in [
+            json!(1e-305),
+            json!(0),
+            json!(-5),
+            json!(1e9),
+            json!("deep"),
+        ] {
+            let e = bin.check_properties(&props(bad.clone())).unwrap_err();
+            assert!(e.contains("depth_mm"), "{bad}: {e}");
+        }
+        // Kinds with no derived metric take any attributes.
+        let lamp = catalog.get("streetlight").unwrap();
+        assert!(lamp.check_properties(&props(json!(1e-305))).is_ok());
+    }
+}

@@ -146,7 +146,10 @@ impl WriteBatch {
             ..Default::default()
         };
         for o in self.observations.iter().filter(|o| inside(o.source)) {
-            let seen = &self.sensors[&o.sensor];
+            // Every observation's sensor was seen; one that was not could not be stored anyway.
+            let Some(seen) = self.sensors.get(&o.sensor) else {
+                continue;
+            };
             let location = seen.location.map(|p| (p, seen.location_fallback));
             out.see_sensor(&o.sensor, &seen.kind, location, o.time, o.source - first);
             out.observations.push(Observation {
@@ -622,4 +625,58 @@ async fn write_dead_letters(
     )
     .await?;
     Ok(counts.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_keeps_whole_characters_and_marks_the_cut() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let cut = truncate("àèìòù àèìòù".into(), 8);
+        assert!(cut.len() <= 8 && cut.ends_with('…'), "{cut:?}");
+        assert!(cut.starts_with('à'));
+    }
+
+    #[test]
+    fn a_slice_of_sources_takes_their_rows_dead_letters_and_sensors() {
+        let t = Utc::now();
+        let id = |s: &str| SensorId::parse(s).unwrap();
+        let kind = Name::parse("waste_bin").unwrap();
+        let mut b = WriteBatch::default();
+        for (i, s) in ["a", "b", "c"].iter().enumerate() {
+            b.sources.push(Source {
+                topic: format!("t/{s}"),
+                payload: Bytes::from_static(b"{}"),
+                received_at: t,
+            });
+            b.observations.push(Observation {
+                sensor: id(s),
+                metric_id: 1,
+                time: t,
+                value: i as f64,
+                source: i as u32,
+            });
+            b.see_sensor(&id(s), &kind, None, t, i as u32);
+        }
+        b.dead_letters
+            .push(DeadLetter::new(1, RejectReason::OutOfRange, "x".into(), 64));
+        let tail = b.sources_in(1..3);
+        assert_eq!(tail.sources.len(), 2);
+        assert_eq!(tail.sources[0].topic, "t/b");
+        let values: Vec<(u32, f64)> = tail
+            .observations
+            .iter()
+            .map(|o| (o.source, o.value))
+            .collect();
+        assert_eq!(values, [(0, 1.0), (1, 2.0)]);
+        assert_eq!(tail.dead_letters.len(), 1);
+        assert_eq!(tail.dead_letters[0].source, 0);
+        assert_eq!(
+            tail.sensors.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert!(b.sources_in(0..1).dead_letters.is_empty());
+    }
 }
