@@ -291,6 +291,14 @@ async fn map_page_and_assets() {
         .to_str()
         .unwrap()
         .contains("javascript"));
+    // The page under its file name is the page: revalidated, with its CSP.
+    let named = reqwest::get(hub.url("/map/index.html")).await.unwrap();
+    assert_eq!(named.status(), 200);
+    assert!(!named.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    assert!(named.headers().contains_key("content-security-policy"));
     let missing = reqwest::get(hub.url("/map/main-NOPE.js")).await.unwrap();
     assert_eq!(missing.status(), 404);
     assert!(missing.headers().get("cache-control").is_none());

@@ -777,7 +777,13 @@ async fn rate_limit_answers_429() {
     let http = reqwest::Client::new();
     let mut codes = Vec::new();
     for _ in 0..20 {
-        codes.push(http.get(hub.url("/api/v1/kinds")).send().await.unwrap());
+        codes.push(
+            http.get(hub.url("/api/v1/kinds"))
+                .header("Origin", "https://app.example.org")
+                .send()
+                .await
+                .unwrap(),
+        );
     }
     let limited = codes.iter().filter(|r| r.status() == 429).count();
     assert!(
@@ -785,7 +791,25 @@ async fn rate_limit_answers_429() {
         "20 requests at once against a burst of 5: {limited} refused"
     );
     let r = codes.into_iter().find(|r| r.status() == 429).unwrap();
-    assert!(r.headers().get("retry-after").is_some());
+    // A browser app sees the 429 (CORS) and when to come back, the same in header and body.
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("*"),
+        "a 429 without CORS headers is a CORS error to a browser"
+    );
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "TooManyRequests");
+    let description = body["description"].as_str().unwrap();
+    assert!(
+        description.ends_with(&format!("retry in {retry} s")),
+        "{description} vs Retry-After {retry}"
+    );
 }

@@ -214,8 +214,17 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             Duration::from_secs(http.body_timeout_s),
-        ))
-        .layer(tower_http::compression::CompressionLayer::new().gzip(true))
+        ));
+    // Inside CORS, so a 429 carries the CORS headers and a browser can read Retry-After.
+    if http.rate_limit_per_s > 0 {
+        app = with_rate_limit(
+            app,
+            http.rate_limit_per_s,
+            http.rate_limit_burst,
+            &state.shutdown,
+        );
+    }
+    app.layer(tower_http::compression::CompressionLayer::new().gzip(true))
         // Open data: any origin may read; admin calls authenticate by token, not cookies.
         .layer(
             CorsLayer::new()
@@ -231,20 +240,16 @@ pub fn router(state: AppState) -> Router {
                 HeaderValue::from_static("nosniff"),
             ),
         )
-        .with_state(state.clone());
-    if http.rate_limit_per_s > 0 {
-        app = with_rate_limit(
-            app,
-            http.rate_limit_per_s,
-            http.rate_limit_burst,
-            &state.shutdown,
-        );
-    }
-    app
+        .with_state(state.clone())
 }
 
 /// Per client address; needs the server to provide `ConnectInfo<SocketAddr>`.
-fn with_rate_limit(app: Router, per_s: u32, burst: u32, shutdown: &CancellationToken) -> Router {
+fn with_rate_limit(
+    app: Router<AppState>,
+    per_s: u32,
+    burst: u32,
+    shutdown: &CancellationToken,
+) -> Router<AppState> {
     let config = Arc::new(
         tower_governor::governor::GovernorConfigBuilder::default()
             .per_nanosecond((1_000_000_000 / u64::from(per_s)).max(1))
@@ -271,12 +276,14 @@ fn with_rate_limit(app: Router, per_s: u32, burst: u32, shutdown: &CancellationT
                 }
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, 1),
             };
+            // Whole seconds, at least one: the body and Retry-After say the same.
+            let wait = wait.max(1);
             let body = ErrorBody {
                 code: "TooManyRequests",
                 description: format!("too many requests from this address; retry in {wait} s"),
             };
             let mut r = (code, Json(body)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&wait.max(1).to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }
             r

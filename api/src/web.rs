@@ -20,6 +20,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     // The build names assets by content hash, so they never change under a name.
     let assets = Router::new()
         .route("/settings.json", get(settings))
+        // The page itself is revalidated and carries its CSP, under any name.
+        .route("/index.html", get(index))
         .fallback_service(ServeDir::new(dir))
         .layer(axum::middleware::map_response(immutable));
     Router::new().route("/", get(index)).nest("/map", assets)
