@@ -125,11 +125,6 @@ impl Broker {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-
-    /// What the broker logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
-    }
 }
 
 impl Drop for Broker {
