@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: SensorsCommand,
     },
+    /// TimescaleDB's jobs: their health, or run them now.
+    Maintenance {
+        #[command(subcommand)]
+        command: MaintenanceCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -53,6 +58,15 @@ enum Command {
 enum SensorsCommand {
     /// Load sensors from a GeoJSON FeatureCollection or a CSV file (id,kind,name,lon,lat,...).
     Import { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum MaintenanceCommand {
+    /// Print each policy job's state, its scheduler's last run and the hubs' (JSON).
+    Status,
+    /// Run every policy job now (compression, retention, aggregate refresh) and wait;
+    /// on plain PostgreSQL, drop partitions past retention.
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +168,27 @@ fn main() -> Result<()> {
             }
             Command::Demo(args) => demo::run(settings, args).await,
             Command::Sim { command } => sim_cmd::run(&settings, command).await,
+            Command::Maintenance { command } => {
+                let store = Store::open(&settings, &settings.catalog()?).await?;
+                if !store.backend().is_timescale() {
+                    if let MaintenanceCommand::Run = command {
+                        let dropped = store.apply_retention().await?;
+                        println!("plain PostgreSQL: dropped {} partitions past retention", dropped.len());
+                    } else {
+                        println!("plain PostgreSQL: no TimescaleDB jobs; the hub drops partitions past retention hourly");
+                    }
+                    return Ok(());
+                }
+                let report = match command {
+                    MaintenanceCommand::Status => cityhub_app::maintenance::report(&store, settings.store.maintenance).await?,
+                    MaintenanceCommand::Run => cityhub_app::maintenance::run_all(&store, settings.store.maintenance).await?,
+                };
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                if report.state == cityhub_store::maintenance::JobState::Failing {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             Command::Config { .. } => unreachable!("handled above"),
         }
     })

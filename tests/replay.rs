@@ -1,5 +1,6 @@
 //! A year of a real Italian road-side air-quality station (UCI), replayed
-//! through the hub: every non-missing value stored once, -200 never stored.
+//! through the hub: every non-missing value stored once, -200 never stored, and
+//! every hourly and daily bucket of it answered after the TimescaleDB jobs ran.
 
 use cityhub_testkit::*;
 use std::path::Path;
@@ -10,7 +11,7 @@ async fn uci_air_quality_replay_lands_completely() {
         .join("tests/fixtures/uci-air-quality/AirQualityUCI.csv");
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let _hub = Hub::start(&db, &broker, "replay", &[]).await;
+    let hub = Hub::start(&db, &broker, "replay", &[]).await;
     let out = cli_ok(
         &[
             "sim",
@@ -72,4 +73,24 @@ async fn uci_air_quality_replay_lands_completely() {
         .count("SELECT count(*) FROM sensors WHERE external_id = 'aq-uci' AND lat = 45.1335")
         .await;
     assert_eq!(located, 1);
+
+    // A year of history is older than any refresh window: after the policies run
+    // (and compression), every hourly and daily answer still equals SQL over the rows.
+    run_policies(&db).await;
+    compress_all(&db).await;
+    run_policies(&db).await;
+    for bucket in ["1h", "1d"] {
+        let (n, wrong) = bucket_mismatches(&hub, &db, "aq-uci", bucket).await;
+        eprintln!(
+            "UCI replay, {bucket}: {n} buckets, {} disagree",
+            wrong.len()
+        );
+        assert!(n > 300, "{bucket}: {n}");
+        assert!(
+            wrong.is_empty(),
+            "{bucket}: {} of {n} buckets disagree, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
 }

@@ -46,7 +46,14 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     };
     let flowing = waiting_s <= s.settings.ingest.max_unacked_age_s as f64;
     let ready = db_ok && mqtt && flowing;
-    let body = json!({
+    // Failing jobs do not make the hub unready (it still serves and stores), but an
+    // operator or a probe reading the details sees them.
+    let maintenance = {
+        let m = s.maintenance.read().expect("status lock");
+        (m.jobs.is_some() || m.late_refresh_error.is_some())
+            .then(|| serde_json::to_value(&*m).unwrap_or_default())
+    };
+    let mut body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "database": if db_ok { "ok" } else { "unavailable" },
         "mqtt": if mqtt { "connected" } else { "disconnected" },
@@ -54,6 +61,9 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
         "oldest_unacked_s": waiting_s,
         "backend": backend,
     });
+    if let Some(m) = maintenance {
+        body["maintenance"] = m;
+    }
     let code = if ready {
         StatusCode::OK
     } else {

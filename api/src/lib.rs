@@ -59,6 +59,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Receive time (µs since the epoch) of the oldest message waiting for its commit; 0: none.
     pub oldest_unacked: Arc<std::sync::atomic::AtomicI64>,
+    /// TimescaleDB jobs and late refreshes as the maintenance tasks last saw them.
+    pub maintenance: cityhub_store::maintenance::SharedStatus,
 }
 
 impl AppState {

@@ -4,6 +4,7 @@
 //! on port 0, see `cityhub-testkit`).
 
 mod http;
+pub mod maintenance;
 mod uploads;
 
 use cityhub_config::Settings;
@@ -76,6 +77,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     let tracker = TaskTracker::new();
     let mut registry = Registry::default();
     let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
+    let upkeep = maintenance::MaintenanceMetrics::register(&mut registry);
     let mqtt_connected = Arc::new(AtomicBool::new(false));
     let state = cityhub_api::AppState {
         store: Arc::new(tokio::sync::OnceCell::new()),
@@ -87,6 +89,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         live: cityhub_api::live::channel(),
         shutdown: cancel.clone(),
         oldest_unacked: metrics.oldest_unacked.clone(),
+        maintenance: Default::default(),
     };
     tracker.spawn(http::serve(
         listener,
@@ -97,7 +100,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
 
     let deadline = Duration::from_secs(settings.ingest.shutdown_timeout_s);
     let task = tokio::spawn(async move {
-        let started = run_pipeline(&settings, &state, metrics, &tracker, &cancel).await;
+        let started = run_pipeline(&settings, &state, metrics, upkeep, &tracker, &cancel).await;
         tracker.close();
         // Drain, but never longer than the deadline after the stop request: a locked
         // table or a slow client must not hold the process.
@@ -129,6 +132,7 @@ async fn run_pipeline(
     settings: &Settings,
     state: &cityhub_api::AppState,
     metrics: cityhub_ingest::IngestMetrics,
+    upkeep: maintenance::MaintenanceMetrics,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(), AppError> {
@@ -164,6 +168,22 @@ async fn run_pipeline(
     )
     .inspect_err(|_| cancel.cancel())?;
     let _ = state.uploads.set(Arc::new(uploads::IngestUploads(http)));
+    if store.backend().is_timescale() {
+        tracker.spawn(maintenance::jobs_task(
+            store.clone(),
+            settings.store.clone(),
+            state.maintenance.clone(),
+            upkeep.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(maintenance::late_refresh_task(
+            store.clone(),
+            Duration::from_secs(settings.store.late_refresh_s.max(1)),
+            state.maintenance.clone(),
+            upkeep,
+            cancel.clone(),
+        ));
+    }
     tracker.spawn(retention_job(
         store,
         settings.ingest.dead_letter_retention_days,

@@ -14,6 +14,6 @@ pub use kinds::{Catalog, DerivedDef, Formula, Kind, KindDef, Metric, MetricDef};
 pub use model::{GeoPoint, ModelError, Name, SensorId};
 pub use reject::RejectReason;
 pub use settings::{
-    CatalogSettings, ConfigError, ConnUrl, HttpSettings, IngestSettings, LogFormat, MqttSettings,
-    Secret, Settings, TimescaleMode,
+    CatalogSettings, ConfigError, ConnUrl, HttpSettings, IngestSettings, LogFormat,
+    MaintenanceMode, MqttSettings, Secret, Settings, TimescaleMode,
 };

@@ -408,6 +408,26 @@ pub struct StoreSettings {
     pub retention_days: u32,
     /// TimescaleDB: chunks older than this are compressed.
     pub compress_after_days: u32,
+    /// TimescaleDB: who runs the compression, retention and refresh jobs.
+    pub maintenance: MaintenanceMode,
+    /// How often the hub checks the jobs' health (and, as leader, runs those due).
+    pub maintenance_interval_s: u64,
+    /// TimescaleDB: how soon after a commit below an aggregate's watermark the hub
+    /// refreshes the buckets it touched.
+    pub late_refresh_s: u64,
+}
+
+/// Who runs TimescaleDB's policy jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaintenanceMode {
+    /// TimescaleDB's scheduler; the hub (one of them, elected) runs a job itself when
+    /// its last run failed or it is overdue.
+    Auto,
+    /// The elected hub runs every job on the job's schedule, whatever the scheduler does.
+    Hub,
+    /// Only TimescaleDB's scheduler; the hub reports failures and does nothing else.
+    Timescaledb,
 }
 
 impl Default for StoreSettings {
@@ -416,6 +436,9 @@ impl Default for StoreSettings {
             timescaledb: TimescaleMode::Auto,
             retention_days: 730,
             compress_after_days: 7,
+            maintenance: MaintenanceMode::Auto,
+            maintenance_interval_s: 60,
+            late_refresh_s: 2,
         }
     }
 }

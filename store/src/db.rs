@@ -172,6 +172,20 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
     }
 }
 
+/// A connection of its own, outside the pool: for a session that holds a lock for
+/// as long as it lives (the maintenance leader), so it never takes a pool slot.
+pub async fn connect(s: &DatabaseSettings) -> Result<tokio_postgres::Client, StoreError> {
+    let (mut cfg, check) = pg_config(s)?;
+    cfg.connect_timeout(Duration::from_secs(s.connect_timeout_s));
+    let (client, conn) = cfg.connect(tls(s, check)?).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "Dedicated database connection closed.");
+        }
+    });
+    Ok(client)
+}
+
 /// A connection pool for queries and for the writer's dedicated connection.
 pub fn pool(s: &DatabaseSettings) -> Result<Pool, StoreError> {
     let (cfg, check) = pg_config(s)?;

@@ -3,6 +3,7 @@
 
 pub mod db;
 mod error;
+pub mod maintenance;
 pub mod query;
 pub mod schema;
 pub mod sensors;
@@ -18,6 +19,7 @@ pub use writer::{
 use cityhub_config::{Catalog, Settings};
 use deadpool_postgres::Pool;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 /// Latest values advanced by one committed batch, for live subscribers.
@@ -48,6 +50,10 @@ struct Inner {
     /// id -> (kind, metric), to name what `latest` and `observations` hold.
     metric_names: HashMap<i16, (String, String)>,
     retention_days: u32,
+    database: cityhub_config::settings::DatabaseSettings,
+    /// Earliest reading time (µs since the epoch) committed since the late-refresh
+    /// task last looked; `i64::MAX` when none.
+    earliest_written: AtomicI64,
 }
 
 impl Store {
@@ -86,6 +92,8 @@ impl Store {
                 backend,
                 metric_ids,
                 retention_days: settings.store.retention_days,
+                database: settings.database.clone(),
+                earliest_written: AtomicI64::new(i64::MAX),
             }),
         })
     }
@@ -114,6 +122,30 @@ impl Store {
             .metric_names
             .get(&id)
             .map(|(k, m)| (k.as_str(), m.as_str()))
+    }
+
+    /// A connection outside the pool (see [`db::connect`]).
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
+        db::connect(&self.inner.database).await
+    }
+
+    /// Records that readings from `earliest` on were committed (TimescaleDB: the
+    /// late-refresh task refreshes aggregate buckets below the watermark).
+    pub fn note_written(&self, earliest: chrono::DateTime<chrono::Utc>) {
+        self.inner
+            .earliest_written
+            .fetch_min(earliest.timestamp_micros(), Ordering::Relaxed);
+    }
+
+    /// The earliest reading time noted since the last call, and forgets it.
+    pub fn take_written(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let us = self
+            .inner
+            .earliest_written
+            .swap(i64::MAX, Ordering::Relaxed);
+        (us != i64::MAX)
+            .then(|| chrono::DateTime::from_timestamp_micros(us))
+            .flatten()
     }
 
     /// Is the database answering?

@@ -91,6 +91,7 @@ const MIGRATIONS: &[Migration] = &[
     // reads them for hourly and daily buckets and must see the last hours too.
     migration!(2, "0002", "realtime_aggregates"),
     migration!(3, "0003", "bounded_dead_letters"),
+    migration!(4, "0004", "maintained_aggregates"),
 ];
 
 /// The newest schema version this build knows.

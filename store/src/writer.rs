@@ -349,6 +349,11 @@ impl BatchWriter {
 
         // Only now, with the transaction durable, may the cache learn from it.
         self.partitions.extend(months);
+        if inserted > 0 && store.backend().is_timescale() {
+            if let Some(t) = batch.observations.iter().map(|o| o.time).min() {
+                store.note_written(t);
+            }
+        }
         Ok(WriteOutcome {
             inserted,
             duplicates: staged.saturating_sub(inserted),

@@ -4,6 +4,8 @@
 //! `hub`) the hub itself, in-process or as a process, with simulated traffic.
 //! Tests, the bench and the demo all use these; there are no other copies.
 
+#[cfg(feature = "hub")]
+pub mod aggregates;
 pub mod broker;
 pub mod cluster;
 pub mod db;
@@ -12,6 +14,8 @@ pub mod hub;
 #[cfg(feature = "hub")]
 pub mod traffic;
 
+#[cfg(feature = "hub")]
+pub use aggregates::{bucket_mismatches, compress_all, is_timescale, run_policies};
 pub use broker::Broker;
 pub use cluster::{is_root, server_bin, PrivatePostgres};
 pub use db::{admin_url, test_preload, timescaledb_mode, TableLock, TestDb};

@@ -1,0 +1,283 @@
+//! TimescaleDB upkeep from the hub: every hub reads the policy jobs' health for
+//! `/readyz` and `/metrics`; the hub holding the leader lock (a session advisory
+//! lock, so several hubs on one database elect one) runs the jobs that are due; and
+//! every hub refreshes the aggregate buckets its own late commits touched.
+
+use chrono::Utc;
+use cityhub_config::settings::StoreSettings;
+use cityhub_config::MaintenanceMode;
+use cityhub_store::maintenance::{self, JobState, Report, SharedStatus, AGGREGATES, LEADER_LOCK};
+use cityhub_store::{Store, StoreError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabel {
+    pub job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub job: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub view: &'static str,
+    pub result: &'static str,
+}
+
+/// Maintenance metrics; labels are job and view names (a handful), never ids.
+#[derive(Clone)]
+pub struct MaintenanceMetrics {
+    state: Family<JobLabel, Gauge>,
+    scheduler_failing: Family<JobLabel, Gauge>,
+    last_success_age: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    runs: Family<RunLabels, Counter>,
+    refreshes: Family<RefreshLabels, Counter>,
+    leader: Gauge,
+}
+
+impl MaintenanceMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self {
+            state: Family::default(),
+            scheduler_failing: Family::default(),
+            last_success_age: Family::default(),
+            runs: Family::default(),
+            refreshes: Family::default(),
+            leader: Gauge::default(),
+        };
+        let r = r.sub_registry_with_prefix("cityhub");
+        r.register(
+            "timescaledb_job_state",
+            "Policy job state: 0 ok, 1 covered by a hub, 2 failing",
+            m.state.clone(),
+        );
+        r.register(
+            "timescaledb_job_scheduler_failing",
+            "1 when TimescaleDB's scheduler failed the job's last run or left it waiting",
+            m.scheduler_failing.clone(),
+        );
+        r.register(
+            "timescaledb_job_last_success_age_seconds",
+            "Seconds since anyone (scheduler or hub) last ran the job successfully",
+            m.last_success_age.clone(),
+        );
+        r.register(
+            "maintenance_runs",
+            "Policy jobs run by this hub, by outcome",
+            m.runs.clone(),
+        );
+        r.register(
+            "aggregate_late_refreshes",
+            "Refreshes of aggregate buckets below the watermark after late commits, by outcome",
+            m.refreshes.clone(),
+        );
+        r.register(
+            "maintenance_leader",
+            "1 while this hub holds the maintenance leader lock",
+            m.leader.clone(),
+        );
+        m
+    }
+
+    fn record(&self, report: &Report) {
+        self.leader.set(i64::from(report.leader));
+        for j in &report.jobs {
+            let label = JobLabel {
+                job: j.job.name.clone(),
+            };
+            let state = match j.state {
+                JobState::Ok => 0,
+                JobState::Covered => 1,
+                JobState::Failing => 2,
+            };
+            self.state.get_or_create(&label).set(state);
+            self.scheduler_failing
+                .get_or_create(&label)
+                .set(i64::from(j.job.scheduler_failing(report.checked_at)));
+            if let Some(t) = j.job.last_done() {
+                let age = (report.checked_at - t).num_milliseconds().max(0) as f64 / 1000.0;
+                self.last_success_age.get_or_create(&label).set(age);
+            }
+        }
+    }
+}
+
+/// Reads job health every `maintenance_interval_s` and, as leader, runs jobs due.
+pub async fn jobs_task(
+    store: Store,
+    settings: StoreSettings,
+    status: SharedStatus,
+    metrics: MaintenanceMetrics,
+    cancel: CancellationToken,
+) {
+    let every = Duration::from_secs(settings.maintenance_interval_s.max(1));
+    let mut session: Option<(tokio_postgres::Client, bool)> = None;
+    loop {
+        let round = tokio::select! {
+            r = check_and_run(&store, settings.maintenance, &mut session, &metrics) => r,
+            _ = cancel.cancelled() => break,
+        };
+        match round {
+            Ok(report) => {
+                metrics.record(&report);
+                status.write().expect("status lock").jobs = Some(report);
+            }
+            Err(e) => {
+                // The lock went with the session: campaign again on the next one.
+                session = None;
+                metrics.leader.set(0);
+                tracing::warn!(error = %e, "Maintenance check failed; will retry.");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+}
+
+async fn check_and_run(
+    store: &Store,
+    mode: MaintenanceMode,
+    session: &mut Option<(tokio_postgres::Client, bool)>,
+    metrics: &MaintenanceMetrics,
+) -> Result<Report, StoreError> {
+    if session.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+        *session = Some((store.connect().await?, false));
+    }
+    let (client, leader) = session.as_mut().expect("session just made");
+    if !*leader && mode != MaintenanceMode::Timescaledb {
+        *leader = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .await?
+            .get(0);
+        if *leader {
+            tracing::info!(mode = ?mode, "Maintenance: this hub is the leader.");
+        }
+    }
+    let mut jobs = maintenance::jobs(&*client).await?;
+    if *leader {
+        let now = Utc::now();
+        let mut ran = false;
+        for job in jobs.iter().filter(|j| j.due(mode, now)) {
+            ran = true;
+            let result = maintenance::run_job(client, job.id).await;
+            let label = |result| RunLabels {
+                job: job.name.clone(),
+                result,
+            };
+            match result {
+                Ok(()) => {
+                    metrics.runs.get_or_create(&label("ok")).inc();
+                    tracing::info!(job = %job.name, id = job.id, scheduler_status = ?job.last_status, "Maintenance: ran the job.");
+                }
+                Err(e) if e.is_connection_lost() => return Err(e),
+                Err(e) => {
+                    metrics.runs.get_or_create(&label("error")).inc();
+                    tracing::warn!(job = %job.name, id = job.id, error = %e, "Maintenance: the job failed when the hub ran it.");
+                }
+            }
+        }
+        if ran {
+            jobs = maintenance::jobs(&*client).await?;
+        }
+    }
+    Ok(Report::new(mode, *leader, jobs, Utc::now()))
+}
+
+/// The jobs' health now, as `cityhub maintenance status` prints it.
+pub async fn report(store: &Store, mode: MaintenanceMode) -> Result<Report, StoreError> {
+    let c = store.connect().await?;
+    let jobs = maintenance::jobs(&c).await?;
+    Ok(Report::new(mode, false, jobs, Utc::now()))
+}
+
+/// Runs every policy job once, now, whoever leads (`cityhub maintenance run`): after
+/// an import, or where nothing else runs them. A job's failure is in the report.
+pub async fn run_all(store: &Store, mode: MaintenanceMode) -> Result<Report, StoreError> {
+    let c = store.connect().await?;
+    for job in maintenance::jobs(&c).await?.iter().filter(|j| j.scheduled) {
+        match maintenance::run_job(&c, job.id).await {
+            Ok(()) => tracing::info!(job = %job.name, "Ran the job."),
+            Err(e) if e.is_connection_lost() => return Err(e),
+            Err(e) => tracing::warn!(job = %job.name, error = %e, "The job failed."),
+        }
+    }
+    let jobs = maintenance::jobs(&c).await?;
+    Ok(Report::new(mode, false, jobs, Utc::now()))
+}
+
+/// Every `late_refresh_s`: when this hub committed readings below an aggregate's
+/// watermark, refreshes the buckets from the earliest of them up to the watermark.
+pub async fn late_refresh_task(
+    store: Store,
+    every: Duration,
+    status: SharedStatus,
+    metrics: MaintenanceMetrics,
+    cancel: CancellationToken,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = cancel.cancelled() => break,
+        }
+        let Some(earliest) = store.take_written() else {
+            continue;
+        };
+        let result = tokio::select! {
+            r = refresh_late(&store, &mut client, earliest, &metrics) => r,
+            _ = cancel.cancelled() => break,
+        };
+        let error = match result {
+            Ok(()) => None,
+            Err(e) => {
+                // Keep the work for the next round; the refresh policy is the backstop.
+                store.note_written(earliest);
+                client = None;
+                tracing::warn!(error = %e, earliest = %earliest, "Refreshing late aggregate buckets failed; will retry.");
+                Some(e.to_string())
+            }
+        };
+        status.write().expect("status lock").late_refresh_error = error;
+    }
+}
+
+async fn refresh_late(
+    store: &Store,
+    client: &mut Option<tokio_postgres::Client>,
+    earliest: chrono::DateTime<Utc>,
+    metrics: &MaintenanceMetrics,
+) -> Result<(), StoreError> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(store.connect().await?);
+    }
+    let c = client.as_ref().expect("connected");
+    for (view, bucket_s) in AGGREGATES {
+        let watermark = maintenance::watermark(c, view).await?;
+        let Some((from, to)) = maintenance::late_window(earliest, watermark, bucket_s) else {
+            continue;
+        };
+        let label = |result| RefreshLabels { view, result };
+        match maintenance::refresh(c, view, from, to).await {
+            Ok(()) => {
+                metrics.refreshes.get_or_create(&label("ok")).inc();
+                tracing::debug!(view, from = %from, to = %to, "Refreshed late aggregate buckets.");
+            }
+            Err(e) => {
+                metrics.refreshes.get_or_create(&label("error")).inc();
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}

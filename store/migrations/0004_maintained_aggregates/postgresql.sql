@@ -1,0 +1,1 @@
+-- Nothing for plain PostgreSQL: its hourly and daily views group observations directly.

@@ -1,0 +1,153 @@
+//! Hourly and daily answers checked against the raw readings: what the API says for
+//! every bucket of a sensor, next to SQL over `observations`, and the TimescaleDB
+//! jobs run the way the scheduler would run them.
+
+use crate::{Hub, TestDb};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+/// Does this database run on TimescaleDB?
+pub async fn is_timescale(db: &TestDb) -> bool {
+    db.client()
+        .await
+        .query_opt(
+            "SELECT 1 FROM cityhub_meta WHERE key = 'backend' AND value = 'timescaledb'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// TimescaleDB: runs every policy job on the hub's tables once, in job order, as the
+/// scheduler would (`CALL run_job`). Plain PostgreSQL has none.
+pub async fn run_policies(db: &TestDb) {
+    if !is_timescale(db).await {
+        return;
+    }
+    let c = db.client().await;
+    let ids: Vec<i32> = c
+        .query(
+            "SELECT job_id FROM timescaledb_information.jobs
+             WHERE hypertable_name IN ('observations', 'obs_hourly', 'obs_daily') ORDER BY job_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in ids {
+        c.batch_execute(&format!("CALL run_job({id})"))
+            .await
+            .unwrap_or_else(|e| panic!("job {id}: {e:?}"));
+    }
+}
+
+/// TimescaleDB: compresses every chunk of `observations`; returns how many are compressed.
+pub async fn compress_all(db: &TestDb) -> i64 {
+    if !is_timescale(db).await {
+        return 0;
+    }
+    db.client()
+        .await
+        .batch_execute(
+            "SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('observations') c",
+        )
+        .await
+        .unwrap();
+    db.count("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'observations' AND is_compressed")
+        .await
+}
+
+/// avg, min, max, count of one bucket of one metric.
+type Stats = (f64, f64, f64, i64);
+
+/// Compares every `bucket` (`1h` or `1d`) the API gives for `sensor` with the same
+/// aggregates computed by SQL from `observations`. Returns the number of buckets SQL
+/// finds and a description of each disagreement (empty when they agree).
+pub async fn bucket_mismatches(
+    hub: &Hub,
+    db: &TestDb,
+    sensor: &str,
+    bucket: &str,
+) -> (usize, Vec<String>) {
+    let unit = if bucket == "1h" { "hour" } else { "day" };
+    let rows = db
+        .client()
+        .await
+        .query(
+            &format!(
+                "SELECT date_trunc('{unit}', o.time, 'UTC'), m.name, avg(o.value), min(o.value),
+                        max(o.value), count(*)
+                 FROM observations o JOIN sensors s ON s.id = o.sensor_id
+                 JOIN metrics m ON m.id = o.metric_id
+                 WHERE s.external_id = $1 GROUP BY 1, 2"
+            ),
+            &[&sensor],
+        )
+        .await
+        .unwrap();
+    let sql: BTreeMap<(DateTime<Utc>, String), Stats> = rows
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (r.get(2), r.get(3), r.get(4), r.get(5)),
+            )
+        })
+        .collect();
+    let from = sql
+        .keys()
+        .map(|k| k.0)
+        .min()
+        .unwrap_or_else(Utc::now)
+        .to_rfc3339();
+    let to = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let csv = reqwest::Client::new()
+        .get(hub.url(&format!("/api/v1/sensors/{sensor}/readings")))
+        .query(&[
+            ("bucket", bucket),
+            ("format", "csv"),
+            ("from", from.as_str()),
+            ("to", to.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut api = BTreeMap::new();
+    // sensor_id,time,metric,unit,avg,min,max,count
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let time = DateTime::parse_from_rfc3339(f[1])
+            .unwrap()
+            .with_timezone(&Utc);
+        let n = |i: usize| f[i].parse::<f64>().unwrap();
+        api.insert(
+            (time, f[2].to_string()),
+            (n(4), n(5), n(6), f[7].parse::<i64>().unwrap()),
+        );
+    }
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+    let mut wrong = Vec::new();
+    for (k, s) in &sql {
+        match api.get(k) {
+            None => wrong.push(format!("{} {}: missing", k.0, k.1)),
+            Some(a) if !(close(a.0, s.0) && a.1 == s.1 && a.2 == s.2 && a.3 == s.3) => {
+                wrong.push(format!("{} {}: api {a:?}, sql {s:?}", k.0, k.1))
+            }
+            Some(_) => {}
+        }
+    }
+    wrong.extend(
+        api.keys()
+            .filter(|k| !sql.contains_key(*k))
+            .map(|k| format!("{} {}: not in observations", k.0, k.1)),
+    );
+    (sql.len(), wrong)
+}

@@ -1,0 +1,311 @@
+//! Hourly and daily answers never lose data: backfills older than any refresh window,
+//! late rows into compressed chunks, and refreshes by the policies or by the hub;
+//! every bucket the API gives is compared with SQL over `observations`. On plain
+//! PostgreSQL the same tests run (the views there group `observations` directly);
+//! on TimescaleDB (`CITYHUB_TEST_TIMESCALEDB=require`) they run the jobs too.
+
+use chrono::{Duration, Utc};
+use cityhub_testkit::*;
+
+/// Readings of `sensor` every `step` from `from_ago` to `to_ago` before now.
+fn series(
+    sensor: &str,
+    from_ago: Duration,
+    to_ago: Duration,
+    step: Duration,
+) -> Vec<(String, Vec<u8>)> {
+    let now = Utc::now();
+    let mut t = now - from_ago;
+    let mut out = Vec::new();
+    let mut i = 0u32;
+    while t <= now - to_ago {
+        i += 1;
+        let payload = serde_json::json!({
+            "ts": t.to_rfc3339(),
+            "values": {"pm10": 10.0 + f64::from(i % 40) * 0.25, "no2": 30.0 + f64::from(i % 17) * 1.5},
+        });
+        out.push((
+            format!("cityhub/v1/air_quality/{sensor}"),
+            payload.to_string().into_bytes(),
+        ));
+        t += step;
+    }
+    out
+}
+
+async fn publish(broker: &Broker, db: &TestDb, msgs: &[(String, Vec<u8>)]) {
+    let before = db.observations().await;
+    let items: Vec<(&str, Vec<u8>)> = msgs.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
+    publish_raw(broker, &items).await;
+    let want = before + 2 * msgs.len() as i64;
+    wait_for(60, "the readings to be stored", || async {
+        db.observations().await >= want
+    })
+    .await;
+}
+
+async fn assert_agree(hub: &Hub, db: &TestDb, sensor: &str, min_hours: usize) {
+    for (bucket, min) in [("1h", min_hours), ("1d", min_hours / 24)] {
+        let (n, wrong) = bucket_mismatches(hub, db, sensor, bucket).await;
+        assert!(n >= min, "{bucket}: only {n} buckets in observations");
+        assert!(
+            wrong.is_empty(),
+            "{bucket}: {} of {n} buckets disagree with observations, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_older_than_every_refresh_window_is_in_hourly_and_daily_answers() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    // Only the policies refresh here: the hub runs no job and no late refresh.
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "agg-backfill",
+        &[
+            ("CITYHUB_STORE_MAINTENANCE", "timescaledb"),
+            ("CITYHUB_STORE_LATE_REFRESH_S", "86400"),
+        ],
+    )
+    .await;
+    let s = "aq-backfill";
+    publish(
+        &broker,
+        &db,
+        &series(
+            s,
+            Duration::hours(3),
+            Duration::zero(),
+            Duration::minutes(10),
+        ),
+    )
+    .await;
+    // The aggregates are materialized up to an hour (a day) ago...
+    run_policies(&db).await;
+    // ...then 20 days of history arrive, as after an outage or an import.
+    publish(
+        &broker,
+        &db,
+        &series(
+            s,
+            Duration::days(20),
+            Duration::hours(3),
+            Duration::minutes(30),
+        ),
+    )
+    .await;
+    run_policies(&db).await;
+    assert_agree(&hub, &db, s, 20 * 24).await;
+
+    // Compressed chunks take late rows too, and the next refresh sees them.
+    let compressed = compress_all(&db).await;
+    if is_timescale(&db).await {
+        assert!(compressed > 0, "nothing compressed");
+    }
+    publish(
+        &broker,
+        &db,
+        &series(
+            s,
+            Duration::days(15) + Duration::minutes(7),
+            Duration::days(14),
+            Duration::hours(2),
+        ),
+    )
+    .await;
+    run_policies(&db).await;
+    assert_agree(&hub, &db, s, 20 * 24).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_readings_reach_hourly_and_daily_answers_without_waiting_for_a_policy() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "agg-late",
+        &[
+            ("CITYHUB_STORE_MAINTENANCE", "timescaledb"),
+            ("CITYHUB_STORE_LATE_REFRESH_S", "1"),
+        ],
+    )
+    .await;
+    let s = "aq-late";
+    publish(
+        &broker,
+        &db,
+        &series(
+            s,
+            Duration::hours(3),
+            Duration::zero(),
+            Duration::minutes(10),
+        ),
+    )
+    .await;
+    run_policies(&db).await;
+    // Below both watermarks now, and no policy runs again in this test.
+    publish(
+        &broker,
+        &db,
+        &series(
+            s,
+            Duration::days(10),
+            Duration::days(2),
+            Duration::minutes(20),
+        ),
+    )
+    .await;
+    wait_for(
+        60,
+        "hourly and daily answers to include the late readings",
+        || async {
+            bucket_mismatches(&hub, &db, s, "1h").await.1.is_empty()
+                && bucket_mismatches(&hub, &db, s, "1d").await.1.is_empty()
+        },
+    )
+    .await;
+    assert_agree(&hub, &db, s, 8 * 24).await;
+    if is_timescale(&db).await {
+        assert!(hub.metric("cityhub_aggregate_late_refreshes_total").await >= 1.0);
+    }
+}
+
+/// The value of `name{job="<job>"}` in the hub's /metrics.
+async fn job_metric(hub: &Hub, name: &str, job: &str) -> Option<f64> {
+    let text = reqwest::get(hub.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name}{{job=\"{job}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn maintenance(hub: &Hub) -> serde_json::Value {
+    reqwest::get(hub.url("/readyz"))
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["maintenance"]["jobs"]
+        .clone()
+}
+
+fn job<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["jobs"]
+        .as_array()
+        .and_then(|js| js.iter().find(|j| j["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
+    let db = TestDb::new().await;
+    db.migrate().await.unwrap();
+    if !is_timescale(&db).await {
+        eprintln!("plain PostgreSQL: no TimescaleDB jobs to check");
+        return;
+    }
+    let c = db.client().await;
+    // Due every second, and the compression job broken the way a bad edit would.
+    c.batch_execute(
+        "SELECT alter_job(job_id, schedule_interval => INTERVAL '1 second') FROM timescaledb_information.jobs
+          WHERE hypertable_name IN ('observations', 'obs_hourly', 'obs_daily');
+         SELECT alter_job(job_id, config => jsonb_build_object('hypertable_id', config->'hypertable_id'))
+           FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'",
+    )
+    .await
+    .unwrap();
+    let broker = Broker::start();
+    let env = [
+        ("CITYHUB_STORE_MAINTENANCE", "hub"),
+        ("CITYHUB_STORE_MAINTENANCE_INTERVAL_S", "1"),
+    ];
+    let a = Hub::start_in_process(&db, &broker, "maint-a", &env).await;
+    let b = Hub::start_in_process(&db, &broker, "maint-b", &env).await;
+
+    wait_for(
+        60,
+        "the broken job reported failing, the others run by a hub",
+        || async {
+            let r = maintenance(&a).await;
+            let compression = job(&r, "compression:observations");
+            let others_ran = r["jobs"].as_array().is_some_and(|js| {
+                js.len() == 6
+                    && js
+                        .iter()
+                        .filter(|j| j["name"] != "compression:observations")
+                        .all(|j| j["hub_ran_at"].is_string() && j["hub_error"].is_null())
+            });
+            compression["state"] == "failing"
+                && compression["hub_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("compress_after"))
+                && others_ran
+        },
+    )
+    .await;
+    let (la, lb) = (
+        maintenance(&a).await["leader"].clone(),
+        maintenance(&b).await["leader"].clone(),
+    );
+    assert!(la != lb, "exactly one leader: a {la}, b {lb}");
+    let leader = if la == true { &a } else { &b };
+    assert_eq!(
+        job_metric(
+            leader,
+            "cityhub_timescaledb_job_state",
+            "compression:observations"
+        )
+        .await,
+        Some(2.0)
+    );
+    assert!(job_metric(
+        leader,
+        "cityhub_maintenance_runs_total",
+        "compression:observations"
+    )
+    .await
+    .is_some());
+    assert_eq!(leader.metric("cityhub_maintenance_leader").await, 1.0);
+
+    // Repaired, the job runs and compresses the old readings.
+    publish(
+        &broker,
+        &db,
+        &series(
+            "aq-old",
+            Duration::days(40),
+            Duration::days(25),
+            Duration::hours(1),
+        ),
+    )
+    .await;
+    c.batch_execute(
+        "SELECT alter_job(job_id, config => config || '{\"compress_after\": \"7 days\"}')
+           FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'",
+    )
+    .await
+    .unwrap();
+    wait_for(60, "the repaired job to compress old chunks", || async {
+        db.count("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'observations' AND is_compressed").await > 0
+            && job(&maintenance(&a).await, "compression:observations")["state"] != "failing"
+    })
+    .await;
+
+    // The leader gone, the other hub takes over.
+    let (mut leader, follower) = if la == true { (a, b) } else { (b, a) };
+    leader.terminate();
+    wait_for(30, "the other hub to be elected", || async {
+        maintenance(&follower).await["leader"] == true
+    })
+    .await;
+}
