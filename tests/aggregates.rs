@@ -218,7 +218,7 @@ async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
     // Due every second, and the compression job broken the way a bad edit would.
     c.batch_execute(
         "SELECT alter_job(job_id, schedule_interval => INTERVAL '1 second') FROM timescaledb_information.jobs
-          WHERE hypertable_name IN ('observations', 'obs_hourly', 'obs_daily');
+          WHERE hypertable_name IN ('observations_data', 'obs_hourly', 'obs_daily');
          SELECT alter_job(job_id, config => jsonb_build_object('hypertable_id', config->'hypertable_id'))
            FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'",
     )
@@ -237,12 +237,12 @@ async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
         "the broken job reported failing, the others run by a hub",
         || async {
             let r = maintenance(&a).await;
-            let compression = job(&r, "compression:observations");
+            let compression = job(&r, "compression:observations_data");
             let others_ran = r["jobs"].as_array().is_some_and(|js| {
                 js.len() == 6
                     && js
                         .iter()
-                        .filter(|j| j["name"] != "compression:observations")
+                        .filter(|j| j["name"] != "compression:observations_data")
                         .all(|j| j["hub_ran_at"].is_string() && j["hub_error"].is_null())
             });
             compression["state"] == "failing"
@@ -263,7 +263,7 @@ async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
         job_metric(
             leader,
             "cityhub_timescaledb_job_state",
-            "compression:observations"
+            "compression:observations_data"
         )
         .await,
         Some(2.0)
@@ -271,7 +271,7 @@ async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
     assert!(job_metric(
         leader,
         "cityhub_maintenance_runs_total",
-        "compression:observations"
+        "compression:observations_data"
     )
     .await
     .is_some());
@@ -296,8 +296,8 @@ async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
     .await
     .unwrap();
     wait_for(60, "the repaired job to compress old chunks", || async {
-        db.count("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'observations' AND is_compressed").await > 0
-            && job(&maintenance(&a).await, "compression:observations")["state"] != "failing"
+        db.count("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'observations_data' AND is_compressed").await > 0
+            && job(&maintenance(&a).await, "compression:observations_data")["state"] != "failing"
     })
     .await;
 

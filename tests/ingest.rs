@@ -593,3 +593,90 @@ async fn simulator_report_and_database_agree_with_faults() {
     }
     assert_exact(&db, &msgs).await;
 }
+
+/// Values come back bit for bit, whether stored as integer thousandths (most
+/// readings) or as floats (more decimals, -0, subnormals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_values_come_back_bit_for_bit() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _hub = Hub::start_in_process(&db, &broker, "bits", &[]).await;
+    // (value, stored as thousandths?)
+    let values: [(f64, bool); 14] = [
+        (21.37, true),
+        (0.1, true),
+        (0.0, true),
+        (-0.0, false),
+        (-39.875, true),
+        (-0.001, true),
+        (9_999_999.999, true),
+        (1234.5, true),
+        (0.1 + 0.2, false),
+        (1e-7, false),
+        (5e-324, false),
+        (-3.3333333333333335, false),
+        (1_234_567.123_456_7, false),
+        (84.0001, false),
+    ];
+    let t0 = Utc::now() - Duration::hours(1);
+    let msgs: Vec<(String, Vec<u8>)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, (v, _))| {
+            let (topic, metric) = if *v < 0.0 || v.is_sign_negative() {
+                ("cityhub/v1/waste_bin/bits-bin", "temperature")
+            } else {
+                ("cityhub/v1/streetlight/bits-lamp", "energy")
+            };
+            let ts = (t0 + Duration::seconds(i as i64)).to_rfc3339();
+            // serde_json writes the shortest text that parses back to the same f64.
+            let payload = format!(
+                r#"{{"ts":"{ts}","values":{{"{metric}":{}}}}}"#,
+                serde_json::to_string(v).unwrap()
+            );
+            (topic.to_string(), payload.into_bytes())
+        })
+        .collect();
+    let items: Vec<(&str, Vec<u8>)> = msgs.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
+    publish_raw(&broker, &items).await;
+    wait_for(30, "every value stored", || async {
+        let dead = db
+            .client()
+            .await
+            .query("SELECT reason FROM dead_letters", &[])
+            .await
+            .unwrap();
+        assert!(
+            dead.is_empty(),
+            "refused: {:?}",
+            dead.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        );
+        db.observations().await == values.len() as i64
+    })
+    .await;
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT v.value, d.value_milli IS NOT NULL FROM observations v
+             JOIN observations_data d USING (time, sensor_id, metric_id) ORDER BY time",
+            &[],
+        )
+        .await
+        .unwrap();
+    for ((want, milli), r) in values.iter().zip(&rows) {
+        let got: f64 = r.get(0);
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{want:?} came back as {got:?}"
+        );
+        assert_eq!(
+            r.get::<_, bool>(1),
+            *milli,
+            "{want:?}: stored as thousandths?"
+        );
+    }
+}

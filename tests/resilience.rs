@@ -38,7 +38,7 @@ async fn a_message_the_database_refuses_is_isolated_and_the_rest_flows() {
     db.client()
         .await
         .batch_execute(
-            "ALTER TABLE observations ADD CONSTRAINT no_poison CHECK (value <> 66.654321)",
+            "ALTER TABLE observations_data ADD CONSTRAINT no_poison CHECK (value <> 66.654321)",
         )
         .await
         .unwrap();
@@ -273,7 +273,7 @@ async fn sigterm_with_a_locked_table_exits_within_the_deadline() {
         db.observations().await == expected_rows(&msgs[..300])
     })
     .await;
-    let lock = db.lock("observations").await;
+    let lock = db.lock("observations_data").await;
     publish_sim(&broker, &msgs[300..]).await;
     wait_for(30, "the second half in the hub", || async {
         hub.metric("cityhub_mqtt_messages_received_total").await >= 600.0

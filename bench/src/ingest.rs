@@ -72,7 +72,7 @@ pub async fn db_ceiling(admin: &str, rows: u64) -> Result<f64> {
     while written < rows {
         let tx = c.transaction().await?;
         let sink = tx
-            .copy_in("COPY observations (time, sensor_id, metric_id, value) FROM STDIN BINARY")
+            .copy_in("COPY observations_data (time, sensor_id, metric_id, value) FROM STDIN BINARY")
             .await?;
         let w = BinaryCopyInWriter::new(
             sink,
@@ -229,12 +229,12 @@ pub async fn freshness(admin: &str, rate: f64, window: Duration) -> Result<Fresh
         .await?
         .get(0);
     let size: i64 = if backend == "timescaledb" {
-        c.batch_execute("SELECT compress_chunk(ch, if_not_compressed => true) FROM show_chunks('observations') ch").await?;
-        c.query_one("SELECT hypertable_size('observations')", &[])
+        c.batch_execute("SELECT compress_chunk(ch, if_not_compressed => true) FROM show_chunks('observations_data') ch").await?;
+        c.query_one("SELECT hypertable_size('observations_data')", &[])
             .await?
             .get(0)
     } else {
-        c.query_one("SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('observations')", &[]).await?.get(0)
+        c.query_one("SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('observations_data')", &[]).await?.get(0)
     };
     let rows: i64 = c
         .query_one("SELECT count(*) FROM observations", &[])

@@ -5,6 +5,7 @@
 mod api;
 mod ingest;
 mod setup;
+mod storage;
 
 use anyhow::{bail, Result};
 use chrono::Utc;
@@ -28,6 +29,19 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pg: String,
+    /// A second server, with TimescaleDB, for the storage rows (both backends in one run).
+    #[arg(long, env = "CITYHUB_BENCH_TIMESCALE_URL")]
+    timescale_pg: Option<String>,
+    /// Which parts to run: ingest, freshness, api, storage.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,freshness,api,storage"
+    )]
+    only: Vec<String>,
+    /// Simulated days of the Cremona fleet for the storage rows.
+    #[arg(long, default_value_t = 14)]
+    storage_days: u32,
     /// Python with paho-mqtt and psycopg, for the baseline bridge.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -204,6 +218,41 @@ async fn api_rows(t: &mut Table, args: &Args, window: Duration, best: f64) -> Re
     Ok(())
 }
 
+/// Bytes per reading of the simulated fleet, as written and compressed, on each server.
+async fn storage_rows(t: &mut Table, args: &Args) -> Result<()> {
+    let days = if args.quick { 3 } else { args.storage_days };
+    for pg in std::iter::once(&args.pg).chain(args.timescale_pg.as_ref()) {
+        let s = storage::fleet(pg, days).await?;
+        let what = format!(
+            "{} readings of the default simulated fleet (140 sensors, {days} days)",
+            fmt(s.readings as f64)
+        );
+        let (label, note) = if s.backend == "timescaledb" {
+            ("TimescaleDB", "table + indexes, before compression")
+        } else {
+            (
+                "plain PostgreSQL",
+                "table + index; PostgreSQL compresses no row this narrow (a 24 B header, 30 B of columns, an index entry)",
+            )
+        };
+        t.add(
+            &format!("storage per reading, {label}, as written"),
+            s.before,
+            "bytes",
+            format!("{what}; {note}"),
+        );
+        if let Some(after) = s.after {
+            t.add(
+                &format!("storage per reading, {label}, compressed"),
+                after,
+                "bytes",
+                format!("{what}; every chunk compressed (segment by sensor and metric, week chunks, values as integer thousandths)"),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The table on stdout, and `target/bench/results.json`.
 fn report(t: &Table, hw: &str, window: Duration) -> Result<()> {
     println!(
@@ -237,9 +286,21 @@ async fn main() -> Result<()> {
     let n = if args.quick { 200_000 } else { 1_000_000 };
     let hw = hardware();
     let mut table = Table::default();
-    let best = ingest_rows(&mut table, &args, window, n).await?;
-    freshness_rows(&mut table, &args, window, best).await?;
-    api_rows(&mut table, &args, window, best).await?;
+    let run = |part: &str| args.only.iter().any(|o| o == part);
+    // Later parts load the hub at half the rate the first one measured.
+    let mut best = 10_000.0;
+    if run("ingest") {
+        best = ingest_rows(&mut table, &args, window, n).await?;
+    }
+    if run("freshness") {
+        freshness_rows(&mut table, &args, window, best).await?;
+    }
+    if run("api") {
+        api_rows(&mut table, &args, window, best).await?;
+    }
+    if run("storage") {
+        storage_rows(&mut table, &args).await?;
+    }
     report(&table, &hw, window)
 }
 
@@ -254,7 +315,9 @@ fn fmt(v: f64) -> String {
             out.push(ch);
         }
         out
-    } else {
+    } else if v >= 10.0 {
         format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
     }
 }

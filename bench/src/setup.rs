@@ -40,7 +40,7 @@ pub fn spec(
 /// them on demand; the COPY ceiling and the baseline bridge need them made).
 pub async fn ensure_partitions(c: &tokio_postgres::Client) -> Result<()> {
     let partitioned: bool = c
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table p JOIN pg_class r ON r.oid = p.partrelid WHERE r.relname = 'observations')", &[])
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table p JOIN pg_class r ON r.oid = p.partrelid WHERE r.relname = 'observations_data')", &[])
         .await?
         .get(0);
     if !partitioned {
@@ -56,7 +56,7 @@ pub async fn ensure_partitions(c: &tokio_postgres::Client) -> Result<()> {
         .unwrap();
         let end = start.checked_add_months(chrono::Months::new(1)).unwrap();
         c.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS observations_p{} PARTITION OF observations FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')",
+            "CREATE TABLE IF NOT EXISTS observations_p{} PARTITION OF observations_data FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')",
             start.format("%Y%m")
         ))
         .await?;

@@ -22,7 +22,7 @@ pub const AGGREGATES: [(&str, i64); 2] = [("obs_hourly", 3600), ("obs_daily", 86
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Job {
     pub id: i32,
-    /// `compression:observations`, `retention:obs_daily`, `refresh:obs_hourly`: a
+    /// `compression:observations_data`, `retention:obs_daily`, `refresh:obs_hourly`: a
     /// stable name, used as the metric label.
     pub name: String,
     pub schedule_interval_s: f64,
@@ -183,7 +183,7 @@ pub async fn jobs<C: GenericClient>(c: &C) -> Result<Vec<Job>, StoreError> {
              LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
              LEFT JOIN maintenance_runs r ON r.job_id = j.job_id
              WHERE j.hypertable_schema = current_schema()
-               AND j.hypertable_name IN ('observations', 'obs_hourly', 'obs_daily')
+               AND j.hypertable_name IN ('observations_data', 'obs_hourly', 'obs_daily')
              ORDER BY j.job_id",
             &[],
         )

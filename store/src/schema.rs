@@ -92,6 +92,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002", "realtime_aggregates"),
     migration!(3, "0003", "bounded_dead_letters"),
     migration!(4, "0004", "maintained_aggregates"),
+    migration!(5, "0005", "integer_values"),
 ];
 
 /// The newest schema version this build knows.
@@ -302,7 +303,7 @@ pub async fn ensure_partition<C: GenericClient>(
     let from = month_start(month);
     let to = next_month(from);
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS observations_p{} PARTITION OF observations FOR VALUES FROM ('{}') TO ('{}')",
+        "CREATE TABLE IF NOT EXISTS observations_p{} PARTITION OF observations_data FOR VALUES FROM ('{}') TO ('{}')",
         from.format("%Y%m"),
         from.to_rfc3339(),
         to.to_rfc3339()
@@ -321,7 +322,7 @@ pub async fn apply_retention<C: GenericClient>(
     let rows = c
         .query(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'observations'",
+             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'observations_data'",
             &[],
         )
         .await?;

@@ -523,12 +523,19 @@ async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, Store
     Ok(staged)
 }
 
-/// Staged rows into `observations`; a redelivered row changes nothing. Returns the new rows.
+/// Staged rows into `observations_data`; a redelivered row changes nothing. Returns
+/// the new rows. A value is stored as integer thousandths when they give back exactly
+/// the same float (migration 0005 says why), otherwise as it is; -0 keeps its sign.
 async fn insert_observations(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     Ok(tx
         .execute(
-            "INSERT INTO observations (time, sensor_id, metric_id, value)
-             SELECT time, sensor_id, metric_id, value FROM obs_staging
+            "INSERT INTO observations_data (time, sensor_id, metric_id, value, value_milli)
+             SELECT time, sensor_id, metric_id, CASE WHEN milli IS NULL THEN value END, milli
+             FROM (SELECT time, sensor_id, metric_id, value,
+                          CASE WHEN abs(value) < 9e12 AND round(value * 1000) / 1000 = value
+                                    AND NOT (value = 0 AND value::text LIKE '-%')
+                               THEN round(value * 1000)::bigint END AS milli
+                   FROM obs_staging) s
              ON CONFLICT (sensor_id, metric_id, time) DO NOTHING",
             &[],
         )

@@ -29,7 +29,7 @@ pub async fn run_policies(db: &TestDb) {
     let ids: Vec<i32> = c
         .query(
             "SELECT job_id FROM timescaledb_information.jobs
-             WHERE hypertable_name IN ('observations', 'obs_hourly', 'obs_daily') ORDER BY job_id",
+             WHERE hypertable_name IN ('observations_data', 'obs_hourly', 'obs_daily') ORDER BY job_id",
             &[],
         )
         .await
@@ -52,11 +52,11 @@ pub async fn compress_all(db: &TestDb) -> i64 {
     db.client()
         .await
         .batch_execute(
-            "SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('observations') c",
+            "SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('observations_data') c",
         )
         .await
         .unwrap();
-    db.count("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'observations' AND is_compressed")
+    db.count("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'observations_data' AND is_compressed")
         .await
 }
 
