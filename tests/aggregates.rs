@@ -57,47 +57,44 @@ async fn assert_agree(hub: &Hub, db: &TestDb, sensor: &str, min_hours: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backfill_older_than_every_refresh_window_is_in_hourly_and_daily_answers() {
+/// A hub with `extra` settings, whose sensor `s` reported every 10 minutes for the
+/// last 3 hours, and the policies run once: the aggregates are materialized up to an
+/// hour (a day) ago, so older rows from now on land below their watermarks.
+async fn materialized(s: &str, extra: &[(&str, &str)]) -> (TestDb, Broker, Hub) {
     let db = TestDb::new().await;
     let broker = Broker::start();
+    let hub = Hub::start_in_process(&db, &broker, s, extra).await;
+    let recent = series(
+        s,
+        Duration::hours(3),
+        Duration::zero(),
+        Duration::minutes(10),
+    );
+    publish(&broker, &db, &recent).await;
+    run_policies(&db).await;
+    (db, broker, hub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_older_than_every_refresh_window_is_in_hourly_and_daily_answers() {
     // Only the policies refresh here: the hub runs no job and no late refresh.
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "agg-backfill",
+    let s = "aq-backfill";
+    let (db, broker, hub) = materialized(
+        s,
         &[
             ("CITYHUB_STORE_MAINTENANCE", "timescaledb"),
             ("CITYHUB_STORE_LATE_REFRESH_S", "86400"),
         ],
     )
     .await;
-    let s = "aq-backfill";
-    publish(
-        &broker,
-        &db,
-        &series(
-            s,
-            Duration::hours(3),
-            Duration::zero(),
-            Duration::minutes(10),
-        ),
-    )
-    .await;
-    // The aggregates are materialized up to an hour (a day) ago...
-    run_policies(&db).await;
-    // ...then 20 days of history arrive, as after an outage or an import.
-    publish(
-        &broker,
-        &db,
-        &series(
-            s,
-            Duration::days(20),
-            Duration::hours(3),
-            Duration::minutes(30),
-        ),
-    )
-    .await;
+    // 20 days of history arrive, as after an outage or an import.
+    let history = series(
+        s,
+        Duration::days(20),
+        Duration::hours(3),
+        Duration::minutes(30),
+    );
+    publish(&broker, &db, &history).await;
     run_policies(&db).await;
     assert_agree(&hub, &db, s, 20 * 24).await;
 
@@ -106,60 +103,36 @@ async fn a_backfill_older_than_every_refresh_window_is_in_hourly_and_daily_answe
     if is_timescale(&db).await {
         assert!(compressed > 0, "nothing compressed");
     }
-    publish(
-        &broker,
-        &db,
-        &series(
-            s,
-            Duration::days(15) + Duration::minutes(7),
-            Duration::days(14),
-            Duration::hours(2),
-        ),
-    )
-    .await;
+    let late = series(
+        s,
+        Duration::days(15) + Duration::minutes(7),
+        Duration::days(14),
+        Duration::hours(2),
+    );
+    publish(&broker, &db, &late).await;
     run_policies(&db).await;
     assert_agree(&hub, &db, s, 20 * 24).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_readings_reach_hourly_and_daily_answers_without_waiting_for_a_policy() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "agg-late",
+    let s = "aq-late";
+    let (db, broker, hub) = materialized(
+        s,
         &[
             ("CITYHUB_STORE_MAINTENANCE", "timescaledb"),
             ("CITYHUB_STORE_LATE_REFRESH_S", "1"),
         ],
     )
     .await;
-    let s = "aq-late";
-    publish(
-        &broker,
-        &db,
-        &series(
-            s,
-            Duration::hours(3),
-            Duration::zero(),
-            Duration::minutes(10),
-        ),
-    )
-    .await;
-    run_policies(&db).await;
-    // Below both watermarks now, and no policy runs again in this test.
-    publish(
-        &broker,
-        &db,
-        &series(
-            s,
-            Duration::days(10),
-            Duration::days(2),
-            Duration::minutes(20),
-        ),
-    )
-    .await;
+    // Below both watermarks, and no policy runs again in this test.
+    let late = series(
+        s,
+        Duration::days(10),
+        Duration::days(2),
+        Duration::minutes(20),
+    );
+    publish(&broker, &db, &late).await;
     wait_for(
         60,
         "hourly and daily answers to include the late readings",
@@ -173,20 +146,6 @@ async fn late_readings_reach_hourly_and_daily_answers_without_waiting_for_a_poli
     if is_timescale(&db).await {
         assert!(hub.metric("cityhub_aggregate_late_refreshes_total").await >= 1.0);
     }
-}
-
-/// The value of `name{job="<job>"}` in the hub's /metrics.
-async fn job_metric(hub: &Hub, name: &str, job: &str) -> Option<f64> {
-    let text = reqwest::get(hub.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{name}{{job=\"{job}\"");
-    text.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 async fn maintenance(hub: &Hub) -> serde_json::Value {
@@ -260,21 +219,21 @@ async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
     assert!(la != lb, "exactly one leader: a {la}, b {lb}");
     let leader = if la == true { &a } else { &b };
     assert_eq!(
-        job_metric(
-            leader,
-            "cityhub_timescaledb_job_state",
-            "compression:observations_data"
-        )
-        .await,
+        leader
+            .metric_labelled(
+                "cityhub_timescaledb_job_state",
+                "job=\"compression:observations_data\""
+            )
+            .await,
         Some(2.0)
     );
-    assert!(job_metric(
-        leader,
-        "cityhub_maintenance_runs_total",
-        "compression:observations_data"
-    )
-    .await
-    .is_some());
+    let failed_runs = leader
+        .metric_labelled(
+            "cityhub_maintenance_runs_total",
+            "job=\"compression:observations_data\",result=\"error\"",
+        )
+        .await;
+    assert!(failed_runs >= Some(1.0), "{failed_runs:?}");
     assert_eq!(leader.metric("cityhub_maintenance_leader").await, 1.0);
 
     // Repaired, the job runs and compresses the old readings.

@@ -66,7 +66,13 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version 3"));
+    let latest = cityhub_store::schema::latest_version();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("schema at version {latest}")));
+    assert_eq!(
+        db.count("SELECT max(version)::bigint FROM schema_migrations")
+            .await,
+        i64::from(latest)
+    );
     // Idempotent.
     assert!(cli(&["migrate"], &env).status.success());
 

@@ -227,6 +227,20 @@ impl Hub {
         metric_at(&self.url(""), name).await
     }
 
+    /// The value of the series `name{labels}` (labels as the hub prints them, in
+    /// order, e.g. `job="x",result="ok"`), when the hub has it.
+    pub async fn metric_labelled(&self, name: &str, labels: &str) -> Option<f64> {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let series = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+    }
+
     /// The process id of a process hub (this process for an in-process one).
     pub fn pid(&self) -> u32 {
         match &self.runner {
