@@ -49,6 +49,20 @@ impl StoreError {
         }
     }
 
+    /// A race with another session over the same catalog rows or data (serialization
+    /// failure, deadlock, or TimescaleDB's scheduler updating a job row a migration
+    /// drops: `tuple concurrently updated`): the same statements succeed when retried.
+    pub fn is_concurrent_update(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        let Some(db) = e.as_db_error() else {
+            return false;
+        };
+        matches!(db.code().code(), "40001" | "40P01")
+            || (db.code().code() == "XX000" && db.message().starts_with("tuple concurrently"))
+    }
+
     /// The server's own message, for a dead letter's reason (no connection details).
     pub fn server_message(&self) -> String {
         match self {

@@ -237,15 +237,19 @@ async fn migrate_locked(
         let specific = specific
             .replace("{retention}", &retention)
             .replace("{compress_after}", &compress_after);
-        let tx = client.transaction().await?;
-        tx.batch_execute(m.common).await?;
-        tx.batch_execute(&specific).await?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-            &[&m.version, &m.name],
-        )
-        .await?;
-        tx.commit().await?;
+        // Each migration is one transaction, so a lost race rolls it back whole.
+        let mut attempt = 0u64;
+        loop {
+            match apply(client, m, &specific).await {
+                Ok(()) => break,
+                Err(e) if e.is_concurrent_update() && attempt < 10 => {
+                    attempt += 1;
+                    tracing::info!(version = m.version, attempt, error = %e, "Schema migration raced another session; retrying.");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         tracing::info!(
             version = m.version,
             name = m.name,
@@ -254,6 +258,23 @@ async fn migrate_locked(
         );
     }
     Ok(backend)
+}
+
+async fn apply(
+    client: &mut tokio_postgres::Client,
+    m: &Migration,
+    specific: &str,
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(m.common).await?;
+    tx.batch_execute(specific).await?;
+    tx.execute(
+        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+        &[&m.version, &m.name],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Reads the backend a migrated database uses.
