@@ -7,10 +7,12 @@
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use cityhub_config::{ConnUrl, Settings};
-use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, SimOptions};
+use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, Progress, SimOptions};
 use cityhub_testkit::{free_port, is_root, server_bin, PrivatePostgres};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -29,14 +31,19 @@ pub struct DemoArgs {
     /// Simulated sensors per kind: waste bins, streetlights, bike counters, air-quality stations.
     #[arg(long, default_value = "120,200,12,8", value_delimiter = ',')]
     pub fleet: Vec<usize>,
-    /// Hours of history simulated before catching up with the present.
-    #[arg(long, default_value_t = 24)]
-    pub history_hours: i64,
-    /// Simulated seconds per second while catching up.
-    #[arg(long, default_value_t = 240.0)]
+    /// History simulated before the present, e.g. `24h` or `7d` (charts and
+    /// indicators have more to show with more).
+    #[arg(long, default_value = "24h")]
+    pub history: String,
+    /// Simulated seconds per second while loading the history; `inf` (the default):
+    /// as fast as the broker acknowledges. Then real time.
+    #[arg(long, default_value = "inf")]
     pub speedup: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Show the hub's own logs (info level) besides the demo's messages.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 fn ensure_postgres_installed() -> Result<()> {
@@ -63,8 +70,8 @@ fn ensure_map_built(web_dir: &Path) {
     if web_dir.join("index.html").is_file() {
         return;
     }
-    let src = Path::new("web");
-    if !src.join("package.json").is_file() || web_dir != src.join("dist") {
+    let src = web_dir.parent().unwrap_or(Path::new("web"));
+    if !src.join("package.json").is_file() || web_dir.file_name() != Some("dist".as_ref()) {
         eprintln!(
             "demo: no operator map at {} (build it with `npm --prefix web ci && npm --prefix web run build`)",
             web_dir.display()
@@ -212,6 +219,12 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         None => start_embedded_broker()?,
     };
     settings.mqtt.url = ConnUrl::new(broker.clone());
+    if args.mqtt_url.is_none() {
+        // rumqttd sends a subscriber at most 100 unacked messages (a constant in its
+        // router), so a batch can never fill: close each within 10 ms, not 50, or the
+        // history loads at 100 messages per batch age (1,650 messages/s measured).
+        settings.ingest.batch_max_age_ms = settings.ingest.batch_max_age_ms.min(10);
+    }
     // The embedded broker keeps no sessions across runs; a fresh client id per run is honest about that.
     settings.mqtt.client_id = format!("cityhub-demo-{}", std::process::id());
 
@@ -222,9 +235,12 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         .filter(|(k, n)| **n > 0 && catalog.get(k).is_some())
         .map(|(k, n)| (k.to_string(), *n))
         .collect();
+    let history = crate::sim_cmd::parse_duration(&args.history)
+        .with_context(|| format!("--history {}", args.history))?;
+    let progress = Arc::new(Progress::default());
     let opts = SimOptions {
         seed: args.seed,
-        start: Utc::now() - chrono::Duration::hours(args.history_hours.max(0)),
+        start: Utc::now() - history.max(chrono::Duration::zero()),
         fleet: FleetSpec {
             per_kind,
             lamp_fault_share: 0.05,
@@ -237,6 +253,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         rate: None,
         duration: None,
         count: None,
+        progress: Some(progress.clone()),
     };
 
     let signal_cancel = cancel.clone();
@@ -246,6 +263,13 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         signal_cancel.cancel();
     });
 
+    // Something else on the usual port (another demo, a dev server): take a free one.
+    if let Err(e) = std::net::TcpListener::bind(&settings.http.addr) {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            eprintln!("demo: {} is taken; using a free port", settings.http.addr);
+            settings.http.addr = "127.0.0.1:0".into();
+        }
+    }
     // The fleet connects as the hub does (credentials and TLS of a broker given by URL).
     let fleet_broker = settings.mqtt.clone();
     let hub = cityhub_app::start(settings, cancel.clone())
@@ -263,6 +287,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await; // SUBACK
+    let history_from = opts.start;
     let sim_cancel = cancel.clone();
     let catalog2 = catalog.clone();
     let sim = tokio::spawn(async move {
@@ -291,6 +316,16 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
+    tokio::spawn(show_progress(
+        progress,
+        history_from,
+        hub.history.clone(),
+        {
+            let c = hub.messages_committed.clone();
+            move || c.get()
+        },
+        cancel.clone(),
+    ));
     let report = sim.await?;
     match report {
         Ok(r) => eprintln!(
@@ -305,6 +340,71 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     cancel.cancel();
     hub.stopped().await?;
     Ok(())
+}
+
+/// While the history loads: a progress line on stderr (redrawn in place on a
+/// terminal, a line every few seconds otherwise) and the same in the map's header
+/// (`/map/status.json`). Loaded means the fleet reached the present and the hub
+/// committed every message it sent.
+async fn show_progress(
+    progress: Arc<Progress>,
+    from: chrono::DateTime<Utc>,
+    history: Arc<std::sync::RwLock<Option<cityhub_app::HistoryLoad>>>,
+    committed: impl Fn() -> u64,
+    cancel: CancellationToken,
+) {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last_line = started;
+    let total_s = (Utc::now() - from).num_seconds().max(1) as f64;
+    loop {
+        let produced = progress.produced.load(Ordering::Relaxed);
+        let stored = committed();
+        let secs = started.elapsed().as_secs_f64();
+        let rate = stored as f64 / secs.max(0.001);
+        if progress.caught_up.load(Ordering::Relaxed) && stored >= produced {
+            *history.write().expect("history lock") = None;
+            let clear = if tty { "\r\x1b[2K" } else { "" };
+            eprintln!("{clear}demo: history loaded in {secs:.1} s ({stored} messages stored, {rate:.0}/s); the fleet is live");
+            return;
+        }
+        let until =
+            chrono::DateTime::from_timestamp_micros(progress.sim_time_us.load(Ordering::Relaxed))
+                .unwrap_or(from)
+                .max(from);
+        // Simulated time published, scaled by the share of it the hub has stored.
+        let share = if produced == 0 {
+            0.0
+        } else {
+            stored as f64 / produced as f64
+        };
+        let pct = ((until - from).num_seconds() as f64 / total_s * share * 100.0).clamp(0.0, 100.0);
+        *history.write().expect("history lock") = Some(cityhub_app::HistoryLoad {
+            from,
+            loaded_until: from + chrono::Duration::seconds((total_s * pct / 100.0) as i64),
+            messages: stored,
+            messages_per_s: rate,
+        });
+        let width = 30;
+        let filled = (pct / 100.0 * width as f64) as usize;
+        let line = format!(
+            "demo: loading history [{}{}] {pct:3.0} %  {stored} messages stored, {rate:.0}/s",
+            "#".repeat(filled),
+            "-".repeat(width - filled)
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+        } else if last_line.elapsed() >= Duration::from_secs(2) {
+            eprintln!("{line}");
+            last_line = std::time::Instant::now();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
 }
 
 fn rumqttc_qos() -> cityhub_sim::QoS {

@@ -81,6 +81,23 @@ fn load_settings(path: Option<&Path>) -> Result<Settings> {
     Settings::load(file).context("loading configuration")
 }
 
+/// `path` when it exists (or is absolute), else the first `ancestor/path` of the
+/// executable's folder that exists, else `path` unchanged.
+fn locate_beside_exe(path: &Path) -> PathBuf {
+    if path.is_absolute() || path.exists() {
+        return path.to_path_buf();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .skip(1)
+                .map(|dir| dir.join(path))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
 fn init_tracing(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // The demo's embedded broker logs ordinary disconnects as errors; server notices are noise.
@@ -90,8 +107,11 @@ fn init_tracing(settings: &Settings) {
                 settings.log.filter
             ))
         });
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never into a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.log.format {
         LogFormat::Json => builder.json().init(),
@@ -101,7 +121,17 @@ fn init_tracing(settings: &Settings) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let settings = load_settings(cli.config.as_deref())?;
+    let mut settings = load_settings(cli.config.as_deref())?;
+    // The demo talks to a person: its own messages first, the hub's only when it warns
+    // (unless --verbose, or RUST_LOG says otherwise).
+    if let Command::Demo(args) = &cli.command {
+        if !args.verbose {
+            settings.log.filter = "warn".into();
+        }
+    }
+    // A relative web_dir not found here is looked for beside the executable
+    // (target/release/cityhub finds the checkout's web/dist from any directory).
+    settings.http.web_dir = locate_beside_exe(&settings.http.web_dir);
     if let Command::Config {
         command: ConfigCommand::Print,
     } = cli.command

@@ -39,7 +39,8 @@ pub struct RunArgs {
     /// Simulated start: RFC 3339, `now`, or an offset like `-24h`.
     #[arg(long, default_value = "now", allow_hyphen_values = true)]
     start: String,
-    /// Simulated seconds per second (simulated time never passes the present).
+    /// Simulated seconds per second (simulated time never passes the present); `inf`:
+    /// the past as fast as the broker acknowledges, then real time.
     #[arg(long, default_value_t = 1.0)]
     speedup: f64,
     /// Fixed rate in messages per second instead of the fleet's cadence.
@@ -124,7 +125,7 @@ fn broker(settings: &Settings, arg: &Option<String>) -> cityhub_config::MqttSett
 }
 
 /// `90s`, `15m`, `2h`, `3d`.
-fn parse_duration(s: &str) -> Result<chrono::Duration> {
+pub(crate) fn parse_duration(s: &str) -> Result<chrono::Duration> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = n.parse().with_context(|| format!("duration {s:?}"))?;
     Ok(match unit {
@@ -217,6 +218,7 @@ async fn fleet(settings: &Settings, a: RunArgs) -> Result<()> {
         rate: a.rate,
         duration: a.duration.as_deref().map(parse_duration).transpose()?,
         count: a.count,
+        progress: None,
     };
     let qos = if a.qos == 0 {
         cityhub_sim::QoS::AtMostOnce

@@ -61,6 +61,18 @@ pub struct AppState {
     pub oldest_unacked: Arc<std::sync::atomic::AtomicI64>,
     /// TimescaleDB jobs and late refreshes as the maintenance tasks last saw them.
     pub maintenance: cityhub_store::maintenance::SharedStatus,
+    /// Set while a simulated history is being loaded (the demo), for the map's header.
+    pub history: Arc<std::sync::RwLock<Option<HistoryLoad>>>,
+}
+
+/// How far the loading of a simulated history has got.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct HistoryLoad {
+    /// The history's first instant, and the newest simulated time published so far.
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub loaded_until: chrono::DateTime<chrono::Utc>,
+    pub messages: u64,
+    pub messages_per_s: f64,
 }
 
 impl AppState {

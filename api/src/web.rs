@@ -20,6 +20,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     // The build names assets by content hash, so they never change under a name.
     let assets = Router::new()
         .route("/settings.json", get(settings))
+        .route("/status.json", get(status))
         // The page itself is revalidated and carries its CSP, under any name.
         .route("/index.html", get(index))
         .fallback_service(ServeDir::new(dir))
@@ -63,6 +64,16 @@ async fn index(State(s): State<AppState>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// What the page should say beyond the readings: while a demo loads its history,
+/// how far it got (the page shows it and does not call sensors silent meanwhile).
+async fn status(State(s): State<AppState>) -> impl IntoResponse {
+    let history = s.history.read().expect("history lock").clone();
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({ "history": history })),
+    )
 }
 
 /// Revalidated on each load: it follows the hub's configuration.

@@ -3,6 +3,8 @@
 //! the `serve` command, the demo and tests all run the same hub (tests in-process
 //! on port 0, see `cityhub-testkit`).
 
+pub use cityhub_api::HistoryLoad;
+
 mod http;
 pub mod maintenance;
 mod uploads;
@@ -44,6 +46,10 @@ pub struct Hub {
     pub addr: SocketAddr,
     /// True while subscribed on a live broker session.
     pub mqtt_connected: Arc<AtomicBool>,
+    /// What the map's status says about a history being loaded (the demo sets it).
+    pub history: Arc<std::sync::RwLock<Option<cityhub_api::HistoryLoad>>>,
+    /// Messages whose batch committed (the `cityhub_messages_committed_total` counter).
+    pub messages_committed: prometheus_client::metrics::counter::Counter,
     task: JoinHandle<Result<(), AppError>>,
 }
 
@@ -90,7 +96,10 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         shutdown: cancel.clone(),
         oldest_unacked: metrics.oldest_unacked.clone(),
         maintenance: Default::default(),
+        history: Default::default(),
     };
+    let history = state.history.clone();
+    let messages_committed = metrics.messages_committed.clone();
     tracker.spawn(http::serve(
         listener,
         cityhub_api::router(state.clone()),
@@ -117,6 +126,8 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     Ok(Hub {
         addr,
         mqtt_connected,
+        history,
+        messages_committed,
         task,
     })
 }

@@ -22,6 +22,8 @@ use chrono::{DateTime, Utc};
 use cityhub_config::{Catalog, MqttSettings};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -159,6 +161,7 @@ pub async fn publish_stream(
 #[derive(Debug, Clone)]
 pub struct Pace {
     /// Simulated seconds per wall-clock second; simulated time never passes the real now.
+    /// `f64::INFINITY`: the past as fast as the broker acknowledges, then real time.
     pub speedup: f64,
     /// Fixed message rate instead of the fleet's cadence (messages per second).
     pub rate: Option<f64>,
@@ -166,6 +169,17 @@ pub struct Pace {
     pub duration: Option<chrono::Duration>,
     /// ...or this many messages.
     pub count: Option<u64>,
+    /// Updated as the simulation runs, for a progress display.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// How far a live simulation has got: messages produced, and the simulated time of
+/// the newest (µs since the epoch); `caught_up` once it reached the present.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub produced: AtomicU64,
+    pub sim_time_us: AtomicI64,
+    pub caught_up: AtomicBool,
 }
 
 /// Runs the simulation live against a broker until its limits or `cancel`.
@@ -191,13 +205,18 @@ pub async fn run_live(
             if producer_cancel.is_cancelled() || pace.count.is_some_and(|c| sent >= c) {
                 break;
             }
-            let elapsed = wall0.elapsed().as_secs_f64();
-            let mut until =
-                start + chrono::Duration::milliseconds((elapsed * pace.speedup * 1000.0) as i64);
+            let now = Utc::now();
+            // Simulated ms since the start, capped at the present (any speedup, even infinite).
+            let sim_ms = wall0.elapsed().as_secs_f64() * pace.speedup * 1000.0;
+            let behind_ms = (now - start).num_milliseconds() as f64;
+            let mut until = if sim_ms >= behind_ms {
+                now
+            } else {
+                start + chrono::Duration::milliseconds(sim_ms as i64)
+            };
             if pace.rate.is_some() {
-                until = end.unwrap_or(DateTime::<Utc>::MAX_UTC);
+                until = end.unwrap_or(now).min(now);
             }
-            until = until.min(Utc::now());
             if let Some(e) = end {
                 until = until.min(e);
             }
@@ -207,12 +226,22 @@ pub async fn run_live(
                         let due = wall0 + Duration::from_secs_f64(sent as f64 / rate);
                         tokio::time::sleep_until(due.into()).await;
                     }
+                    let at = m.time.timestamp_micros();
                     if tx.send(m).await.is_err() {
                         break;
                     }
                     sent += 1;
+                    if let Some(p) = &pace.progress {
+                        p.produced.store(sent, Ordering::Relaxed);
+                        p.sim_time_us.fetch_max(at, Ordering::Relaxed);
+                    }
                 }
                 None => {
+                    if let Some(p) = &pace.progress {
+                        if until >= now {
+                            p.caught_up.store(true, Ordering::Relaxed);
+                        }
+                    }
                     if end.is_some_and(|e| sim.peek_time().is_none_or(|t| t > e)) {
                         break;
                     }

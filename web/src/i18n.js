@@ -36,6 +36,7 @@ const STRINGS = {
     hidePanel: 'Hide list',
     state: { ok: 'normal', warn: 'attention', alarm: 'needs action', stale: 'silent', none: 'no data', activity: 'activity' },
     loadFailed: 'The hub did not answer; retrying.',
+    history: (pct, rate) => `Loading history: ${pct} % (${rate} messages/s)`,
   },
   it: {
     title: 'Mappa operativa',
@@ -71,6 +72,7 @@ const STRINGS = {
     hidePanel: 'Nascondi elenco',
     state: { ok: 'normale', warn: 'attenzione', alarm: 'da gestire', stale: 'silente', none: 'nessun dato', activity: 'attività' },
     loadFailed: 'L’hub non risponde; nuovo tentativo.',
+    history: (pct, rate) => `Caricamento dello storico: ${pct} % (${rate} messaggi/s)`,
   },
 };
 

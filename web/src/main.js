@@ -20,6 +20,7 @@ const app = {
   map: null,
   legend: null,
   open: null, // { id, chart, el } of the open popup
+  history: null, // while the hub loads a history: how far (map/status.json)
 };
 // For tests and for operators poking at the console.
 window.cityhub = app;
@@ -115,6 +116,8 @@ function rejudge(entry, now) {
   const kind = app.kinds.get(entry.sensor.kind);
   const before = entry.verdict && markerClass(entry.sensor.kind, entry.verdict);
   entry.verdict = judge(entry.sensor, kind, now, sunAltitude, app.settings.stale_after_cadences);
+  // While the hub loads a history, old readings are not silence: no data yet.
+  if (app.history && entry.verdict.state === 'stale') entry.verdict = { ...entry.verdict, state: 'none' };
   if (entry.marker && before !== markerClass(entry.sensor.kind, entry.verdict)) {
     entry.marker.setIcon(icon(entry));
   }
@@ -538,6 +541,46 @@ async function reloadSensors() {
   return reloading;
 }
 
+// ---- a history being loaded (the demo) ----------------------------------------
+
+/** Polls `map/status.json` while the hub loads a history; shows how far it got. */
+async function watchHistory() {
+  for (;;) {
+    let h = null;
+    try {
+      h = (await getJson('map/status.json')).history;
+    } catch (e) {
+      console.warn('status', e);
+    }
+    const was = app.history;
+    app.history = h;
+    const el = $('history');
+    if (h) {
+      const from = Date.parse(h.from);
+      const pct = Math.min(100, Math.max(0, Math.round(((Date.parse(h.loaded_until) - from) / (Date.now() - from)) * 100)));
+      el.textContent = T().history(pct, Math.round(h.messages_per_s).toLocaleString(app.lang));
+      el.hidden = false;
+    } else {
+      el.hidden = true;
+      // Loaded: the whole picture again, judged as usual.
+      if (was) await reloadSensors();
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+/** Fits the map to the fleet, keeping markers clear of the legend in its corner. */
+function fitFleet(map, placed) {
+  const legend = document.querySelector('.legend');
+  const below = legend ? legend.offsetHeight + 20 : 30;
+  const beside = legend ? legend.offsetWidth + 20 : 30;
+  // The legend sits bottom left: keep the fleet above it, or beside it when that leaves more room.
+  const size = map.getSize();
+  const pad = size.y - below > size.x - beside ? { paddingTopLeft: [30, 30], paddingBottomRight: [30, below] } : { paddingTopLeft: [beside, 30], paddingBottomRight: [30, 30] };
+  map.fitBounds(L.latLngBounds(placed), { ...pad, maxZoom: 16 });
+}
+
 // ---- start -----------------------------------------------------------------
 
 async function start() {
@@ -565,16 +608,21 @@ async function start() {
     L.tileLayer(settings.tile_url, { maxZoom: 19, attribution: settings.tile_attribution, crossOrigin: true }).addTo(map);
   }
   for (const k of app.kinds.keys()) layerFor(k);
+  try {
+    app.history = (await getJson('map/status.json')).history;
+  } catch (e) {
+    app.history = null;
+  }
   const now = Date.now();
   for (const f of fc.features) addSensor(toSensor(f), now);
-  const placed = [...app.sensors.values()].map((e) => [e.sensor.coordinates[1], e.sensor.coordinates[0]]);
-  if (placed.length) map.fitBounds(L.latLngBounds(placed), { padding: [30, 30], maxZoom: 16 });
-  else map.setView([45.1335, 10.0226], 13); // Cremona, until the first sensor is placed
-
   app.legend = new Legend();
   app.legend.addTo(map);
   renderLegend();
+  const placed = [...app.sensors.values()].map((e) => [e.sensor.coordinates[1], e.sensor.coordinates[0]]);
+  if (placed.length) fitFleet(map, placed);
+  else map.setView([45.1335, 10.0226], 13); // Cremona, until the first sensor is placed
   renderPanel();
+  if (app.history) watchHistory();
   connect();
   // Silence is a state too: re-judge as time passes, and keep the counter honest.
   setInterval(() => {
