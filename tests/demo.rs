@@ -58,6 +58,25 @@ fn run_demo(
     }
 }
 
+/// Ctrl-C to the demo, which must stop cleanly; its stderr.
+fn stop_demo(child: std::process::Child, err: &std::path::Path) -> String {
+    assert!(
+        interrupt_and_wait(child),
+        "demo did not stop cleanly: {}",
+        std::fs::read_to_string(err).unwrap()
+    );
+    std::fs::read_to_string(err).unwrap()
+}
+
+/// A data folder of the demo's own in the temp folder.
+fn demo_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "cityhub_{name}_{}_{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
 fn interrupt_and_wait(mut child: std::process::Child) -> bool {
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -77,11 +96,7 @@ fn interrupt_and_wait(mut child: std::process::Child) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
-    let dir = std::env::temp_dir().join(format!(
-        "cityhub_demo_{}_{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let dir = demo_dir("demo");
     let small = ["--fleet", "20,20,2,2", "--history", "2h"];
     let (base, child, err, _) = run_demo(&dir, &small);
     cityhub_testkit::wait_for(60, "demo /readyz", || async {
@@ -106,12 +121,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
         html.contains("map/main-") && html.contains("map/app-"),
         "{html}"
     );
-    assert!(
-        interrupt_and_wait(child),
-        "demo did not stop cleanly: {}",
-        std::fs::read_to_string(&err).unwrap()
-    );
-    let log = std::fs::read_to_string(&err).unwrap();
+    let log = stop_demo(child, &err);
     assert!(
         log.contains("creating a private PostgreSQL cluster"),
         "{log}"
@@ -131,11 +141,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
             .unwrap_or(false)
     })
     .await;
-    assert!(
-        interrupt_and_wait(child),
-        "second demo did not stop cleanly"
-    );
-    let log = std::fs::read_to_string(&err).unwrap();
+    let log = stop_demo(child, &err);
     assert!(log.contains("reusing the PostgreSQL cluster"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -169,11 +175,7 @@ async fn browser(base: &str, mode: &str) -> serde_json::Value {
 /// machine), the map's header says so and no sensor is called silent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_history_loads_the_map_says_so_and_calls_nothing_silent() {
-    let dir = std::env::temp_dir().join(format!(
-        "cityhub_demo_loading_{}_{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let dir = demo_dir("demo_loading");
     let (base, child, err, _) = run_demo(&dir, &["--history", "3d", "--speedup", "20000"]);
     let seen = browser(&base, "loading").await;
     eprintln!("demo while loading: {seen}");
@@ -194,12 +196,7 @@ async fn while_the_history_loads_the_map_says_so_and_calls_nothing_silent() {
         .await
         .unwrap();
     assert!(status["history"]["messages"].is_u64(), "{status}");
-    assert!(
-        interrupt_and_wait(child),
-        "{}",
-        std::fs::read_to_string(&err).unwrap()
-    );
-    let log = std::fs::read_to_string(&err).unwrap();
+    let log = stop_demo(child, &err);
     assert!(log.contains("demo: loading history ["), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -212,11 +209,7 @@ async fn while_the_history_loads_the_map_says_so_and_calls_nothing_silent() {
 /// `target/test-logs/demo/demo-live.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_city_is_alive_soon_after_its_url() {
-    let dir = std::env::temp_dir().join(format!(
-        "cityhub_demo_live_{}_{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let dir = demo_dir("demo_live");
     let (base, child, err, printed) = run_demo(&dir, &[]);
     let kinds: serde_json::Value = reqwest::get(format!("{base}/api/v1/kinds"))
         .await
@@ -279,12 +272,7 @@ async fn the_demo_city_is_alive_soon_after_its_url() {
     assert!(seen["markers"].as_u64().unwrap() >= 340, "{seen}");
     assert_eq!(seen["outside"], 0, "markers outside the map: {seen}");
     assert_eq!(seen["underLegend"], 0, "markers under the legend: {seen}");
-    assert!(
-        interrupt_and_wait(child),
-        "demo did not stop cleanly: {}",
-        std::fs::read_to_string(&err).unwrap()
-    );
-    let log = std::fs::read_to_string(&err).unwrap();
+    let log = stop_demo(child, &err);
     assert!(log.contains("history loaded in"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
