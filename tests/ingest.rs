@@ -680,3 +680,145 @@ async fn stored_values_come_back_bit_for_bit() {
         );
     }
 }
+
+fn reading(kind: &str, sensor: &str, value: f64, seconds_ago: i64) -> (String, Vec<u8>) {
+    let ts = (Utc::now() - Duration::seconds(seconds_ago)).to_rfc3339();
+    let metric = if kind == "waste_bin" {
+        "fill_level"
+    } else {
+        "pm10"
+    };
+    (
+        format!("cityhub/v1/{kind}/{sensor}"),
+        format!(r#"{{"ts":"{ts}","values":{{"{metric}":{value}}}}}"#).into_bytes(),
+    )
+}
+
+async fn publish_all(broker: &Broker, msgs: &[(String, Vec<u8>)]) {
+    let items: Vec<(&str, Vec<u8>)> = msgs.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
+    publish_raw(broker, &items).await;
+}
+
+async fn dead_letters(db: &TestDb, code: &str) -> i64 {
+    db.count(&format!(
+        "SELECT count(*) FROM dead_letters WHERE reason_code = '{code}'"
+    ))
+    .await
+}
+
+/// Every message of a sensor reported under another kind is a dead letter, however
+/// many share its batch (only the first of them was, and the rest were lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_of_a_sensor_under_another_kind_is_a_dead_letter() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _hub = Hub::start_in_process(&db, &broker, "mismatch", &[]).await;
+    publish_all(&broker, &[reading("waste_bin", "mix-1", 40.0, 60)]).await;
+    wait_for(30, "the bin registered", || async {
+        db.observations().await == 1
+    })
+    .await;
+    let wrong: Vec<_> = (0..5)
+        .map(|i| {
+            reading(
+                "air_quality",
+                "mix-1",
+                10.0 + f64::from(i),
+                50 - i64::from(i),
+            )
+        })
+        .collect();
+    publish_all(&broker, &wrong).await;
+    wait_for(30, "five kind_mismatch dead letters", || async {
+        dead_letters(&db, "kind_mismatch").await == 5
+    })
+    .await;
+    assert_eq!(db.observations().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_known_stores_registered_sensors_only() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "known",
+        &[
+            ("CITYHUB_INGEST_REGISTRATION", "known"),
+            ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    let put = reqwest::Client::new()
+        .put(hub.url("/api/v1/sensors/bin-known"))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"type": "Feature", "geometry": {"type": "Point", "coordinates": [10.02, 45.13]},
+                      "properties": {"kind": "waste_bin"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let msgs = [
+        reading("waste_bin", "bin-known", 40.0, 30),
+        reading("waste_bin", "stranger-1", 50.0, 30),
+        reading("waste_bin", "stranger-1", 51.0, 20),
+        reading("air_quality", "stranger-2", 20.0, 30),
+        reading("waste_bin", "bin-known", 41.0, 20),
+    ];
+    publish_all(&broker, &msgs).await;
+    wait_for(30, "two readings stored and three dead letters", || async {
+        db.observations().await == 2 && dead_letters(&db, "unregistered_sensor").await == 3
+    })
+    .await;
+    assert_eq!(db.count("SELECT count(*) FROM sensors").await, 1);
+    assert_eq!(
+        hub.metric_labelled(
+            "cityhub_dead_letters_total",
+            "reason=\"unregistered_sensor\""
+        )
+        .await,
+        Some(3.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_sensors_caps_what_readings_register() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _hub =
+        Hub::start_in_process(&db, &broker, "cap", &[("CITYHUB_INGEST_MAX_SENSORS", "5")]).await;
+    let first: Vec<_> = (0..8)
+        .map(|i| reading("waste_bin", &format!("cap-{i}"), 30.0, 60))
+        .collect();
+    publish_all(&broker, &first).await;
+    wait_for(
+        30,
+        "five sensors and three sensor_limit dead letters",
+        || async { dead_letters(&db, "sensor_limit").await == 3 && db.observations().await == 5 },
+    )
+    .await;
+    assert_eq!(db.count("SELECT count(*) FROM sensors").await, 5);
+    // The registered ones keep reporting.
+    let registered: Vec<String> = db
+        .client()
+        .await
+        .query("SELECT external_id FROM sensors", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let again: Vec<_> = registered
+        .iter()
+        .map(|s| reading("waste_bin", s, 31.0, 30))
+        .collect();
+    publish_all(&broker, &again).await;
+    wait_for(30, "their next readings", || async {
+        db.observations().await == 10
+    })
+    .await;
+    assert_eq!(dead_letters(&db, "sensor_limit").await, 3);
+}

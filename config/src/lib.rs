@@ -15,5 +15,5 @@ pub use model::{GeoPoint, ModelError, Name, SensorId};
 pub use reject::RejectReason;
 pub use settings::{
     CatalogSettings, ConfigError, ConnUrl, HttpSettings, IngestSettings, LogFormat,
-    MaintenanceMode, MqttSettings, Secret, Settings, TimescaleMode,
+    MaintenanceMode, MqttSettings, Registration, Secret, Settings, TimescaleMode,
 };

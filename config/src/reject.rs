@@ -43,6 +43,8 @@ pub enum RejectReason {
     NoDecodedPayload,
     KindMismatch,
     DatabaseRefused,
+    UnregisteredSensor,
+    SensorLimit,
 }
 
 impl RejectReason {
@@ -75,6 +77,10 @@ impl RejectReason {
             NoDecodedPayload => "a network server's uplink has no decoded payload",
             KindMismatch => "the sensor is registered as another kind",
             DatabaseRefused => "the database refused the message's rows (the reason says why)",
+            UnregisteredSensor => {
+                "the sensor is not registered and ingest.registration is \"known\""
+            }
+            SensorLimit => "registering the sensor would pass ingest.max_sensors",
         }
     }
 }
@@ -95,7 +101,7 @@ mod tests {
     fn codes_are_stable_snake_case_and_round_trip() {
         assert_eq!(RejectReason::OutOfRange.code(), "out_of_range");
         assert_eq!(RejectReason::BadSenml.code(), "bad_senml");
-        assert_eq!(RejectReason::iter().count(), 20);
+        assert_eq!(RejectReason::iter().count(), 22);
         for r in RejectReason::iter() {
             assert_eq!(r.code().parse::<RejectReason>().unwrap(), r);
             assert_eq!(serde_json::to_value(r).unwrap(), r.code());

@@ -356,6 +356,12 @@ pub struct IngestSettings {
     /// After SIGTERM the hub drains for at most this long, then exits; what is not
     /// committed by then is not acked, so the broker delivers it again.
     pub shutdown_timeout_s: u64,
+    /// Who may add a sensor: anyone who publishes (`open`), or only the registry
+    /// (`known`: readings of unregistered sensors become `unregistered_sensor` dead letters).
+    pub registration: Registration,
+    /// At most this many sensors are registered from readings (0: no limit); readings
+    /// of sensors past it become `sensor_limit` dead letters.
+    pub max_sensors: u32,
 }
 
 impl IngestSettings {
@@ -384,6 +390,8 @@ impl Default for IngestSettings {
             poison_after_attempts: 4,
             max_unacked_age_s: 120,
             shutdown_timeout_s: 20,
+            registration: Registration::Open,
+            max_sensors: 0,
         }
     }
 }
@@ -415,6 +423,17 @@ pub struct StoreSettings {
     /// TimescaleDB: how soon after a commit below an aggregate's watermark the hub
     /// refreshes the buckets it touched.
     pub late_refresh_s: u64,
+}
+
+/// Whether readings may register new sensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// A reading from a new sensor registers it (the demo, a city trying the hub).
+    #[default]
+    Open,
+    /// Only sensors in the registry (`sensors import`, `PUT /api/v1/sensors/{id}`).
+    Known,
 }
 
 /// Who runs TimescaleDB's policy jobs.

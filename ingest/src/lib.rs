@@ -93,6 +93,8 @@ pub fn start(
             statement_timeout_ms: ing.statement_timeout_ms,
             lock_timeout_ms: ing.lock_timeout_ms,
             dead_letter_payload_bytes: ing.dead_letter_payload_bytes,
+            registration: ing.registration,
+            max_sensors: ing.max_sensors,
         },
     );
     tracker.spawn(pipeline::run_writer(

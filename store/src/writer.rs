@@ -8,10 +8,10 @@ use crate::schema::{ensure_partition, month_start};
 use crate::Store;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use cityhub_config::{GeoPoint, Name, RejectReason, SensorId};
+use cityhub_config::{GeoPoint, Name, Registration, RejectReason, SensorId};
 use deadpool_postgres::ClientWrapper as Client;
 use futures_util::pin_mut;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
@@ -252,6 +252,9 @@ pub struct WriterLimits {
     pub statement_timeout_ms: u64,
     pub lock_timeout_ms: u64,
     pub dead_letter_payload_bytes: usize,
+    /// Whether readings register new sensors, and how many at most (0: no limit).
+    pub registration: Registration,
+    pub max_sensors: u32,
 }
 
 impl Default for WriterLimits {
@@ -260,9 +263,15 @@ impl Default for WriterLimits {
             statement_timeout_ms: 30_000,
             lock_timeout_ms: 5_000,
             dead_letter_payload_bytes: 16 * 1024,
+            registration: Registration::Open,
+            max_sensors: 0,
         }
     }
 }
+
+/// Serialises registrations when a sensor limit applies, so hubs sharing a database
+/// do not pass it together.
+const REGISTRATION_LOCK: i64 = 0x0063_6974_7972_6567;
 
 /// Owns one connection and commits batches on it; reconnects on demand.
 pub struct BatchWriter {
@@ -330,12 +339,13 @@ impl BatchWriter {
         let store = self.store.clone();
         let report_latest = self.report_latest;
         let max_payload = self.limits.dead_letter_payload_bytes;
+        let (registration, max_sensors) = (self.limits.registration, self.limits.max_sensors);
         let client = self.client().await?;
         for m in &months {
             ensure_partition(&**client, *m).await?;
         }
         let tx = client.transaction().await?;
-        let sensors = register_sensors(&tx, batch).await?;
+        let sensors = register_sensors(&tx, batch, registration, max_sensors).await?;
         let mut staged = stage_observations(&tx, batch, &sensors.ids).await?;
         staged += stage_derived(&tx, &store).await?;
         let inserted = insert_observations(&tx).await?;
@@ -383,8 +393,9 @@ impl BatchWriter {
 struct Registered<'b> {
     /// External id -> surrogate key, for the sensors whose kind matches.
     ids: HashMap<&'b str, i32>,
-    /// External id -> registered kind, for sensors reported under another kind.
-    refused: HashMap<&'b str, String>,
+    /// External id -> why its readings are refused (another registered kind, not
+    /// registered, past the sensor limit).
+    refused: HashMap<&'b str, (RejectReason, String)>,
 }
 
 /// Registers new sensors and refreshes position and last seen of known ones.
@@ -392,7 +403,10 @@ struct Registered<'b> {
 async fn register_sensors<'b>(
     tx: &Transaction<'_>,
     batch: &'b WriteBatch,
+    registration: Registration,
+    max_sensors: u32,
 ) -> Result<Registered<'b>, StoreError> {
+    let mut refused = admit_new_sensors(tx, batch, registration, max_sensors).await?;
     let n = batch.sensors.len();
     let mut ext = Vec::with_capacity(n);
     let mut kinds = Vec::with_capacity(n);
@@ -401,7 +415,11 @@ async fn register_sensors<'b>(
     let mut firsts = Vec::with_capacity(n);
     let mut lasts = Vec::with_capacity(n);
     let (mut fb_ext, mut fb_lons, mut fb_lats) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, s) in &batch.sensors {
+    for (id, s) in batch
+        .sensors
+        .iter()
+        .filter(|(id, _)| !refused.contains_key(id.as_str()))
+    {
         ext.push(id.as_str());
         kinds.push(s.kind.as_str());
         let own = s.location.filter(|_| !s.location_fallback);
@@ -449,8 +467,7 @@ async fn register_sensors<'b>(
         }
     }
     // Sensors whose registered kind differs from the topic's: their rows become dead letters.
-    let mut refused: HashMap<&str, String> = HashMap::new();
-    if ids.len() < n {
+    if ids.len() < ext.len() {
         let missing: Vec<&str> = ext
             .iter()
             .copied()
@@ -464,12 +481,73 @@ async fn register_sensors<'b>(
             .await?
         {
             let e: String = r.get(0);
-            if let Some((k, _)) = batch.sensors.get_key_value(e.as_str()) {
-                refused.insert(k.as_str(), r.get(1));
+            let kind: String = r.get(1);
+            if let Some((k, seen)) = batch.sensors.get_key_value(e.as_str()) {
+                let why = format!(
+                    "sensor {e:?} is registered as kind {kind:?}, not {:?}",
+                    seen.kind.as_str()
+                );
+                refused.insert(k.as_str(), (RejectReason::KindMismatch, why));
             }
         }
     }
     Ok(Registered { ids, refused })
+}
+
+/// The batch's sensors that may not be registered: all new ones when registration is
+/// `known`, those past `max_sensors` otherwise.
+async fn admit_new_sensors<'b>(
+    tx: &Transaction<'_>,
+    batch: &'b WriteBatch,
+    registration: Registration,
+    max_sensors: u32,
+) -> Result<HashMap<&'b str, (RejectReason, String)>, StoreError> {
+    let mut refused = HashMap::new();
+    if registration == Registration::Open && max_sensors == 0 {
+        return Ok(refused);
+    }
+    if registration == Registration::Open {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&REGISTRATION_LOCK])
+            .await?;
+    }
+    let ext: Vec<&str> = batch.sensors.keys().map(|k| k.as_str()).collect();
+    let known: HashSet<String> = tx
+        .query(
+            "SELECT external_id FROM sensors WHERE external_id = ANY($1)",
+            &[&ext],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let new: Vec<&str> = ext.into_iter().filter(|e| !known.contains(*e)).collect();
+    if new.is_empty() {
+        return Ok(refused);
+    }
+    let room = if registration == Registration::Known {
+        0
+    } else {
+        let count: i64 = tx
+            .query_one("SELECT count(*) FROM sensors", &[])
+            .await?
+            .get(0);
+        usize::try_from(i64::from(max_sensors) - count).unwrap_or(0)
+    };
+    for e in new.into_iter().skip(room) {
+        let refusal = if registration == Registration::Known {
+            (
+                RejectReason::UnregisteredSensor,
+                format!("sensor {e:?} is not registered (ingest.registration = \"known\")"),
+            )
+        } else {
+            (
+                RejectReason::SensorLimit,
+                format!("sensor {e:?} would pass ingest.max_sensors = {max_sensors}"),
+            )
+        };
+        refused.insert(e, refusal);
+    }
+    Ok(refused)
 }
 
 /// The observations of registered sensors, by binary COPY into the staging table.
@@ -588,23 +666,26 @@ async fn upsert_latest(
 async fn write_dead_letters(
     tx: &Transaction<'_>,
     batch: &WriteBatch,
-    refused: &HashMap<&str, String>,
+    refused: &HashMap<&str, (RejectReason, String)>,
     max_payload: usize,
 ) -> Result<Vec<(RejectReason, u64)>, StoreError> {
     let mut dl: Vec<DeadLetter> = batch.dead_letters.clone();
-    for (sensor, kind) in refused {
-        if let Some((id, seen)) = batch.sensors.get_key_value(*sensor) {
-            let reason = format!(
-                "sensor {id:?} is registered as kind {kind:?}, not {:?}",
-                seen.kind.as_str()
-            );
-            dl.push(DeadLetter::new(
-                seen.source,
-                RejectReason::KindMismatch,
-                reason,
-                usize::MAX,
-            ));
+    // Every message with readings of a refused sensor, not only the one that
+    // introduced the sensor to the batch.
+    let mut sources: BTreeSet<(u32, &str)> = BTreeSet::new();
+    for o in &batch.observations {
+        if refused.contains_key(o.sensor.as_str()) {
+            sources.insert((o.source, o.sensor.as_str()));
         }
+    }
+    for sensor in refused.keys() {
+        if let Some(seen) = batch.sensors.get(*sensor) {
+            sources.insert((seen.source, sensor));
+        }
+    }
+    for (source, sensor) in sources {
+        let (code, reason) = &refused[sensor];
+        dl.push(DeadLetter::new(source, *code, reason.clone(), usize::MAX));
     }
     if dl.is_empty() {
         return Ok(Vec::new());
