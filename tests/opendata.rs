@@ -813,3 +813,48 @@ async fn rate_limit_answers_429() {
         "{description} vs Retry-After {retry}"
     );
 }
+
+/// Behind a trusted proxy each client has its own rate-limit bucket, named by
+/// `X-Forwarded-For`; from anyone else the header is ignored (one bucket per peer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_name_the_client_for_rate_limits_and_nobody_else_does() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let limits = [
+        ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "1"),
+        ("CITYHUB_HTTP_RATE_LIMIT_BURST", "2"),
+    ];
+    let mut behind = limits.to_vec();
+    behind.push(("CITYHUB_HTTP_TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#));
+    let proxied = Hub::start_in_process(&db, &broker, "proxied", &behind).await;
+    let direct = Hub::start_in_process(&db, &broker, "direct", &limits).await;
+    let http = reqwest::Client::new();
+    let get = |hub: &Hub, client: &str| {
+        http.get(hub.url("/api/v1/kinds"))
+            .header("X-Forwarded-For", format!("198.51.100.99, {client}"))
+            .send()
+    };
+    let mut refused = 0;
+    for _ in 0..10 {
+        refused += usize::from(get(&proxied, "203.0.113.7").await.unwrap().status() == 429);
+    }
+    assert!(
+        refused >= 5,
+        "one client, 10 requests, burst 2: {refused} refused"
+    );
+    // Another client behind the same proxy has a bucket of its own.
+    assert_eq!(get(&proxied, "203.0.113.8").await.unwrap().status(), 200);
+
+    // Not a trusted proxy: whatever the header says, it is one client.
+    let mut refused = 0;
+    for i in 0..10 {
+        let r = get(&direct, &format!("203.0.113.{}", 10 + i))
+            .await
+            .unwrap();
+        refused += usize::from(r.status() == 429);
+    }
+    assert!(
+        refused >= 5,
+        "spoofed addresses got their own buckets: {refused} refused"
+    );
+}

@@ -104,6 +104,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         listener,
         cityhub_api::router(state.clone()),
         Duration::from_secs(settings.http.header_timeout_s),
+        Arc::new(settings.http.trusted_proxy_nets().unwrap_or_default()),
         cancel.clone(),
     ));
 

@@ -226,6 +226,9 @@ pub struct HttpSettings {
     pub rate_limit_per_s: u32,
     /// ...with bursts up to this many.
     pub rate_limit_burst: u32,
+    /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client
+    /// for rate limiting and logs; anyone else's header is ignored.
+    pub trusted_proxies: Vec<String>,
     /// Largest page of readings or items one request returns.
     pub max_page: u32,
     /// Largest request body accepted (admin and ingest calls).
@@ -254,6 +257,7 @@ impl Default for HttpSettings {
             admin_token_file: None,
             rate_limit_per_s: 50,
             rate_limit_burst: 200,
+            trusted_proxies: Vec::new(),
             max_page: 10_000,
             max_body_bytes: 1024 * 1024,
             header_timeout_s: 10,
@@ -423,6 +427,20 @@ pub struct StoreSettings {
     /// TimescaleDB: how soon after a commit below an aggregate's watermark the hub
     /// refreshes the buckets it touched.
     pub late_refresh_s: u64,
+}
+
+impl HttpSettings {
+    /// `trusted_proxies` parsed; a bare address is a network of one.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("http.trusted_proxies: {s:?} is not an address or CIDR"))
+            })
+            .collect()
+    }
 }
 
 /// Whether readings may register new sensors.
@@ -595,6 +613,9 @@ impl Settings {
         }
         if self.mqtt.receive_maximum == 0 {
             return invalid("mqtt.receive_maximum must be at least 1");
+        }
+        if let Err(e) = self.http.trusted_proxy_nets() {
+            return Err(ConfigError::Invalid(e));
         }
         if self.mqtt.client_id.is_empty() {
             return invalid(
