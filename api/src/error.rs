@@ -33,6 +33,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("storage is not available yet")]
     NotReady,
+    /// Every connection for this kind of request is taken (long downloads).
+    #[error("{0}")]
+    Busy(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -50,7 +53,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
-            ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            ApiError::NotReady | ApiError::Busy(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
             ApiError::Store(StoreError::KindConflict { .. }) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::Store(e) if e.is_connection_lost() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")

@@ -150,14 +150,25 @@ pub async fn readings(
         limit: Some(i64::from(limit)),
     };
     if p.format == Some(FormatParam::Csv) {
+        // From the pool of long downloads: slow clients there never take the
+        // connections of listings, feeds and readiness.
+        let client = store.stream_pool().get().await.map_err(|e| match e {
+            cityhub_store::PoolError::Timeout(_) => {
+                ApiError::Busy("every download slot is taken; retry in a few seconds".into())
+            }
+            e => ApiError::Store(e.into()),
+        })?;
+        let send_timeout =
+            std::time::Duration::from_secs(s.settings.http.stream_send_timeout_s.max(1));
         return Ok(readings_csv(
             store,
+            client,
             ReadingsQuery {
                 limit: p.limit.map(i64::from),
                 ..q
             },
-            id,
-            units,
+            (id, units),
+            send_timeout,
         ));
     }
     let rows = query::readings(&store, &q).await?;
@@ -299,9 +310,10 @@ fn page_links(
 /// client sees a truncated transfer, never a silently short file with a 200 trailer).
 fn readings_csv(
     store: cityhub_store::Store,
+    client: cityhub_store::PooledClient,
     q: ReadingsQuery,
-    id: SensorId,
-    units: Map<String, Value>,
+    (id, units): (SensorId, Map<String, Value>),
+    send_timeout: std::time::Duration,
 ) -> Response {
     let raw = q.bucket == Bucket::Raw;
     let header = if raw {
@@ -318,7 +330,7 @@ fn readings_csv(
             Some((*mid, (m.to_owned(), unit)))
         })
         .collect();
-    let rx = query::readings_stream(store, q);
+    let rx = query::readings_stream(store, client, q, send_timeout);
     let first = futures_util::stream::once(async move {
         Ok::<_, std::io::Error>(Bytes::from_static(header.as_bytes()))
     });

@@ -127,6 +127,9 @@ pub struct DatabaseSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     pub pool_size: usize,
+    /// Connections for long downloads (CSV readings) apart from `pool_size`, so slow
+    /// clients can never take those that listings, feeds and readiness need.
+    pub stream_pool_size: usize,
     pub connect_timeout_s: u64,
 }
 
@@ -138,6 +141,7 @@ impl Default for DatabaseSettings {
             password_file: None,
             ca_file: None,
             pool_size: 8,
+            stream_pool_size: 4,
             connect_timeout_s: 5,
         }
     }
@@ -226,6 +230,9 @@ pub struct HttpSettings {
     pub rate_limit_per_s: u32,
     /// ...with bursts up to this many.
     pub rate_limit_burst: u32,
+    /// A download whose client takes no data for this long is ended, and its
+    /// database connection freed.
+    pub stream_send_timeout_s: u64,
     /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client
     /// for rate limiting and logs; anyone else's header is ignored.
     pub trusted_proxies: Vec<String>,
@@ -258,6 +265,7 @@ impl Default for HttpSettings {
             rate_limit_per_s: 50,
             rate_limit_burst: 200,
             trusted_proxies: Vec::new(),
+            stream_send_timeout_s: 30,
             max_page: 10_000,
             max_body_bytes: 1024 * 1024,
             header_timeout_s: 10,

@@ -188,6 +188,20 @@ pub async fn connect(s: &DatabaseSettings) -> Result<tokio_postgres::Client, Sto
 
 /// A connection pool for queries and for the writer's dedicated connection.
 pub fn pool(s: &DatabaseSettings) -> Result<Pool, StoreError> {
+    sized_pool(
+        s,
+        s.pool_size.max(2),
+        Duration::from_secs(s.connect_timeout_s),
+    )
+}
+
+/// The pool of long downloads: a caller that finds it full is told so within a
+/// second (503), instead of queueing behind slow clients.
+pub fn stream_pool(s: &DatabaseSettings) -> Result<Pool, StoreError> {
+    sized_pool(s, s.stream_pool_size.max(1), Duration::from_secs(1))
+}
+
+fn sized_pool(s: &DatabaseSettings, size: usize, wait: Duration) -> Result<Pool, StoreError> {
     let (cfg, check) = pg_config(s)?;
     let mgr = Manager::from_config(
         cfg,
@@ -197,9 +211,9 @@ pub fn pool(s: &DatabaseSettings) -> Result<Pool, StoreError> {
         },
     );
     Pool::builder(mgr)
-        .max_size(s.pool_size.max(2))
+        .max_size(size)
         .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(s.connect_timeout_s)))
+        .wait_timeout(Some(wait))
         .create_timeout(Some(Duration::from_secs(s.connect_timeout_s)))
         .build()
         .map_err(|e| StoreError::Config(e.to_string()))

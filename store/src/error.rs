@@ -23,6 +23,8 @@ pub enum StoreError {
     KindConflict { sensor: String, registered: String },
     #[error("the waiting client gave up before the commit; nothing was stored")]
     Abandoned,
+    #[error("the database did not answer within {0} s")]
+    Timeout(u64),
 }
 
 impl StoreError {

@@ -9,6 +9,7 @@ pub mod schema;
 pub mod sensors;
 pub mod writer;
 
+pub use deadpool_postgres::{Object as PooledClient, PoolError};
 pub use error::StoreError;
 pub use schema::Backend;
 pub use writer::{
@@ -44,6 +45,11 @@ pub struct Derived {
 struct Inner {
     derived: Vec<Derived>,
     pool: Pool,
+    /// Long downloads only (see `db::stream_pool`).
+    streams: Pool,
+    /// Readiness checks the database on this connection of its own, so a busy pool
+    /// never reads as a database down.
+    ping: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     backend: Backend,
     /// kind -> metric -> id, looked up by `&str` on the hot path.
     metric_ids: HashMap<String, HashMap<String, i16>>,
@@ -89,6 +95,8 @@ impl Store {
                 metric_names,
                 derived,
                 pool,
+                streams: db::stream_pool(&settings.database)?,
+                ping: tokio::sync::Mutex::new(None),
                 backend,
                 metric_ids,
                 retention_days: settings.store.retention_days,
@@ -148,15 +156,30 @@ impl Store {
             .flatten()
     }
 
-    /// Is the database answering?
+    /// The pool of long downloads.
+    pub fn stream_pool(&self) -> &Pool {
+        &self.inner.streams
+    }
+
+    /// Is the database answering? Asked on a connection of its own, within the
+    /// connect timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.inner
-            .pool
-            .get()
-            .await?
-            .simple_query("SELECT 1")
-            .await?;
-        Ok(())
+        let limit = std::time::Duration::from_secs(self.inner.database.connect_timeout_s.max(1));
+        let mut slot = self.inner.ping.lock().await;
+        let result = tokio::time::timeout(limit, async {
+            if slot.as_ref().is_none_or(|c| c.is_closed()) {
+                *slot = Some(db::connect(&self.inner.database).await?);
+            }
+            let c = slot.as_ref().expect("connected above");
+            c.simple_query("SELECT 1").await?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Timeout(limit.as_secs())));
+        if result.is_err() {
+            *slot = None; // a fresh session next time
+        }
+        result
     }
 
     /// Drops plain-PostgreSQL partitions past retention; a no-op on TimescaleDB,

@@ -318,15 +318,18 @@ pub async fn readings(store: &Store, q: &ReadingsQuery) -> Result<Vec<ReadingRow
 }
 
 /// Every reading of `q` as a stream, for downloads of any size: rows flow from the
-/// server as the receiver takes them, never all in memory.
+/// server as the receiver takes them, never all in memory. `client` comes from the
+/// stream pool; a receiver that takes nothing for `send_timeout` is dropped and the
+/// connection freed.
 pub fn readings_stream(
     store: Store,
+    client: crate::PooledClient,
     q: ReadingsQuery,
+    send_timeout: std::time::Duration,
 ) -> mpsc::Receiver<Result<ReadingRow, StoreError>> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
         let run = async {
-            let client = store.pool().get().await?;
             let (lower, upper, after_t, after_m) = readings_bounds(&q);
             let params: [&(dyn ToSql + Sync); 7] = [
                 &q.sensor, &q.metrics, &lower, &upper, &after_t, &after_m, &q.limit,
@@ -336,8 +339,16 @@ pub fn readings_stream(
                 .await?;
             pin_mut!(rows);
             while let Some(r) = rows.try_next().await? {
-                if tx.send(Ok(to_row(&r))).await.is_err() {
-                    break; // the client went away
+                match tokio::time::timeout(send_timeout, tx.send(Ok(to_row(&r)))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break, // the client went away
+                    Err(_) => {
+                        tracing::info!(
+                            timeout_s = send_timeout.as_secs(),
+                            "A download's client stopped reading; ending it."
+                        );
+                        break;
+                    }
                 }
             }
             Ok::<_, StoreError>(())
