@@ -109,7 +109,7 @@ async fn ninety_stalled_downloads_starve_neither_listings_nor_feeds_nor_readines
     assert_eq!(ready["database"], "ok");
     assert_eq!(streaming + busy, 90);
     assert!(
-        streaming >= 1 && streaming <= 4,
+        (1..=4).contains(&streaming),
         "{streaming} downloads streaming with a download pool of 4"
     );
 
