@@ -35,8 +35,7 @@ fn series(
 
 async fn publish(broker: &Broker, db: &TestDb, msgs: &[(String, Vec<u8>)]) {
     let before = db.observations().await;
-    let items: Vec<(&str, Vec<u8>)> = msgs.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
-    publish_raw(broker, &items).await;
+    publish_raw(broker, msgs).await;
     let want = before + 2 * msgs.len() as i64;
     wait_for(60, "the readings to be stored", || async {
         db.observations().await >= want

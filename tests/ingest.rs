@@ -637,8 +637,7 @@ async fn stored_values_come_back_bit_for_bit() {
             (topic.to_string(), payload.into_bytes())
         })
         .collect();
-    let items: Vec<(&str, Vec<u8>)> = msgs.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
-    publish_raw(&broker, &items).await;
+    publish_raw(&broker, &msgs).await;
     wait_for(30, "every value stored", || async {
         let dead = db
             .client()
@@ -694,11 +693,6 @@ fn reading(kind: &str, sensor: &str, value: f64, seconds_ago: i64) -> (String, V
     )
 }
 
-async fn publish_all(broker: &Broker, msgs: &[(String, Vec<u8>)]) {
-    let items: Vec<(&str, Vec<u8>)> = msgs.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
-    publish_raw(broker, &items).await;
-}
-
 async fn dead_letters(db: &TestDb, code: &str) -> i64 {
     db.count(&format!(
         "SELECT count(*) FROM dead_letters WHERE reason_code = '{code}'"
@@ -713,7 +707,7 @@ async fn every_message_of_a_sensor_under_another_kind_is_a_dead_letter() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let _hub = Hub::start_in_process(&db, &broker, "mismatch", &[]).await;
-    publish_all(&broker, &[reading("waste_bin", "mix-1", 40.0, 60)]).await;
+    publish_raw(&broker, &[reading("waste_bin", "mix-1", 40.0, 60)]).await;
     wait_for(30, "the bin registered", || async {
         db.observations().await == 1
     })
@@ -728,7 +722,7 @@ async fn every_message_of_a_sensor_under_another_kind_is_a_dead_letter() {
             )
         })
         .collect();
-    publish_all(&broker, &wrong).await;
+    publish_raw(&broker, &wrong).await;
     wait_for(30, "five kind_mismatch dead letters", || async {
         dead_letters(&db, "kind_mismatch").await == 5
     })
@@ -768,7 +762,7 @@ async fn registration_known_stores_registered_sensors_only() {
         reading("air_quality", "stranger-2", 20.0, 30),
         reading("waste_bin", "bin-known", 41.0, 20),
     ];
-    publish_all(&broker, &msgs).await;
+    publish_raw(&broker, &msgs).await;
     wait_for(30, "two readings stored and three dead letters", || async {
         db.observations().await == 2 && dead_letters(&db, "unregistered_sensor").await == 3
     })
@@ -793,7 +787,7 @@ async fn max_sensors_caps_what_readings_register() {
     let first: Vec<_> = (0..8)
         .map(|i| reading("waste_bin", &format!("cap-{i}"), 30.0, 60))
         .collect();
-    publish_all(&broker, &first).await;
+    publish_raw(&broker, &first).await;
     wait_for(
         30,
         "five sensors and three sensor_limit dead letters",
@@ -815,7 +809,7 @@ async fn max_sensors_caps_what_readings_register() {
         .iter()
         .map(|s| reading("waste_bin", s, 31.0, 30))
         .collect();
-    publish_all(&broker, &again).await;
+    publish_raw(&broker, &again).await;
     wait_for(30, "their next readings", || async {
         db.observations().await == 10
     })

@@ -150,8 +150,7 @@ async fn operator_map_in_a_browser() {
             )
         })
         .collect();
-    let refs: Vec<(&str, Vec<u8>)> = items.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
-    publish_raw(&broker, &refs).await;
+    publish_raw(&broker, &items).await;
     // Registered, placed, never heard from.
     let r = reqwest::Client::new()
         .put(hub.url("/api/v1/sensors/map-bin-never"))

@@ -238,14 +238,15 @@ async fn migrate_locked(
             .replace("{retention}", &retention)
             .replace("{compress_after}", &compress_after);
         // Each migration is one transaction, so a lost race rolls it back whole.
-        let mut attempt = 0u64;
+        let mut backoff = cityhub_config::Backoff::new(100, 2000);
+        let mut attempt = 0u32;
         loop {
             match apply(client, m, &specific).await {
                 Ok(()) => break,
                 Err(e) if e.is_concurrent_update() && attempt < 10 => {
                     attempt += 1;
                     tracing::info!(version = m.version, attempt, error = %e, "Schema migration raced another session; retrying.");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    tokio::time::sleep(backoff.next_pause()).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -4,12 +4,12 @@
 use crate::{unique, wait_for, Broker, Hub, TestDb};
 use cityhub_sim::{FaultRates, Format, SimMessage};
 
-/// Publishes raw payloads at QoS 1 and waits for the broker's PUBACKs.
-pub async fn publish_raw(broker: &Broker, items: &[(&str, Vec<u8>)]) {
+/// Publishes raw payloads (topic, payload) at QoS 1 and waits for the broker's PUBACKs.
+pub async fn publish_raw<T: AsRef<str>>(broker: &Broker, items: &[(T, Vec<u8>)]) {
     let msgs: Vec<SimMessage> = items
         .iter()
         .map(|(t, p)| SimMessage {
-            topic: t.to_string(),
+            topic: t.as_ref().to_owned(),
             payload: p.clone(),
             sensor: String::new(),
             kind: String::new(),
