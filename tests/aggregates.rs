@@ -1,7 +1,7 @@
 //! Hourly and daily answers never lose data: backfills older than any refresh window,
 //! late rows into compressed chunks, and refreshes by the policies or by the hub;
 //! every bucket the API gives is compared with SQL over `observations`. On plain
-//! PostgreSQL the same tests run (the views there group `observations` directly);
+//! PostgreSQL the same tests run against the rollup tables the writer maintains;
 //! on TimescaleDB (`CITYHUB_TEST_TIMESCALEDB=require`) they run the jobs too.
 
 use chrono::{Duration, Utc};
@@ -274,4 +274,59 @@ async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
         maintenance(&follower).await["leader"] == true
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_read_only_their_buckets_count_each_reading_once_and_take_late_ones() {
+    let s = "aq-rollup";
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(&db, &broker, s, &[]).await;
+    // Four months of readings: four monthly partitions on plain PostgreSQL.
+    let history = series(s, Duration::days(100), Duration::zero(), Duration::hours(3));
+    publish(&broker, &db, &history).await;
+    assert_agree(&hub, &db, s, 99 * 8).await;
+
+    // Redelivered readings insert nothing, so no bucket counts them twice.
+    let stored = db.observations().await;
+    let dup = "cityhub_observations_duplicate_total";
+    let dups_before = hub.metric(dup).await;
+    publish_raw(&broker, &history[..200]).await;
+    wait_for(60, "the redeliveries to be recognised", || async {
+        hub.metric(dup).await >= dups_before + 400.0
+    })
+    .await;
+    assert_eq!(db.observations().await, stored);
+    // A late reading inside an existing hour, older than the newest in that hour.
+    let mid = series(
+        s,
+        Duration::days(50) + Duration::minutes(1),
+        Duration::days(50),
+        Duration::minutes(1),
+    );
+    publish(&broker, &db, &mid).await;
+    assert_agree(&hub, &db, s, 99 * 8).await;
+
+    if !is_timescale(&db).await {
+        let partitions = db
+            .count("SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'observations_data'")
+            .await;
+        assert!(partitions >= 4, "only {partitions} partitions");
+        let c = db.client().await;
+        for q in [
+            "SELECT sensor_id, metric_id, avg FROM obs_hourly WHERE bucket > now() - INTERVAL '24 hours'",
+            "SELECT bucket, avg, min, max FROM obs_hourly WHERE sensor_id = 1 AND metric_id = 1 AND bucket >= now() - INTERVAL '30 days'",
+            "SELECT sensor_id, avg FROM obs_daily WHERE bucket > now() - INTERVAL '30 days'",
+        ] {
+            let plan: String = c
+                .query(&format!("EXPLAIN {q}"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0) + "\n")
+                .collect();
+            let touched = plan.matches("observations_p").count();
+            assert!(touched <= 2, "{q} touches {touched} partitions:\n{plain}", plain = plan);
+        }
+    }
 }

@@ -115,3 +115,202 @@ async fn ninety_stalled_downloads_starve_neither_listings_nor_feeds_nor_readines
 
     drop(stalled);
 }
+
+/// The peak resident memory of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+/// A region's fleet: `n` bins registered with a latest value of each metric.
+async fn register_bins(db: &TestDb, n: i32) {
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO sensors (external_id, kind, name, lon, lat, properties, first_seen, last_seen)
+             SELECT format('bin-%s', lpad(g::text, 6, '0')), 'waste_bin', format('Bin %s', g),
+                    9.9 + (g % 1000) * 0.0003, 45.1 + (g / 1000) * 0.0003,
+                    jsonb_build_object('stream', 'paper'), now() - INTERVAL '1 day', now()
+             FROM generate_series(1, {n}) g;
+             INSERT INTO latest (sensor_id, metric_id, time, value)
+             SELECT s.id, m.id, now() - INTERVAL '1 minute', 42.5
+             FROM sensors s JOIN metrics m ON m.kind = s.kind;"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(
+        &db,
+        &broker,
+        "fleet-100k",
+        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+    )
+    .await;
+    register_bins(&db, 100_000).await;
+    let http = reqwest::Client::new();
+    let first = http
+        .get(hub.url("/api/v1/sensors"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let fc: serde_json::Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(fc["features"].as_array().unwrap().len(), 100_000);
+
+    // A reading committed now is in the very next listing.
+    publish_raw(
+        &broker,
+        &[(
+            "cityhub/v1/waste_bin/bin-000007",
+            br#"{"values":{"fill_level":91.5}}"#.to_vec(),
+        )],
+    )
+    .await;
+    wait_for(30, "the reading stored", || async {
+        db.observations().await == 1
+    })
+    .await;
+    let gets = (0..40).map(|_| {
+        let (http, url) = (http.clone(), hub.url("/api/v1/sensors"));
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.bytes().await.unwrap())
+        })
+    });
+    let mut bodies = Vec::new();
+    for g in gets.collect::<Vec<_>>() {
+        let (status, body) = g.await.unwrap();
+        assert_eq!(status, 200);
+        bodies.push(body);
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "listings differ");
+    let fc: serde_json::Value = serde_json::from_slice(&bodies[0]).unwrap();
+    let bin7 = fc["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "bin-000007")
+        .unwrap();
+    assert_eq!(bin7["properties"]["latest"]["fill_level"]["value"], 91.5);
+    drop((fc, bodies, first));
+
+    let peak = peak_rss_kib(hub.pid());
+    assert!(
+        peak < 256 * 1024,
+        "the hub peaked at {} MiB serving 40 listings of 100,000 sensors",
+        peak / 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "fleet-pages",
+        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+    )
+    .await;
+    register_bins(&db, 2_500).await;
+    let http = reqwest::Client::new();
+    let all: serde_json::Value = http
+        .get(hub.url("/api/v1/sensors"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let all = all["features"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 2_500);
+
+    // Pages of 1,000 by their next links give every sensor once, in order.
+    let mut url = hub.url("/api/v1/sensors?limit=1000");
+    let mut paged = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        pages += 1;
+        assert_eq!(page["numberMatched"], 2_500);
+        paged.extend(page["features"].as_array().unwrap().iter().cloned());
+        let next = page["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["rel"] == "next");
+        match next {
+            Some(l) => url = l["href"].as_str().unwrap().to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, all);
+
+    // A bbox selects from memory too: bins 1..=999 lie on the first row of the grid.
+    let boxed: serde_json::Value = http
+        .get(hub.url("/api/v1/sensors?bbox=9.8,45.09,10.3,45.1001"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(boxed["features"].as_array().unwrap().len(), 999);
+    for (q, status) in [
+        ("limit=0", 400),
+        ("limit=10001", 400),
+        ("limit=5&kind=volcano", 400),
+    ] {
+        let r = http
+            .get(hub.url(&format!("/api/v1/sensors?{q}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{q}");
+    }
+
+    // gzip is the document's own, with an ETag of its own, and inflates to the same bytes.
+    let plain = http.get(hub.url("/api/v1/sensors")).send().await.unwrap();
+    let plain_etag = plain.headers()["etag"].clone();
+    let plain = plain.bytes().await.unwrap();
+    let gz = http
+        .get(hub.url("/api/v1/sensors"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let gz_etag = gz.headers()["etag"].clone();
+    assert_ne!(gz_etag, plain_etag);
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&gz.bytes().await.unwrap()[..]),
+        &mut inflated,
+    )
+    .unwrap();
+    assert_eq!(inflated, plain);
+    let again = http
+        .get(hub.url("/api/v1/sensors"))
+        .header("accept-encoding", "gzip")
+        .header("if-none-match", gz_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 304);
+}

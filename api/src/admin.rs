@@ -134,7 +134,7 @@ pub async fn put(
         store,
         &SensorFilter {
             kinds: vec![kind],
-            id: Some(id.to_string()),
+            ids: Some(vec![id.to_string()]),
             ..Default::default()
         },
     )

@@ -2,7 +2,7 @@
 //! row per sensor with its latest values. Columns follow the kind catalogue, so
 //! they stay the same whatever the sensors sent.
 
-use crate::cache::cached;
+use crate::cache::send_doc;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::geo::{self, flat_feature, FeatureCollection, GEOJSON};
 use crate::params::{known_kind, NoParams, StrictQuery};
@@ -62,36 +62,38 @@ pub async fn feed(
         )));
     }
     known_kind(&s, kind)?;
-    let columns = metric_columns(&s, kind);
-    let rows = kind_sensors(&s, kind).await?;
-    let modified = geo::last_modified(&rows);
+    let store = s.store()?;
+    let doc = s
+        .snapshot
+        .feed(store, kind, ext, || async {
+            let columns = metric_columns(&s, kind);
+            let rows = kind_sensors(&s, kind).await?;
+            let modified = geo::last_modified(&rows);
+            let body = if ext == "geojson" {
+                let names: Vec<String> = columns.iter().map(|(m, _)| m.clone()).collect();
+                let mut fc =
+                    FeatureCollection::new(rows.iter().map(|r| flat_feature(r, &names)).collect());
+                fc.units = columns
+                    .iter()
+                    .map(|(m, u)| (m.clone(), Value::String(u.clone())))
+                    .collect::<Map<_, _>>();
+                crate::cache::to_json(&fc)?
+            } else {
+                csv_feed(&rows, &columns)?
+            };
+            Ok((body, modified))
+        })
+        .await?;
+    let content_type = if ext == "geojson" {
+        GEOJSON
+    } else {
+        "text/csv; charset=utf-8"
+    };
     let disposition = (
         header::CONTENT_DISPOSITION,
         format!("inline; filename=\"{kind}.{ext}\""),
     );
-    if ext == "geojson" {
-        let names: Vec<String> = columns.iter().map(|(m, _)| m.clone()).collect();
-        let mut fc = FeatureCollection::new(rows.iter().map(|r| flat_feature(r, &names)).collect());
-        fc.units = columns
-            .iter()
-            .map(|(m, u)| (m.clone(), Value::String(u.clone())))
-            .collect::<Map<_, _>>();
-        return Ok(cached(
-            &headers,
-            GEOJSON,
-            crate::cache::to_json(&fc)?,
-            modified,
-            &[disposition],
-        ));
-    }
-    let body = csv_feed(&rows, &columns)?;
-    Ok(cached(
-        &headers,
-        "text/csv; charset=utf-8",
-        body,
-        modified,
-        &[disposition],
-    ))
+    send_doc(&headers, content_type, &doc, &[disposition]).await
 }
 
 /// `sensor_id,name,kind,lon,lat,last_seen,<metric> [<unit>],<metric>_time,...`

@@ -17,6 +17,7 @@ mod ogc;
 pub mod params;
 mod readings;
 mod sensors;
+pub mod snapshot;
 pub mod uploads;
 mod web;
 
@@ -63,6 +64,8 @@ pub struct AppState {
     pub maintenance: cityhub_store::maintenance::SharedStatus,
     /// Set while a simulated history is being loaded (the demo), for the map's header.
     pub history: Arc<std::sync::RwLock<Option<HistoryLoad>>>,
+    /// The sensors listing and feeds, kept in memory.
+    pub snapshot: Arc<snapshot::Snapshot>,
 }
 
 /// How far the loading of a simulated history has got.

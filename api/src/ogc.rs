@@ -388,7 +388,7 @@ pub async fn item(
         s.store()?,
         &SensorFilter {
             kinds: vec![kind.clone()],
-            id: Some(id.clone()),
+            ids: Some(vec![id.clone()]),
             ..Default::default()
         },
     )

@@ -1,9 +1,9 @@
 //! `/api/v1/sensors`: sensors with their latest values, as GeoJSON.
 
-use crate::cache::{cached, to_json};
+use crate::cache::{cached, send_doc, to_json};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::geo::{self, sensor_feature, Feature, FeatureCollection, GEOJSON};
-use crate::params::{parse_bbox, NoParams, StrictQuery};
+use crate::geo::{self, sensor_feature, Feature, FeatureCollection, Link, GEOJSON};
+use crate::params::{enc, parse_bbox, BaseUrl, NoParams, StrictQuery};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -21,48 +21,85 @@ pub struct SensorsParams {
     kind: Option<String>,
     /// `minLon,minLat,maxLon,maxLat` (WGS 84).
     bbox: Option<String>,
+    /// At most this many sensors, in id order; the `next` link gives the following
+    /// page. Unset: every sensor, in one document.
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<usize>,
+    /// Where a page starts: copied from the previous page's `next` link (opaque).
+    cursor: Option<String>,
 }
 
-/// Sensors with the latest value, unit and time of each metric (reads `latest` only).
+/// Sensors with the latest value, unit and time of each metric, from the hub's
+/// in-memory listing (current as of this hub's last commit).
 #[utoipa::path(get, path = "/api/v1/sensors", tag = "sensors", params(SensorsParams),
     responses(
-        (status = 200, description = "GeoJSON FeatureCollection", body = FeatureCollection, content_type = "application/geo+json"),
+        (status = 200, description = "GeoJSON FeatureCollection; with `limit`, also `numberMatched` and a `next` link while more follow", body = FeatureCollection, content_type = "application/geo+json"),
         (status = 304, description = "Not modified since the client's copy"),
         (status = 400, description = "Bad parameter", body = ErrorBody),
         (status = 404, description = "Unknown kind", body = ErrorBody)))]
 pub async fn list(
     State(s): State<AppState>,
     headers: HeaderMap,
+    base: BaseUrl,
     StrictQuery(p): StrictQuery<SensorsParams>,
 ) -> ApiResult<Response> {
-    let kinds = match &p.kind {
-        Some(k) => {
-            if let Some(m) = s.unknown_kind(k) {
-                return Err(ApiError::BadRequest(m));
-            }
-            vec![k.clone()]
+    if let Some(k) = &p.kind {
+        if let Some(m) = s.unknown_kind(k) {
+            return Err(ApiError::BadRequest(m));
         }
-        None => s.kind_names(),
-    };
+    }
     let bbox = p.bbox.as_deref().map(parse_bbox).transpose()?;
+    let max = s.settings.http.max_page as usize;
+    if p.limit.is_some_and(|l| l == 0 || l > max) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {max}"
+        )));
+    }
     let store = s.store()?;
-    let rows = query::sensors(
-        store,
-        &SensorFilter {
-            kinds,
+    if bbox.is_none() && p.limit.is_none() && p.cursor.is_none() {
+        let doc = s.snapshot.listing(store, p.kind.clone()).await?;
+        return send_doc(&headers, GEOJSON, &doc, &[]).await;
+    }
+    let paged = p.limit.is_some() || p.cursor.is_some();
+    let limit = p.limit.unwrap_or(if paged { max } else { usize::MAX });
+    let doc = s
+        .snapshot
+        .select(
+            store,
+            p.kind.as_deref(),
             bbox,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let fc = FeatureCollection::new(rows.iter().map(sensor_feature).collect());
-    Ok(cached(
-        &headers,
-        GEOJSON,
-        to_json(&fc)?,
-        geo::last_modified(&rows),
-        &[],
-    ))
+            p.cursor.as_deref(),
+            limit,
+            |sel| {
+                if !paged {
+                    return format!(r#""numberReturned":{}"#, sel.returned);
+                }
+                let mut links = Vec::new();
+                if let Some(next) = &sel.next {
+                    let mut q = format!("limit={limit}&cursor={}", enc(next));
+                    if let Some(k) = &p.kind {
+                        q.push_str(&format!("&kind={}", enc(k)));
+                    }
+                    if let Some(b) = &p.bbox {
+                        q.push_str(&format!("&bbox={}", enc(b)));
+                    }
+                    links.push(Link::new(
+                        "next",
+                        format!("{}/api/v1/sensors?{q}", base.0),
+                        GEOJSON,
+                        "Next page",
+                    ));
+                }
+                format!(
+                    r#""numberMatched":{},"numberReturned":{},"links":{}"#,
+                    sel.matched,
+                    sel.returned,
+                    serde_json::to_string(&links).unwrap_or_else(|_| "[]".into())
+                )
+            },
+        )
+        .await?;
+    send_doc(&headers, GEOJSON, &doc, &[]).await
 }
 
 pub(crate) fn sensor_id(id: &str) -> ApiResult<SensorId> {
@@ -86,7 +123,7 @@ pub async fn one(
         s.store()?,
         &SensorFilter {
             kinds: s.kind_names(),
-            id: Some(id.to_string()),
+            ids: Some(vec![id.to_string()]),
             ..Default::default()
         },
     )

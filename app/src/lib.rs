@@ -85,6 +85,10 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
     let upkeep = maintenance::MaintenanceMetrics::register(&mut registry);
     let mqtt_connected = Arc::new(AtomicBool::new(false));
+    let snapshot = cityhub_api::snapshot::Snapshot::new(
+        Duration::from_secs(settings.http.snapshot_reload_s.max(1)),
+        catalog.iter().map(|k| k.name.to_string()).collect(),
+    );
     let state = cityhub_api::AppState {
         store: Arc::new(tokio::sync::OnceCell::new()),
         registry: Arc::new(registry),
@@ -97,6 +101,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         oldest_unacked: metrics.oldest_unacked.clone(),
         maintenance: Default::default(),
         history: Default::default(),
+        snapshot,
     };
     let history = state.history.clone();
     let messages_committed = metrics.messages_committed.clone();

@@ -233,6 +233,10 @@ pub struct HttpSettings {
     /// A download whose client takes no data for this long is ended, and its
     /// database connection freed.
     pub stream_send_timeout_s: u64,
+    /// The sensors listing and feeds are answered from memory; this hub's commits show
+    /// in them at once, other processes' changes (another hub, `sensors import`) after
+    /// at most this long, when they are reloaded from the database.
+    pub snapshot_reload_s: u64,
     /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client
     /// for rate limiting and logs; anyone else's header is ignored.
     pub trusted_proxies: Vec<String>,
@@ -266,6 +270,7 @@ impl Default for HttpSettings {
             rate_limit_burst: 200,
             trusted_proxies: Vec::new(),
             stream_send_timeout_s: 30,
+            snapshot_reload_s: 30,
             max_page: 10_000,
             max_body_bytes: 1024 * 1024,
             header_timeout_s: 10,

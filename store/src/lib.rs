@@ -60,6 +60,18 @@ struct Inner {
     /// Earliest reading time (µs since the epoch) committed since the late-refresh
     /// task last looked; `i64::MAX` when none.
     earliest_written: AtomicI64,
+    /// Sensors whose registry row or latest values this process changed since the
+    /// listing snapshot last looked, and a counter of such changes (see [`Changes`]).
+    changes: std::sync::Mutex<Changes>,
+}
+
+/// What changed in the registry and `latest`, as this process committed it: the
+/// listing snapshot refetches only these sensors.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Counts every note; a snapshot that has seen generation `g` is current until it moves.
+    pub generation: u64,
+    pub sensors: std::collections::HashSet<String>,
 }
 
 impl Store {
@@ -102,6 +114,7 @@ impl Store {
                 retention_days: settings.store.retention_days,
                 database: settings.database.clone(),
                 earliest_written: AtomicI64::new(i64::MAX),
+                changes: Default::default(),
             }),
         })
     }
@@ -154,6 +167,39 @@ impl Store {
         (us != i64::MAX)
             .then(|| chrono::DateTime::from_timestamp_micros(us))
             .flatten()
+    }
+
+    /// Notes sensors whose registry row or latest values a committed transaction changed.
+    pub fn note_changed<'a>(&self, sensors: impl IntoIterator<Item = &'a str>) {
+        let mut c = self.inner.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut any = false;
+        for s in sensors {
+            any = true;
+            if !c.sensors.contains(s) {
+                c.sensors.insert(s.to_owned());
+            }
+        }
+        if any {
+            c.generation += 1;
+        }
+    }
+
+    /// The generation of the latest change noted.
+    pub fn changes_seen(&self) -> u64 {
+        self.inner
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
+    /// The changes noted so far, forgetting the sensors (the generation stays).
+    pub fn take_changes(&self) -> Changes {
+        let mut c = self.inner.changes.lock().unwrap_or_else(|p| p.into_inner());
+        Changes {
+            generation: c.generation,
+            sensors: std::mem::take(&mut c.sensors),
+        }
     }
 
     /// The pool of long downloads.

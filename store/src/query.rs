@@ -26,7 +26,8 @@ pub struct Bbox {
 pub struct SensorFilter {
     /// Only these kinds (the enabled ones; empty matches nothing).
     pub kinds: Vec<String>,
-    pub id: Option<String>,
+    /// Only these external ids.
+    pub ids: Option<Vec<String>>,
     pub bbox: Option<Bbox>,
     /// Sensors whose reporting period [first_seen, last_seen] meets this interval.
     pub active_from: Option<DateTime<Utc>>,
@@ -59,7 +60,7 @@ pub struct LatestValue {
 }
 
 const FILTER: &str = "s.kind = ANY($1)
-    AND ($2::text IS NULL OR s.external_id = $2)
+    AND ($2::text[] IS NULL OR s.external_id = ANY($2))
     AND ($3::float8 IS NULL OR (s.lat BETWEEN $4 AND $6 AND CASE WHEN $3 <= $5
         THEN s.lon BETWEEN $3 AND $5 ELSE (s.lon >= $3 OR s.lon <= $5) END))
     AND ($7::timestamptz IS NULL OR s.last_seen >= $7)
@@ -69,7 +70,7 @@ fn filter_params(f: &SensorFilter) -> [Box<dyn ToSql + Sync + Send>; 8] {
     let b = f.bbox;
     [
         Box::new(f.kinds.clone()),
-        Box::new(f.id.clone()),
+        Box::new(f.ids.clone()),
         Box::new(b.map(|b| b.min_lon)),
         Box::new(b.map(|b| b.min_lat)),
         Box::new(b.map(|b| b.max_lon)),
@@ -240,7 +241,7 @@ fn readings_sql(store: &Store, b: Bucket) -> String {
             "SELECT t, metric_id, value, NULL::float8, NULL::float8, NULL::bigint FROM
              (SELECT time AS t, metric_id, value FROM observations WHERE {range}) q WHERE {PAGE}"
         ),
-        Bucket::Hour | Bucket::Day if store.backend().is_timescale() => {
+        Bucket::Hour | Bucket::Day => {
             let view = if b == Bucket::Hour {
                 "obs_hourly"
             } else {
@@ -513,6 +514,7 @@ pub async fn put_sensor(store: &Store, s: &SensorPut) -> Result<bool, StoreError
     )
     .await?;
     tx.commit().await?;
+    store.note_changed([s.id.as_str()]);
     Ok(existing.is_none())
 }
 

@@ -93,6 +93,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003", "bounded_dead_letters"),
     migration!(4, "0004", "maintained_aggregates"),
     migration!(5, "0005", "integer_values"),
+    migration!(6, "0006", "rollups"),
 ];
 
 /// The newest schema version this build knows.
@@ -335,7 +336,8 @@ pub async fn ensure_partition<C: GenericClient>(
 }
 
 /// Plain PostgreSQL: drops monthly partitions wholly older than the retention window
-/// (TimescaleDB runs its own retention policy). Returns the partitions dropped.
+/// and the rollup rows of those months (TimescaleDB runs its own retention policies).
+/// Returns the partitions dropped.
 pub async fn apply_retention<C: GenericClient>(
     c: &C,
     retention_days: u32,
@@ -349,6 +351,7 @@ pub async fn apply_retention<C: GenericClient>(
         )
         .await?;
     let mut dropped = Vec::new();
+    let mut kept_from: Option<DateTime<Utc>> = None;
     for r in rows {
         let name: String = r.get(0);
         let Some(ym) = name.strip_prefix("observations_p") else {
@@ -367,6 +370,14 @@ pub async fn apply_retention<C: GenericClient>(
             c.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
                 .await?;
             dropped.push(name);
+            kept_from = kept_from.max(Some(next_month(start)));
+        }
+    }
+    // The rollups keep what the raw readings keep, no more.
+    if let Some(t) = kept_from {
+        for table in ["obs_hourly_data", "obs_daily_data"] {
+            c.execute(&format!("DELETE FROM {table} WHERE bucket < $1"), &[&t])
+                .await?;
         }
     }
     Ok(dropped)

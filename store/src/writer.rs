@@ -348,7 +348,7 @@ impl BatchWriter {
         let sensors = register_sensors(&tx, batch, registration, max_sensors).await?;
         let mut staged = stage_observations(&tx, batch, &sensors.ids).await?;
         staged += stage_derived(&tx, &store).await?;
-        let inserted = insert_observations(&tx).await?;
+        let inserted = insert_observations(&tx, !store.backend().is_timescale()).await?;
         let latest = upsert_latest(&tx, batch, &sensors.ids, report_latest).await?;
         let dead_letters_written =
             write_dead_letters(&tx, batch, &sensors.refused, max_payload).await?;
@@ -357,8 +357,9 @@ impl BatchWriter {
         }
         tx.commit().await?;
 
-        // Only now, with the transaction durable, may the cache learn from it.
+        // Only now, with the transaction durable, may the caches learn from it.
         self.partitions.extend(months);
+        store.note_changed(sensors.ids.keys().copied());
         if inserted > 0 && store.backend().is_timescale() {
             if let Some(t) = batch.observations.iter().map(|o| o.time).min() {
                 store.note_written(t);
@@ -604,20 +605,45 @@ async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, Store
 /// Staged rows into `observations_data`; a redelivered row changes nothing. Returns
 /// the new rows. A value is stored as integer thousandths when they give back exactly
 /// the same float (migration 0005 says why), otherwise as it is; -0 keeps its sign.
-async fn insert_observations(tx: &Transaction<'_>) -> Result<u64, StoreError> {
-    Ok(tx
-        .execute(
-            "INSERT INTO observations_data (time, sensor_id, metric_id, value, value_milli)
-             SELECT time, sensor_id, metric_id, CASE WHEN milli IS NULL THEN value END, milli
-             FROM (SELECT time, sensor_id, metric_id, value,
-                          CASE WHEN abs(value) < 9e12 AND round(value * 1000) / 1000 = value
-                                    AND NOT (value = 0 AND value::text LIKE '-%')
-                               THEN round(value * 1000)::bigint END AS milli
-                   FROM obs_staging) s
-             ON CONFLICT (sensor_id, metric_id, time) DO NOTHING",
-            &[],
+/// On plain PostgreSQL the new rows, and only those, also go into the hourly and daily
+/// rollups in the same statement (migration 0006 says why).
+async fn insert_observations(tx: &Transaction<'_>, rollups: bool) -> Result<u64, StoreError> {
+    const INSERT: &str =
+        "INSERT INTO observations_data (time, sensor_id, metric_id, value, value_milli)
+         SELECT time, sensor_id, metric_id, CASE WHEN milli IS NULL THEN value END, milli
+         FROM (SELECT time, sensor_id, metric_id, value,
+                      CASE WHEN abs(value) < 9e12 AND round(value * 1000) / 1000 = value
+                                AND NOT (value = 0 AND value::text LIKE '-%')
+                           THEN round(value * 1000)::bigint END AS milli
+               FROM obs_staging) s
+         ON CONFLICT (sensor_id, metric_id, time) DO NOTHING";
+    if !rollups {
+        return Ok(tx.execute(INSERT, &[]).await?);
+    }
+    // Groups sorted by key, so concurrent writers lock rollup rows in one order.
+    let rollup = |table: &str, unit: &str| {
+        format!(
+            "{table}_up AS (INSERT INTO {table}_data AS r
+                SELECT date_trunc('{unit}', time, 'UTC'), sensor_id, metric_id, count(*), sum(value),
+                       min(value), max(value), (array_agg(value ORDER BY time DESC))[1], max(time)
+                FROM new GROUP BY 1, 2, 3 ORDER BY 2, 3, 1
+                ON CONFLICT (sensor_id, metric_id, bucket) DO UPDATE SET
+                    count = r.count + excluded.count, sum = r.sum + excluded.sum,
+                    min = least(r.min, excluded.min), max = greatest(r.max, excluded.max),
+                    last = CASE WHEN excluded.last_time >= r.last_time THEN excluded.last ELSE r.last END,
+                    last_time = greatest(r.last_time, excluded.last_time))"
         )
-        .await?)
+    };
+    let sql = format!(
+        "WITH new AS ({INSERT} RETURNING time, sensor_id, metric_id,
+                                         coalesce(value, value_milli::float8 / 1000) AS value),
+              {}, {}
+         SELECT count(*) FROM new",
+        rollup("obs_hourly", "hour"),
+        rollup("obs_daily", "day"),
+    );
+    let n: i64 = tx.query_one(&sql, &[]).await?.get(0);
+    Ok(n as u64)
 }
 
 /// Advances `latest` to the newest staged value per sensor and metric; returns the

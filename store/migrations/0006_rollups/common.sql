@@ -1,0 +1,1 @@
+-- Nothing common: TimescaleDB keeps its continuous aggregates (migrations 0002-0005).

@@ -1,0 +1,1 @@
+-- Nothing: obs_hourly and obs_daily stay continuous aggregates here.
