@@ -335,3 +335,42 @@ async fn map_page_and_assets() {
     );
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_sensors_on_a_canvas_with_the_list_and_popups_working() {
+    require_web_tools();
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "map-100k",
+        &[
+            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+            (
+                "CITYHUB_HTTP_WEB_DIR",
+                web_dir().join("dist").to_str().unwrap(),
+            ),
+        ],
+    )
+    .await;
+    db.register_bins(100_000, 1_000).await;
+    let out = tokio::process::Command::new("node")
+        .arg("tests/fleet.e2e.mjs")
+        .current_dir(web_dir())
+        .env("HUB_URL", hub.url("").trim_end_matches('/'))
+        .env("SENSORS", "100000")
+        .env("ALARMS", "100")
+        .env("SHOTS", artifacts_dir().join("map"))
+        .env("CHROMIUM", chromium())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(300), out)
+        .await
+        .expect("the browser test took more than 5 minutes")
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser test failed");
+    assert_eq!(stdout.lines().last(), Some("OK"));
+}

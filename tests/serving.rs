@@ -126,24 +126,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// A region's fleet: `n` bins registered with a latest value of each metric.
-async fn register_bins(db: &TestDb, n: i32) {
-    db.client()
-        .await
-        .batch_execute(&format!(
-            "INSERT INTO sensors (external_id, kind, name, lon, lat, properties, first_seen, last_seen)
-             SELECT format('bin-%s', lpad(g::text, 6, '0')), 'waste_bin', format('Bin %s', g),
-                    9.9 + (g % 1000) * 0.0003, 45.1 + (g / 1000) * 0.0003,
-                    jsonb_build_object('stream', 'paper'), now() - INTERVAL '1 day', now()
-             FROM generate_series(1, {n}) g;
-             INSERT INTO latest (sensor_id, metric_id, time, value)
-             SELECT s.id, m.id, now() - INTERVAL '1 minute', 42.5
-             FROM sensors s JOIN metrics m ON m.kind = s.kind;"
-        ))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
     let db = TestDb::new().await;
@@ -155,7 +137,7 @@ async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
         &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
     )
     .await;
-    register_bins(&db, 100_000).await;
+    db.register_bins(100_000, i32::MAX).await;
     let http = reqwest::Client::new();
     let first = http
         .get(hub.url("/api/v1/sensors"))
@@ -227,7 +209,7 @@ async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
         &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
     )
     .await;
-    register_bins(&db, 2_500).await;
+    db.register_bins(2_500, i32::MAX).await;
     let http = reqwest::Client::new();
     let all: serde_json::Value = http
         .get(hub.url("/api/v1/sensors"))

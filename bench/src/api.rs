@@ -1,5 +1,7 @@
 //! API query latency while the hub ingests: `GET /api/v1/sensors` over 10,000
-//! placed bins with latest values, and one bin's 30 days in hourly buckets.
+//! placed bins with latest values (next to a static file server sending the same
+//! bytes), one bin's 30 days in hourly buckets, and a city-wide day of hourly means
+//! in SQL, as a dashboard asks it.
 
 use crate::setup::{hub, percentiles, spec};
 use anyhow::{bail, Result};
@@ -17,9 +19,15 @@ const SENSORS: u64 = 10_000;
 const DAYS: i64 = 30;
 
 pub struct ApiLatency {
+    pub backend: String,
     pub sensors: i64,
     pub list_bytes: usize,
     pub list_ms: (f64, f64, usize),
+    /// The same bytes from a static file server (tower-http `ServeFile`), same client.
+    pub static_ms: (f64, f64, usize),
+    /// A day of city-wide hourly means of the bins' fill level, from `obs_hourly`.
+    pub city_day_ms: (f64, f64, usize),
+    pub city_day_rows: i64,
     pub readings_ms: (f64, f64, usize),
     pub buckets: usize,
     pub history_rows: i64,
@@ -70,11 +78,20 @@ pub async fn api_latency(admin: &str, rate: f64, window: Duration) -> Result<Api
     )
     .await?;
     let base = hub.url("");
-    let q = query_back_to_back(&base, now, started + window).await?;
+    // The load's readings start 20 days back (see `spec`).
+    let load_day = now - chrono::Duration::days(20) - chrono::Duration::hours(1);
+    let q = query_back_to_back(&base, &db, now, load_day, started + window).await?;
     let achieved = publisher.await??.messages_per_s;
+    let backend: String = db
+        .client()
+        .await
+        .query_one("SELECT value FROM cityhub_meta WHERE key = 'backend'", &[])
+        .await?
+        .get(0);
     Ok(ApiLatency {
         history_rows: history_rows().await,
         achieved,
+        backend,
         ..q
     })
 }
@@ -165,8 +182,27 @@ fn query_value(t: DateTime<Utc>) -> String {
     .collect()
 }
 
-/// Alternates the listing and the 30-day hourly query until `until`, timing each.
-async fn query_back_to_back(base: &str, now: DateTime<Utc>, until: Instant) -> Result<ApiLatency> {
+/// A static file server on a free port, serving `file` at `/sensors.geojson`.
+async fn static_server(file: std::path::PathBuf) -> Result<String> {
+    let app = axum::Router::new().route_service(
+        "/sensors.geojson",
+        tower_http::services::ServeFile::new(file),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}/sensors.geojson"))
+}
+
+/// Alternates the listing, the same bytes from a static server, the 30-day hourly
+/// query and the city-wide day in SQL until `until`, timing each.
+async fn query_back_to_back(
+    base: &str,
+    db: &TestDb,
+    now: DateTime<Utc>,
+    load_day: DateTime<Utc>,
+    until: Instant,
+) -> Result<ApiLatency> {
     let http = reqwest::Client::new();
     let list_url = format!("{base}/api/v1/sensors");
     let readings_url = format!(
@@ -188,31 +224,55 @@ async fn query_back_to_back(base: &str, now: DateTime<Utc>, until: Instant) -> R
             anyhow::Ok((t.elapsed().as_secs_f64() * 1000.0, body))
         }
     };
-    let (mut list, mut series) = (Vec::new(), Vec::new());
-    let (mut list_bytes, mut buckets, mut sensors) = (0, 0, 0);
+    let sql = db.client().await;
+    let city_day = sql
+        .prepare(
+            "SELECT o.bucket, count(*), avg(o.avg), max(o.max)
+             FROM obs_hourly o JOIN metrics m ON m.id = o.metric_id
+             WHERE m.kind = 'waste_bin' AND m.name = 'fill_level'
+               AND o.bucket >= $1 AND o.bucket < $1 + INTERVAL '24 hours'
+             GROUP BY 1 ORDER BY 1",
+        )
+        .await?;
+    let (first_ms, first) = get(list_url.clone()).await?;
+    let file = std::env::temp_dir().join(format!("cityhub_bench_listing_{}.geojson", db.name));
+    std::fs::write(&file, &first)?;
+    let static_url = static_server(file.clone()).await?;
+    let fc: serde_json::Value = serde_json::from_slice(&first)?;
+    let sensors = fc["features"].as_array().map_or(0, Vec::len) as i64;
+    let (mut list, mut files, mut series, mut city) =
+        (vec![first_ms], Vec::new(), Vec::new(), Vec::new());
+    let (mut list_bytes, mut buckets, mut city_day_rows) = (first.len(), 0, 0);
     while Instant::now() < until {
         let (ms, body) = get(list_url.clone()).await?;
         list.push(ms);
         list_bytes = body.len();
-        if sensors == 0 {
-            let fc: serde_json::Value = serde_json::from_slice(&body)?;
-            sensors = fc["features"].as_array().map_or(0, Vec::len) as i64;
-        }
+        let (ms, _) = get(static_url.clone()).await?;
+        files.push(ms);
         let (ms, body) = get(readings_url.clone()).await?;
         series.push(ms);
         if buckets == 0 {
             let v: serde_json::Value = serde_json::from_slice(&body)?;
             buckets = v["readings"].as_array().map_or(0, Vec::len);
         }
+        let t = Instant::now();
+        let rows = sql.query(&city_day, &[&load_day]).await?;
+        city.push(t.elapsed().as_secs_f64() * 1000.0);
+        city_day_rows = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
     }
-    if list.is_empty() {
+    let _ = std::fs::remove_file(&file);
+    if files.is_empty() {
         bail!("no query finished within the window");
     }
     Ok(ApiLatency {
+        backend: String::new(),
         sensors,
         list_bytes,
         list_ms: percentiles(list),
+        static_ms: percentiles(files),
         readings_ms: percentiles(series),
+        city_day_ms: percentiles(city),
+        city_day_rows,
         buckets,
         history_rows: 0,
         achieved: 0.0,

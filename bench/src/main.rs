@@ -4,6 +4,7 @@
 
 mod api;
 mod ingest;
+mod map;
 mod setup;
 mod storage;
 
@@ -32,11 +33,11 @@ struct Args {
     /// A second server, with TimescaleDB, for the storage rows (both backends in one run).
     #[arg(long, env = "CITYHUB_BENCH_TIMESCALE_URL")]
     timescale_pg: Option<String>,
-    /// Which parts to run: ingest, freshness, api, storage.
+    /// Which parts to run: ingest, freshness, api, storage, map.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,freshness,api,storage"
+        default_value = "ingest,freshness,api,storage,map"
     )]
     only: Vec<String>,
     /// Simulated days of the Cremona fleet for the storage rows.
@@ -180,40 +181,96 @@ async fn freshness_rows(t: &mut Table, args: &Args, window: Duration, best: f64)
     Ok(())
 }
 
-/// API latency while ingesting at half the hub's measured rate.
+/// API latency while ingesting at half the hub's measured rate, on each server.
 async fn api_rows(t: &mut Table, args: &Args, window: Duration, best: f64) -> Result<()> {
-    let a = api::api_latency(&args.pg, best / 2.0, window).await?;
-    let under = format!(
-        "one client, back to back, while ingesting {} msg/s (half the 3-metric 1000-sensor rate) into 10,000 bins",
-        fmt(a.achieved)
-    );
-    for (what, (p50, p99, n), detail) in [
-        (
-            "GET /api/v1/sensors",
-            a.list_ms,
-            format!(
-                "{} sensors with position and latest values, {} KiB of GeoJSON",
-                a.sensors,
-                a.list_bytes / 1024
+    for pg in std::iter::once(&args.pg).chain(args.timescale_pg.as_ref()) {
+        let a = api::api_latency(pg, best / 2.0, window).await?;
+        let under = format!(
+            "one client, back to back, while ingesting {} msg/s (half the 3-metric 1000-sensor rate) into 10,000 bins; {}",
+            fmt(a.achieved),
+            a.backend
+        );
+        let listing = format!(
+            "{} sensors with position and latest values, {} KiB of GeoJSON",
+            a.sensors,
+            a.list_bytes / 1024
+        );
+        for (what, (p50, p99, n), detail) in [
+            ("GET /api/v1/sensors", a.list_ms, listing.clone()),
+            (
+                "static file server, the same bytes",
+                a.static_ms,
+                format!(
+                    "{listing}, from tower-http ServeFile in the bench process (the reference)"
+                ),
             ),
-        ),
-        (
-            "30-day hourly readings query",
-            a.readings_ms,
-            format!(
-                "{} hourly buckets over {} readings of one bin",
-                a.buckets, a.history_rows
+            (
+                "30-day hourly readings query",
+                a.readings_ms,
+                format!(
+                    "{} hourly buckets over {} readings of one bin",
+                    a.buckets, a.history_rows
+                ),
             ),
-        ),
-    ] {
-        for (q, v) in [("p50", p50), ("p99", p99)] {
-            t.add(
-                &format!("API {what}, {q}"),
-                v,
-                "ms",
-                format!("{detail}; {n} requests; {under}"),
-            );
+            (
+                "city-wide day of hourly means (SQL on obs_hourly)",
+                a.city_day_ms,
+                format!(
+                    "every bin's fill level, 24 hourly buckets, {} readings under them",
+                    a.city_day_rows
+                ),
+            ),
+        ] {
+            for (q, v) in [("p50", p50), ("p99", p99)] {
+                t.add(
+                    &format!("API {what}, {q}, {}", a.backend),
+                    v,
+                    "ms",
+                    format!("{detail}; {n} requests; {under}"),
+                );
+            }
         }
+        t.add(
+            &format!("API listing / static file server, p99, {}", a.backend),
+            a.list_ms.1 / a.static_ms.1,
+            "ratio",
+            format!("{listing}; goal within 1.5"),
+        );
+    }
+    Ok(())
+}
+
+/// The map in headless Chromium with 10,000 and 100,000 sensors.
+async fn map_rows(t: &mut Table, args: &Args) -> Result<()> {
+    if let Some(why) = map::missing_tools() {
+        eprintln!("map not measured: {why}");
+        return Ok(());
+    }
+    for n in [10_000, 100_000] {
+        let m = map::fleet(&args.pg, n).await?;
+        let what = format!(
+            "{} waste bins ({} markers), 1366x850 headless Chromium on this machine",
+            fmt(f64::from(m.sensors)),
+            m.markers
+        );
+        t.add(
+            &format!(
+                "map with {} sensors: page request to every marker drawn",
+                fmt(f64::from(n))
+            ),
+            m.ready_ms,
+            "ms",
+            what.clone(),
+        );
+        t.add(
+            &format!("map with {} sensors: frame time while dragging, p50 / p95 / max", fmt(f64::from(n))),
+            m.frame_p95_ms,
+            "ms",
+            format!(
+                "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms (the max is the redraw after the drag); {what}",
+                m.frame_p50_ms, m.frame_p95_ms, m.frame_max_ms
+            ),
+        );
     }
     Ok(())
 }
@@ -300,6 +357,9 @@ async fn main() -> Result<()> {
     }
     if run("storage") {
         storage_rows(&mut table, &args).await?;
+    }
+    if run("map") {
+        map_rows(&mut table, &args).await?;
     }
     report(&table, &hw, window)
 }

@@ -283,8 +283,20 @@ pub struct BatchWriter {
     pub report_latest: bool,
 }
 
-const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS obs_staging (
-    sensor_id integer, metric_id smallint, time timestamptz, value double precision) ON COMMIT DELETE ROWS";
+const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS obs_staging_v2 (
+    sensor_id integer, metric_id smallint, time timestamptz, value double precision,
+    value_milli bigint) ON COMMIT DELETE ROWS";
+
+/// `v` as integer thousandths when they give back exactly the same float (migration
+/// 0005 says why); -0 keeps its sign as a float. Computed here rather than in SQL,
+/// where it cost the server a float-to-text conversion per row.
+fn milli(v: f64) -> Option<i64> {
+    if v.is_nan() || v.abs() >= 9e12 || (v == 0.0 && v.is_sign_negative()) {
+        return None;
+    }
+    let m = (v * 1000.0).round();
+    (m / 1000.0 == v).then_some(m as i64)
+}
 
 impl BatchWriter {
     pub fn new(store: Store, limits: WriterLimits) -> Self {
@@ -558,11 +570,17 @@ async fn stage_observations(
     ids: &HashMap<&str, i32>,
 ) -> Result<u64, StoreError> {
     let sink = tx
-        .copy_in("COPY obs_staging (sensor_id, metric_id, time, value) FROM STDIN BINARY")
+        .copy_in("COPY obs_staging_v2 (sensor_id, metric_id, time, value, value_milli) FROM STDIN BINARY")
         .await?;
     let writer = BinaryCopyInWriter::new(
         sink,
-        &[Type::INT4, Type::INT2, Type::TIMESTAMPTZ, Type::FLOAT8],
+        &[
+            Type::INT4,
+            Type::INT2,
+            Type::TIMESTAMPTZ,
+            Type::FLOAT8,
+            Type::INT8,
+        ],
     );
     pin_mut!(writer);
     let mut staged = 0u64;
@@ -570,7 +588,7 @@ async fn stage_observations(
         if let Some(id) = ids.get(o.sensor.as_str()) {
             writer
                 .as_mut()
-                .write(&[id, &o.metric_id, &o.time, &o.value])
+                .write(&[id, &o.metric_id, &o.time, &o.value, &milli(o.value)])
                 .await?;
             staged += 1;
         }
@@ -589,12 +607,16 @@ async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, Store
         let (lo, hi) = d.formula.property_range();
         staged += tx
             .execute(
-                "INSERT INTO obs_staging (sensor_id, metric_id, time, value)
-                 SELECT st.sensor_id, $2, st.time,
-                        greatest(0, least(100, 100 * (1 - st.value / (s.properties->>$3)::float8)))
-                 FROM obs_staging st JOIN sensors s ON s.id = st.sensor_id
+                "INSERT INTO obs_staging_v2 (sensor_id, metric_id, time, value, value_milli)
+                 SELECT sensor_id, metric_id, time, value,
+                        CASE WHEN abs(value) < 9e12 AND round(value * 1000) / 1000 = value
+                                  AND NOT (value = 0 AND value::text LIKE '-%')
+                             THEN round(value * 1000)::bigint END
+                 FROM (SELECT st.sensor_id, $2::smallint AS metric_id, st.time,
+                              greatest(0, least(100, 100 * (1 - st.value / (s.properties->>$3)::float8))) AS value
+                       FROM obs_staging_v2 st JOIN sensors s ON s.id = st.sensor_id
                  WHERE st.metric_id = $1 AND jsonb_typeof(s.properties->$3) = 'number'
-                   AND (s.properties->>$3)::float8 BETWEEN $4 AND $5",
+                   AND (s.properties->>$3)::float8 BETWEEN $4 AND $5) d",
                 &[&d.from, &d.target, &d.property, &lo, &hi],
             )
             .await?;
@@ -603,19 +625,13 @@ async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, Store
 }
 
 /// Staged rows into `observations_data`; a redelivered row changes nothing. Returns
-/// the new rows. A value is stored as integer thousandths when they give back exactly
-/// the same float (migration 0005 says why), otherwise as it is; -0 keeps its sign.
-/// On plain PostgreSQL the new rows, and only those, also go into the hourly and daily
+/// the new rows, each as thousandths or as its float (see [`milli`]). On plain PostgreSQL the new rows, and only those, also go into the hourly and daily
 /// rollups in the same statement (migration 0006 says why).
 async fn insert_observations(tx: &Transaction<'_>, rollups: bool) -> Result<u64, StoreError> {
     const INSERT: &str =
         "INSERT INTO observations_data (time, sensor_id, metric_id, value, value_milli)
-         SELECT time, sensor_id, metric_id, CASE WHEN milli IS NULL THEN value END, milli
-         FROM (SELECT time, sensor_id, metric_id, value,
-                      CASE WHEN abs(value) < 9e12 AND round(value * 1000) / 1000 = value
-                                AND NOT (value = 0 AND value::text LIKE '-%')
-                           THEN round(value * 1000)::bigint END AS milli
-               FROM obs_staging) s
+         SELECT time, sensor_id, metric_id, CASE WHEN value_milli IS NULL THEN value END, value_milli
+         FROM obs_staging_v2
          ON CONFLICT (sensor_id, metric_id, time) DO NOTHING";
     if !rollups {
         return Ok(tx.execute(INSERT, &[]).await?);
@@ -656,7 +672,7 @@ async fn upsert_latest(
 ) -> Result<Vec<LatestChange>, StoreError> {
     const UPSERT_LATEST: &str = "INSERT INTO latest AS l (sensor_id, metric_id, time, value)
          SELECT DISTINCT ON (sensor_id, metric_id) sensor_id, metric_id, time, value
-         FROM obs_staging ORDER BY sensor_id, metric_id, time DESC
+         FROM obs_staging_v2 ORDER BY sensor_id, metric_id, time DESC
          ON CONFLICT (sensor_id, metric_id) DO UPDATE SET time = excluded.time, value = excluded.value
          WHERE excluded.time > l.time";
     if !report {
@@ -749,6 +765,22 @@ async fn write_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thousandths_only_when_they_give_the_float_back() {
+        assert_eq!(milli(21.375), Some(21_375));
+        assert_eq!(milli(-3.5), Some(-3_500));
+        assert_eq!(milli(0.0), Some(0));
+        assert_eq!(milli(-0.0), None);
+        assert_eq!(milli(0.1 + 0.2), None);
+        assert_eq!(milli(1.0005), None);
+        assert_eq!(milli(9e12), None);
+        assert_eq!(milli(f64::NAN), None);
+        for v in [0.001, 12.345, 99.999, 1e9 + 0.125, -8.6e11] {
+            let m = milli(v).unwrap();
+            assert_eq!((m as f64 / 1000.0).to_bits(), v.to_bits(), "{v}");
+        }
+    }
 
     #[test]
     fn truncate_keeps_whole_characters_and_marks_the_cut() {

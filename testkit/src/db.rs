@@ -143,6 +143,28 @@ impl TestDb {
     pub async fn observations(&self) -> i64 {
         self.count("SELECT count(*) FROM observations").await
     }
+
+    /// A region's fleet straight into the registry: `n` waste bins `bin-000001`... on
+    /// a grid of 1,000 per row from (9.9, 45.1), each with a latest value of every
+    /// metric a minute old; every `alarm_every`th bin 95 % full, the rest 42.5 %.
+    pub async fn register_bins(&self, n: i32, alarm_every: i32) {
+        self.client()
+            .await
+            .batch_execute(&format!(
+                "INSERT INTO sensors (external_id, kind, name, lon, lat, properties, first_seen, last_seen)
+                 SELECT format('bin-%s', lpad(g::text, 6, '0')), 'waste_bin', format('Bin %s', g),
+                        9.9 + (g % 1000) * 0.0003, 45.1 + (g / 1000) * 0.0003,
+                        jsonb_build_object('stream', 'paper'), now() - INTERVAL '1 day', now()
+                 FROM generate_series(1, {n}) g;
+                 INSERT INTO latest (sensor_id, metric_id, time, value)
+                 SELECT s.id, m.id, now() - INTERVAL '1 minute',
+                        CASE WHEN m.name = 'fill_level' AND s.id % {alarm_every} = 0 THEN 95 ELSE 42.5 END
+                 FROM sensors s JOIN metrics m ON m.kind = s.kind
+                 WHERE s.external_id LIKE 'bin-%';"
+            ))
+            .await
+            .expect("registering the fleet");
+    }
 }
 
 /// A table lock held by a transaction of its own; [`TableLock::release`] ends it

@@ -21,7 +21,13 @@ const app = {
   legend: null,
   open: null, // { id, chart, el } of the open popup
   history: null, // while the hub loads a history: how far (map/status.json)
+  // Above CANVAS_FROM sensors markers are drawn on one canvas (a region's 100,000 stay
+  // fluid); below, each is a focusable element. The list is the keyboard path either way.
+  canvas: false,
+  renderer: null,
+  hiddenStates: new Set(), // states filtered out in the legend
 };
+const CANVAS_FROM = 2000;
 // For tests and for operators poking at the console.
 window.cityhub = app;
 
@@ -112,20 +118,56 @@ function icon(entry) {
   });
 }
 
+/** Fill and outline of a canvas marker, from the same CSS variables as the DOM markers. */
+let palette = null;
+function canvasStyle(entry) {
+  if (!palette) {
+    const css = getComputedStyle(document.documentElement);
+    palette = new Map(['--ok', '--warn', '--alarm', '--stale', '--none', '--act0', '--act1', '--act2', '--act3', '--act4'].map((n) => [n, css.getPropertyValue(n).trim()]));
+  }
+  const v = (name) => palette.get(name);
+  const st = entry.verdict.state;
+  const fill = st === 'activity' ? v(`--act${Math.min(entry.verdict.level, 4)}`) : st === 'stale' ? '#fff' : v(`--${st}`);
+  return {
+    fillColor: fill || v('--none'),
+    color: st === 'stale' ? v('--stale') : st === 'alarm' ? '#7a0000' : '#fff',
+    dashArray: st === 'stale' ? '2 2' : null,
+    radius: st === 'alarm' ? 7 : 5,
+  };
+}
+
+function restyle(entry) {
+  if (!entry.marker) return;
+  if (app.canvas) {
+    const s = canvasStyle(entry);
+    entry.marker.setStyle(s);
+    entry.marker.setRadius(s.radius);
+  } else entry.marker.setIcon(icon(entry));
+  showIfWanted(entry);
+}
+
+/** Puts the marker on its kind's layer unless the legend filters its state out. */
+function showIfWanted(entry) {
+  const g = layerFor(entry.sensor.kind);
+  const want = !app.hiddenStates.has(entry.verdict.state);
+  if (want && !g.hasLayer(entry.marker)) g.addLayer(entry.marker);
+  else if (!want && g.hasLayer(entry.marker)) g.removeLayer(entry.marker);
+}
+
 function rejudge(entry, now) {
   const kind = app.kinds.get(entry.sensor.kind);
   const before = entry.verdict && markerClass(entry.sensor.kind, entry.verdict);
   entry.verdict = judge(entry.sensor, kind, now, sunAltitude, app.settings.stale_after_cadences);
   // While the hub loads a history, old readings are not silence: no data yet.
   if (app.history && entry.verdict.state === 'stale') entry.verdict = { ...entry.verdict, state: 'none' };
-  if (entry.marker && before !== markerClass(entry.sensor.kind, entry.verdict)) {
-    entry.marker.setIcon(icon(entry));
-  }
+  if (entry.marker && before !== markerClass(entry.sensor.kind, entry.verdict)) restyle(entry);
 }
 
 function place(entry) {
   const [lon, lat] = entry.sensor.coordinates;
-  const m = L.marker([lat, lon], { icon: icon(entry), keyboard: true, riseOnHover: true });
+  const m = app.canvas
+    ? L.circleMarker([lat, lon], { renderer: app.renderer, weight: 1.5, fillOpacity: 1, bubblingMouseEvents: false, ...canvasStyle(entry) })
+    : L.marker([lat, lon], { icon: icon(entry), keyboard: true, riseOnHover: true });
   // The content is built on each opening as one element that stays put, so the
   // chart and live updates can find it while it is open.
   m.bindPopup(document.createElement('div'), { maxWidth: 340, minWidth: 300, autoPanPadding: [20, 20] });
@@ -141,7 +183,7 @@ function place(entry) {
     }
   });
   entry.marker = m;
-  layerFor(entry.sensor.kind).addLayer(m);
+  showIfWanted(entry);
 }
 
 function layerFor(kind) {
@@ -300,6 +342,11 @@ function focusSensor(id) {
     group.addTo(app.map);
     renderLegend();
   }
+  if (app.hiddenStates.has(entry.verdict.state)) {
+    app.hiddenStates.delete(entry.verdict.state);
+    for (const e of app.sensors.values()) if (e.verdict.state === entry.verdict.state) showIfWanted(e);
+    renderLegend();
+  }
   const [lon, lat] = entry.sensor.coordinates;
   app.map.setView([lat, lon], Math.max(app.map.getZoom(), 17), { animate: false });
   entry.marker.openPopup();
@@ -427,6 +474,20 @@ function renderLegend() {
       el('fieldset', {}, el('legend', {}, el('label', {}, box, `${kindTitle(app.lang, kind)} (${count})`)), el('ul', {}, ...items)),
     );
   }
+  const counts = new Map();
+  for (const e of app.sensors.values()) counts.set(e.verdict.state, (counts.get(e.verdict.state) || 0) + 1);
+  const states = ['alarm', 'warn', 'ok', 'activity', 'stale', 'none'].filter((st) => counts.has(st) || app.hiddenStates.has(st));
+  const stateBoxes = states.map((st) => {
+    const box = el('input', { type: 'checkbox', 'data-state': st });
+    box.checked = !app.hiddenStates.has(st);
+    box.addEventListener('change', () => {
+      if (box.checked) app.hiddenStates.delete(st);
+      else app.hiddenStates.add(st);
+      for (const e of app.sensors.values()) if (e.verdict.state === st) showIfWanted(e);
+    });
+    return el('li', {}, el('label', {}, box, `${t.state[st]} (${counts.get(st) || 0})`));
+  });
+  body.push(el('fieldset', { class: 'states' }, el('legend', {}, t.showStates), el('ul', {}, ...stateBoxes)));
   if (app.unplaced) body.push(el('p', { class: 'note' }, t.unplaced(app.unplaced)));
   const details = el('details', {}, ...body);
   details.open = wasOpen;
@@ -452,7 +513,7 @@ function setLang(lang) {
   app.lang = lang;
   saveLang(lang);
   renderChrome();
-  for (const e of app.sensors.values()) e.marker.setIcon(icon(e));
+  if (!app.canvas) for (const e of app.sensors.values()) e.marker.setIcon(icon(e));
   renderLegend();
   panelKey = null;
   renderPanel();
@@ -602,8 +663,12 @@ async function start() {
   app.settings = settings;
   for (const k of kinds.kinds) app.kinds.set(k.name, k);
 
-  const map = L.map('map', { zoomControl: true, keyboard: true, worldCopyJump: true, preferCanvas: false });
+  const forced = new URLSearchParams(location.search).get('markers');
+  app.canvas = forced ? forced === 'canvas' : fc.features.length > CANVAS_FROM;
+  const map = L.map('map', { zoomControl: true, keyboard: true, worldCopyJump: true, preferCanvas: app.canvas });
   app.map = map;
+  if (app.canvas) app.renderer = L.canvas({ padding: 0.2, tolerance: 3 });
+  document.body.dataset.markers = app.canvas ? 'canvas' : 'dom';
   if (settings.tile_url) {
     L.tileLayer(settings.tile_url, { maxZoom: 19, attribution: settings.tile_attribution, crossOrigin: true }).addTo(map);
   }
