@@ -38,10 +38,31 @@ pub async fn run_policies(db: &TestDb) {
         .map(|r| r.get(0))
         .collect();
     for id in ids {
-        c.batch_execute(&format!("CALL run_job({id})"))
-            .await
-            .unwrap_or_else(|e| panic!("job {id}: {e:?}"));
+        // TimescaleDB's own scheduler may be running the same job: a refresh then waits
+        // for a lock, a compression finds chunks the other run compressed. Run it again.
+        let mut attempt = 0;
+        loop {
+            match c.batch_execute(&format!("CALL run_job({id})")).await {
+                Ok(()) => break,
+                Err(e) if attempt < 40 && concurrent_run(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("job {id}: {e:?}"),
+            }
+        }
     }
+}
+
+fn concurrent_run(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+        || e.as_db_error().is_some_and(|d| {
+            d.code() == &SqlState::DATA_EXCEPTION
+                && d.message() == "columnstore policy failure"
+                && d.detail()
+                    .is_some_and(|m| m.starts_with("Failed to convert"))
+        })
 }
 
 /// TimescaleDB: compresses every chunk of `observations`; returns how many are compressed.

@@ -119,6 +119,52 @@ function icon(entry) {
 }
 
 /** Fill and outline of a canvas marker, from the same CSS variables as the DOM markers. */
+/**
+ * Leaflet's canvas renderer fills and strokes every circle on its own: a second per
+ * redraw at 100,000 markers. This one draws all circles of one style as one path
+ * (the alarms last, on top); hit-testing, popups and events stay Leaflet's.
+ */
+const BatchedCanvas = L.Canvas.extend({
+  _draw() {
+    const bounds = this._redrawBounds;
+    const ctx = this._ctx;
+    ctx.save();
+    if (bounds) {
+      const size = bounds.getSize();
+      ctx.beginPath();
+      ctx.rect(bounds.min.x, bounds.min.y, size.x, size.y);
+      ctx.clip();
+    }
+    const groups = new Map();
+    for (let order = this._drawFirst; order; order = order.next) {
+      const layer = order.layer;
+      if (!layer._point || layer._empty() || (bounds && !(layer._pxBounds && layer._pxBounds.intersects(bounds)))) continue;
+      const o = layer.options;
+      const r = Math.max(Math.round(layer._radius), 1);
+      const key = `${o.fillColor}|${o.color}|${o.dashArray}|${r}|${o.weight}`;
+      let g = groups.get(key);
+      if (!g) groups.set(key, (g = { o, r, pts: [] }));
+      g.pts.push(layer._point);
+    }
+    for (const g of [...groups.values()].sort((a, b) => a.r - b.r)) {
+      ctx.beginPath();
+      for (const p of g.pts) {
+        ctx.moveTo(p.x + g.r, p.y);
+        ctx.arc(p.x, p.y, g.r, 0, Math.PI * 2);
+      }
+      ctx.globalAlpha = g.o.fillOpacity;
+      ctx.fillStyle = g.o.fillColor;
+      ctx.fill();
+      ctx.setLineDash(g.o.dashArray ? String(g.o.dashArray).split(/[ ,]+/).map(Number) : []);
+      ctx.globalAlpha = g.o.opacity;
+      ctx.lineWidth = g.o.weight;
+      ctx.strokeStyle = g.o.color;
+      ctx.stroke();
+    }
+    ctx.restore();
+  },
+});
+
 let palette = null;
 function canvasStyle(entry) {
   if (!palette) {
@@ -667,7 +713,7 @@ async function start() {
   app.canvas = forced ? forced === 'canvas' : fc.features.length > CANVAS_FROM;
   const map = L.map('map', { zoomControl: true, keyboard: true, worldCopyJump: true, preferCanvas: app.canvas });
   app.map = map;
-  if (app.canvas) app.renderer = L.canvas({ padding: 0.2, tolerance: 3 });
+  if (app.canvas) app.renderer = new BatchedCanvas({ padding: 0.2, tolerance: 3 });
   document.body.dataset.markers = app.canvas ? 'canvas' : 'dom';
   if (settings.tile_url) {
     L.tileLayer(settings.tile_url, { maxZoom: 19, attribution: settings.tile_attribution, crossOrigin: true }).addTo(map);
