@@ -36,7 +36,7 @@ def on_message(client, userdata, msg):
     sid = sensor_id(ext, kind)
     for name, value in doc["values"].items():
         conn.execute(
-            "INSERT INTO observations (time, sensor_id, metric_id, value) VALUES (%s, %s, %s, %s) "
+            "INSERT INTO observations_data (time, sensor_id, metric_id, value) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT DO NOTHING",
             (ts, sid, metric_ids[(kind, name)], value),
         )

@@ -201,6 +201,13 @@ async fn run_pipeline(
             cancel.clone(),
         ));
     }
+    if !store.backend().is_timescale() {
+        tracker.spawn(maintenance::rollup_fold_task(
+            store.clone(),
+            Duration::from_millis(settings.store.rollup_fold_ms.max(10)),
+            cancel.clone(),
+        ));
+    }
     tracker.spawn(retention_job(
         store,
         settings.ingest.dead_letter_retention_days,

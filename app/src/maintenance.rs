@@ -218,6 +218,60 @@ pub async fn run_all(store: &Store, mode: MaintenanceMode) -> Result<Report, Sto
 
 /// Every `late_refresh_s`: when this hub committed readings below an aggregate's
 /// watermark, refreshes the buckets from the earliest of them up to the watermark.
+/// Plain PostgreSQL: folds the writers' rollup deltas every `every`, so the views'
+/// unfolded part stays small. A failure is retried next round; nothing is lost, as
+/// deltas stay until folded.
+pub async fn rollup_fold_task(store: Store, every: Duration, cancel: CancellationToken) {
+    /// Deltas per statement: bounds a fold's memory and locks.
+    const LIMIT: i64 = 50_000;
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = cancel.cancelled() => break,
+        }
+        loop {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                match store.connect().await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "Folding rollup deltas: no connection; will retry.");
+                        }
+                        failing = true;
+                        break;
+                    }
+                }
+            }
+            let c = client.as_ref().expect("connected");
+            let folded = tokio::select! {
+                r = cityhub_store::rollups::fold(c, LIMIT) => r,
+                _ = cancel.cancelled() => return,
+            };
+            match folded {
+                Ok(n) => {
+                    if failing {
+                        tracing::info!("Folding rollup deltas works again.");
+                    }
+                    failing = false;
+                    if n < LIMIT as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "Folding rollup deltas failed; will retry.");
+                    }
+                    failing = true;
+                    client = None;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 pub async fn late_refresh_task(
     store: Store,
     every: Duration,

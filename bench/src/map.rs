@@ -15,6 +15,9 @@ pub struct MapTiming {
     pub frame_p50_ms: f64,
     pub frame_p95_ms: f64,
     pub frame_max_ms: f64,
+    /// One whole redraw of the marker canvas (0 with DOM markers).
+    pub redraw_ms: f64,
+    pub longest_task_ms: f64,
 }
 
 fn web_dir() -> PathBuf {
@@ -90,5 +93,7 @@ pub async fn fleet(admin: &str, sensors: u32) -> Result<MapTiming> {
         frame_p50_ms: num("frame_p50_ms")?,
         frame_p95_ms: num("frame_p95_ms")?,
         frame_max_ms: num("frame_max_ms")?,
+        redraw_ms: num("redraw_ms")?,
+        longest_task_ms: num("longest_task_ms")?,
     })
 }

@@ -440,6 +440,9 @@ pub struct StoreSettings {
     /// TimescaleDB: how soon after a commit below an aggregate's watermark the hub
     /// refreshes the buckets it touched.
     pub late_refresh_s: u64,
+    /// Plain PostgreSQL: how often the hub folds the rollup deltas of committed batches
+    /// into the hourly and daily tables (answers include unfolded deltas anyway).
+    pub rollup_fold_ms: u64,
 }
 
 impl HttpSettings {
@@ -489,6 +492,7 @@ impl Default for StoreSettings {
             maintenance: MaintenanceMode::Auto,
             maintenance_interval_s: 60,
             late_refresh_s: 2,
+            rollup_fold_ms: 1000,
         }
     }
 }

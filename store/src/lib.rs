@@ -5,6 +5,7 @@ pub mod db;
 mod error;
 pub mod maintenance;
 pub mod query;
+pub mod rollups;
 pub mod schema;
 pub mod sensors;
 pub mod writer;

@@ -285,7 +285,7 @@ pub struct BatchWriter {
 
 const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS obs_staging_v2 (
     sensor_id integer, metric_id smallint, time timestamptz, value double precision,
-    value_milli bigint) ON COMMIT DELETE ROWS";
+    value_milli bigint, derived boolean NOT NULL DEFAULT false) ON COMMIT DELETE ROWS";
 
 /// `v` as integer thousandths when they give back exactly the same float (migration
 /// 0005 says why); -0 keeps its sign as a float. Computed here rather than in SQL,
@@ -358,9 +358,14 @@ impl BatchWriter {
         }
         let tx = client.transaction().await?;
         let sensors = register_sensors(&tx, batch, registration, max_sensors).await?;
-        let mut staged = stage_observations(&tx, batch, &sensors.ids).await?;
-        staged += stage_derived(&tx, &store).await?;
-        let inserted = insert_observations(&tx, !store.backend().is_timescale()).await?;
+        let rollups = !store.backend().is_timescale();
+        let (copied, deltas) = stage_observations(&tx, batch, &sensors.ids, rollups).await?;
+        let derived = stage_derived(&tx, &store).await?;
+        let staged = copied + derived;
+        let inserted = insert_observations(&tx).await?;
+        if rollups {
+            write_deltas(&tx, deltas, derived, inserted == staged).await?;
+        }
         let latest = upsert_latest(&tx, batch, &sensors.ids, report_latest).await?;
         let dead_letters_written =
             write_dead_letters(&tx, batch, &sensors.refused, max_payload).await?;
@@ -563,12 +568,14 @@ async fn admit_new_sensors<'b>(
     Ok(refused)
 }
 
-/// The observations of registered sensors, by binary COPY into the staging table.
+/// The observations of registered sensors, by binary COPY into the staging table;
+/// with `rollups`, also their hourly partial aggregates (see [`write_deltas`]).
 async fn stage_observations(
     tx: &Transaction<'_>,
     batch: &WriteBatch,
     ids: &HashMap<&str, i32>,
-) -> Result<u64, StoreError> {
+    rollups: bool,
+) -> Result<(u64, Deltas), StoreError> {
     let sink = tx
         .copy_in("COPY obs_staging_v2 (sensor_id, metric_id, time, value, value_milli) FROM STDIN BINARY")
         .await?;
@@ -584,6 +591,7 @@ async fn stage_observations(
     );
     pin_mut!(writer);
     let mut staged = 0u64;
+    let mut deltas = Deltas::default();
     for o in &batch.observations {
         if let Some(id) = ids.get(o.sensor.as_str()) {
             writer
@@ -591,10 +599,129 @@ async fn stage_observations(
                 .write(&[id, &o.metric_id, &o.time, &o.value, &milli(o.value)])
                 .await?;
             staged += 1;
+            if rollups {
+                deltas.add(*id, o.metric_id, o.time, o.value);
+            }
         }
     }
     writer.finish().await?;
-    Ok(staged)
+    Ok((staged, deltas))
+}
+
+/// Hourly partial aggregates of a batch's readings, by (hour, sensor, metric).
+#[derive(Default)]
+struct Deltas(HashMap<(i64, i32, i16), Partial>);
+
+struct Partial {
+    count: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    last: f64,
+    last_time: DateTime<Utc>,
+}
+
+impl Deltas {
+    fn add(&mut self, sensor: i32, metric: i16, time: DateTime<Utc>, v: f64) {
+        let hour = time.timestamp().div_euclid(3600) * 3600;
+        self.0
+            .entry((hour, sensor, metric))
+            .and_modify(|p| {
+                p.count += 1;
+                p.sum += v;
+                p.min = p.min.min(v);
+                p.max = p.max.max(v);
+                if time >= p.last_time {
+                    (p.last, p.last_time) = (v, time);
+                }
+            })
+            .or_insert(Partial {
+                count: 1,
+                sum: v,
+                min: v,
+                max: v,
+                last: v,
+                last_time: time,
+            });
+    }
+}
+
+/// Plain PostgreSQL: the batch's new rows into `rollup_delta` (migration 0006 says
+/// why). When every staged row was inserted (`all_new`), the deltas computed while
+/// staging are copied in, plus SQL's for the derived rows; otherwise (redeliveries, a
+/// reading twice in one batch) they are computed from the rows this transaction
+/// inserted, found by their `xmin`.
+async fn write_deltas(
+    tx: &Transaction<'_>,
+    deltas: Deltas,
+    derived: u64,
+    all_new: bool,
+) -> Result<(), StoreError> {
+    const AGG: &str = "date_trunc('hour', time, 'UTC'), sensor_id, metric_id, count(*), sum(value),
+        min(value), max(value), (array_agg(value ORDER BY time DESC))[1], max(time)";
+    if !all_new {
+        tx.execute(
+            &format!(
+                "INSERT INTO rollup_delta SELECT {AGG}
+                 FROM (SELECT o.time, o.sensor_id, o.metric_id,
+                              coalesce(o.value, o.value_milli::float8 / 1000) AS value
+                       FROM (SELECT DISTINCT sensor_id, metric_id, time FROM obs_staging_v2) s
+                       JOIN observations_data o USING (sensor_id, metric_id, time)
+                       WHERE o.xmin = pg_current_xact_id()::xid) n
+                 GROUP BY 1, 2, 3"
+            ),
+            &[],
+        )
+        .await?;
+        return Ok(());
+    }
+    if derived > 0 {
+        tx.execute(
+            &format!("INSERT INTO rollup_delta SELECT {AGG} FROM obs_staging_v2 WHERE derived GROUP BY 1, 2, 3"),
+            &[],
+        )
+        .await?;
+    }
+    if deltas.0.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in("COPY rollup_delta (bucket, sensor_id, metric_id, count, sum, min, max, last, last_time) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::TIMESTAMPTZ,
+            Type::INT4,
+            Type::INT2,
+            Type::INT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::TIMESTAMPTZ,
+        ],
+    );
+    pin_mut!(writer);
+    for ((hour, sensor, metric), p) in &deltas.0 {
+        let bucket = DateTime::from_timestamp(*hour, 0).unwrap_or_default();
+        writer
+            .as_mut()
+            .write(&[
+                &bucket,
+                sensor,
+                metric,
+                &p.count,
+                &p.sum,
+                &p.min,
+                &p.max,
+                &p.last,
+                &p.last_time,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 /// Derived metrics (a bin's fill level from its distance and registered depth),
@@ -607,11 +734,11 @@ async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, Store
         let (lo, hi) = d.formula.property_range();
         staged += tx
             .execute(
-                "INSERT INTO obs_staging_v2 (sensor_id, metric_id, time, value, value_milli)
+                "INSERT INTO obs_staging_v2 (sensor_id, metric_id, time, value, value_milli, derived)
                  SELECT sensor_id, metric_id, time, value,
                         CASE WHEN abs(value) < 9e12 AND round(value * 1000) / 1000 = value
                                   AND NOT (value = 0 AND value::text LIKE '-%')
-                             THEN round(value * 1000)::bigint END
+                             THEN round(value * 1000)::bigint END, true
                  FROM (SELECT st.sensor_id, $2::smallint AS metric_id, st.time,
                               greatest(0, least(100, 100 * (1 - st.value / (s.properties->>$3)::float8))) AS value
                        FROM obs_staging_v2 st JOIN sensors s ON s.id = st.sensor_id
@@ -625,41 +752,17 @@ async fn stage_derived(tx: &Transaction<'_>, store: &Store) -> Result<u64, Store
 }
 
 /// Staged rows into `observations_data`; a redelivered row changes nothing. Returns
-/// the new rows, each as thousandths or as its float (see [`milli`]). On plain PostgreSQL the new rows, and only those, also go into the hourly and daily
-/// rollups in the same statement (migration 0006 says why).
-async fn insert_observations(tx: &Transaction<'_>, rollups: bool) -> Result<u64, StoreError> {
-    const INSERT: &str =
-        "INSERT INTO observations_data (time, sensor_id, metric_id, value, value_milli)
-         SELECT time, sensor_id, metric_id, CASE WHEN value_milli IS NULL THEN value END, value_milli
-         FROM obs_staging_v2
-         ON CONFLICT (sensor_id, metric_id, time) DO NOTHING";
-    if !rollups {
-        return Ok(tx.execute(INSERT, &[]).await?);
-    }
-    // Groups sorted by key, so concurrent writers lock rollup rows in one order.
-    let rollup = |table: &str, unit: &str| {
-        format!(
-            "{table}_up AS (INSERT INTO {table}_data AS r
-                SELECT date_trunc('{unit}', time, 'UTC'), sensor_id, metric_id, count(*), sum(value),
-                       min(value), max(value), (array_agg(value ORDER BY time DESC))[1], max(time)
-                FROM new GROUP BY 1, 2, 3 ORDER BY 2, 3, 1
-                ON CONFLICT (sensor_id, metric_id, bucket) DO UPDATE SET
-                    count = r.count + excluded.count, sum = r.sum + excluded.sum,
-                    min = least(r.min, excluded.min), max = greatest(r.max, excluded.max),
-                    last = CASE WHEN excluded.last_time >= r.last_time THEN excluded.last ELSE r.last END,
-                    last_time = greatest(r.last_time, excluded.last_time))"
+/// the new rows, each as thousandths or as its float (see [`milli`]).
+async fn insert_observations(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    Ok(tx
+        .execute(
+            "INSERT INTO observations_data (time, sensor_id, metric_id, value, value_milli)
+             SELECT time, sensor_id, metric_id, CASE WHEN value_milli IS NULL THEN value END, value_milli
+             FROM obs_staging_v2
+             ON CONFLICT (sensor_id, metric_id, time) DO NOTHING",
+            &[],
         )
-    };
-    let sql = format!(
-        "WITH new AS ({INSERT} RETURNING time, sensor_id, metric_id,
-                                         coalesce(value, value_milli::float8 / 1000) AS value),
-              {}, {}
-         SELECT count(*) FROM new",
-        rollup("obs_hourly", "hour"),
-        rollup("obs_daily", "day"),
-    );
-    let n: i64 = tx.query_one(&sql, &[]).await?.get(0);
-    Ok(n as u64)
+        .await?)
 }
 
 /// Advances `latest` to the newest staged value per sensor and metric; returns the

@@ -1,9 +1,15 @@
 -- Plain PostgreSQL: hourly and daily rollup tables in place of views that grouped the
 -- whole of observations, so a 24 h or 30 day question reads only its own buckets.
--- The batch writer adds each batch's new rows to them in the batch's own transaction
--- (count and sum add up, min/max widen, last follows the newest time), so a rollup is
--- never behind, a late reading corrects its bucket, and a redelivered row (which
--- inserts nothing) changes nothing. avg is sum / count.
+--
+-- The batch writer appends, in the batch's own transaction, one row per hour, sensor
+-- and metric of the rows it really inserted (a redelivery inserts nothing, so adds
+-- nothing) to rollup_delta: a heap with no index, the cheapest write there is. A task
+-- of each hub folds the deltas into obs_hourly_data and obs_daily_data every
+-- store.rollup_fold_ms, in one statement that deletes what it folds. The views add
+-- the deltas not folded yet, so an answer is exact the moment a batch commits and a
+-- late reading corrects its bucket at once. Upserting the rollups in the batch
+-- itself was measured first: 60 % more database CPU per row and a third less
+-- ingest throughput; the deltas cost a fraction of that.
 CREATE TABLE obs_hourly_data (
     bucket    timestamptz NOT NULL,
     sensor_id integer     NOT NULL,
@@ -20,6 +26,9 @@ CREATE INDEX obs_hourly_data_bucket_idx ON obs_hourly_data (bucket);
 
 CREATE TABLE obs_daily_data (LIKE obs_hourly_data INCLUDING ALL) WITH (fillfactor = 70);
 
+-- Hourly partial aggregates not folded yet (bucket is the hour).
+CREATE TABLE rollup_delta (LIKE obs_hourly_data);
+
 INSERT INTO obs_hourly_data
 SELECT date_trunc('hour', time, 'UTC'), sensor_id, metric_id, count(*), sum(value),
        min(value), max(value), (array_agg(value ORDER BY time DESC))[1], max(time)
@@ -31,9 +40,20 @@ SELECT date_trunc('day', time, 'UTC'), sensor_id, metric_id, count(*), sum(value
 FROM observations GROUP BY 1, 2, 3;
 
 CREATE OR REPLACE VIEW obs_hourly AS
-SELECT bucket, sensor_id, metric_id, sum / count AS avg, min, max, count, last
-FROM obs_hourly_data;
+SELECT bucket, sensor_id, metric_id, sum(sum) / sum(count)::float8 AS avg, min(min) AS min,
+       max(max) AS max, sum(count)::bigint AS count,
+       (array_agg(last ORDER BY last_time DESC))[1] AS last
+FROM (SELECT bucket, sensor_id, metric_id, count, sum, min, max, last, last_time FROM obs_hourly_data
+      UNION ALL
+      SELECT bucket, sensor_id, metric_id, count, sum, min, max, last, last_time FROM rollup_delta) r
+GROUP BY 1, 2, 3;
 
 CREATE OR REPLACE VIEW obs_daily AS
-SELECT bucket, sensor_id, metric_id, sum / count AS avg, min, max, count, last
-FROM obs_daily_data;
+SELECT bucket, sensor_id, metric_id, sum(sum) / sum(count)::float8 AS avg, min(min) AS min,
+       max(max) AS max, sum(count)::bigint AS count,
+       (array_agg(last ORDER BY last_time DESC))[1] AS last
+FROM (SELECT bucket, sensor_id, metric_id, count, sum, min, max, last, last_time FROM obs_daily_data
+      UNION ALL
+      SELECT date_trunc('day', bucket, 'UTC'), sensor_id, metric_id, count, sum, min, max, last, last_time
+      FROM rollup_delta) r
+GROUP BY 1, 2, 3;
