@@ -355,6 +355,7 @@ async fn rollups_read_only_their_buckets_count_each_reading_once_and_take_late_o
         || async { db.observations().await >= before + 120 },
     )
     .await;
+    run_policies(&db).await;
     for bucket in ["1h", "1d"] {
         let (n, wrong) = bucket_mismatches(&hub, &db, bin, bucket).await;
         assert!(n > 0 && wrong.is_empty(), "{bucket}: {wrong:?}");
