@@ -134,7 +134,11 @@ async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
         &db,
         &broker,
         "fleet-100k",
-        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+        &[
+            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+            // As in production: commits reach the listing in the background.
+            ("CITYHUB_HTTP_SNAPSHOT_MAX_LAG_MS", "1000"),
+        ],
     )
     .await;
     db.register_bins(100_000, i32::MAX).await;
@@ -152,7 +156,7 @@ async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
     let fc: serde_json::Value = serde_json::from_slice(&first).unwrap();
     assert_eq!(fc["features"].as_array().unwrap().len(), 100_000);
 
-    // A reading committed now is in the very next listing.
+    // A reading committed now is in the listing within the lag.
     publish_raw(
         &broker,
         &[(
@@ -163,6 +167,12 @@ async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
     .await;
     wait_for(30, "the reading stored", || async {
         db.observations().await == 1
+    })
+    .await;
+    let one = hub.url("/api/v1/sensors?limit=1&cursor=bin-000006");
+    wait_for(10, "the reading in the listing", || async {
+        let page: serde_json::Value = http.get(&one).send().await.unwrap().json().await.unwrap();
+        page["features"][0]["properties"]["latest"]["fill_level"]["value"] == 91.5
     })
     .await;
     let gets = (0..40).map(|_| {

@@ -251,10 +251,13 @@ pub struct Snapshot {
     feeds: tokio::sync::Mutex<()>,
     /// The configured kinds: the listing's sensors.
     kinds: Vec<String>,
+    /// How long a commit may wait for the background refresher (see `http.snapshot_max_lag_ms`).
+    max_lag: Duration,
+    refresher: AtomicBool,
 }
 
 impl Snapshot {
-    pub fn new(reload_every: Duration, kinds: Vec<String>) -> Arc<Self> {
+    pub fn new(reload_every: Duration, max_lag: Duration, kinds: Vec<String>) -> Arc<Self> {
         Arc::new(Snapshot {
             model: tokio::sync::Mutex::new(Model {
                 sensors: BTreeMap::new(),
@@ -270,18 +273,29 @@ impl Snapshot {
             reload_every,
             feeds: tokio::sync::Mutex::new(()),
             kinds,
+            max_lag,
+            refresher: AtomicBool::new(false),
         })
     }
 
+    /// The cached document for `key`, if it may be sent: it holds every commit noted,
+    /// or (with a lag allowed) the ones it lacks are younger than the lag, or being
+    /// taken in by the refresher.
     fn current(&self, store: &Store, key: &DocKey) -> Option<Arc<Doc>> {
-        if !self.loaded.load(Ordering::Acquire)
-            || store.changes_seen() > self.covered.load(Ordering::Acquire)
-        {
+        if self.must_refresh(store) {
             return None;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let docs = self.docs.lock().unwrap_or_else(|p| p.into_inner());
         docs.get(key).filter(|d| d.epoch == epoch).cloned()
+    }
+
+    /// Whether the model lacks commits a request may not go without.
+    fn must_refresh(&self, store: &Store) -> bool {
+        !self.loaded.load(Ordering::Acquire)
+            || (store.changes_seen() > self.covered.load(Ordering::Acquire)
+                && (self.max_lag.is_zero()
+                    || store.changes_waiting().is_some_and(|w| w >= self.max_lag)))
     }
 
     fn keep(&self, key: DocKey, doc: Arc<Doc>) {
@@ -357,6 +371,30 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Starts the refresher once, when a lag is allowed.
+    fn ensure_refresher(self: &Arc<Self>, store: &Store) {
+        if !self.max_lag.is_zero() && !self.refresher.swap(true, Ordering::AcqRel) {
+            let (me, store) = (Arc::downgrade(self), store.clone());
+            tokio::spawn(Self::refresher(me, store));
+        }
+    }
+
+    /// Takes commits in as they are noted, and prepares the whole listing, so requests
+    /// find a current document; ends with the snapshot.
+    async fn refresher(me: std::sync::Weak<Self>, store: Store) {
+        loop {
+            store.changed().await;
+            // A burst of commits is taken in at once.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let Some(me) = me.upgrade() else {
+                return;
+            };
+            if let Err(e) = me.listing_now(&store, None).await {
+                tracing::warn!(error = %e, "The sensors listing could not take in the latest commits; requests will try again.");
+            }
+        }
+    }
+
     /// A whole reload, off the request path; sensors refetched meanwhile keep their newer rows.
     async fn reload(&self, store: &Store) {
         let loaded = load_all(store, &self.kinds).await;
@@ -388,13 +426,25 @@ impl Snapshot {
         store: &Store,
         kind: Option<String>,
     ) -> ApiResult<Arc<Doc>> {
-        let key = DocKey::Listing(kind);
-        if let Some(d) = self.current(store, &key) {
+        self.ensure_refresher(store);
+        if let Some(d) = self.current(store, &DocKey::Listing(kind.clone())) {
             return Ok(d);
         }
+        self.listing_now(store, kind).await
+    }
+
+    /// The listing as of now: every change noted so far taken in.
+    async fn listing_now(
+        self: &Arc<Self>,
+        store: &Store,
+        kind: Option<String>,
+    ) -> ApiResult<Arc<Doc>> {
+        let key = DocKey::Listing(kind);
         let mut m = self.model.lock().await;
-        if let Some(d) = self.current(store, &key) {
-            return Ok(d);
+        if store.changes_seen() <= self.covered.load(Ordering::Acquire) {
+            if let Some(d) = self.current(store, &key) {
+                return Ok(d);
+            }
         }
         self.refresh(store, &mut m).await?;
         let DocKey::Listing(kind) = &key else {
@@ -423,8 +473,11 @@ impl Snapshot {
         limit: usize,
         tail: impl FnOnce(&Selection) -> String,
     ) -> ApiResult<Doc> {
+        self.ensure_refresher(store);
         let mut m = self.model.lock().await;
-        self.refresh(store, &mut m).await?;
+        if self.must_refresh(store) {
+            self.refresh(store, &mut m).await?;
+        }
         let keep = |e: &Entry| {
             kind.is_none_or(|k| *e.kind == *k) && bbox.as_ref().is_none_or(|b| e.inside(b))
         };
@@ -446,6 +499,7 @@ impl Snapshot {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = ApiResult<(Vec<u8>, Option<DateTime<Utc>>)>>,
     {
+        self.ensure_refresher(store);
         let key = DocKey::Feed(kind.to_owned(), ext.to_owned());
         if let Some(d) = self.current(store, &key) {
             return Ok(d);

@@ -87,6 +87,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     let mqtt_connected = Arc::new(AtomicBool::new(false));
     let snapshot = cityhub_api::snapshot::Snapshot::new(
         Duration::from_secs(settings.http.snapshot_reload_s.max(1)),
+        Duration::from_millis(settings.http.snapshot_max_lag_ms),
         catalog.iter().map(|k| k.name.to_string()).collect(),
     );
     let state = cityhub_api::AppState {

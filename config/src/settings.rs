@@ -237,6 +237,10 @@ pub struct HttpSettings {
     /// in them at once, other processes' changes (another hub, `sensors import`) after
     /// at most this long, when they are reloaded from the database.
     pub snapshot_reload_s: u64,
+    /// A commit reaches the listing and feeds in the background within about this
+    /// long, and requests meanwhile get the previous document at once; 0: each
+    /// request waits for the last commit.
+    pub snapshot_max_lag_ms: u64,
     /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client
     /// for rate limiting and logs; anyone else's header is ignored.
     pub trusted_proxies: Vec<String>,
@@ -271,6 +275,7 @@ impl Default for HttpSettings {
             trusted_proxies: Vec::new(),
             stream_send_timeout_s: 30,
             snapshot_reload_s: 30,
+            snapshot_max_lag_ms: 1000,
             max_page: 10_000,
             max_body_bytes: 1024 * 1024,
             header_timeout_s: 10,

@@ -64,6 +64,7 @@ struct Inner {
     /// Sensors whose registry row or latest values this process changed since the
     /// listing snapshot last looked, and a counter of such changes (see [`Changes`]).
     changes: std::sync::Mutex<Changes>,
+    changed: tokio::sync::Notify,
 }
 
 /// What changed in the registry and `latest`, as this process committed it: the
@@ -73,6 +74,8 @@ pub struct Changes {
     /// Counts every note; a snapshot that has seen generation `g` is current until it moves.
     pub generation: u64,
     pub sensors: std::collections::HashSet<String>,
+    /// When the oldest change not yet taken was noted.
+    pub since: Option<std::time::Instant>,
 }
 
 impl Store {
@@ -116,6 +119,7 @@ impl Store {
                 database: settings.database.clone(),
                 earliest_written: AtomicI64::new(i64::MAX),
                 changes: Default::default(),
+                changed: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -182,6 +186,9 @@ impl Store {
         }
         if any {
             c.generation += 1;
+            c.since.get_or_insert_with(std::time::Instant::now);
+            drop(c);
+            self.inner.changed.notify_one();
         }
     }
 
@@ -200,7 +207,23 @@ impl Store {
         Changes {
             generation: c.generation,
             sensors: std::mem::take(&mut c.sensors),
+            since: c.since.take(),
         }
+    }
+
+    /// How long the oldest change not yet taken has waited, if any waits.
+    pub fn changes_waiting(&self) -> Option<std::time::Duration> {
+        self.inner
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since
+            .map(|t| t.elapsed())
+    }
+
+    /// Returns once a change is noted (at once if one was noted since the last call).
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await
     }
 
     /// The pool of long downloads.

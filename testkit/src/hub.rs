@@ -56,9 +56,12 @@ pub struct Hub {
     runner: Runner,
 }
 
-/// The environment every test hub gets: its database, broker, client id and backend.
+/// The environment every test hub gets: its database, broker, client id and backend,
+/// and listings that wait for the last commit (tests read right after they write;
+/// `CITYHUB_HTTP_SNAPSHOT_MAX_LAG_MS` in `extra` gives a test the production lag).
 fn base_env(db: &TestDb, broker: &Broker, client_id: &str) -> Vec<(String, String)> {
     vec![
+        ("CITYHUB_HTTP_SNAPSHOT_MAX_LAG_MS".into(), "0".into()),
         ("CITYHUB_DATABASE_URL".into(), db.url.clone()),
         ("CITYHUB_MQTT_URL".into(), broker.url()),
         ("CITYHUB_MQTT_CLIENT_ID".into(), client_id.into()),
@@ -69,11 +72,24 @@ fn base_env(db: &TestDb, broker: &Broker, client_id: &str) -> Vec<(String, Strin
     ]
 }
 
+/// Keeps the last value of each variable (a test's `extra` over the defaults).
+fn last_wins(vars: &mut Vec<(String, String)>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<(String, String)> = vars
+        .drain(..)
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    kept.reverse();
+    *vars = kept;
+}
+
 impl Hub {
     /// Spawns `cityhub serve` for `db` and `broker` with `extra` environment.
     fn launch(db: &TestDb, broker: &Broker, client_id: &str, extra: &[(&str, &str)]) -> Self {
         let mut env = base_env(db, broker, client_id);
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        last_wins(&mut env);
         let mut hub = Self {
             http_port: 0,
             log: artifacts_dir().join(format!("{}.log", unique(client_id))),
@@ -124,6 +140,7 @@ impl Hub {
         let mut vars = base_env(db, broker, client_id);
         vars.push(("CITYHUB_HTTP_ADDR".into(), "127.0.0.1:0".into()));
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        last_wins(&mut vars);
         let settings = cityhub_config::Settings::load_with_vars(
             None,
             vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
