@@ -375,17 +375,18 @@ impl Snapshot {
     fn ensure_refresher(self: &Arc<Self>, store: &Store) {
         if !self.max_lag.is_zero() && !self.refresher.swap(true, Ordering::AcqRel) {
             let (me, store) = (Arc::downgrade(self), store.clone());
-            tokio::spawn(Self::refresher(me, store));
+            tokio::spawn(Self::refresher(me, store, self.max_lag / 4));
         }
     }
 
     /// Takes commits in as they are noted, and prepares the whole listing, so requests
     /// find a current document; ends with the snapshot.
-    async fn refresher(me: std::sync::Weak<Self>, store: Store) {
+    async fn refresher(me: std::sync::Weak<Self>, store: Store, pause: Duration) {
         loop {
             store.changed().await;
-            // A burst of commits is taken in at once.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Commits in the pause are taken in at once: a sensor that reported several
+            // times is fetched once.
+            tokio::time::sleep(pause).await;
             let Some(me) = me.upgrade() else {
                 return;
             };
