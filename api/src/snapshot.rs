@@ -254,10 +254,17 @@ pub struct Snapshot {
     /// How long a commit may wait for the background refresher (see `http.snapshot_max_lag_ms`).
     max_lag: Duration,
     refresher: AtomicBool,
+    /// Ends the refresher and reloads with the server.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Snapshot {
-    pub fn new(reload_every: Duration, max_lag: Duration, kinds: Vec<String>) -> Arc<Self> {
+    pub fn new(
+        reload_every: Duration,
+        max_lag: Duration,
+        kinds: Vec<String>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Snapshot {
             model: tokio::sync::Mutex::new(Model {
                 sensors: BTreeMap::new(),
@@ -275,6 +282,7 @@ impl Snapshot {
             kinds,
             max_lag,
             refresher: AtomicBool::new(false),
+            shutdown,
         })
     }
 
@@ -324,7 +332,13 @@ impl Snapshot {
         {
             m.refetched = Some(HashSet::new());
             let (me, store) = (self.clone(), store.clone());
-            tokio::spawn(async move { me.reload(&store).await });
+            tokio::spawn(async move {
+                let stop = me.shutdown.clone();
+                tokio::select! {
+                    _ = me.reload(&store) => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
         }
         if store.changes_seen() <= self.covered.load(Ordering::Acquire) {
             return Ok(());
@@ -374,8 +388,14 @@ impl Snapshot {
     /// Starts the refresher once, when a lag is allowed.
     fn ensure_refresher(self: &Arc<Self>, store: &Store) {
         if !self.max_lag.is_zero() && !self.refresher.swap(true, Ordering::AcqRel) {
-            let (me, store) = (Arc::downgrade(self), store.clone());
-            tokio::spawn(Self::refresher(me, store, self.max_lag / 4));
+            let (me, store, stop) = (Arc::downgrade(self), store.clone(), self.shutdown.clone());
+            let pause = self.max_lag / 4;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = Self::refresher(me, store, pause) => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
         }
     }
 

@@ -89,6 +89,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         Duration::from_secs(settings.http.snapshot_reload_s.max(1)),
         Duration::from_millis(settings.http.snapshot_max_lag_ms),
         catalog.iter().map(|k| k.name.to_string()).collect(),
+        cancel.clone(),
     );
     let state = cityhub_api::AppState {
         store: Arc::new(tokio::sync::OnceCell::new()),
