@@ -346,7 +346,7 @@ impl Snapshot {
         let changes = store.take_changes();
         if !changes.sensors.is_empty() {
             let ids: Vec<String> = changes.sensors.into_iter().collect();
-            for chunk in ids.chunks(RELOAD_CHUNK as usize) {
+            for (i, chunk) in ids.chunks(RELOAD_CHUNK as usize).enumerate() {
                 let rows = query::sensors(
                     store,
                     &SensorFilter {
@@ -359,8 +359,10 @@ impl Snapshot {
                 let rows = match rows {
                     Ok(r) => r,
                     Err(e) => {
-                        // Noted again, so the next request fetches them.
-                        store.note_changed(chunk.iter().map(String::as_str));
+                        // This chunk and the ones after it are noted again, so the
+                        // next refresh fetches them.
+                        let rest = &ids[i * RELOAD_CHUNK as usize..];
+                        store.note_changed(rest.iter().map(String::as_str));
                         return Err(e.into());
                     }
                 };
