@@ -462,7 +462,7 @@ impl Snapshot {
         store: &Store,
         kind: Option<String>,
     ) -> ApiResult<Arc<Doc>> {
-        let key = DocKey::Listing(kind);
+        let key = DocKey::Listing(kind.clone());
         let mut m = self.model.lock().await;
         if store.changes_seen() <= self.covered.load(Ordering::Acquire) {
             if let Some(d) = self.current(store, &key) {
@@ -470,9 +470,6 @@ impl Snapshot {
             }
         }
         self.refresh(store, &mut m).await?;
-        let DocKey::Listing(kind) = &key else {
-            unreachable!()
-        };
         let all = Selection::of(
             &m,
             |e| kind.as_deref().is_none_or(|k| *e.kind == *k),

@@ -1,7 +1,7 @@
 //! Plain PostgreSQL's hourly and daily rollups: folding the deltas the writer appends
 //! (migration 0006 says why the work is split this way).
 
-use crate::{Store, StoreError};
+use crate::StoreError;
 
 /// Folds up to `limit` pending deltas into `obs_hourly_data` and `obs_daily_data`, in
 /// one statement that deletes what it folds; returns how many it folded. Deltas that
@@ -32,17 +32,4 @@ pub async fn fold(c: &tokio_postgres::Client, limit: i64) -> Result<u64, StoreEr
     );
     let n: i64 = c.query_one(&sql, &[&limit]).await?.get(0);
     Ok(n as u64)
-}
-
-/// Folds every pending delta, in rounds of `limit`; returns how many.
-pub async fn fold_all(store: &Store, limit: i64) -> Result<u64, StoreError> {
-    let client = store.pool().get().await?;
-    let mut total = 0;
-    loop {
-        let n = fold(&client, limit).await?;
-        total += n;
-        if n < limit as u64 {
-            return Ok(total);
-        }
-    }
 }
