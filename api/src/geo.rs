@@ -67,7 +67,11 @@ pub struct FeatureCollection {
     pub number_returned: usize,
     /// When the response was made (OGC pages); absent on cacheable documents, whose
     /// ETag would otherwise change on every request.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "cityhub_config::time::serialize_opt"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub time_stamp: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
@@ -162,9 +166,7 @@ pub fn json_time(t: Option<DateTime<Utc>>) -> Value {
     t.map(|t| Value::String(rfc3339(t))).unwrap_or(Value::Null)
 }
 
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
+pub use cityhub_config::time::rfc3339;
 
 /// The newest change a set of sensors shows (for Last-Modified).
 pub fn last_modified(sensors: &[SensorView]) -> Option<DateTime<Utc>> {

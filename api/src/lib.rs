@@ -13,6 +13,7 @@ pub mod geo;
 mod health;
 mod kinds;
 pub mod live;
+pub mod oas30;
 mod ogc;
 pub mod params;
 mod readings;
@@ -28,13 +29,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cityhub_config::{Catalog, Settings};
-use cityhub_store::{LiveBatch, Store};
+use cityhub_store::Store;
 use error::{ApiError, ErrorBody};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, OnceCell};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{Any, CorsLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -55,7 +56,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub catalog: Arc<Catalog>,
     /// Committed latest values, fanned out to `/api/v1/stream` clients.
-    pub live: broadcast::Sender<LiveBatch>,
+    pub live: Arc<live::Live>,
     /// Ends open streams when the server shuts down.
     pub shutdown: CancellationToken,
     /// Receive time (µs since the epoch) of the oldest message waiting for its commit; 0: none.
@@ -190,6 +191,26 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, api)
 }
 
+/// The OpenAPI 3.0 document served at `/openapi.json`, with the real page limits.
+pub fn openapi_json(api: &utoipa::openapi::OpenApi, max_page: u32) -> String {
+    let mut doc = serde_json::to_value(api).unwrap_or_default();
+    oas30::downgrade(&mut doc);
+    for (path, default) in [
+        (
+            "/ogc/collections/{collectionId}/items",
+            Some(ogc::DEFAULT_LIMIT),
+        ),
+        ("/api/v1/sensors", None),
+        (
+            "/api/v1/sensors/{id}/readings",
+            Some(readings::DEFAULT_LIMIT),
+        ),
+    ] {
+        oas30::set_limit(&mut doc, path, default.map(|d| d.min(max_page)), max_page);
+    }
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
 /// The OpenAPI document of every public endpoint.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().1
@@ -198,7 +219,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (router, api) = routes();
     let api = Arc::new(api);
-    let json = Arc::new(api.to_json().unwrap_or_default());
+    let json = Arc::new(openapi_json(&api, state.settings.http.max_page));
     let html = Arc::new(docs::html(&api));
     let http = &state.settings.http;
     let mut app = router

@@ -1,22 +1,30 @@
 //! `/api/v1/stream`: Server-Sent Events of readings as they are committed. Each
 //! event is one sensor's newly advanced latest values from one batch, so a map
-//! can recolour a marker per event. Best effort: a client too slow to keep up is
-//! told how many batches it missed (`event: lagged`) and should re-read
-//! `/api/v1/sensors`.
+//! can recolour a marker per event.
+//!
+//! Every event has an `id:` (`{hub run}-{batch}-{sensor index}`). A client that
+//! reconnects with `Last-Event-ID` within `http.stream_resume_s` gets what it
+//! missed from a log of recent batches; from further back, another hub process,
+//! or across a gap, it gets `event: reload` and should re-read `/api/v1/sensors`.
+//! A client too slow to keep up gets `event: lagged`, and should do the same.
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::geo::rfc3339;
 use crate::params::StrictQuery;
 use crate::AppState;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use cityhub_store::LiveBatch;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -27,6 +35,9 @@ pub struct StreamParams {
     kind: Option<String>,
     /// Only these sensors (comma-separated ids).
     sensor: Option<String>,
+    /// Resume after this event, for clients that cannot send the `Last-Event-ID`
+    /// header (the header wins when both are given).
+    last_event_id: Option<String>,
 }
 
 /// One `readings` event.
@@ -59,21 +70,21 @@ fn list(s: &Option<String>) -> Option<HashSet<String>> {
     })
 }
 
-fn events(state: &AppState, f: &Filter, batch: &LiveBatch) -> Vec<LiveEvent> {
+impl Filter {
+    fn wants(&self, e: &LiveEvent) -> bool {
+        self.kinds.as_ref().is_none_or(|k| k.contains(&e.kind))
+            && self.sensors.as_ref().is_none_or(|s| s.contains(&e.sensor))
+    }
+}
+
+/// A batch's events, one per sensor in id order: the index of an event in this
+/// list is the last part of its id, the same for every client whatever it filters.
+fn events(state: &AppState, batch: &LiveBatch) -> Vec<LiveEvent> {
     let Some(store) = state.store.get() else {
         return Vec::new();
     };
     let mut by_sensor: BTreeMap<&str, LiveEvent> = BTreeMap::new();
     for c in batch.iter() {
-        if f.kinds
-            .as_ref()
-            .is_some_and(|k| !k.contains(c.kind.as_str()))
-            || f.sensors
-                .as_ref()
-                .is_some_and(|s| !s.contains(c.sensor.as_str()))
-        {
-            continue;
-        }
         let Some((kind, metric)) = store.metric_name(c.metric_id) else {
             continue;
         };
@@ -101,14 +112,243 @@ fn events(state: &AppState, f: &Filter, batch: &LiveBatch) -> Vec<LiveEvent> {
     by_sensor.into_values().collect()
 }
 
+/// A committed batch with its place in this hub run's sequence.
+#[derive(Clone)]
+pub struct Stamped {
+    seq: u64,
+    at: Instant,
+    batch: LiveBatch,
+}
+
+/// Where a resuming client stands: batch `seq`, sensor index `idx` of it seen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Position {
+    seq: u64,
+    idx: usize,
+}
+
+/// The live stream's hub side: the pipeline sends committed batches to `source`;
+/// a relay numbers them, keeps the recent ones for resuming clients, and passes
+/// them on to the connected streams.
+pub struct Live {
+    source: broadcast::Sender<LiveBatch>,
+    out: broadcast::Sender<Stamped>,
+    state: Mutex<Log>,
+    /// This hub run, so an id from another run (or another hub) is not taken for ours.
+    run: String,
+    window: Duration,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Log {
+    batches: VecDeque<Stamped>,
+    readings: usize,
+    next: u64,
+    /// Batches before this one may be missing from the log (the relay lagged, or
+    /// listened to nobody): resuming from before it means reloading.
+    gap_before: u64,
+    /// When the last stream ended; the relay keeps logging for `window` after it.
+    idle_since: Option<Instant>,
+}
+
+/// At most this many readings are kept for resuming, whatever the window.
+const MAX_LOGGED_READINGS: usize = 200_000;
+
+impl Live {
+    /// The stream's channels and relay; the relay ends with `cancel`.
+    pub fn start(window: Duration, cancel: CancellationToken) -> Arc<Self> {
+        let run = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros())
+        );
+        let live = Arc::new(Self {
+            source: broadcast::channel(256).0,
+            out: broadcast::channel(256).0,
+            state: Mutex::new(Log {
+                next: 1,
+                gap_before: 1,
+                ..Log::default()
+            }),
+            run,
+            window,
+            wake: Notify::new(),
+        });
+        tokio::spawn(relay(live.clone(), cancel));
+        live
+    }
+
+    /// Where the pipeline sends committed batches. It reports them only while
+    /// this has receivers: while streams are open, and `window` after the last.
+    pub fn source(&self) -> broadcast::Sender<LiveBatch> {
+        self.source.clone()
+    }
+
+    fn id(&self, p: Position) -> String {
+        format!("{}-{}-{}", self.run, p.seq, p.idx)
+    }
+
+    fn parse_id(&self, id: &str) -> Option<Position> {
+        let mut parts = id.trim().rsplitn(3, '-');
+        let idx = parts.next()?.parse().ok()?;
+        let seq = parts.next()?.parse().ok()?;
+        (parts.next()? == self.run).then_some(Position { seq, idx })
+    }
+
+    fn record(&self, batch: LiveBatch) {
+        let mut log = self.state.lock().expect("live log lock");
+        let s = Stamped {
+            seq: log.next,
+            at: Instant::now(),
+            batch,
+        };
+        log.next += 1;
+        log.readings += s.batch.len();
+        log.batches.push_back(s.clone());
+        while log.readings > MAX_LOGGED_READINGS
+            || log
+                .batches
+                .front()
+                .is_some_and(|b| b.at.elapsed() > self.window)
+        {
+            let Some(old) = log.batches.pop_front() else {
+                break;
+            };
+            log.readings -= old.batch.len();
+        }
+        drop(log);
+        let _ = self.out.send(s);
+    }
+
+    /// Marks that batches may have been lost before the next one.
+    fn gap(&self) {
+        let mut log = self.state.lock().expect("live log lock");
+        log.gap_before = log.next;
+    }
+
+    /// The logged batches after `from`, or None when some may be missing.
+    fn since(&self, from: Position) -> Option<Vec<Stamped>> {
+        let log = self.state.lock().expect("live log lock");
+        if from.seq >= log.next || from.seq < log.gap_before {
+            return None;
+        }
+        let oldest = log.batches.front().map_or(log.next, |b| b.seq);
+        if from.seq + 1 < oldest {
+            return None;
+        }
+        Some(
+            log.batches
+                .iter()
+                .filter(|b| b.seq >= from.seq)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn stream_ended(&self) {
+        self.state.lock().expect("live log lock").idle_since = Some(Instant::now());
+    }
+}
+
+/// Takes batches from the pipeline while anyone may want them: open streams, or
+/// one closed less than `window` ago (it may come back to resume). Otherwise it
+/// lets go of the pipeline's channel, so the writer stops reporting.
+async fn relay(live: Arc<Live>, cancel: CancellationToken) {
+    let tick = (live.window / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let mut rx = live.source.subscribe();
+        let mut ticks = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(b) => live.record(b),
+                    Err(RecvError::Lagged(_)) => live.gap(),
+                    Err(RecvError::Closed) => return,
+                },
+                _ = ticks.tick() => {
+                    let idle = live.out.receiver_count() == 0 && live
+                        .state
+                        .lock()
+                        .expect("live log lock")
+                        .idle_since
+                        .is_none_or(|t| t.elapsed() >= live.window);
+                    if idle {
+                        break;
+                    }
+                }
+                _ = cancel.cancelled() => return,
+            }
+        }
+        drop(rx);
+        live.gap();
+        tokio::select! {
+            _ = live.wake.notified() => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Tells the relay a stream ended when the stream is dropped, however it ends.
+struct Attached(Arc<Live>);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0.stream_ended();
+    }
+}
+
+/// What a stream does next.
+struct StreamState {
+    rx: broadcast::Receiver<Stamped>,
+    filter: Filter,
+    state: AppState,
+    queue: VecDeque<Event>,
+    /// Events up to here were sent (or replayed); later duplicates are skipped.
+    seen: Option<Position>,
+    _attached: Attached,
+}
+
+impl StreamState {
+    fn push_batch(&mut self, b: &Stamped) {
+        let live = &self.state.live;
+        for (idx, ev) in events(&self.state, &b.batch).into_iter().enumerate() {
+            let p = Position { seq: b.seq, idx };
+            if self.seen.is_some_and(|s| (p.seq, p.idx) <= (s.seq, s.idx)) {
+                continue;
+            }
+            if !self.filter.wants(&ev) {
+                continue;
+            }
+            if let Ok(e) = Event::default()
+                .event("readings")
+                .id(live.id(p))
+                .json_data(&ev)
+            {
+                self.queue.push_back(e);
+            }
+        }
+    }
+}
+
+fn reload(reason: &str) -> Event {
+    Event::default()
+        .event("reload")
+        .data(serde_json::json!({ "reason": reason }).to_string())
+}
+
 /// Live readings as Server-Sent Events (`event: readings`, JSON data per sensor).
-#[utoipa::path(get, path = "/api/v1/stream", tag = "sensors", params(StreamParams),
+#[utoipa::path(get, path = "/api/v1/stream", tag = "sensors", params(StreamParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses(
-        (status = 200, description = "An endless `text/event-stream`; each `readings` event's data is a LiveEvent",
+        (status = 200, description = "An endless `text/event-stream`. Each `readings` event's data is a LiveEvent and has an `id`; \
+`reload` (a resume from too far back) and `lagged` (the client fell behind) mean: re-read `/api/v1/sensors`",
          body = LiveEvent, content_type = "text/event-stream"),
         (status = 400, description = "Unknown kind or parameter", body = ErrorBody)))]
 pub async fn stream(
     State(s): State<AppState>,
+    headers: HeaderMap,
     StrictQuery(p): StrictQuery<StreamParams>,
 ) -> ApiResult<Response> {
     let filter = Filter {
@@ -120,29 +360,66 @@ pub async fn stream(
             return Err(ApiError::BadRequest(m));
         }
     }
-    let rx = s.live.subscribe();
+    let live = s.live.clone();
+    // Subscribe before reading the log, so no batch falls between the two.
+    let rx = live.out.subscribe();
+    live.wake.notify_one();
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(p.last_event_id);
+    let mut st = StreamState {
+        rx,
+        filter,
+        state: s.clone(),
+        queue: VecDeque::new(),
+        seen: None,
+        _attached: Attached(live.clone()),
+    };
+    let retry_ms = 3000;
+    st.queue.push_back(
+        Event::default()
+            .retry(Duration::from_millis(retry_ms))
+            .comment("cityhub live stream"),
+    );
+    if let Some(id) = resume.filter(|id| !id.trim().is_empty()) {
+        match live
+            .parse_id(&id)
+            .and_then(|from| Some((from, live.since(from)?)))
+        {
+            Some((from, missed)) => {
+                st.seen = Some(from);
+                for b in &missed {
+                    st.push_batch(b);
+                }
+                if let Some(last) = missed.last() {
+                    st.seen = Some(Position {
+                        seq: last.seq,
+                        idx: usize::MAX,
+                    });
+                }
+            }
+            None => st.queue.push_back(reload(
+                "the events after this Last-Event-ID are no longer held; re-read /api/v1/sensors",
+            )),
+        }
+    }
     let cancel = s.shutdown.clone();
-    let init = (rx, filter, s, VecDeque::<Event>::new(), cancel);
-    let body = futures_util::stream::unfold(init, |(mut rx, f, s, mut queue, cancel)| async move {
+    let body = futures_util::stream::unfold((st, cancel), |(mut st, cancel)| async move {
         loop {
-            if let Some(e) = queue.pop_front() {
-                return Some((Ok::<_, Infallible>(e), (rx, f, s, queue, cancel)));
+            if let Some(e) = st.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(e), (st, cancel)));
             }
             let got = tokio::select! {
-                r = rx.recv() => r,
+                r = st.rx.recv() => r,
                 // Open streams must not hold a graceful shutdown forever.
                 _ = cancel.cancelled() => return None,
             };
             match got {
-                Ok(batch) => {
-                    for ev in events(&s, &f, &batch) {
-                        if let Ok(e) = Event::default().event("readings").json_data(&ev) {
-                            queue.push_back(e);
-                        }
-                    }
-                }
+                Ok(b) => st.push_batch(&b),
                 Err(RecvError::Lagged(n)) => {
-                    queue.push_back(
+                    st.queue.push_back(
                         Event::default()
                             .event("lagged")
                             .data(format!("{{\"missed_batches\":{n}}}")),
@@ -157,7 +434,35 @@ pub async fn stream(
         .into_response())
 }
 
-/// A channel for live batches, sized so a burst of commits does not lag a normal client.
-pub fn channel() -> broadcast::Sender<LiveBatch> {
-    broadcast::channel(256).0
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ids_resume_within_the_log_and_not_across_a_gap() {
+        let live = Live::start(Duration::from_secs(60), CancellationToken::new());
+        let batch: LiveBatch = Arc::new(Vec::new());
+        for _ in 0..3 {
+            live.record(batch.clone());
+        }
+        let p = live
+            .parse_id(&live.id(Position { seq: 1, idx: 4 }))
+            .unwrap();
+        assert_eq!(p, Position { seq: 1, idx: 4 });
+        let got: Vec<u64> = live.since(p).unwrap().iter().map(|b| b.seq).collect();
+        assert_eq!(got, [1, 2, 3]);
+        assert!(live.parse_id("0-1-0").is_none(), "another run's id");
+        assert!(
+            live.since(Position { seq: 9, idx: 0 }).is_none(),
+            "an id from the future"
+        );
+        live.gap();
+        live.record(batch);
+        assert!(
+            live.since(p).is_none(),
+            "batches may be missing after a gap"
+        );
+        assert!(live.since(Position { seq: 3, idx: 9 }).is_none());
+        assert_eq!(live.since(Position { seq: 4, idx: 0 }).unwrap().len(), 1);
+    }
 }

@@ -19,6 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 
 const CRS84: &str = "http://www.opengis.net/def/crs/OGC/1.3/CRS84";
 const GREGORIAN: &str = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian";
+/// Items per page when the request names no `limit`.
+pub const DEFAULT_LIMIT: u32 = 10;
+
 pub const CONFORMANCE: [&str; 3] = [
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
@@ -264,7 +267,7 @@ pub async fn one_collection(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ItemsParams {
-    /// Items per page: default 10, at most `http.max_page` (larger values are capped).
+    /// Items per page: at most `http.max_page` (larger values are capped).
     #[param(minimum = 1)]
     limit: Option<u64>,
     /// Items to skip (the `next` link carries it).
@@ -299,7 +302,7 @@ pub async fn items(
     let limit = match p.limit {
         Some(0) => return Err(ApiError::BadRequest("limit must be at least 1".into())),
         Some(l) => l.min(max),
-        None => 10.min(max),
+        None => u64::from(DEFAULT_LIMIT).min(max),
     };
     let offset = p.offset.unwrap_or(0);
     if offset > i64::MAX as u64 / 2 {

@@ -5,6 +5,9 @@
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::geo;
 use crate::params::{enc, page_limit, parse_time, BaseUrl, StrictQuery};
+
+/// Readings per page when the request names no `limit`.
+pub const DEFAULT_LIMIT: u32 = 1000;
 use crate::sensors::sensor_id;
 use crate::AppState;
 use axum::body::{Body, Bytes};
@@ -139,7 +142,7 @@ pub async fn readings(
         BucketParam::D1 => Bucket::Day,
     };
     let (from, to) = time_range(&p, bucket)?;
-    let limit = page_limit(&s, p.limit, 1000)?;
+    let limit = page_limit(&s, p.limit, DEFAULT_LIMIT)?;
     let q = ReadingsQuery {
         sensor: pk,
         metrics,

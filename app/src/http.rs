@@ -2,7 +2,8 @@
 //! request head (axum's own `serve` has no timer, so a client sending a byte
 //! every few seconds held a connection, and shutdown, for as long as it liked),
 //! the client's address for rate limiting (through trusted proxies' `X-Forwarded-For`
-//! only), and a graceful stop on cancellation.
+//! only), paths with a trailing slash answered as without, and a graceful stop on
+//! cancellation.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -27,6 +28,8 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
+    // `/ogc/` is `/ogc`: OGC clients (OWSLib) and people add the slash.
+    let app = tower_http::normalize_path::NormalizePath::trim_trailing_slash(app);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -45,6 +45,12 @@ pub struct KindDef {
     /// needing action; a kind without one is drawn in a neutral colour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map: Option<MapRule>,
+    /// SenML names this kind's devices use for its metrics, beyond the metric
+    /// names and the built-in LwM2M/IPSO objects: a resolved name's last part
+    /// (`temp_c`) or an LwM2M path, with instance (`3303/1/5700`) or without
+    /// (`3325/5700`, any instance), mapped to a metric of the kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub senml_names: BTreeMap<String, String>,
 }
 
 /// The state of a sensor as the operator map shows it, judged on its latest
@@ -168,6 +174,12 @@ pub enum CatalogError {
     NoMetrics(String),
     #[error("kind {kind:?}: main_metric {metric:?} is not one of its metrics")]
     MainMetric { kind: String, metric: String },
+    #[error("kind {kind:?}: senml_names: {name:?} maps to {metric:?}, which is not a metric of the kind")]
+    SenmlName {
+        kind: String,
+        name: String,
+        metric: String,
+    },
     #[error("kind {kind:?}: map rule: {reason}")]
     Map { kind: String, reason: String },
     #[error("kind {kind:?}: derived metric {metric:?} and its source {from:?} must both be metrics of the kind")]
@@ -282,6 +294,17 @@ impl Catalog {
                         metric: main.clone(),
                     });
                 }
+            }
+            if let Some((name, metric)) = def
+                .senml_names
+                .iter()
+                .find(|(_, m)| !def.metrics.contains_key(m.as_str()))
+            {
+                return Err(CatalogError::SenmlName {
+                    kind: kname.clone(),
+                    name: name.clone(),
+                    metric: metric.clone(),
+                });
             }
             if let Some(rule) = &def.map {
                 check_map_rule(kname, def, rule)?;

@@ -6,6 +6,7 @@ pub mod kinds;
 pub mod model;
 pub mod reject;
 pub mod settings;
+pub mod time;
 pub mod units;
 
 pub use adapters::{AdapterDef, AdapterFormat, FieldDef, FieldMap};

@@ -233,6 +233,9 @@ pub struct HttpSettings {
     /// A download whose client takes no data for this long is ended, and its
     /// database connection freed.
     pub stream_send_timeout_s: u64,
+    /// A live-stream client that reconnects with `Last-Event-ID` within this long
+    /// gets the events it missed; from further back it is told to reload.
+    pub stream_resume_s: u64,
     /// The sensors listing and feeds are answered from memory; this hub's commits show
     /// in them at once, other processes' changes (another hub, `sensors import`) after
     /// at most this long, when they are reloaded from the database.
@@ -274,6 +277,7 @@ impl Default for HttpSettings {
             rate_limit_burst: 200,
             trusted_proxies: Vec::new(),
             stream_send_timeout_s: 30,
+            stream_resume_s: 300,
             snapshot_reload_s: 30,
             snapshot_max_lag_ms: 1000,
             max_page: 10_000,

@@ -30,6 +30,8 @@ pub struct IngestMetrics {
     pub mqtt_connection_errors: Counter,
     pub mqtt_connected: Gauge,
     pub retained_dropped: Counter,
+    /// SenML records skipped on purpose ([`crate::decode::Decoded::ignored`]).
+    pub records_ignored: Counter,
     /// Age of the oldest message taken but not yet acknowledged (0 when none).
     pub oldest_unacked_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Receive time (µs since the epoch) of the oldest message of the batch being
@@ -69,11 +71,17 @@ impl IngestMetrics {
             mqtt_connection_errors: Counter::default(),
             mqtt_connected: Gauge::default(),
             retained_dropped: Counter::default(),
+            records_ignored: Counter::default(),
             oldest_unacked_seconds: Gauge::default(),
             oldest_unacked: Default::default(),
             acks_queued: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("cityhub");
+        r.register(
+            "records_ignored",
+            "SenML records skipped on purpose: string, boolean or data values, and LwM2M resources that describe a sensor",
+            m.records_ignored.clone(),
+        );
         r.register(
             "retained_dropped",
             "Retained messages acknowledged and not stored (a retained copy is no new reading)",

@@ -156,6 +156,7 @@ impl Batcher {
         let topic = String::from_utf8_lossy(&m.publish.topic).into_owned();
         let payload: Bytes = m.publish.payload.clone();
         let d = self.decoder.decode(&topic, &payload, m.received_at);
+        self.metrics.records_ignored.inc_by(u64::from(d.ignored));
         batch.acks.push(AckToken::of(&m));
         self.add_decoded(batch, topic, payload, m.received_at, &d);
     }

@@ -52,6 +52,10 @@ pub struct Decoded {
     pub location_fallback: bool,
     pub readings: Vec<Reading>,
     pub problems: Vec<Problem>,
+    /// Records skipped on purpose (SenML string, boolean and data values, and
+    /// LwM2M resources that describe a sensor rather than measure): counted, not
+    /// dead-lettered.
+    pub ignored: u32,
 }
 
 /// Limits applied while decoding.
@@ -98,6 +102,8 @@ impl Decoder {
             ));
             return None;
         }
+        // A UTF-8 byte order mark, as some device SDKs write, is not part of the JSON.
+        let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
         match serde_json::from_slice(payload) {
             Ok(v) => Some(v),
             Err(e) if e.to_string().starts_with("number out of range") => {

@@ -1,6 +1,12 @@
 //! SenML packs (RFC 8428): base fields carry over, names are bn + n, times
 //! bt + t (relative to now when small), values converted to the kind's unit,
 //! `lat`/`lon` records give the position.
+//!
+//! LwM2M devices (Leshan, Zephyr, RIOT, Anjay) name records by object, instance
+//! and resource (`bn` `/3303/0/`, `n` `5700`). The IPSO objects that measure what
+//! a kind's metrics are map to them built in ([`IPSO`]); a kind's `senml_names`
+//! maps anything else. A resource's unit comes from the record, else from the
+//! instance's "Sensor Units" (5701) record, else from the object's definition.
 
 use super::check::{epoch_seconds, type_name, Ctx};
 use cityhub_config::{units, GeoPoint, RejectReason};
@@ -16,6 +22,33 @@ struct Base {
     time: f64,
     unit: Option<String>,
     value: f64,
+    /// LwM2M "Sensor Units" per object and instance, read before the records.
+    units: std::collections::HashMap<(u32, u32), String>,
+}
+
+fn builtin(object: u32, resource: u32) -> Option<&'static Ipso> {
+    IPSO.iter()
+        .find(|b| b.object == object && b.resource == resource)
+}
+
+/// The "Sensor Units" (5701) string records of a pack, by object and instance, so
+/// a value can take the unit a later record of the pack names.
+fn sensor_units(records: &[Value]) -> std::collections::HashMap<(u32, u32), String> {
+    let mut out = std::collections::HashMap::new();
+    let mut bn = "";
+    for r in records {
+        let Value::Object(r) = r else { continue };
+        if let Some(Value::String(b)) = r.get("bn") {
+            bn = b;
+        }
+        let (Some(Value::String(n)), Some(Value::String(vs))) = (r.get("n"), r.get("vs")) else {
+            continue;
+        };
+        if let Some((o, i, SENSOR_UNITS)) = lwm2m_path(&format!("{bn}{n}")) {
+            out.insert((o, i), vs.clone());
+        }
+    }
+    out
 }
 
 /// Position records of the pack.
@@ -66,7 +99,117 @@ fn text<'r>(
     }
 }
 
+/// An LwM2M object/resource that measures a metric: the metric's usual name in
+/// the kinds, and the unit the OMA registry defines when the device sends none.
+struct Ipso {
+    object: u32,
+    resource: u32,
+    metric: &'static str,
+    unit: Option<&'static str>,
+}
+
+const fn ipso(
+    object: u32,
+    resource: u32,
+    metric: &'static str,
+    unit: Option<&'static str>,
+) -> Ipso {
+    Ipso {
+        object,
+        resource,
+        metric,
+        unit,
+    }
+}
+
+/// The IPSO objects (OMA LwM2M registry) whose value fits a metric of the kinds.
+/// 3325 (Concentration) does not say which gas it measures, so it needs a
+/// kind's `senml_names`; 3428's gases come in ppm, which is not the µg/m³ the
+/// air-quality kind stores, so only its particulate matter maps built in.
+const IPSO: &[Ipso] = &[
+    ipso(3303, 5700, "temperature", Some("Cel")),
+    ipso(3304, 5700, "humidity", Some("%RH")),
+    ipso(3328, 5700, "power", Some("W")),
+    ipso(3331, 5700, "energy", Some("Wh")),
+    ipso(3331, 5805, "energy", Some("Wh")),
+    ipso(3330, 5700, "distance", Some("m")),
+    ipso(3435, 2, "fill_level", Some("%")),
+    ipso(3428, 1, "pm10", Some("ug/m3")),
+    ipso(3428, 3, "pm2_5", Some("ug/m3")),
+    ipso(3428, 5, "pm1", Some("ug/m3")),
+];
+
+/// LwM2M "Sensor Units": a string naming the unit of the instance's value.
+const SENSOR_UNITS: u32 = 5701;
+
+/// The object, instance and resource of a resolved name ending in an LwM2M path
+/// (`/3303/0/5700`, `urn:dev:x:3303/0/5700`).
+fn lwm2m_path(name: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = name.trim_end_matches('/').rsplit('/');
+    let r = parts.next()?.parse().ok()?;
+    let i = parts.next()?.parse().ok()?;
+    let o = parts.next()?.rsplit([':', '.']).next()?.parse().ok()?;
+    Some((o, i, r))
+}
+
+/// What a record's name resolved to.
+enum Target {
+    Metric(String, Option<&'static str>),
+    /// An LwM2M resource of an object the kind knows that measures nothing it stores.
+    Ignore,
+    Unknown(String),
+}
+
 impl Ctx<'_> {
+    /// The metric a record names: the kind's `senml_names`, then the built-in
+    /// LwM2M objects, then the name's last part, then the record's own `n`
+    /// (for a `bn` with no separator, such as `kpn-1f04` + `temperature`).
+    fn target(&self, name: &str, n: Option<&str>, sensor: &str) -> Target {
+        let kind = self.kind;
+        let last = metric_of(name, sensor);
+        let path = lwm2m_path(name);
+        let keys = [
+            Some(name.to_owned()),
+            n.map(str::to_owned),
+            Some(last.to_owned()),
+            path.map(|(o, i, r)| format!("{o}/{i}/{r}")),
+            path.map(|(o, _, r)| format!("{o}/{r}")),
+        ];
+        for k in keys.iter().flatten() {
+            if let Some((_, m)) = kind.def.senml_names.get_key_value(k.as_str()) {
+                let unit = path
+                    .and_then(|(o, _, r)| builtin(o, r))
+                    .and_then(|b| b.unit);
+                return Target::Metric(m.clone(), unit);
+            }
+        }
+        if let Some((o, _, r)) = path {
+            if let Some(b) = builtin(o, r).filter(|b| kind.metric(b.metric).is_some()) {
+                return Target::Metric(b.metric.to_owned(), b.unit);
+            }
+            let known_object = IPSO
+                .iter()
+                .any(|b| b.object == o && kind.metric(b.metric).is_some())
+                || kind
+                    .def
+                    .senml_names
+                    .keys()
+                    .any(|k| k.split('/').next() == Some(&o.to_string()));
+            if known_object {
+                return Target::Ignore;
+            }
+        }
+        for cand in [Some(last), n, name.strip_prefix(sensor)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(m) = kind.metric(cand) {
+                return Target::Metric(m.name.to_string(), None);
+            }
+        }
+        Target::Unknown(last.to_owned())
+    }
+
     pub(super) fn senml(&mut self, records: &[Value], sensor: &str) {
         if records.is_empty() {
             self.push(RejectReason::MissingValues, "SenML pack is empty".into());
@@ -74,6 +217,7 @@ impl Ctx<'_> {
         }
         let mut base = Base::default();
         let mut position = Position::default();
+        base.units = sensor_units(records);
         for (i, rec) in records.iter().enumerate() {
             let at = format!("[{i}]");
             let Value::Object(r) = rec else {
@@ -154,7 +298,24 @@ impl Ctx<'_> {
             );
             return Ok(());
         }
-        let metric = metric_of(&name, sensor);
+        // String, boolean and data values: no metric stores them (LwM2M's Sensor
+        // Units is read above); counted, and the pack's numbers are kept.
+        if v.is_none() && s.is_none() && has_other_value {
+            self.out.ignored += 1;
+            return Ok(());
+        }
+        let (metric, implied_unit) = match self.target(&name, n, sensor) {
+            Target::Metric(m, u) => (m, u),
+            Target::Ignore => {
+                self.out.ignored += 1;
+                return Ok(());
+            }
+            Target::Unknown(m) => (m, None),
+        };
+        let metric = metric.as_str();
+        let u = u
+            .or_else(|| lwm2m_path(&name).and_then(|(o, i, _)| base.units.get(&(o, i)).cloned()))
+            .or_else(|| implied_unit.map(str::to_owned));
         let at = format!("{at} ({metric})");
         let abs = base.time + t;
         let time = if abs.abs() < RELATIVE_LIMIT {
@@ -171,13 +332,6 @@ impl Ctx<'_> {
         let value = match (v, s) {
             (Some(v), _) => v + base.value,
             (None, Some(s)) => s,
-            (None, None) if has_other_value => {
-                self.push(
-                    RejectReason::WrongType,
-                    format!("{at}: expected a numeric value (v), got vs/vb/vd"),
-                );
-                return Ok(());
-            }
             (None, None) => {
                 self.push(
                     RejectReason::MissingValues,
@@ -270,7 +424,11 @@ mod tests {
         assert_eq!(d.readings.len(), 1);
         assert_eq!(d.readings[0].value, 1.5);
         assert_eq!(d.readings[0].time, now() - chrono::Duration::seconds(60));
-        assert_eq!(codes(&d), ["unit_mismatch", "wrong_type", "missing_values"]);
+        assert_eq!(codes(&d), ["unit_mismatch", "missing_values"]);
+        assert_eq!(
+            d.ignored, 1,
+            "the string record is counted, not dead-lettered"
+        );
     }
 
     #[test]
@@ -285,5 +443,131 @@ mod tests {
             codes(&d),
             ["bad_senml", "bad_senml", "bad_senml", "bad_location"]
         );
+    }
+
+    #[test]
+    fn lwm2m_packs_map_by_ipso_object_and_ignore_what_describes() {
+        let d = decoder().decode(
+            "cityhub/v1/air_quality/aq-1",
+            br#"[{"bn":"/3303/0/","n":"5700","v":22.4},{"n":"5701","vs":"Cel"}]"#,
+            now(),
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(d.readings.len(), 1);
+        assert_eq!(
+            (d.readings[0].metric.as_str(), d.readings[0].value),
+            ("temperature", 22.4)
+        );
+        assert_eq!(d.ignored, 1);
+        // A whole Leshan-style instance, Fahrenheit named by Sensor Units after the
+        // value, min/max/range resources, an application type, and a second object.
+        let d = decoder().decode(
+            "cityhub/v1/air_quality/aq-1",
+            br#"[{"bn":"/3303/0/","n":"5700","v":71.6},{"n":"5601","v":60},{"n":"5602","v":80},
+                 {"n":"5701","vs":"F"},{"n":"5750","vs":"Outdoor"},{"n":"5605","vb":false},
+                 {"bn":"/3428/0/","n":"1","v":31.5},{"n":"3","v":12},{"n":"15","v":0.02},
+                 {"bn":"/3304/0/","n":"5700","v":48}]"#,
+            now(),
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        let got: Vec<(&str, f64)> = d
+            .readings
+            .iter()
+            .map(|r| (r.metric.as_str(), (r.value * 1000.0).round() / 1000.0))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("temperature", 22.0),
+                ("pm10", 31.5),
+                ("pm2_5", 12.0),
+                ("humidity", 48.0)
+            ]
+        );
+        assert_eq!(d.ignored, 6);
+        // Filling level (3435, percent) and distance (3330, metres) on a bin.
+        let d = decoder().decode(
+            "cityhub/v1/waste_bin/bin-9",
+            br#"[{"bn":"/3435/0/","n":"2","v":47},{"n":"3","v":61},{"bn":"/3330/0/","n":"5700","v":0.85}]"#,
+            now(),
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        let got: Vec<(&str, f64)> = d
+            .readings
+            .iter()
+            .map(|r| (r.metric.as_str(), r.value))
+            .collect();
+        assert_eq!(got, [("fill_level", 47.0), ("distance", 850.0)]);
+        assert_eq!(d.ignored, 1);
+        // An object no kind's metric fits is still an unknown metric.
+        let d = decoder().decode(
+            "cityhub/v1/waste_bin/bin-9",
+            br#"[{"bn":"/3316/0/","n":"5700","v":3.3}]"#,
+            now(),
+        );
+        assert_eq!(codes(&d), ["unknown_metric"]);
+    }
+
+    #[test]
+    fn base_name_without_separator_bom_and_only_strings() {
+        let d = decoder().decode(
+            "cityhub/v1/air_quality/kpn-1f04",
+            br#"[{"bn":"kpn-1f04","n":"temperature","v":21},{"n":"humidity","v":50}]"#,
+            now(),
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(d.readings.len(), 2);
+        let d = decoder().decode(
+            "cityhub/v1/air_quality/aq-1",
+            b"\xEF\xBB\xBF[{\"n\":\"pm10\",\"v\":20}]",
+            now(),
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(d.readings.len(), 1);
+        // Strings alone are no reading: the pack is still dead-lettered as empty.
+        let d = decoder().decode(
+            "cityhub/v1/air_quality/aq-1",
+            br#"[{"n":"status","vs":"ok"}]"#,
+            now(),
+        );
+        assert_eq!(codes(&d), ["missing_values"]);
+    }
+
+    #[test]
+    fn a_kinds_senml_names_map_concentrations_and_vendor_names() {
+        let mut s = cityhub_config::Settings::builtin().unwrap();
+        let aq = s.kinds.get_mut("air_quality").unwrap();
+        aq.senml_names.insert("3325/5700".into(), "no2".into());
+        aq.senml_names.insert("3325/1/5700".into(), "o3".into());
+        aq.senml_names.insert("temp_c".into(), "temperature".into());
+        let d = super::super::Decoder::new(
+            s.catalog().unwrap(),
+            crate::decode::Limits {
+                max_payload_bytes: 4096,
+                max_future: chrono::Duration::minutes(10),
+                retention: chrono::Duration::days(30),
+            },
+        )
+        .decode(
+            "cityhub/v1/air_quality/aq-3",
+            br#"[{"bn":"/3325/0/","n":"5700","v":41},{"bn":"/3325/1/","n":"5700","v":60},{"n":"5601","v":1},
+                 {"bn":"urn:dev:aq-3:","n":"temp_c","v":9.5}]"#,
+            now(),
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        let got: Vec<(&str, f64)> = d
+            .readings
+            .iter()
+            .map(|r| (r.metric.as_str(), r.value))
+            .collect();
+        assert_eq!(got, [("no2", 41.0), ("o3", 60.0), ("temperature", 9.5)]);
+        assert_eq!(d.ignored, 1);
+        s.kinds
+            .get_mut("air_quality")
+            .unwrap()
+            .senml_names
+            .insert("x".into(), "nope".into());
+        let e = s.catalog().unwrap_err().to_string();
+        assert!(e.contains("senml_names"), "{e}");
     }
 }
