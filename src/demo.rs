@@ -63,7 +63,7 @@ fn ensure_postgres_installed() -> Result<()> {
     bail!("PostgreSQL server binaries not found: install them (Debian: `sudo apt-get install postgresql`) or pass --database-url")
 }
 
-/// Builds the operator map (`web/` -> `http.web_dir`) when it is missing, with npm
+/// Builds the operator map (`web/` -> `web/dist`) when the binary has none and it is missing, with npm
 /// (installed from Debian when we are root and it is absent). Without it the demo
 /// still runs; `/` then says how to build the map.
 fn ensure_map_built(web_dir: &Path) {
@@ -201,7 +201,11 @@ next_connection_delay_ms = 1
 /// Runs the demo until Ctrl-C or SIGTERM.
 pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     let cancel = CancellationToken::new();
-    ensure_map_built(&settings.http.web_dir);
+    if let cityhub_api::web::MapSource::Dir(dir) =
+        cityhub_api::web::map_source(settings.http.web_dir.as_deref())
+    {
+        ensure_map_built(&dir);
+    }
     let _pg = match &args.database_url {
         Some(url) => {
             settings.database.url = ConnUrl::new(url.clone());

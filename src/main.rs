@@ -81,23 +81,6 @@ fn load_settings(path: Option<&Path>) -> Result<Settings> {
     Settings::load(file).context("loading configuration")
 }
 
-/// `path` when it exists (or is absolute), else the first `ancestor/path` of the
-/// executable's folder that exists, else `path` unchanged.
-fn locate_beside_exe(path: &Path) -> PathBuf {
-    if path.is_absolute() || path.exists() {
-        return path.to_path_buf();
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            exe.ancestors()
-                .skip(1)
-                .map(|dir| dir.join(path))
-                .find(|p| p.exists())
-        })
-        .unwrap_or_else(|| path.to_path_buf())
-}
-
 fn init_tracing(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // The demo's embedded broker logs ordinary disconnects as errors; server notices are noise.
@@ -129,9 +112,6 @@ fn main() -> Result<()> {
             settings.log.filter = "warn".into();
         }
     }
-    // A relative web_dir not found here is looked for beside the executable
-    // (target/release/cityhub finds the checkout's web/dist from any directory).
-    settings.http.web_dir = locate_beside_exe(&settings.http.web_dir);
     if let Command::Config {
         command: ConfigCommand::Print,
     } = cli.command

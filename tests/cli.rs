@@ -163,3 +163,82 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
         .get(0);
     assert!(reason.contains("above the maximum 1500 cm"), "{reason}");
 }
+
+/// An installed binary (copied away from the checkout, started elsewhere) serves
+/// the operator map compiled into it; `http.web_dir` still overrides it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installed_binary_serves_the_map_compiled_into_it() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let dir = std::env::temp_dir().join(unique("cityhub_installed"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let bin = dir.join("bin/cityhub");
+    std::fs::copy(hub_bin(), &bin).unwrap();
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("index.html"),
+        "<!doctype html><title>another map</title>",
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    for web_dir in [None, Some(other.to_str().unwrap())] {
+        let port = free_port().unwrap();
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("serve")
+            .current_dir(&dir)
+            .env_remove("CITYHUB_CONFIG")
+            .env_remove("CITYHUB_HTTP_WEB_DIR")
+            .env("CITYHUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("CITYHUB_DATABASE_URL", &db.url)
+            .env("CITYHUB_MQTT_URL", broker.url())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(d) = web_dir {
+            cmd.env("CITYHUB_HTTP_WEB_DIR", d);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_for(30, "the installed hub's HTTP server", || {
+            let u = format!("{base}/healthz");
+            async move { reqwest::get(u).await.is_ok() }
+        })
+        .await;
+        let r = http.get(format!("{base}/")).send().await.unwrap();
+        let status = r.status();
+        let page = r.text().await.unwrap();
+        if web_dir.is_some() {
+            assert_eq!(status, 200);
+            assert!(page.contains("another map"), "{page}");
+        } else {
+            assert_eq!(status, 200, "{page}");
+            // Every script and stylesheet the page names is served, with its type.
+            let assets: Vec<&str> = page
+                .split(['"', '\''])
+                .filter(|s| s.trim_start_matches('/').starts_with("map/"))
+                .filter(|s| s.ends_with(".js") || s.ends_with(".css"))
+                .collect();
+            assert!(
+                !assets.is_empty(),
+                "the page names no bundled asset: {page}"
+            );
+            for a in assets {
+                let r = http
+                    .get(format!("{base}/{}", a.trim_start_matches('/')))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{a}");
+                let ct = r.headers()[reqwest::header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                assert!(ct.contains("javascript") || ct.contains("css"), "{a}: {ct}");
+                assert!(!r.bytes().await.unwrap().is_empty(), "{a}");
+            }
+        }
+        signal(child.id(), "TERM");
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,7 +20,7 @@ mod readings;
 mod sensors;
 pub mod snapshot;
 pub mod uploads;
-mod web;
+pub mod web;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -67,6 +67,8 @@ pub struct AppState {
     pub history: Arc<std::sync::RwLock<Option<HistoryLoad>>>,
     /// The sensors listing and feeds, kept in memory.
     pub snapshot: Arc<snapshot::Snapshot>,
+    /// Where the operator map comes from ([`web::map_source`]).
+    pub map: web::MapSource,
 }
 
 /// How far the loading of a simulated history has got.

@@ -1,6 +1,11 @@
 //! The operator map (`web/`, built by `npm --prefix web run build`): `/` is its
 //! page, `/map/*` its bundled assets, `/map/settings.json` what it needs from the
 //! configuration. Everything comes from this hub; nothing from a CDN.
+//!
+//! The bundle is compiled into the binary when `web/dist` exists at build time,
+//! so an installed binary serves the map from anywhere. `http.web_dir` serves a
+//! directory instead; a binary built before the bundle falls back to the
+//! checkout's `web/dist` (the demo builds it on first run).
 
 use crate::AppState;
 use axum::extract::State;
@@ -9,23 +14,91 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::path::{Path, PathBuf};
 use tower_http::services::ServeDir;
+
+/// `web/dist` as it was when this binary was built (empty if it was not built).
+#[derive(rust_embed::Embed)]
+#[folder = "../web/dist/"]
+#[allow_missing = true]
+struct Bundle;
+
+/// Where the map is served from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MapSource {
+    Embedded,
+    Dir(PathBuf),
+}
+
+/// `http.web_dir` if set, else the bundle in the binary, else the checkout's
+/// `web/dist` (looked for from the working directory, then beside the executable).
+pub fn map_source(web_dir: Option<&Path>) -> MapSource {
+    match web_dir {
+        Some(d) => MapSource::Dir(locate_beside_exe(d)),
+        None if Bundle::get("index.html").is_some() => MapSource::Embedded,
+        None => MapSource::Dir(locate_beside_exe(Path::new("web/dist"))),
+    }
+}
+
+/// A relative path not found from here is looked for beside the executable and
+/// its parents (`target/release/cityhub` finds the checkout's `web/dist`).
+pub fn locate_beside_exe(path: &Path) -> PathBuf {
+    if path.is_absolute() || path.exists() {
+        return path.to_path_buf();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .skip(1)
+                .map(|dir| dir.join(path))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| path.to_path_buf())
+}
 
 /// Scripts and styles only from this hub; tiles from wherever the basemap is.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
 img-src 'self' data: http: https:; connect-src 'self'; frame-ancestors 'self'; base-uri 'none'";
 
 pub fn routes(state: &AppState) -> Router<AppState> {
-    let dir = state.settings.http.web_dir.clone();
     // The build names assets by content hash, so they never change under a name.
     let assets = Router::new()
         .route("/settings.json", get(settings))
         .route("/status.json", get(status))
         // The page itself is revalidated and carries its CSP, under any name.
-        .route("/index.html", get(index))
-        .fallback_service(ServeDir::new(dir))
-        .layer(axum::middleware::map_response(immutable));
+        .route("/index.html", get(index));
+    let assets = match &state.map {
+        MapSource::Dir(dir) => assets.fallback_service(ServeDir::new(dir)),
+        MapSource::Embedded => assets.route("/{*path}", get(embedded)),
+    };
+    let assets = assets.layer(axum::middleware::map_response(immutable));
     Router::new().route("/", get(index)).nest("/map", assets)
+}
+
+async fn embedded(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+    match Bundle::get(&path) {
+        Some(f) => (
+            [(header::CONTENT_TYPE, f.metadata.mimetype().to_owned())],
+            f.data.into_owned(),
+        )
+            .into_response(),
+        None => crate::error::ApiError::NotFound(format!("no map asset {path:?}")).into_response(),
+    }
+}
+
+async fn page(source: &MapSource) -> Result<Vec<u8>, String> {
+    match source {
+        MapSource::Embedded => Bundle::get("index.html")
+            .map(|f| f.data.into_owned())
+            .ok_or_else(|| "the embedded map has no index.html".to_owned()),
+        MapSource::Dir(dir) => {
+            let path = dir.join("index.html");
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
 }
 
 async fn immutable(mut r: Response) -> Response {
@@ -39,8 +112,7 @@ async fn immutable(mut r: Response) -> Response {
 }
 
 async fn index(State(s): State<AppState>) -> Response {
-    let path = s.settings.http.web_dir.join("index.html");
-    match tokio::fs::read(&path).await {
+    match page(&s.map).await {
         Ok(body) => (
             [
                 (header::CACHE_CONTROL, "no-cache"),
@@ -50,7 +122,7 @@ async fn index(State(s): State<AppState>) -> Response {
         )
             .into_response(),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "the operator map is not built");
+            tracing::warn!(error = %e, "The operator map is not built.");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Html(

@@ -107,6 +107,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         maintenance: Default::default(),
         history: Default::default(),
         snapshot,
+        map: cityhub_api::web::map_source(settings.http.web_dir.as_deref()),
     };
     let history = state.history.clone();
     let messages_committed = metrics.messages_committed.clone();

@@ -262,8 +262,10 @@ pub struct HttpSettings {
     /// (Empty: no basemap; markers, legend and panel work on a plain background.)
     pub tile_url: String,
     pub tile_attribution: String,
-    /// The built operator map (`npm --prefix web run build`), served at `/`.
-    pub web_dir: PathBuf,
+    /// A built operator map (`npm --prefix web run build`) to serve at `/` instead
+    /// of the one compiled into the binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
@@ -287,7 +289,7 @@ impl Default for HttpSettings {
             upload_timeout_s: 30,
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             tile_attribution: "© OpenStreetMap contributors".into(),
-            web_dir: "web/dist".into(),
+            web_dir: None,
         }
     }
 }
