@@ -333,7 +333,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     let report = sim.await?;
     match report {
         Ok(r) => eprintln!(
-            "demo: the fleet sent {} messages ({} acknowledged)",
+            "demo: the fleet sent {} messages ({} acknowledged by the broker)",
             r.messages, r.acknowledged
         ),
         Err(e) => {

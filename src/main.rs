@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: MaintenanceCommand,
     },
+    /// Database roles for dashboards and SQL users.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -67,6 +72,18 @@ enum MaintenanceCommand {
     /// Run every policy job now (compression, retention, aggregate refresh) and wait;
     /// on plain PostgreSQL, drop partitions past retention.
     Run,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Create (or update) ROLE as a read-only role for dashboards: it may select the
+    /// readings views and the registry only, read-only sessions, a statement timeout.
+    GrantReader {
+        role: String,
+        /// Longest statement the role may run, in seconds.
+        #[arg(long, default_value_t = 30)]
+        statement_timeout_s: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +190,18 @@ fn main() -> Result<()> {
                     records.len(),
                     r.inserted,
                     r.updated
+                );
+                Ok(())
+            }
+            Command::Db {
+                command: DbCommand::GrantReader { role, statement_timeout_s },
+            } => {
+                let store = Store::open(&settings, &settings.catalog()?).await?;
+                let created = store.grant_reader(&role, statement_timeout_s).await?;
+                println!(
+                    "{} role {role}: it may read {} (read-only sessions, statement timeout {statement_timeout_s} s); set its password with ALTER ROLE {role} PASSWORD '...'",
+                    if created { "created" } else { "updated" },
+                    cityhub_store::reader::READER_VIEWS.join(", ")
                 );
                 Ok(())
             }

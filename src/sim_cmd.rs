@@ -60,6 +60,13 @@ pub struct RunArgs {
     /// Write the report (what was sent, faults, expected rows) as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// The hub's URL (e.g. `http://127.0.0.1:8080`): after publishing, wait for it and
+    /// report the rows it stored (`stored_by_hub`), not only what the broker took.
+    #[arg(long)]
+    hub: Option<String>,
+    /// With `--hub`: give up waiting for the count to grow after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    settle_s: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -83,15 +90,26 @@ pub struct ReplayArgs {
         allow_hyphen_values = true
     )]
     missing: Vec<f64>,
-    /// Data seconds per second; 0 publishes as fast as possible.
+    /// Data seconds per second; 0: not paced by the data's own times (see `--rate`).
     #[arg(long, default_value_t = 0.0)]
     speedup: f64,
+    /// Without `--speedup`: messages per second (0: as fast as the broker takes them,
+    /// which can overflow a stock broker's queue for a slower subscriber).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
     #[arg(long)]
     lat: Option<f64>,
     #[arg(long)]
     lon: Option<f64>,
     #[arg(long)]
     report: Option<PathBuf>,
+    /// The hub's URL (e.g. `http://127.0.0.1:8080`): after publishing, wait for it and
+    /// report the rows it stored (`stored_by_hub`), not only what the broker took.
+    #[arg(long)]
+    hub: Option<String>,
+    /// With `--hub`: give up waiting for the count to grow after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    settle_s: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -236,7 +254,47 @@ async fn fleet(settings: &Settings, a: RunArgs) -> Result<()> {
         cancel_on_signal(),
     )
     .await?;
+    let mut report = report;
+    if let Some(hub) = &a.hub {
+        let sensors: Vec<String> = cityhub_sim::fleet::build(opts.seed, &opts.fleet, &catalog)
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        report.stored_by_hub = check_hub(hub, &sensors, &report, a.settle_s).await?;
+    }
     write_report(&a.report, &report)
+}
+
+/// Waits for the hub to store what the run sent and counts it (`--hub`).
+async fn check_hub(
+    hub: &str,
+    sensors: &[String],
+    report: &cityhub_sim::sim::Report,
+    settle_s: u64,
+) -> Result<Option<cityhub_sim::hubcheck::HubCheck>> {
+    let (Some(from), Some(to)) = (report.first_time, report.last_time) else {
+        return Ok(None);
+    };
+    eprintln!("sim: waiting for the hub at {hub} to store the run (at most {settle_s} s)...");
+    let check = cityhub_sim::hubcheck::settle(
+        hub,
+        sensors,
+        from,
+        to,
+        report.expected_rows,
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(settle_s),
+    )
+    .await?;
+    if check.missing_rows > 0 {
+        eprintln!(
+            "sim: the hub stored {} of {} readings; the broker acknowledged them, so it dropped the rest \
+             (Mosquitto logs \"Outgoing messages are being dropped for client ...\"; raise max_queued_messages or publish slower)",
+            check.stored_rows, check.expected_rows
+        );
+    }
+    Ok(Some(check))
 }
 
 /// A recorded CSV series as one sensor's stream.
@@ -270,15 +328,21 @@ async fn replay(settings: &Settings, a: ReplayArgs) -> Result<()> {
     let msgs = cityhub_sim::replay::messages(&series, &spec, Utc::now());
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let speedup = a.speedup;
+    let rate = a.rate;
+    let (from, to) = (msgs.first().map(|m| m.time), msgs.last().map(|m| m.time));
     let cancel = cancel_on_signal();
     let producer_cancel = cancel.clone();
     tokio::spawn(async move {
         let (Some(first), wall0) = (msgs.first().map(|m| m.time), std::time::Instant::now()) else {
             return;
         };
-        for m in msgs {
-            if speedup > 0.0 {
-                let due = (m.time - first).num_milliseconds() as f64 / 1000.0 / speedup;
+        for (i, m) in msgs.into_iter().enumerate() {
+            if speedup > 0.0 || rate > 0.0 {
+                let due = if speedup > 0.0 {
+                    (m.time - first).num_milliseconds() as f64 / 1000.0 / speedup
+                } else {
+                    i as f64 / rate
+                };
                 tokio::select! {
                     _ = tokio::time::sleep_until((wall0 + std::time::Duration::from_secs_f64(due)).into()) => {}
                     _ = producer_cancel.cancelled() => break,
@@ -298,6 +362,13 @@ async fn replay(settings: &Settings, a: ReplayArgs) -> Result<()> {
         cancel,
     )
     .await?;
+    let mut report = report;
+    if let Some(hub) = &a.hub {
+        report.first_time = report.first_time.or(from);
+        report.last_time = report.last_time.or(to);
+        report.stored_by_hub =
+            check_hub(hub, std::slice::from_ref(&a.sensor), &report, a.settle_s).await?;
+    }
     write_report(&a.report, &report)
 }
 

@@ -16,40 +16,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The validators' virtualenv, (re)built when the requirements change.
 fn venv() -> PathBuf {
-    let dir = root().join("target/validators-venv");
-    let req = root().join("tests/validators/requirements.txt");
-    let want = std::fs::read_to_string(&req).unwrap();
-    let stamp = dir.join("requirements.installed");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
-        return dir;
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "python3 -m venv failed");
-    let ok = Command::new(dir.join("bin/pip"))
-        .args([
-            "install",
-            "-q",
-            "--no-cache-dir",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&req)
-        .status()
-        .unwrap()
-        .success();
-    assert!(
-        ok,
-        "pip install -r tests/validators/requirements.txt failed"
-    );
-    std::fs::write(&stamp, want).unwrap();
-    dir
+    cityhub_testkit::python::venv()
 }
 
 struct Run {

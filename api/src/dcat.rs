@@ -31,6 +31,12 @@ const GSP: &str = "http://www.opengis.net/ont/geosparql#";
 const RDFS: &str = "http://www.w3.org/2000/01/rdf-schema#";
 const DCATAP: &str = "http://data.europa.eu/r5r/";
 const EU: &str = "http://publications.europa.eu/resource/authority/";
+const SCHEMA: &str = "http://schema.org/";
+const TIME: &str = "http://www.w3.org/2006/time#";
+const ELI: &str = "http://data.europa.eu/eli/ontology#";
+/// Commission Implementing Regulation (EU) 2023/138, the high-value datasets.
+const HVD_REGULATION: &str = "http://data.europa.eu/eli/reg_impl/2023/138/oj";
+const HVD_SCHEME: &str = "http://data.europa.eu/bna/asd487ae75";
 
 const PREFIXES: &[(&str, &str)] = &[
     ("dcat", DCAT),
@@ -44,6 +50,9 @@ const PREFIXES: &[(&str, &str)] = &[
     ("xsd", "http://www.w3.org/2001/XMLSchema#"),
     ("rdfs", RDFS),
     ("dcatap", DCATAP),
+    ("schema", SCHEMA),
+    ("time", TIME),
+    ("eli", ELI),
 ];
 
 /// English and Italian labels of the EU data-theme vocabulary.
@@ -117,18 +126,34 @@ impl Graph {
     }
 }
 
-/// `dct:spatial`: the configured gazetteer place, and the sensors' bounding box with its centroid.
+/// `dct:spatial`: the configured gazetteer place, the place as DCAT-AP_IT names it
+/// (`dcatapit:geographicalIdentifier`, which Italian harvesters read), and the
+/// sensors' bounding box with its centroid.
 fn spatial(
     g: &mut Graph,
     node: &NamedNode,
-    place: Option<&str>,
+    s: &AppState,
+    base: &str,
     bbox: Option<query::Bbox>,
     area_iri: &str,
 ) -> ApiResult<()> {
-    if let Some(u) = place {
+    let c = &s.settings.catalog;
+    if let Some(u) = c.spatial_uri.as_deref() {
         let place = iri(u)?;
         g.add(node, v(DCT, "spatial"), place.clone());
         g.typed(&place, &[v(DCT, "Location")]);
+    }
+    if let Some(id) = c.geographical_identifier.as_deref() {
+        let place = iri(&format!("{base}/catalog#place"))?;
+        g.add(node, v(DCT, "spatial"), place.clone());
+        g.typed(&place, &[v(DCT, "Location")]);
+        g.plain(&place, v(DCATAPIT, "geographicalIdentifier"), id);
+        g.text(
+            &place,
+            v(LOCN, "geographicalName"),
+            &c.geographical_name,
+            "it",
+        );
     }
     if let Some(b) = bbox {
         let area = iri(area_iri)?;
@@ -160,6 +185,44 @@ fn spatial(
     Ok(())
 }
 
+/// `dct:temporal` in the forms harvesters read: DCAT 2's `dcat:startDate` and
+/// `dcat:endDate` (DCAT-AP), `schema:startDate`/`schema:endDate` (ckanext-dcatapit,
+/// DCAT-AP_IT 1.x), and OWL-Time instants (`time:hasBeginning`, ckanext-dcat).
+fn temporal(
+    g: &mut Graph,
+    ds: &NamedNode,
+    period_iri: &str,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+) -> ApiResult<()> {
+    let period = iri(period_iri)?;
+    g.add(ds, v(DCT, "temporal"), period.clone());
+    g.typed(&period, &[v(DCT, "PeriodOfTime")]);
+    g.datetime(&period, v(DCAT, "startDate"), first);
+    g.datetime(&period, v(DCAT, "endDate"), last);
+    g.datetime(&period, v(SCHEMA, "startDate"), first);
+    g.datetime(&period, v(SCHEMA, "endDate"), last);
+    for (edge, t) in [("hasBeginning", first), ("hasEnd", last)] {
+        let instant = iri(&format!("{period_iri}-{}", &edge[3..].to_lowercase()))?;
+        g.add(&period, v(TIME, edge), instant.clone());
+        g.typed(&instant, &[v(TIME, "Instant")]);
+        g.datetime(&instant, v(TIME, "inXSDDateTimeStamp"), t);
+        g.datetime(&instant, v(TIME, "inXSDDateTime"), t);
+    }
+    Ok(())
+}
+
+/// An HVD category as the concept of the EU vocabulary it is.
+fn hvd_category(g: &mut Graph, c: cityhub_config::HvdCategory) -> ApiResult<NamedNode> {
+    let node = iri(c.uri())?;
+    g.typed(&node, &[v(SKOS, "Concept")]);
+    g.add(&node, v(SKOS, "inScheme"), iri(HVD_SCHEME)?);
+    let (en, it) = c.labels();
+    g.text(&node, v(SKOS, "prefLabel"), en, "en");
+    g.text(&node, v(SKOS, "prefLabel"), it, "it");
+    Ok(node)
+}
+
 /// The nodes every dataset points to.
 struct Shared {
     catalog: NamedNode,
@@ -171,6 +234,8 @@ struct Shared {
     themes: NamedNode,
     frequency: NamedNode,
     availability: NamedNode,
+    /// Implementing Regulation (EU) 2023/138, for high-value datasets.
+    hvd_law: NamedNode,
     now: DateTime<Utc>,
 }
 
@@ -238,8 +303,12 @@ fn catalog_node(
         themes,
         frequency,
         availability,
+        hvd_law: iri(HVD_REGULATION)?,
         now,
     };
+    if s.catalog.iter().any(|k| k.def.hvd_category.is_some()) {
+        g.typed(&sh.hvd_law, &[v(ELI, "LegalResource")]);
+    }
     data_service(g, &sh, base)?;
     g.add(&sh.catalog, v(DCT, "license"), sh.licence.clone());
     let all = extents
@@ -254,7 +323,8 @@ fn catalog_node(
     spatial(
         g,
         &sh.catalog,
-        c.spatial_uri.as_deref(),
+        s,
+        base,
         all,
         &format!("{base}/catalog#area"),
     )?;
@@ -343,6 +413,9 @@ fn data_service(g: &mut Graph, sh: &Shared, base: &str) -> ApiResult<()> {
     g.add(service, v(DCAT, "endpointURL"), service.clone());
     let openapi = iri(&format!("{base}/openapi.json"))?;
     g.add(service, v(DCAT, "endpointDescription"), openapi.clone());
+    let docs = iri(&format!("{base}/api"))?;
+    g.add(service, v(FOAF, "page"), docs.clone());
+    g.typed(&docs, &[v(FOAF, "Document")]);
     // DCAT-AP's range shapes want both typed, even as plain resources.
     g.typed(service, &[v(RDFS, "Resource")]);
     g.add(service, v(DCAT, "contactPoint"), contact.clone());
@@ -445,16 +518,31 @@ fn dataset(
     spatial(
         g,
         &ds,
-        c.spatial_uri.as_deref(),
+        s,
+        base,
         ext.bbox,
         &format!("{base}/catalog/dataset/{k}#area"),
     )?;
     if let (Some(first), Some(last)) = (ext.first, ext.last) {
-        let period = iri(&format!("{base}/catalog/dataset/{k}#period"))?;
-        g.add(&ds, v(DCT, "temporal"), period.clone());
-        g.typed(&period, &[v(DCT, "PeriodOfTime")]);
-        g.datetime(&period, v(DCAT, "startDate"), first);
-        g.datetime(&period, v(DCAT, "endDate"), last);
+        temporal(
+            g,
+            &ds,
+            &format!("{base}/catalog/dataset/{k}#period"),
+            first,
+            last,
+        )?;
+    }
+    if let Some(hvd) = def.hvd_category {
+        g.add(&ds, v(DCATAP, "applicableLegislation"), sh.hvd_law.clone());
+        let cat = hvd_category(g, hvd)?;
+        g.add(&ds, v(DCATAP, "hvdCategory"), cat.clone());
+        g.add(service, v(DCATAP, "hvdCategory"), cat);
+        // The API serves a high-value dataset, so it is under the regulation too.
+        g.add(
+            service,
+            v(DCATAP, "applicableLegislation"),
+            sh.hvd_law.clone(),
+        );
     }
 
     distributions(g, sh, base, kind, ext, &ds)
@@ -541,6 +629,9 @@ fn distributions(
         );
         g.date(&d, v(DCT, "modified"), ext.last.unwrap_or(now));
         g.add(&d, v(DCATAP, "availability"), availability.clone());
+        if def.hvd_category.is_some() {
+            g.add(&d, v(DCATAP, "applicableLegislation"), sh.hvd_law.clone());
+        }
     }
     Ok(())
 }

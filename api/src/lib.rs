@@ -16,6 +16,7 @@ pub mod live;
 pub mod oas30;
 mod ogc;
 pub mod params;
+mod ratelimit;
 mod readings;
 mod sensors;
 pub mod snapshot;
@@ -24,13 +25,13 @@ pub mod web;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use cityhub_config::{Catalog, Settings};
 use cityhub_store::Store;
-use error::{ApiError, ErrorBody};
+use error::ApiError;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -257,12 +258,15 @@ pub fn router(state: AppState) -> Router {
         ));
     // Inside CORS, so a 429 carries the CORS headers and a browser can read Retry-After.
     if http.rate_limit_per_s > 0 {
-        app = with_rate_limit(
-            app,
+        let limiter = ratelimit::Limiter::new(
             http.rate_limit_per_s,
             http.rate_limit_burst,
             &state.shutdown,
         );
+        app = app.layer(axum::middleware::from_fn_with_state(
+            limiter,
+            ratelimit::limit,
+        ));
     }
     app.layer(tower_http::compression::CompressionLayer::new().gzip(true))
         // Open data: any origin may read; admin calls authenticate by token, not cookies.
@@ -281,54 +285,6 @@ pub fn router(state: AppState) -> Router {
             ),
         )
         .with_state(state.clone())
-}
-
-/// Per client address; needs the server to provide `ConnectInfo<SocketAddr>`.
-fn with_rate_limit(
-    app: Router<AppState>,
-    per_s: u32,
-    burst: u32,
-    shutdown: &CancellationToken,
-) -> Router<AppState> {
-    let config = Arc::new(
-        tower_governor::governor::GovernorConfigBuilder::default()
-            .per_nanosecond((1_000_000_000 / u64::from(per_s)).max(1))
-            .burst_size(burst.max(1))
-            .finish()
-            .expect("rate limit settings are validated non-zero"),
-    );
-    // Forget idle clients now and then, so the table does not grow without bound.
-    let limiter = config.limiter().clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => limiter.retain_recent(),
-                _ = stop.cancelled() => break,
-            }
-        }
-    });
-    app.layer(
-        tower_governor::GovernorLayer::new(config).error_handler(|e| {
-            let (code, wait) = match &e {
-                tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
-                    (StatusCode::TOO_MANY_REQUESTS, *wait_time)
-                }
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, 1),
-            };
-            // Whole seconds, at least one: the body and Retry-After say the same.
-            let wait = wait.max(1);
-            let body = ErrorBody {
-                code: "TooManyRequests",
-                description: format!("too many requests from this address; retry in {wait} s"),
-            };
-            let mut r = (code, Json(body)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
-        }),
-    )
 }
 
 async fn not_found(State(_): State<AppState>, uri: axum::http::Uri) -> Response {

@@ -51,6 +51,55 @@ pub struct KindDef {
     /// (`3325/5700`, any instance), mapped to a metric of the kind.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub senml_names: BTreeMap<String, String>,
+    /// The high-value dataset category (Implementing Regulation (EU) 2023/138)
+    /// this kind's data falls in, when the city publishes it as one: the
+    /// catalogue then tags the dataset, its distributions and the API with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hvd_category: Option<HvdCategory>,
+}
+
+/// The six categories of Implementing Regulation (EU) 2023/138, as the EU's
+/// HVD category vocabulary (<http://data.europa.eu/bna/asd487ae75>) names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HvdCategory {
+    Geospatial,
+    EarthObservationEnvironment,
+    Meteorological,
+    Statistics,
+    Companies,
+    Mobility,
+}
+
+impl HvdCategory {
+    pub fn uri(self) -> &'static str {
+        match self {
+            Self::Geospatial => "http://data.europa.eu/bna/c_ac64a52d",
+            Self::EarthObservationEnvironment => "http://data.europa.eu/bna/c_dd313021",
+            Self::Meteorological => "http://data.europa.eu/bna/c_164e0bf5",
+            Self::Statistics => "http://data.europa.eu/bna/c_e1da4e07",
+            Self::Companies => "http://data.europa.eu/bna/c_a9135398",
+            Self::Mobility => "http://data.europa.eu/bna/c_b79e35eb",
+        }
+    }
+
+    /// English and Italian labels.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Geospatial => ("Geospatial", "Dati geospaziali"),
+            Self::EarthObservationEnvironment => (
+                "Earth observation and environment",
+                "Dati relativi all'osservazione della terra e all'ambiente",
+            ),
+            Self::Meteorological => ("Meteorological", "Dati meteorologici"),
+            Self::Statistics => ("Statistics", "Dati statistici"),
+            Self::Companies => (
+                "Companies and company ownership",
+                "Dati relativi alle imprese e alla proprietà delle imprese",
+            ),
+            Self::Mobility => ("Mobility", "Dati relativi alla mobilità"),
+        }
+    }
 }
 
 /// The state of a sensor as the operator map shows it, judged on its latest

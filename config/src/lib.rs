@@ -11,7 +11,7 @@ pub mod units;
 
 pub use adapters::{AdapterDef, AdapterFormat, FieldDef, FieldMap};
 pub use backoff::Backoff;
-pub use kinds::{Catalog, DerivedDef, Formula, Kind, KindDef, Metric, MetricDef};
+pub use kinds::{Catalog, DerivedDef, Formula, HvdCategory, Kind, KindDef, Metric, MetricDef};
 pub use model::{GeoPoint, ModelError, Name, SensorId};
 pub use reject::RejectReason;
 pub use settings::{

@@ -319,6 +319,13 @@ pub struct CatalogSettings {
     /// A gazetteer URI of the area covered (e.g. GeoNames); the sensors' bounding box is added.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spatial_uri: Option<String>,
+    /// The place's identifier as Italian harvesters read it
+    /// (`dcatapit:geographicalIdentifier`): a GeoNames or ISTAT URI, e.g.
+    /// `https://www.geonames.org/<id>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geographical_identifier: Option<String>,
+    /// The place's name, given with the identifier (`locn:geographicalName`).
+    pub geographical_name: String,
     /// EU frequency vocabulary code of how often the datasets change.
     pub accrual_periodicity: String,
     /// Languages of the metadata (EU language vocabulary codes).
@@ -342,6 +349,8 @@ impl Default for CatalogSettings {
             licence_url: "https://creativecommons.org/licenses/by/4.0/".into(),
             licence_name: "Creative Commons Attribuzione 4.0 Internazionale (CC BY 4.0)".into(),
             spatial_uri: None,
+            geographical_identifier: None,
+            geographical_name: "Cremona".into(),
             accrual_periodicity: "UPDATE_CONT".into(),
             languages: vec!["ITA".into(), "ENG".into()],
         }
@@ -702,6 +711,10 @@ impl Settings {
             ("catalog.licence_url", Some(&c.licence_url)),
             ("catalog.homepage", Some(&c.homepage)),
             ("catalog.spatial_uri", c.spatial_uri.as_ref()),
+            (
+                "catalog.geographical_identifier",
+                c.geographical_identifier.as_ref(),
+            ),
         ] {
             if let Some(u) = u {
                 if url::Url::parse(u).is_err() {

@@ -8,6 +8,7 @@
 
 pub mod fleet;
 pub mod formats;
+pub mod hubcheck;
 pub mod load;
 pub mod replay;
 pub mod sim;

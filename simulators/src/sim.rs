@@ -81,7 +81,9 @@ pub struct SimMessage {
 pub struct Report {
     pub seed: u64,
     pub messages: u64,
-    /// Messages the broker acknowledged (QoS 1).
+    /// Messages the broker acknowledged (QoS 1): taken by the broker, which is not
+    /// stored by the hub (see `stored_by_hub`).
+    #[serde(rename = "acknowledged_by_broker")]
     pub acknowledged: u64,
     pub by_kind_and_format: BTreeMap<String, u64>,
     pub faults: BTreeMap<String, u64>,
@@ -94,6 +96,9 @@ pub struct Report {
     pub last_time: Option<DateTime<Utc>>,
     pub elapsed_s: f64,
     pub rate_per_s: f64,
+    /// What the hub stored, when the run was given its URL (`--hub`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_by_hub: Option<crate::hubcheck::HubCheck>,
 }
 
 impl Report {

@@ -5,6 +5,7 @@ pub mod db;
 mod error;
 pub mod maintenance;
 pub mod query;
+pub mod reader;
 pub mod rollups;
 pub mod schema;
 pub mod sensors;
@@ -250,6 +251,16 @@ impl Store {
             *slot = None; // a fresh session next time
         }
         result
+    }
+
+    /// Creates or updates a read-only role ([`reader::grant_reader`]); true when created.
+    pub async fn grant_reader(
+        &self,
+        role: &str,
+        statement_timeout_s: u32,
+    ) -> Result<bool, StoreError> {
+        let client = self.inner.pool.get().await?;
+        reader::grant_reader(&**client, role, statement_timeout_s).await
     }
 
     /// Drops plain-PostgreSQL partitions past retention; a no-op on TimescaleDB,

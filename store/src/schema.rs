@@ -94,6 +94,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004", "maintained_aggregates"),
     migration!(5, "0005", "integer_values"),
     migration!(6, "0006", "rollups"),
+    migration!(7, "0007", "reader_views"),
 ];
 
 /// The newest schema version this build knows.

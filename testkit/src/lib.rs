@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod db;
 #[cfg(feature = "hub")]
 pub mod hub;
+pub mod python;
 #[cfg(feature = "hub")]
 pub mod traffic;
 

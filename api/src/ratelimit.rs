@@ -1,0 +1,146 @@
+//! Per-client rate limit (`http.rate_limit_per_s`, `http.rate_limit_burst`), in
+//! requests. A request costs one; the next page of a paged listing with a small
+//! page costs a tenth: standard clients page by what they are told or by their
+//! own small default (GDAL's OAPIF driver asks for 10 items a page, whatever the
+//! server allows), and a layer of a few thousand features must not be cut off
+//! half-way by a limit meant for scrapers. A big page costs a whole request.
+
+use crate::error::ErrorBody;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Cells of the bucket one ordinary request takes.
+const REQUEST: u32 = 10;
+/// Cells a small continuation page takes.
+const PAGE: u32 = 1;
+/// A continuation page is small at or below this many items.
+const SMALL_PAGE: u64 = 100;
+
+pub struct Limiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl Limiter {
+    /// `per_s` requests a second with bursts of `burst`, per client address. The
+    /// table of clients forgets idle ones every minute, until `shutdown`.
+    pub fn new(per_s: u32, burst: u32, shutdown: &CancellationToken) -> Arc<Self> {
+        let cells = |n: u32| NonZeroU32::new(n.max(1).saturating_mul(REQUEST)).expect("non-zero");
+        let quota = Quota::per_second(cells(per_s)).allow_burst(cells(burst));
+        let me = Arc::new(Self {
+            limiter: RateLimiter::keyed(quota),
+        });
+        let weak = Arc::downgrade(&me);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => match weak.upgrade() {
+                        Some(l) => l.limiter.retain_recent(),
+                        None => break,
+                    },
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+        me
+    }
+}
+
+/// What a request costs: a small page after the first of a paged listing is cheap.
+fn cost(req: &Request) -> u32 {
+    let path = req.uri().path();
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let continued = get("cursor").is_some() || get("offset").is_some_and(|o| o != "0");
+    let paged =
+        path.ends_with("/items") || path.ends_with("/readings") || path == "/api/v1/sensors";
+    let small = get("limit")
+        .and_then(|l| l.parse::<u64>().ok())
+        .is_some_and(|l| l <= SMALL_PAGE);
+    if paged && continued && small {
+        PAGE
+    } else {
+        REQUEST
+    }
+}
+
+/// The middleware: 429 with `Retry-After` (whole seconds, at least one) when the
+/// client's bucket is empty. The client is `ConnectInfo`, which the server sets
+/// (through trusted proxies' `X-Forwarded-For` only).
+pub async fn limit(State(l): State<Arc<Limiter>>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let n = NonZeroU32::new(cost(&req)).expect("costs are non-zero");
+    let wait = match l.limiter.check_key_n(&ip, n) {
+        Ok(Ok(())) => return next.run(req).await,
+        Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
+        // More than the whole burst: cannot happen with these costs; refuse plainly.
+        Err(_) => Duration::from_secs(1),
+    };
+    let wait = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let body = ErrorBody {
+        code: "TooManyRequests",
+        description: format!("too many requests from this address; retry in {wait} s"),
+    };
+    let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(uri: &str) -> u32 {
+        cost(
+            &Request::builder()
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn small_continuation_pages_are_cheap() {
+        assert_eq!(
+            c("/ogc/collections/waste_bin/items?limit=10&offset=10"),
+            PAGE
+        );
+        assert_eq!(c("/api/v1/sensors?limit=50&cursor=abc"), PAGE);
+        assert_eq!(c("/api/v1/sensors/x/readings?limit=100&cursor=abc"), PAGE);
+        // First pages, big pages and everything else cost a request.
+        assert_eq!(c("/ogc/collections/waste_bin/items?limit=10"), REQUEST);
+        assert_eq!(
+            c("/ogc/collections/waste_bin/items?limit=10&offset=0"),
+            REQUEST
+        );
+        assert_eq!(
+            c("/ogc/collections/waste_bin/items?limit=5000&offset=5000"),
+            REQUEST
+        );
+        assert_eq!(c("/ogc/collections/waste_bin/items?offset=10"), REQUEST);
+        assert_eq!(c("/catalog?offset=10&limit=1"), REQUEST);
+    }
+}

@@ -1,0 +1,1 @@
+-- Nothing backend-specific: the views read observations, obs_hourly and obs_daily.

@@ -1,0 +1,54 @@
+//! The Python tools the tests drive (validators and the real clients users have:
+//! OWSLib, pandas, httpx-sse, paho-mqtt, rdflib, pySHACL), pinned in
+//! `tests/validators/requirements.txt` and installed on first use into
+//! `target/validators-venv`, rebuilt when the requirements change.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// One test at a time builds the virtualenv; the others wait and reuse it.
+static BUILDING: Mutex<()> = Mutex::new(());
+
+/// The virtualenv's directory, built if missing or stale.
+pub fn venv() -> PathBuf {
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let root = crate::workspace_root();
+    let dir = root.join("target/validators-venv");
+    let req = root.join("tests/validators/requirements.txt");
+    let want = std::fs::read_to_string(&req).expect("tests/validators/requirements.txt");
+    let stamp = dir.join("requirements.installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return dir;
+    }
+    let ok = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&dir)
+        .status()
+        .expect("python3")
+        .success();
+    assert!(ok, "python3 -m venv failed");
+    let ok = Command::new(dir.join("bin/pip"))
+        .args([
+            "install",
+            "-q",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&req)
+        .status()
+        .expect("pip")
+        .success();
+    assert!(
+        ok,
+        "pip install -r tests/validators/requirements.txt failed"
+    );
+    std::fs::write(&stamp, want).expect("writing the venv stamp");
+    dir
+}
+
+/// The virtualenv's Python.
+pub fn python() -> PathBuf {
+    venv().join("bin/python")
+}
