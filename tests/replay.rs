@@ -1,6 +1,7 @@
 //! A year of a real Italian road-side air-quality station (UCI), replayed
 //! through the hub: every non-missing value stored once, -200 never stored, and
 //! every hourly and daily bucket of it answered after the TimescaleDB jobs ran.
+//! And a replay's report tells what the hub stored, not what the broker took.
 
 use cityhub_testkit::*;
 use std::path::Path;
@@ -29,12 +30,18 @@ async fn uci_air_quality_replay_lands_completely() {
             "45.1335",
             "--lon",
             "10.0255",
+            "--hub",
+            &hub.url(""),
         ],
         &[],
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = report["expected_rows"].as_i64().unwrap();
-    assert_eq!(report["acknowledged"], report["messages"]);
+    assert_eq!(report["acknowledged_by_broker"], report["messages"]);
+    // The report says what the hub stored, counted through its API.
+    let stored = &report["stored_by_hub"];
+    assert_eq!(stored["stored_rows"], rows, "{report}");
+    assert_eq!(stored["missing_rows"], 0, "{report}");
     assert!(report["messages"].as_i64().unwrap() > 9000, "{report}");
     // Independent count of the file's usable values.
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -93,4 +100,59 @@ async fn uci_air_quality_replay_lands_completely() {
             &wrong[..wrong.len().min(5)]
         );
     }
+}
+
+/// Acknowledged by a broker is not stored by the hub: published to a broker the
+/// hub does not listen to, every message is acknowledged, and the report says
+/// none was stored (and prints what to look for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_report_tells_what_the_hub_stored_not_what_the_broker_took() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let elsewhere = Broker::start();
+    let hub = Hub::start(&db, &broker, "replay-elsewhere", &[]).await;
+    let dir = std::env::temp_dir().join(unique("replay_small"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("series.csv");
+    let mut text = String::from("Date,Time,NO2_GT\n");
+    for h in 0..24 {
+        text.push_str(&format!("10/03/2004,{h:02}.00.00,{}\n", 40 + h));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let out = cli(
+        &[
+            "sim",
+            "replay",
+            csv.to_str().unwrap(),
+            "--broker",
+            &elsewhere.url(),
+            "--kind",
+            "air_quality",
+            "--sensor",
+            "aq-elsewhere",
+            "--map",
+            "NO2_GT=no2",
+            "--hub",
+            &hub.url(""),
+            "--settle-s",
+            "6",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["messages"], 24, "{report}");
+    assert_eq!(report["acknowledged_by_broker"], 24, "{report}");
+    assert_eq!(report["stored_by_hub"]["stored_rows"], 0, "{report}");
+    assert_eq!(report["stored_by_hub"]["missing_rows"], 24, "{report}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stored 0 of 24") && err.contains("Outgoing messages are being dropped"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

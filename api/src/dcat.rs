@@ -366,11 +366,10 @@ fn agents(g: &mut Graph, s: &AppState, base: &str) -> ApiResult<(NamedNode, Name
         ],
     );
     g.plain(&contact, v(VCARD, "fn"), &c.contact_name);
-    g.add(
-        &contact,
-        v(VCARD, "hasEmail"),
-        iri(&format!("mailto:{}", c.contact_email))?,
-    );
+    let email = iri(&format!("mailto:{}", c.contact_email))?;
+    g.add(&contact, v(VCARD, "hasEmail"), email.clone());
+    // The HVD shapes check the class of every IRI value, as DCAT-AP's ranges do.
+    g.typed(&email, &[v(RDFS, "Resource")]);
 
     Ok((publisher, holder, contact))
 }
@@ -596,6 +595,7 @@ fn distributions(
         g.add(ds, v(DCAT, "distribution"), d.clone());
         g.typed(&d, &[v(DCAT, "Distribution"), v(DCATAPIT, "Distribution")]);
         g.add(&d, v(DCAT, "accessURL"), access.clone());
+        g.typed(&access, &[v(RDFS, "Resource")]);
         if download {
             g.add(&d, v(DCAT, "downloadURL"), access);
         } else {

@@ -35,7 +35,8 @@ pub enum HubCheckError {
     Status { url: String, status: u16 },
 }
 
-/// Counts the readings the hub serves for `sensors` between `from` and `to` (inclusive).
+/// Counts the readings the hub serves for `sensors` between `from` and `to`, give
+/// or take the second a payload's time format may round away.
 pub async fn stored_rows(
     hub: &str,
     sensors: &[String],
@@ -45,7 +46,11 @@ pub async fn stored_rows(
     let http = reqwest::Client::new();
     let hub = hub.trim_end_matches('/');
     let mut total = 0;
-    let to = to + chrono::Duration::microseconds(1);
+    // Payload formats carry milliseconds or seconds: widen by a second each side.
+    let (from, to) = (
+        from - chrono::Duration::seconds(1),
+        to + chrono::Duration::seconds(1),
+    );
     for s in sensors {
         let mut next = Some(format!(
             "{hub}/api/v1/sensors/{}/readings?from={}&to={}&limit=10000",
