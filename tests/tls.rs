@@ -254,7 +254,7 @@ async fn mqtts_with_a_client_certificate() {
         ],
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["acknowledged"], 6, "{report}");
+    assert_eq!(report["acknowledged_by_broker"], 6, "{report}");
     let want = 1 + report["expected_rows"].as_i64().unwrap();
     wait_for(30, "the simulated fleet's rows over mutual TLS", || async {
         db.observations().await == want
