@@ -616,8 +616,10 @@ function connect() {
   const es = new EventSource('api/v1/stream');
   es.addEventListener('open', () => setLive(true));
   es.addEventListener('readings', onReadings);
-  // The hub dropped events for this slow client: re-read the whole picture.
+  // The hub dropped events for this slow client, or a reconnect (the browser sends
+  // Last-Event-ID by itself) came too late to be resumed: re-read the whole picture.
   es.addEventListener('lagged', () => reloadSensors());
+  es.addEventListener('reload', () => reloadSensors());
   es.addEventListener('error', () => setLive(false));
   app.stream = es;
 }
