@@ -89,15 +89,25 @@ hvd_category = "mobility"
         ],
     )
     .await;
-    let msgs = sim_stream(5, 3, 400, &[Format::Native], FaultRates::default());
-    publish_sim(&broker, &msgs).await;
+    feed(&db, &broker, 5, 3, 400).await;
+    (db, broker, hub, dir)
+}
+
+/// `count` messages of a simulated fleet of `per_kind` sensors a kind, stored.
+async fn feed(db: &TestDb, broker: &Broker, seed: u64, per_kind: usize, count: usize) {
+    let msgs = sim_stream(
+        seed,
+        per_kind,
+        count,
+        &[Format::Native],
+        FaultRates::default(),
+    );
+    publish_sim(broker, &msgs).await;
     let want = expected_rows(&msgs);
-    wait_for(60, "the simulated rows", || {
-        let db = &db;
-        async move { db.observations().await >= want }
+    wait_for(60, "the simulated rows", || async move {
+        db.observations().await >= want
     })
     .await;
-    (db, broker, hub, dir)
 }
 
 /// One timestamp format everywhere: RFC 3339, UTC, six decimals.
@@ -346,14 +356,7 @@ async fn a_read_only_role_reads_the_readings_views_as_the_api_answers() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let hub = Hub::start(&db, &broker, "reader", &[]).await;
-    let msgs = sim_stream(9, 2, 300, &[Format::Native], FaultRates::default());
-    publish_sim(&broker, &msgs).await;
-    let want = expected_rows(&msgs);
-    wait_for(60, "the simulated rows", || {
-        let db = &db;
-        async move { db.observations().await >= want }
-    })
-    .await;
+    feed(&db, &broker, 9, 2, 300).await;
     let role = unique("grafana").to_lowercase().replace('-', "_");
     let out = cli_ok(
         &["db", "grant-reader", &role],

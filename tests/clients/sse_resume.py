@@ -58,7 +58,7 @@ def listen_throughout():
         reference.extend(until(events, 15, 60))
 
 
-a = threading.Thread(target=listen_throughout)
+a = threading.Thread(target=listen_throughout, daemon=True)
 a.start()
 assert ready.wait(10), "the reference client did not connect"
 with httpx.Client(timeout=httpx.Timeout(30.0)) as http:
