@@ -25,7 +25,7 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     NotAcceptable(String),
-    #[error("an admin bearer token is required")]
+    #[error("a bearer token is required")]
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),

@@ -4,6 +4,7 @@
 //! handlers' annotations.
 
 mod admin;
+pub mod alerts;
 mod cache;
 mod dcat;
 mod docs;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub snapshot: Arc<snapshot::Snapshot>,
     /// Where the operator map comes from ([`web::map_source`]).
     pub map: web::MapSource,
+    /// Alert notifications: builds the outbox rows, wakes the delivery task.
+    pub notifier: Arc<alerts::Notifier>,
 }
 
 /// How far the loading of a simulated history has got.
@@ -105,32 +108,52 @@ impl AppState {
 /// Admin calls carry `Authorization: Bearer <http.admin_token>`.
 pub struct Admin;
 
+/// Operator calls (acknowledging alerts) carry `Authorization: Bearer <http.operator_token>`.
+pub struct Operator;
+
+/// The request's bearer token checked against `expected` (`what` names the token).
+fn bearer(
+    parts: &Parts,
+    expected: Option<&cityhub_config::Secret>,
+    what: &str,
+) -> Result<(), ApiError> {
+    let given = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let Some(given) = given else {
+        return Err(ApiError::Unauthorized);
+    };
+    let Some(expected) = expected else {
+        return Err(ApiError::Forbidden(format!(
+            "these calls are disabled: no http.{what}_token is configured"
+        )));
+    };
+    if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        tracing::warn!(path = %parts.uri.path(), token = what, "Call with a wrong token refused.");
+        Err(ApiError::Forbidden("the token is not valid".into()))
+    }
+}
+
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Self::Rejection> {
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-        let Some(given) = given else {
-            return Err(ApiError::Unauthorized);
-        };
-        let Some(expected) = &s.settings.http.admin_token else {
-            return Err(ApiError::Forbidden(
-                "the admin API is disabled: no http.admin_token is configured".into(),
-            ));
-        };
-        if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
-            Ok(Admin)
-        } else {
-            tracing::warn!(path = %parts.uri.path(), "Admin call with a wrong token refused.");
-            Err(ApiError::Forbidden("the token is not valid".into()))
-        }
+        bearer(parts, s.settings.http.admin_token.as_ref(), "admin").map(|()| Admin)
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Self::Rejection> {
+        bearer(parts, s.settings.http.operator_token.as_ref(), "operator").map(|()| Operator)
     }
 }
 
@@ -154,6 +177,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         (name = "sensors", description = "Sensors, latest values, time series, live stream"),
         (name = "open data", description = "Downloads and the DCAT-AP_IT catalogue"),
         (name = "OGC API - Features", description = "OGC API - Features - Part 1: Core, GeoJSON, OpenAPI 3.0"),
+        (name = "alerts", description = "Alerts: public list; acknowledging needs the operator token"),
         (name = "admin", description = "Needs the admin bearer token"),
         (name = "operations", description = "Health, readiness, metrics, ingestion over HTTP")
     )
@@ -173,6 +197,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(readings::readings))
         .routes(routes!(admin::dead_letters))
         .routes(routes!(live::stream))
+        .routes(routes!(alerts::list))
+        .routes(routes!(alerts::ack))
         .routes(routes!(feeds::feed))
         .routes(routes!(ogc::landing))
         .routes(routes!(ogc::conformance))

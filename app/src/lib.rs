@@ -5,6 +5,7 @@
 
 pub use cityhub_api::HistoryLoad;
 
+pub mod alerts;
 mod http;
 pub mod maintenance;
 mod uploads;
@@ -25,6 +26,8 @@ use tokio_util::task::TaskTracker;
 pub enum AppError {
     #[error("kind catalogue: {0}")]
     Catalog(#[from] cityhub_config::kinds::CatalogError),
+    #[error("{0}")]
+    Alerts(String),
     #[error("binding HTTP on {addr}: {source}")]
     Bind {
         addr: String,
@@ -68,6 +71,8 @@ impl Hub {
 /// it answers, and starts ingestion. Returns once the server listens.
 pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub, AppError> {
     let catalog = settings.catalog()?;
+    let alert_rules =
+        cityhub_config::alerts::rules(&settings.alerts, &catalog).map_err(AppError::Alerts)?;
     let listener = tokio::net::TcpListener::bind(&settings.http.addr)
         .await
         .map_err(|source| AppError::Bind {
@@ -84,6 +89,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     let mut registry = Registry::default();
     let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
     let upkeep = maintenance::MaintenanceMetrics::register(&mut registry);
+    let alert_metrics = alerts::AlertMetrics::register(&mut registry);
     let mqtt_connected = Arc::new(AtomicBool::new(false));
     let snapshot = cityhub_api::snapshot::Snapshot::new(
         Duration::from_secs(settings.http.snapshot_reload_s.max(1)),
@@ -108,6 +114,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         history: Default::default(),
         snapshot,
         map: cityhub_api::web::map_source(settings.http.web_dir.as_deref()),
+        notifier: cityhub_api::alerts::Notifier::new(settings.notify.clone()),
     };
     let history = state.history.clone();
     let messages_committed = metrics.messages_committed.clone();
@@ -121,7 +128,16 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
 
     let deadline = Duration::from_secs(settings.ingest.shutdown_timeout_s);
     let task = tokio::spawn(async move {
-        let started = run_pipeline(&settings, &state, metrics, upkeep, &tracker, &cancel).await;
+        let started = run_pipeline(
+            &settings,
+            &state,
+            metrics,
+            upkeep,
+            (alert_rules, alert_metrics),
+            &tracker,
+            &cancel,
+        )
+        .await;
         tracker.close();
         // Drain, but never longer than the deadline after the stop request: a locked
         // table or a slow client must not hold the process.
@@ -156,6 +172,7 @@ async fn run_pipeline(
     state: &cityhub_api::AppState,
     metrics: cityhub_ingest::IngestMetrics,
     upkeep: maintenance::MaintenanceMetrics,
+    (alert_rules, alert_metrics): (Vec<cityhub_config::alerts::AlertRule>, alerts::AlertMetrics),
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(), AppError> {
@@ -180,12 +197,34 @@ async fn run_pipeline(
     };
     tracing::info!(backend = %store.backend(), "Storage ready.");
     let _ = state.store.set(store.clone());
+    let committed = tokio::sync::broadcast::channel(1024).0;
+    if !alert_rules.is_empty() {
+        // Subscribed before ingestion starts, so the first sweep misses no commit.
+        let rx = committed.subscribe();
+        tracker.spawn(alerts::engine(
+            store.clone(),
+            alert_rules,
+            state.notifier.clone(),
+            rx,
+            alert_metrics.clone(),
+            cancel.clone(),
+        ));
+    }
+    tracker.spawn(alerts::deliver(
+        store.clone(),
+        state.notifier.clone(),
+        alert_metrics,
+        cancel.clone(),
+    ));
     let http = cityhub_ingest::start(
         settings,
         store.clone(),
         metrics,
         state.mqtt_connected.clone(),
-        state.live.source(),
+        cityhub_store::Subscribers {
+            live: state.live.source(),
+            committed,
+        },
         cancel.clone(),
         tracker,
     )

@@ -1,6 +1,7 @@
 //! Typed settings and the sensor-kind catalogue shared by every cityhub crate.
 
 pub mod adapters;
+pub mod alerts;
 pub mod backoff;
 pub mod kinds;
 pub mod model;

@@ -21,7 +21,7 @@ pub const EU_THEMES: &[&str] = &[
 ];
 
 const SECTIONS: &[&str] = &[
-    "database", "mqtt", "http", "ingest", "store", "log", "catalog",
+    "database", "mqtt", "http", "ingest", "store", "log", "catalog", "alerts", "notify",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +226,12 @@ pub struct HttpSettings {
     pub admin_token: Option<Secret>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    /// Bearer token of operator calls (acknowledging alerts), separate from the
+    /// admin token: a control-room tablet must not be able to change the registry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token_file: Option<PathBuf>,
     /// Requests per second one client address may make (0: no limit)...
     pub rate_limit_per_s: u32,
     /// ...with bursts up to this many.
@@ -275,6 +281,8 @@ impl Default for HttpSettings {
             public_url: None,
             admin_token: None,
             admin_token_file: None,
+            operator_token: None,
+            operator_token_file: None,
             rate_limit_per_s: 50,
             rate_limit_burst: 200,
             trusted_proxies: Vec::new(),
@@ -552,6 +560,8 @@ pub struct Settings {
     pub store: StoreSettings,
     pub log: LogSettings,
     pub catalog: CatalogSettings,
+    pub alerts: crate::alerts::AlertSettings,
+    pub notify: crate::alerts::NotifySettings,
     pub kinds: BTreeMap<String, KindDef>,
     /// Network-server and community-network formats, each on its own topics.
     pub adapters: Vec<crate::adapters::AdapterDef>,
@@ -619,6 +629,9 @@ impl Settings {
         }
         if let Some(p) = &self.http.admin_token_file {
             self.http.admin_token = Some(read_secret(p)?);
+        }
+        if let Some(p) = &self.http.operator_token_file {
+            self.http.operator_token = Some(read_secret(p)?);
         }
         Ok(())
     }
@@ -692,6 +705,20 @@ impl Settings {
             if t.expose().len() < 16 {
                 return invalid("http.admin_token must be at least 16 characters");
             }
+        }
+        if let Some(t) = &self.http.operator_token {
+            if t.expose().len() < 16 {
+                return invalid("http.operator_token must be at least 16 characters");
+            }
+        }
+        for w in &self.notify.webhooks {
+            match url::Url::parse(&w.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => return invalid("notify.webhooks: url must be an http(s) URL"),
+            }
+        }
+        if self.notify.max_backoff_s == 0 || self.notify.timeout_s == 0 {
+            return invalid("notify.max_backoff_s and notify.timeout_s must be at least 1");
         }
         let t = &self.http.tile_url;
         if !t.is_empty()

@@ -33,7 +33,7 @@ pub fn start(
     store: Store,
     metrics: IngestMetrics,
     connected: Arc<AtomicBool>,
-    live: tokio::sync::broadcast::Sender<cityhub_store::LiveBatch>,
+    live: cityhub_store::Subscribers,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<HttpIngest, IngestError> {

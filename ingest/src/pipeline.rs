@@ -19,7 +19,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -396,7 +395,7 @@ pub async fn run_writer(
     mut backoff: cityhub_config::Backoff,
     iso: Isolation,
     shutdown_grace: Duration,
-    live: broadcast::Sender<LiveBatch>,
+    live: cityhub_store::Subscribers,
     cancel: CancellationToken,
 ) {
     let mut deadline: Option<Instant> = None;
@@ -411,7 +410,9 @@ pub async fn run_writer(
         let mut attempt = 0u32;
         let mut lost_in_a_row = 0u32;
         let mut refused_once = false;
-        writer.report_latest = live.receiver_count() > 0;
+        writer.report_latest =
+            live.live.receiver_count() > 0 || live.committed.receiver_count() > 0;
+        let mut isolated = false;
         loop {
             metrics.holding(oldest);
             let started = Instant::now();
@@ -433,6 +434,7 @@ pub async fn run_writer(
                     if fault {
                         tracing::warn!(error = %e, messages = batch.write.sources.len(),
                             "The database refuses this batch; splitting it to find the messages at fault.");
+                        isolated = true;
                         isolate(&mut writer, &batch.write, e, &store, iso).await
                     } else {
                         Err(e)
@@ -442,9 +444,22 @@ pub async fn run_writer(
             };
             match result {
                 Ok(mut outcome) => {
-                    if !outcome.latest.is_empty() {
+                    let latest: LiveBatch = Arc::new(std::mem::take(&mut outcome.latest));
+                    if !latest.is_empty() {
                         // Nobody listening is not an error: the stream is best effort.
-                        let _ = live.send(Arc::new(std::mem::take(&mut outcome.latest)));
+                        let _ = live.live.send(latest.clone());
+                    }
+                    if live.committed.receiver_count() > 0 {
+                        // After an isolation some readings were refused: only the
+                        // latest values say what was stored.
+                        let readings = if isolated {
+                            Vec::new()
+                        } else {
+                            std::mem::take(&mut batch.write.observations)
+                        };
+                        let _ = live
+                            .committed
+                            .send(Arc::new(cityhub_store::Committed { readings, latest }));
                     }
                     metrics
                         .commit_seconds

@@ -1,6 +1,7 @@
 //! Storage of cityhub: schema migrations for PostgreSQL with or without
 //! TimescaleDB, the batch writer, sensor registry and import.
 
+pub mod alerts;
 pub mod db;
 mod error;
 pub mod maintenance;
@@ -27,6 +28,23 @@ use std::sync::Arc;
 
 /// Latest values advanced by one committed batch, for live subscribers.
 pub type LiveBatch = Arc<Vec<LatestChange>>;
+
+/// One committed batch as a whole: every reading it carried (redeliveries too) in
+/// message order, and the latest values it advanced (with derived metrics), for
+/// subscribers that act on each reading (the alert engine).
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub readings: Vec<Observation>,
+    pub latest: LiveBatch,
+}
+
+/// Where the writer tells what it committed: each channel is fed only while it
+/// has receivers.
+#[derive(Debug, Clone)]
+pub struct Subscribers {
+    pub live: tokio::sync::broadcast::Sender<LiveBatch>,
+    pub committed: tokio::sync::broadcast::Sender<Arc<Committed>>,
+}
 
 /// Shared handle to the database: a pool, the backend in use and the ids of
 /// the configured metrics. Cheap to clone.

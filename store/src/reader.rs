@@ -12,6 +12,7 @@ pub const READER_VIEWS: &[&str] = &[
     "readings_hourly",
     "readings_daily",
     "readings_latest",
+    "alerts",
     "sensors",
     "metrics",
 ];

@@ -95,6 +95,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005", "integer_values"),
     migration!(6, "0006", "rollups"),
     migration!(7, "0007", "reader_views"),
+    migration!(8, "0008", "alerts"),
 ];
 
 /// The newest schema version this build knows.

@@ -1,0 +1,182 @@
+//! Alerts over HTTP: `GET /api/v1/alerts` (public, like the map) and
+//! `POST /api/v1/alerts/{id}/ack` (operator token); and the [`Notifier`] that
+//! turns an alert change into the webhook bodies the outbox keeps.
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::params::{parse_time, StrictQuery};
+use crate::{AppState, Operator};
+use axum::extract::{Path, State};
+use axum::Json;
+use cityhub_config::alerts::{NotifySettings, Severity};
+use cityhub_store::alerts::{Alert, AlertFilter};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+/// Builds the notifications of an alert change, and wakes the delivery task.
+pub struct Notifier {
+    settings: NotifySettings,
+    pub wake: tokio::sync::Notify,
+}
+
+/// The body every receiver gets. `event_id` (`{alert id}-{event}`) is the same in
+/// every retry: a receiver deduplicates on it.
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    event_id: String,
+    event: &'a str,
+    alert: &'a Alert,
+}
+
+impl Notifier {
+    pub fn new(settings: NotifySettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &NotifySettings {
+        &self.settings
+    }
+
+    /// (webhook URL, body) for each webhook that wants this alert.
+    pub fn bodies(&self, a: &Alert, event: &str) -> Vec<(String, String)> {
+        let severity = match a.severity.as_str() {
+            "info" => Severity::Info,
+            "critical" => Severity::Critical,
+            _ => Severity::Warning,
+        };
+        let body = serde_json::to_string(&Body {
+            event_id: format!("{}-{event}", a.id),
+            event,
+            alert: a,
+        })
+        .unwrap_or_default();
+        self.settings
+            .webhooks
+            .iter()
+            .filter(|w| w.wants(&a.kind, severity))
+            .map(|w| (w.url.clone(), body.clone()))
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AlertParams {
+    /// `open`, `acknowledged`, `cleared`, comma-separated (default: all).
+    state: Option<String>,
+    kind: Option<String>,
+    /// A sensor id.
+    sensor: Option<String>,
+    /// Only alerts raised or changed at or after this instant (RFC 3339).
+    since: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertList {
+    #[schema(value_type = Vec<Object>)]
+    pub alerts: Vec<Alert>,
+}
+
+/// Alerts, newest first: what is wrong, since when, and who acknowledged it.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", operation_id = "list_alerts", params(AlertParams),
+    responses((status = 200, description = "Alerts", body = AlertList),
+              (status = 400, description = "Bad parameter", body = ErrorBody)))]
+pub async fn list(
+    State(s): State<AppState>,
+    StrictQuery(p): StrictQuery<AlertParams>,
+) -> ApiResult<Json<AlertList>> {
+    let states: Vec<String> = p
+        .state
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = states
+        .iter()
+        .find(|x| !["open", "acknowledged", "cleared"].contains(&x.as_str()))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "state {bad:?}: use open, acknowledged or cleared"
+        )));
+    }
+    if let Some(k) = &p.kind {
+        if let Some(m) = s.unknown_kind(k) {
+            return Err(ApiError::BadRequest(m));
+        }
+    }
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    let since = p
+        .since
+        .as_deref()
+        .map(|t| parse_time("since", t))
+        .transpose()?;
+    let store = s.store.get().ok_or(ApiError::NotReady)?;
+    let alerts = store
+        .alerts(&AlertFilter {
+            states,
+            kind: p.kind,
+            sensor: p.sensor,
+            since,
+            limit,
+        })
+        .await?;
+    Ok(Json(AlertList { alerts }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// What the operator did or will do (at most 1000 characters).
+    pub note: Option<String>,
+}
+
+/// An operator acknowledges an open alert, with a note.
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts", operation_id = "ack_alert",
+    params(("id" = i64, Path, description = "The alert's id")),
+    request_body(content = Ack, description = "Optional note", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Acknowledged", body = Object),
+              (status = 401, description = "No operator token", body = ErrorBody),
+              (status = 403, description = "Wrong token", body = ErrorBody),
+              (status = 404, description = "No such alert", body = ErrorBody),
+              (status = 409, description = "Not open (acknowledged or cleared)", body = ErrorBody)))]
+pub async fn ack(
+    State(s): State<AppState>,
+    _op: Operator,
+    Path(id): Path<i64>,
+    body: Option<Json<Ack>>,
+) -> ApiResult<Json<Alert>> {
+    let note = body.and_then(|Json(a)| a.note);
+    if note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
+        return Err(ApiError::BadRequest("note: at most 1000 characters".into()));
+    }
+    let store = s.store.get().ok_or(ApiError::NotReady)?;
+    let notifier = s.notifier.clone();
+    let bodies = move |a: &Alert, e: &str| notifier.bodies(a, e);
+    match store.ack_alert(id, note.as_deref(), &bodies).await? {
+        Ok(a) => {
+            tracing::info!(alert = a.id, rule = %a.rule, "Alert acknowledged.");
+            s.notifier.wake.notify_one();
+            Ok(Json(a))
+        }
+        Err(None) => Err(ApiError::NotFound(format!("no alert {id}"))),
+        Err(Some(state)) => Err(ApiError::Conflict(format!(
+            "alert {id} is {state}, not open"
+        ))),
+    }
+}

@@ -1,0 +1,375 @@
+//! The alert engine and the webhook delivery.
+//!
+//! The engine takes every committed batch: each reading it carried, in time order,
+//! then the latest values it advanced (which carry the metrics the hub derives),
+//! and runs each rule on them: a value past the threshold for the rule's hold
+//! time raises an alert, one back past the clear level clears it. A reading no
+//! newer than the last one a rule saw for the sensor (a redelivery, a late
+//! reading) changes nothing. Derived metrics are seen once per batch, newest value.
+//! The database keeps one standing alert per rule and sensor, so hubs side by
+//! side raise it once. When the engine fell behind the channel or the database
+//! failed, it runs the rules over the whole `latest` table instead.
+//!
+//! Delivery takes due notifications from the outbox (leased with `SKIP LOCKED`),
+//! POSTs them signed, and retries failures with doubling waits up to
+//! `notify.max_backoff_s`: at least once, across restarts and receiver outages.
+
+use chrono::{DateTime, Utc};
+use cityhub_api::alerts::Notifier;
+use cityhub_config::alerts::AlertRule;
+use cityhub_store::alerts::{Alert, Raise};
+use cityhub_store::{Committed, Store};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+/// The alert metrics (`cityhub_alerts_*`, `cityhub_alert_deliveries_*`).
+#[derive(Clone, Default)]
+pub struct AlertMetrics {
+    raised: prometheus_client::metrics::counter::Counter,
+    cleared: prometheus_client::metrics::counter::Counter,
+    delivered: prometheus_client::metrics::counter::Counter,
+    failed: prometheus_client::metrics::counter::Counter,
+}
+
+impl AlertMetrics {
+    pub fn register(r: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self::default();
+        let r = r.sub_registry_with_prefix("cityhub");
+        r.register(
+            "alerts_raised",
+            "Alerts raised by this hub",
+            m.raised.clone(),
+        );
+        r.register(
+            "alerts_cleared",
+            "Alerts cleared by this hub",
+            m.cleared.clone(),
+        );
+        r.register(
+            "alert_deliveries",
+            "Webhook notifications this hub delivered (2xx)",
+            m.delivered.clone(),
+        );
+        r.register(
+            "alert_delivery_failures",
+            "Webhook attempts that failed and will be retried",
+            m.failed.clone(),
+        );
+        m
+    }
+}
+
+struct Engine {
+    store: Store,
+    rules: Vec<AlertRule>,
+    by_metric: HashMap<(String, String), Vec<usize>>,
+    /// (rule, sensor) with an alert not cleared.
+    standing: HashSet<(usize, String)>,
+    /// (rule, sensor) past the threshold since this reading time, not raised yet.
+    pending: HashMap<(usize, String), DateTime<Utc>>,
+    /// (rule, sensor): time of the newest reading the rule saw.
+    seen: HashMap<(usize, String), DateTime<Utc>>,
+    metrics: AlertMetrics,
+    notifier: Arc<Notifier>,
+}
+
+impl Engine {
+    async fn load(&mut self) -> Result<(), cityhub_store::StoreError> {
+        let index: HashMap<&str, usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str(), i))
+            .collect();
+        self.standing = self
+            .store
+            .standing_alerts()
+            .await?
+            .into_iter()
+            .filter_map(|(rule, sensor)| index.get(rule.as_str()).map(|i| (*i, sensor)))
+            .collect();
+        Ok(())
+    }
+
+    async fn evaluate(
+        &mut self,
+        sensor: &str,
+        kind: &str,
+        metric: &str,
+        time: DateTime<Utc>,
+        value: f64,
+    ) -> Result<(), cityhub_store::StoreError> {
+        let Some(idx) = self
+            .by_metric
+            .get(&(kind.to_owned(), metric.to_owned()))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let notifier = self.notifier.clone();
+        let bodies = move |a: &Alert, e: &str| notifier.bodies(a, e);
+        for i in idx {
+            let rule = &self.rules[i];
+            let key = (i, sensor.to_owned());
+            match self.seen.get(&key) {
+                Some(t) if *t >= time => continue,
+                _ => {
+                    self.seen.insert(key.clone(), time);
+                }
+            }
+            if self.standing.contains(&key) {
+                self.pending.remove(&key);
+                if rule.cleared(value) {
+                    if let Some(a) = self
+                        .store
+                        .clear_alert(&rule.id, sensor, time, value, &bodies)
+                        .await?
+                    {
+                        tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert cleared.");
+                        self.metrics.cleared.inc();
+                        self.notifier.wake.notify_one();
+                    }
+                    self.standing.remove(&key);
+                }
+            } else if rule.breached(value) {
+                let since = *self.pending.entry(key.clone()).or_insert(time);
+                if time - since >= chrono::Duration::seconds(rule.hold_s as i64) {
+                    let raised = self
+                        .store
+                        .raise_alert(
+                            &Raise {
+                                rule: &rule.id,
+                                sensor,
+                                kind,
+                                metric,
+                                severity: rule.severity.as_str(),
+                                threshold: rule.threshold,
+                                time,
+                                value,
+                            },
+                            &bodies,
+                        )
+                        .await?;
+                    if let Some(a) = raised {
+                        tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert raised.");
+                        self.metrics.raised.inc();
+                        self.notifier.wake.notify_one();
+                    }
+                    self.pending.remove(&key);
+                    self.standing.insert(key);
+                }
+            } else {
+                self.pending.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn batch(&mut self, batch: &Committed) -> Result<(), cityhub_store::StoreError> {
+        let mut readings: Vec<_> = batch.readings.iter().collect();
+        readings.sort_by_key(|r| r.time);
+        for r in readings {
+            let Some((kind, metric)) = self.store.metric_name(r.metric_id) else {
+                continue;
+            };
+            let (kind, metric) = (kind.to_owned(), metric.to_owned());
+            self.evaluate(r.sensor.as_str(), &kind, &metric, r.time, r.value)
+                .await?;
+        }
+        for c in batch.latest.iter() {
+            let Some((kind, metric)) = self.store.metric_name(c.metric_id) else {
+                continue;
+            };
+            let (kind, metric) = (kind.to_owned(), metric.to_owned());
+            self.evaluate(c.sensor.as_str(), &kind, &metric, c.time, c.value)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every rule over the whole `latest` table.
+    async fn sweep(&mut self) -> Result<(), cityhub_store::StoreError> {
+        self.load().await?;
+        let pairs: Vec<String> = self
+            .by_metric
+            .keys()
+            .map(|(k, m)| format!("{k}/{m}"))
+            .collect();
+        let rows = {
+            let c = self.store.pool().get().await?;
+            c.query(
+                "SELECT s.external_id, m.kind, m.name, l.time, l.value
+                 FROM latest l JOIN sensors s ON s.id = l.sensor_id JOIN metrics m ON m.id = l.metric_id
+                 WHERE m.kind || '/' || m.name = ANY($1)",
+                &[&pairs],
+            )
+            .await?
+        };
+        for r in &rows {
+            let (sensor, kind, metric): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            self.evaluate(&sensor, &kind, &metric, r.get(3), r.get(4))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the rules on every commit until `cancel`. `rx` must be subscribed before
+/// the pipeline starts, so no commit falls before the first sweep.
+pub async fn engine(
+    store: Store,
+    rules: Vec<AlertRule>,
+    notifier: Arc<Notifier>,
+    mut rx: broadcast::Receiver<Arc<Committed>>,
+    metrics: AlertMetrics,
+    cancel: CancellationToken,
+) {
+    let mut by_metric: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    for (i, r) in rules.iter().enumerate() {
+        by_metric
+            .entry((r.kind.clone(), r.metric.clone()))
+            .or_default()
+            .push(i);
+    }
+    let mut e = Engine {
+        store,
+        rules,
+        by_metric,
+        standing: HashSet::new(),
+        pending: HashMap::new(),
+        seen: HashMap::new(),
+        notifier,
+        metrics,
+    };
+    let mut behind = true; // start with a sweep
+    loop {
+        if behind {
+            match e.sweep().await {
+                Ok(()) => behind = false,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Alert rules could not run over the latest values; retrying.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                        _ = cancel.cancelled() => return,
+                    }
+                }
+            }
+        }
+        let got = tokio::select! {
+            r = rx.recv() => r,
+            _ = cancel.cancelled() => return,
+        };
+        match got {
+            Ok(b) => {
+                if let Err(err) = e.batch(&b).await {
+                    tracing::warn!(error = %err, "Alert rules failed on a commit; running them over the latest values.");
+                    behind = true;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "The alert engine fell behind; running the rules over the latest values."
+                );
+                behind = true;
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// `sha256=<hex>` of HMAC-SHA256 over `body` with `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// Delivers the outbox until `cancel`.
+pub async fn deliver(
+    store: Store,
+    notifier: Arc<Notifier>,
+    metrics: AlertMetrics,
+    cancel: CancellationToken,
+) {
+    let s = notifier.settings().clone();
+    let timeout = Duration::from_secs(s.timeout_s);
+    let http = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "No HTTP client for webhooks; alerts are not delivered.");
+            return;
+        }
+    };
+    let lease = (s.timeout_s * 2 + 5) as f64;
+    loop {
+        let due = match store.due_deliveries(20, lease).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "Reading the alert outbox failed; retrying.");
+                Vec::new()
+            }
+        };
+        for d in &due {
+            let hook = s.webhooks.iter().find(|w| w.url == d.target);
+            let mut req = http
+                .post(&d.target)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("X-Cityhub-Event", &d.event)
+                .header("X-Cityhub-Delivery", d.id.to_string())
+                .body(d.body.clone());
+            if let Some(secret) = hook.and_then(|h| h.secret.as_ref()) {
+                req = req.header(
+                    "X-Cityhub-Signature-256",
+                    signature(secret.expose(), d.body.as_bytes()),
+                );
+            }
+            let outcome = match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    metrics.delivered.inc();
+                    Ok(())
+                }
+                Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                Err(e) => Err(e.to_string()),
+            };
+            let outcome = outcome.map_err(|err| {
+                metrics.failed.inc();
+                let wait = 2f64.powi(d.attempts.clamp(0, 30) + 1).min(s.max_backoff_s as f64);
+                tracing::warn!(delivery = d.id, alert = d.alert_id, attempts = d.attempts + 1,
+                    retry_in_s = wait, error = %err, "A webhook delivery failed; it will be retried.");
+                (err, wait)
+            });
+            if let Err(e) = store.delivery_done(d.id, outcome).await {
+                tracing::warn!(error = %e, delivery = d.id, "Recording a webhook delivery failed; it may be sent again.");
+            }
+        }
+        if due.is_empty() {
+            tokio::select! {
+                _ = notifier.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = cancel.cancelled() => return,
+            }
+        } else if cancel.is_cancelled() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            super::signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! Alert rules and notifications (`[alerts]`, `[notify]`).
+//!
+//! Every kind whose `map` rule is `above` has an alert rule for free: raised when
+//! the value reaches `alarm`, cleared when it falls below `warn`, so a value
+//! around the alarm level does not flap. A city adds its own in
+//! `[[alerts.rules]]`, with a clear level (hysteresis) and a hold time.
+
+use crate::kinds::{Catalog, MapRule};
+use crate::settings::Secret;
+use serde::{Deserialize, Serialize};
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    /// At or above the threshold.
+    Above,
+    /// At or below the threshold.
+    Below,
+}
+
+/// A rule a city adds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleDef {
+    /// Stable name, used in the API and in notifications.
+    pub id: String,
+    pub kind: String,
+    pub metric: String,
+    pub condition: Condition,
+    pub threshold: f64,
+    /// The alert clears once the value is back past this level; the threshold
+    /// itself when unset. Must be on the safe side of the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear: Option<f64>,
+    /// The condition must hold this long (by the readings' own times) before the
+    /// alert is raised.
+    #[serde(default)]
+    pub hold_s: u64,
+    #[serde(default)]
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// Alert rules from the kinds' `above` map rules (raised at `alarm`, cleared below `warn`).
+    pub from_map_rules: bool,
+    pub rules: Vec<AlertRuleDef>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            from_map_rules: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// A webhook receiver of alert events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDef {
+    pub url: String,
+    /// Only alerts of these kinds (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// Only alerts of these severities (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub severities: Vec<Severity>,
+    /// Signs each body with HMAC-SHA256 (`X-Cityhub-Signature-256: sha256=<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+}
+
+impl WebhookDef {
+    pub fn wants(&self, kind: &str, severity: Severity) -> bool {
+        (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
+            && (self.severities.is_empty() || self.severities.contains(&severity))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySettings {
+    pub webhooks: Vec<WebhookDef>,
+    /// A failed delivery is retried after 2, 4, 8, ... seconds, at most this long apart.
+    pub max_backoff_s: u64,
+    /// A receiver must answer within this long.
+    pub timeout_s: u64,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            max_backoff_s: 600,
+            timeout_s: 10,
+        }
+    }
+}
+
+/// A rule ready to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    pub id: String,
+    pub kind: String,
+    pub metric: String,
+    pub condition: Condition,
+    pub threshold: f64,
+    pub clear: f64,
+    pub hold_s: u64,
+    pub severity: Severity,
+}
+
+impl AlertRule {
+    /// True when `value` meets the raising condition.
+    pub fn breached(&self, value: f64) -> bool {
+        match self.condition {
+            Condition::Above => value >= self.threshold,
+            Condition::Below => value <= self.threshold,
+        }
+    }
+
+    /// True when `value` is back on the safe side of the clear level.
+    pub fn cleared(&self, value: f64) -> bool {
+        match self.condition {
+            Condition::Above => value < self.clear,
+            Condition::Below => value > self.clear,
+        }
+    }
+}
+
+/// The rules in force: the map rules' (when enabled) and the configured ones,
+/// checked against the catalogue.
+pub fn rules(settings: &AlertSettings, catalog: &Catalog) -> Result<Vec<AlertRule>, String> {
+    let mut out = Vec::new();
+    if settings.from_map_rules {
+        for k in catalog.iter() {
+            if let Some(MapRule::Above {
+                metric,
+                warn,
+                alarm,
+            }) = &k.def.map
+            {
+                out.push(AlertRule {
+                    id: format!("{}_{}_alarm", k.name, metric),
+                    kind: k.name.to_string(),
+                    metric: metric.clone(),
+                    condition: Condition::Above,
+                    threshold: *alarm,
+                    clear: *warn,
+                    hold_s: 0,
+                    severity: Severity::Critical,
+                });
+            }
+        }
+    }
+    for r in &settings.rules {
+        let at = format!("alerts.rules {:?}", r.id);
+        crate::Name::parse(&r.id).map_err(|e| format!("{at}: id: {e}"))?;
+        let kind = catalog
+            .get(&r.kind)
+            .ok_or_else(|| format!("{at}: kind {:?} is not configured", r.kind))?;
+        if kind.metric(&r.metric).is_none() {
+            return Err(format!(
+                "{at}: {:?} is not a metric of {}",
+                r.metric, r.kind
+            ));
+        }
+        if !r.threshold.is_finite() {
+            return Err(format!("{at}: threshold must be a number"));
+        }
+        let clear = r.clear.unwrap_or(r.threshold);
+        let safe = match r.condition {
+            Condition::Above => clear <= r.threshold,
+            Condition::Below => clear >= r.threshold,
+        };
+        if !clear.is_finite() || !safe {
+            return Err(format!(
+                "{at}: clear {clear} must be on the safe side of the threshold {}",
+                r.threshold
+            ));
+        }
+        if out.iter().any(|o: &AlertRule| o.id == r.id) {
+            return Err(format!("{at}: two rules have this id"));
+        }
+        out.push(AlertRule {
+            id: r.id.clone(),
+            kind: r.kind.clone(),
+            metric: r.metric.clone(),
+            condition: r.condition,
+            threshold: r.threshold,
+            clear,
+            hold_s: r.hold_s,
+            severity: r.severity,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(condition: Condition, threshold: f64, clear: Option<f64>) -> AlertRuleDef {
+        AlertRuleDef {
+            id: "low_battery".into(),
+            kind: "waste_bin".into(),
+            metric: "battery".into(),
+            condition,
+            threshold,
+            clear,
+            hold_s: 0,
+            severity: Severity::Warning,
+        }
+    }
+
+    #[test]
+    fn map_rules_and_configured_rules_with_hysteresis() {
+        let catalog = crate::Settings::builtin().unwrap().catalog().unwrap();
+        let mut s = AlertSettings::default();
+        s.rules.push(rule(Condition::Below, 20.0, Some(30.0)));
+        let rules = rules(&s, &catalog).unwrap();
+        let bin = rules
+            .iter()
+            .find(|r| r.id == "waste_bin_fill_level_alarm")
+            .unwrap();
+        assert!(bin.breached(bin.threshold) && !bin.cleared(bin.threshold));
+        assert!(!bin.cleared(bin.clear) && bin.cleared(bin.clear - 0.1));
+        let low = rules.iter().find(|r| r.id == "low_battery").unwrap();
+        assert!(low.breached(20.0) && !low.breached(20.5));
+        assert!(!low.cleared(25.0) && low.cleared(30.5));
+        for bad in [
+            rule(Condition::Below, 20.0, Some(10.0)),
+            rule(Condition::Above, 20.0, Some(30.0)),
+            AlertRuleDef {
+                metric: "nope".into(),
+                ..rule(Condition::Below, 1.0, None)
+            },
+            AlertRuleDef {
+                kind: "nope".into(),
+                ..rule(Condition::Below, 1.0, None)
+            },
+            AlertRuleDef {
+                id: "Bad Id".into(),
+                ..rule(Condition::Below, 1.0, None)
+            },
+        ] {
+            let s = AlertSettings {
+                from_map_rules: false,
+                rules: vec![bad.clone()],
+            };
+            assert!(super::rules(&s, &catalog).is_err(), "{bad:?}");
+        }
+    }
+}

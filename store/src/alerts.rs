@@ -1,0 +1,309 @@
+//! Alerts in the database: raising, clearing and acknowledging each change the
+//! alert and write its notifications to the outbox in one transaction, so a
+//! notification is never lost and never sent for a change that did not happen.
+
+use crate::error::StoreError;
+use crate::Store;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// An alert as the API and notifications show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Alert {
+    pub id: i64,
+    pub rule: String,
+    pub sensor: String,
+    pub kind: String,
+    pub metric: String,
+    pub severity: String,
+    pub state: String,
+    pub threshold: f64,
+    #[serde(serialize_with = "cityhub_config::time::serialize")]
+    pub raised_at: DateTime<Utc>,
+    pub raised_value: f64,
+    #[serde(serialize_with = "cityhub_config::time::serialize_opt")]
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub ack_note: Option<String>,
+    #[serde(serialize_with = "cityhub_config::time::serialize_opt")]
+    pub cleared_at: Option<DateTime<Utc>>,
+    pub cleared_value: Option<f64>,
+}
+
+const COLUMNS: &str =
+    "a.id, a.rule, s.external_id, a.kind, a.metric, a.severity, a.state, a.threshold,
+     a.raised_at, a.raised_value, a.acknowledged_at, a.ack_note, a.cleared_at, a.cleared_value";
+
+fn alert(r: &tokio_postgres::Row) -> Alert {
+    Alert {
+        id: r.get(0),
+        rule: r.get(1),
+        sensor: r.get(2),
+        kind: r.get(3),
+        metric: r.get(4),
+        severity: r.get(5),
+        state: r.get(6),
+        threshold: r.get(7),
+        raised_at: r.get(8),
+        raised_value: r.get(9),
+        acknowledged_at: r.get(10),
+        ack_note: r.get(11),
+        cleared_at: r.get(12),
+        cleared_value: r.get(13),
+    }
+}
+
+/// What raises an alert.
+#[derive(Debug, Clone)]
+pub struct Raise<'a> {
+    pub rule: &'a str,
+    pub sensor: &'a str,
+    pub kind: &'a str,
+    pub metric: &'a str,
+    pub severity: &'a str,
+    pub threshold: f64,
+    pub time: DateTime<Utc>,
+    pub value: f64,
+}
+
+/// The notifications of one change: (target, body) pairs, from the changed alert.
+pub type Notify<'a> = &'a (dyn Fn(&Alert, &str) -> Vec<(String, String)> + Sync);
+
+/// Which alerts to list.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    pub states: Vec<String>,
+    pub kind: Option<String>,
+    pub sensor: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+/// A notification to deliver.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: i64,
+    pub alert_id: i64,
+    pub event: String,
+    pub target: String,
+    pub body: String,
+    pub attempts: i32,
+}
+
+impl Store {
+    /// Alerts not cleared: (rule, sensor) of each.
+    pub async fn standing_alerts(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.pool().get().await?;
+        Ok(c.query(
+            "SELECT a.rule, s.external_id FROM alerts a JOIN sensors s ON s.id = a.sensor_id
+             WHERE a.state <> 'cleared'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+    }
+
+    /// Raises an alert unless one of this rule stands for the sensor; returns it when raised.
+    pub async fn raise_alert(
+        &self,
+        r: &Raise<'_>,
+        notify: Notify<'_>,
+    ) -> Result<Option<Alert>, StoreError> {
+        let mut c = self.pool().get().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "WITH s AS (SELECT id, external_id FROM sensors WHERE external_id = $2),
+                     a AS (INSERT INTO alerts (rule, sensor_id, kind, metric, severity, state, threshold, raised_at, raised_value)
+                           SELECT $1, s.id, $3, $4, $5, 'open', $6, $7, $8 FROM s
+                           ON CONFLICT (rule, sensor_id) WHERE state <> 'cleared' DO NOTHING
+                           RETURNING *)
+                     SELECT {COLUMNS} FROM a JOIN s ON s.id = a.sensor_id"
+                ),
+                &[&r.rule, &r.sensor, &r.kind, &r.metric, &r.severity, &r.threshold, &r.time, &r.value],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let a = alert(&row);
+        outbox(&tx, &a, "raised", notify).await?;
+        tx.commit().await?;
+        Ok(Some(a))
+    }
+
+    /// Clears the standing alert of `rule` for `sensor`, if any.
+    pub async fn clear_alert(
+        &self,
+        rule: &str,
+        sensor: &str,
+        time: DateTime<Utc>,
+        value: f64,
+        notify: Notify<'_>,
+    ) -> Result<Option<Alert>, StoreError> {
+        self.change(
+            "UPDATE alerts a SET state = 'cleared', cleared_at = $3, cleared_value = $4, updated_at = now()
+             FROM sensors s WHERE s.id = a.sensor_id AND a.rule = $1 AND s.external_id = $2 AND a.state <> 'cleared'",
+            &[&rule, &sensor, &time, &value],
+            "cleared",
+            notify,
+        )
+        .await
+    }
+
+    /// An operator acknowledges an open alert (with a note). None when there is no
+    /// such alert; `Err(state)` inside Ok when it is not open.
+    pub async fn ack_alert(
+        &self,
+        id: i64,
+        note: Option<&str>,
+        notify: Notify<'_>,
+    ) -> Result<Result<Alert, Option<String>>, StoreError> {
+        let done = self
+            .change(
+                "UPDATE alerts a SET state = 'acknowledged', acknowledged_at = now(), ack_note = $2, updated_at = now()
+                 FROM sensors s WHERE s.id = a.sensor_id AND a.id = $1 AND a.state = 'open'",
+                &[&id, &note],
+                "acknowledged",
+                notify,
+            )
+            .await?;
+        if let Some(a) = done {
+            return Ok(Ok(a));
+        }
+        let c = self.pool().get().await?;
+        let state = c
+            .query_opt("SELECT state FROM alerts WHERE id = $1", &[&id])
+            .await?
+            .map(|r| r.get::<_, String>(0));
+        Ok(Err(state))
+    }
+
+    async fn change(
+        &self,
+        update: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        event: &str,
+        notify: Notify<'_>,
+    ) -> Result<Option<Alert>, StoreError> {
+        let mut c = self.pool().get().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_opt(&format!("{update} RETURNING {COLUMNS}"), params)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let a = alert(&row);
+        outbox(&tx, &a, event, notify).await?;
+        tx.commit().await?;
+        Ok(Some(a))
+    }
+
+    /// Alerts, newest first.
+    pub async fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
+        let c = self.pool().get().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM alerts a JOIN sensors s ON s.id = a.sensor_id
+                     WHERE (cardinality($1::text[]) = 0 OR a.state = ANY($1))
+                       AND ($2::text IS NULL OR a.kind = $2)
+                       AND ($3::text IS NULL OR s.external_id = $3)
+                       AND ($4::timestamptz IS NULL OR a.updated_at >= $4 OR a.raised_at >= $4)
+                     ORDER BY a.raised_at DESC, a.id DESC LIMIT $5"
+                ),
+                &[&f.states, &f.kind, &f.sensor, &f.since, &f.limit],
+            )
+            .await?;
+        Ok(rows.iter().map(alert).collect())
+    }
+
+    /// Takes up to `limit` due notifications for `lease_s` seconds (another hub, or
+    /// this one after a crash, takes them again after that).
+    pub async fn due_deliveries(
+        &self,
+        limit: i64,
+        lease_s: f64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let c = self.pool().get().await?;
+        let rows = c
+            .query(
+                "UPDATE alert_outbox o SET next_attempt_at = now() + make_interval(secs => $2)
+                 WHERE o.id IN (SELECT id FROM alert_outbox WHERE delivered_at IS NULL AND next_attempt_at <= now()
+                                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 RETURNING o.id, o.alert_id, o.event, o.target, o.body, o.attempts",
+                &[&limit, &lease_s],
+            )
+            .await?;
+        let mut out: Vec<Delivery> = rows
+            .iter()
+            .map(|r| Delivery {
+                id: r.get(0),
+                alert_id: r.get(1),
+                event: r.get(2),
+                target: r.get(3),
+                body: r.get(4),
+                attempts: r.get(5),
+            })
+            .collect();
+        out.sort_by_key(|d| d.id);
+        Ok(out)
+    }
+
+    /// Records a delivery's outcome: delivered, or retried after `retry_in_s`.
+    pub async fn delivery_done(
+        &self,
+        id: i64,
+        outcome: Result<(), (String, f64)>,
+    ) -> Result<(), StoreError> {
+        let c = self.pool().get().await?;
+        match outcome {
+            Ok(()) => {
+                c.execute(
+                    "UPDATE alert_outbox SET delivered_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = $1",
+                    &[&id],
+                )
+                .await?
+            }
+            Err((error, retry_in_s)) => {
+                c.execute(
+                    "UPDATE alert_outbox SET attempts = attempts + 1, last_error = $2,
+                         next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
+                    &[&id, &error, &retry_in_s],
+                )
+                .await?
+            }
+        };
+        Ok(())
+    }
+
+    /// Notifications not delivered yet (for `/metrics`).
+    pub async fn undelivered(&self) -> Result<i64, StoreError> {
+        let c = self.pool().get().await?;
+        Ok(c.query_one(
+            "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0))
+    }
+}
+
+async fn outbox(
+    tx: &tokio_postgres::Transaction<'_>,
+    a: &Alert,
+    event: &str,
+    notify: Notify<'_>,
+) -> Result<(), StoreError> {
+    for (target, body) in notify(a, event) {
+        tx.execute(
+            "INSERT INTO alert_outbox (alert_id, event, target, body) VALUES ($1, $2, $3, $4)",
+            &[&a.id, &event, &target, &body],
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! Alerts end to end: rules raised and cleared by readings, the lifecycle in the
+//! database and the API, the operator token, and webhook notifications delivered
+//! signed, at least once, through a receiver outage and a hub restart.
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use cityhub_testkit::*;
+use hmac::{KeyInit, Mac};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SECRET: &str = "webhook-secret-for-the-test";
+const OPERATOR: &str = "operator-token-0123456789";
+
+/// Webhook deliveries a receiver got: (headers, body).
+type Got = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// A webhook receiver on `listener` that answers 200 to every POST.
+fn receiver(listener: tokio::net::TcpListener) -> Got {
+    let got: Got = Arc::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |h: HeaderMap, b: Bytes| {
+            let g = g.clone();
+            async move {
+                g.lock().unwrap().push((h, b));
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    got
+}
+
+fn config(dir: &std::path::Path, hook_port: u16, extra: &str) -> std::path::PathBuf {
+    let conf = dir.join("cityhub.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[http]
+operator_token = "{OPERATOR}"
+[notify]
+max_backoff_s = 4
+[[notify.webhooks]]
+url = "http://127.0.0.1:{hook_port}/hook"
+secret = "{SECRET}"
+kinds = ["waste_bin"]
+[[alerts.rules]]
+id = "low_battery"
+kind = "waste_bin"
+metric = "battery"
+condition = "below"
+threshold = 20
+clear = 30
+hold_s = 3600
+severity = "warning"
+{extra}
+"#
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+async fn publish(broker: &Broker, sensor: &str, ts: chrono::DateTime<chrono::Utc>, values: Value) {
+    publish_raw(
+        broker,
+        &[(
+            &format!("cityhub/v1/waste_bin/{sensor}"),
+            json!({"ts": ts.to_rfc3339(), "values": values})
+                .to_string()
+                .into_bytes(),
+        )],
+    )
+    .await;
+}
+
+async fn alerts(http: &reqwest::Client, hub: &Hub, query: &str) -> Vec<Value> {
+    let r: Value = http
+        .get(hub.url(&format!("/api/v1/alerts{query}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["alerts"].as_array().unwrap().clone()
+}
+
+/// (event, alert id) of each delivery, after checking its signature.
+fn deliveries(got: &Got) -> Vec<(String, i64)> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|(h, b)| {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(b);
+            let want: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect();
+            let sig = h["x-cityhub-signature-256"].to_str().unwrap();
+            assert_eq!(sig, format!("sha256={want}"), "a body signed wrongly");
+            let v: Value = serde_json::from_slice(b).unwrap();
+            let event = v["event"].as_str().unwrap().to_owned();
+            assert_eq!(h["x-cityhub-event"].to_str().unwrap(), event);
+            let id = v["alert"]["id"].as_i64().unwrap();
+            assert_eq!(v["event_id"], format!("{id}-{event}"));
+            (event, id)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_below_warn() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = receiver(listener);
+    let dir = std::env::temp_dir().join(unique("alerts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = config(&dir, port, "");
+    let hub = Hub::start(
+        &db,
+        &broker,
+        "alerts",
+        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(3);
+    let min = |m: i64| t0 + chrono::Duration::minutes(m);
+
+    // 50 is below the alarm (80); 85 raises; 90 raises nothing more; 60 is above
+    // warn (50), so it stays; 40 clears.
+    for (m, fill) in [(0, 50.0), (10, 85.0), (20, 90.0), (30, 60.0)] {
+        publish(&broker, "bin-a1", min(m), json!({"fill_level": fill})).await;
+    }
+    wait_for(30, "the raised alert delivered", || {
+        let got = got.clone();
+        async move { !deliveries(&got).is_empty() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = alerts(&http, &hub, "?state=open").await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["rule"], "waste_bin_fill_level_alarm");
+    assert_eq!(open[0]["severity"], "critical");
+    assert_eq!(open[0]["raised_value"], 85.0);
+    assert_eq!(open[0]["raised_at"], cityhub_config::time::rfc3339(min(10)));
+    publish(&broker, "bin-a1", min(40), json!({"fill_level": 40.0})).await;
+    wait_for(30, "the cleared alert delivered", || {
+        let got = got.clone();
+        async move { deliveries(&got).len() >= 2 }
+    })
+    .await;
+    let id = open[0]["id"].as_i64().unwrap();
+    assert_eq!(
+        deliveries(&got),
+        [("raised".into(), id), ("cleared".into(), id)]
+    );
+    let cleared = alerts(&http, &hub, "?state=cleared&sensor=bin-a1").await;
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0]["cleared_value"], 40.0);
+    assert!(alerts(&http, &hub, "?state=open").await.is_empty());
+
+    // A configured rule with a hold time and a clear level: battery at or below 20
+    // for an hour (by the readings' times) raises; back above 30 clears.
+    for (m, b) in [(0, 15.0), (30, 14.0)] {
+        publish(&broker, "bin-b1", min(m), json!({"battery": b})).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        alerts(&http, &hub, "?sensor=bin-b1").await.is_empty(),
+        "raised before the hold time"
+    );
+    publish(&broker, "bin-b1", min(61), json!({"battery": 13.0})).await;
+    wait_for(30, "the low battery alert", || {
+        let (http, hub) = (&http, &hub);
+        async move { alerts(http, hub, "?sensor=bin-b1&state=open").await.len() == 1 }
+    })
+    .await;
+    let low = &alerts(&http, &hub, "?sensor=bin-b1").await[0];
+    assert_eq!(
+        (low["rule"].as_str(), low["severity"].as_str()),
+        (Some("low_battery"), Some("warning"))
+    );
+    assert_eq!(low["raised_at"], cityhub_config::time::rfc3339(min(61)));
+    publish(&broker, "bin-b1", min(70), json!({"battery": 25.0})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        alerts(&http, &hub, "?sensor=bin-b1&state=open").await.len(),
+        1,
+        "25 is not past the clear level"
+    );
+    publish(&broker, "bin-b1", min(80), json!({"battery": 35.0})).await;
+    wait_for(30, "the low battery alert cleared", || {
+        let (http, hub) = (&http, &hub);
+        async move {
+            alerts(http, hub, "?sensor=bin-b1&state=cleared")
+                .await
+                .len()
+                == 1
+        }
+    })
+    .await;
+    // Two rules raised and cleared, four deliveries of the bin alarm's webhook
+    // (its filter takes every waste_bin alert).
+    assert_eq!(hub.metric("cityhub_alerts_raised_total").await, 2.0);
+    assert_eq!(hub.metric("cityhub_alerts_cleared_total").await, 2.0);
+    wait_for(30, "four deliveries", || {
+        let got = got.clone();
+        async move { deliveries(&got).len() == 4 }
+    })
+    .await;
+    // Unknown filters are refused.
+    let r = http
+        .get(hub.url("/api/v1/alerts?state=closed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledging_needs_the_operator_token() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = receiver(listener);
+    let dir = std::env::temp_dir().join(unique("alerts_ack"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = config(&dir, port, "");
+    let hub = Hub::start(
+        &db,
+        &broker,
+        "alerts-ack",
+        &[
+            ("CITYHUB_CONFIG", conf.to_str().unwrap()),
+            ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    publish(
+        &broker,
+        "bin-k1",
+        chrono::Utc::now(),
+        json!({"fill_level": 99.0}),
+    )
+    .await;
+    wait_for(30, "the alert", || {
+        let (http, hub) = (&http, &hub);
+        async move { alerts(http, hub, "?state=open").await.len() == 1 }
+    })
+    .await;
+    let id = alerts(&http, &hub, "").await[0]["id"].as_i64().unwrap();
+    let ack = |token: Option<&str>, id: i64| {
+        let mut r = http
+            .post(hub.url(&format!("/api/v1/alerts/{id}/ack")))
+            .json(&json!({"note": "crew sent, round 14"}));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(ack(None, id).await.unwrap().status(), 401);
+    assert_eq!(
+        ack(Some(TOKEN), id).await.unwrap().status(),
+        403,
+        "the admin token is not an operator's"
+    );
+    assert_eq!(
+        ack(Some("operator-token-wrong-12345"), id)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = ack(Some(OPERATOR), id).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["state"], "acknowledged");
+    assert_eq!(a["ack_note"], "crew sent, round 14");
+    assert_eq!(ack(Some(OPERATOR), id).await.unwrap().status(), 409);
+    assert_eq!(ack(Some(OPERATOR), id + 1000).await.unwrap().status(), 404);
+    assert_eq!(alerts(&http, &hub, "?state=acknowledged").await.len(), 1);
+    // An acknowledged alert still clears, and the receiver hears of all three.
+    publish(
+        &broker,
+        "bin-k1",
+        chrono::Utc::now(),
+        json!({"fill_level": 10.0}),
+    )
+    .await;
+    wait_for(30, "three deliveries", || {
+        let got = got.clone();
+        async move { deliveries(&got).len() >= 3 }
+    })
+    .await;
+    let events: Vec<String> = deliveries(&got).into_iter().map(|(e, _)| e).collect();
+    assert_eq!(events, ["raised", "acknowledged", "cleared"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The receiver is down for two minutes and the hub is killed and restarted in
+/// between: when the receiver is back, it gets every notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_two_minutes_and_a_hub_restart_lose_nothing() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let port = free_port().unwrap();
+    let dir = std::env::temp_dir().join(unique("alerts_down"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = config(&dir, port, "");
+    let mut hub = Hub::start(
+        &db,
+        &broker,
+        "alerts-down",
+        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
+    )
+    .await;
+    let down = std::time::Instant::now();
+    publish(
+        &broker,
+        "bin-d1",
+        chrono::Utc::now() - chrono::Duration::minutes(5),
+        json!({"fill_level": 95.0}),
+    )
+    .await;
+    wait_for(30, "a failed delivery attempt", || {
+        let db = &db;
+        async move {
+            db.count("SELECT count(*) FROM alert_outbox WHERE attempts > 0")
+                .await
+                >= 1
+        }
+    })
+    .await;
+    hub.restart().await;
+    publish(
+        &broker,
+        "bin-d1",
+        chrono::Utc::now(),
+        json!({"fill_level": 5.0}),
+    )
+    .await;
+    wait_for(30, "the cleared notification queued", || {
+        let db = &db;
+        async move { db.count("SELECT count(*) FROM alert_outbox").await == 2 }
+    })
+    .await;
+    let remaining = Duration::from_secs(120).saturating_sub(down.elapsed());
+    tokio::time::sleep(remaining).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL")
+            .await,
+        2,
+        "nothing could be delivered while the receiver was down"
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let got = receiver(listener);
+    wait_for(30, "both notifications, once the receiver is back", || {
+        let got = got.clone();
+        async move { deliveries(&got).len() >= 2 }
+    })
+    .await;
+    let mut events: Vec<String> = deliveries(&got).into_iter().map(|(e, _)| e).collect();
+    events.dedup();
+    assert_eq!(events, ["raised", "cleared"]);
+    assert_eq!(
+        db.count("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL")
+            .await,
+        0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
