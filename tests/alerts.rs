@@ -134,6 +134,24 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
     )
     .await;
     let http = reqwest::Client::new();
+    // Node-RED's view: the alert events on the broker.
+    let sub_out = dir.join("alerts.mqtt");
+    let mut sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-v",
+            "-t",
+            "cityhub/v1/alerts/#",
+        ])
+        .stdout(std::fs::File::create(&sub_out).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = chrono::Utc::now() - chrono::Duration::hours(3);
     let min = |m: i64| t0 + chrono::Duration::minutes(m);
 
@@ -219,6 +237,45 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
         async move { deliveries(&got).len() == 4 }
     })
     .await;
+    // The same four events on the broker, and the hub did not read them back as readings.
+    wait_for(30, "four alert messages on the broker", || {
+        let p = sub_out.clone();
+        async move {
+            std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                >= 4
+        }
+    })
+    .await;
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let lines = std::fs::read_to_string(&sub_out).unwrap();
+    let events: Vec<(String, String)> = lines
+        .lines()
+        .map(|l| {
+            let (topic, body) = l.split_once(' ').unwrap();
+            let v: Value = serde_json::from_str(body).unwrap();
+            (topic.to_owned(), v["event"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("bin-a1", "raised"),
+        ("bin-a1", "cleared"),
+        ("bin-b1", "raised"),
+        ("bin-b1", "cleared"),
+    ]
+    .iter()
+    .map(|(s, e)| (format!("cityhub/v1/alerts/waste_bin/{s}"), e.to_string()))
+    .collect();
+    assert_eq!(events, want);
+    assert_eq!(db.count("SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM sensors WHERE kind = 'alerts'")
+            .await,
+        0
+    );
     // Unknown filters are refused.
     let r = http
         .get(hub.url("/api/v1/alerts?state=closed"))
@@ -250,6 +307,21 @@ async fn acknowledging_needs_the_operator_token() {
     )
     .await;
     let http = reqwest::Client::new();
+    // A live-stream client of the bins: it gets the alert events too.
+    let stream = Arc::new(Mutex::new(String::new()));
+    let mut resp = http
+        .get(hub.url("/api/v1/stream?kind=waste_bin"))
+        .send()
+        .await
+        .unwrap();
+    let sink = stream.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk));
+        }
+    });
     publish(
         &broker,
         "bin-k1",
@@ -308,6 +380,29 @@ async fn acknowledging_needs_the_operator_token() {
     .await;
     let events: Vec<String> = deliveries(&got).into_iter().map(|(e, _)| e).collect();
     assert_eq!(events, ["raised", "acknowledged", "cleared"]);
+    wait_for(10, "three alert events on the stream", || {
+        let stream = stream.clone();
+        async move { stream.lock().unwrap().matches("event: alert").count() >= 3 }
+    })
+    .await;
+    let text = stream.lock().unwrap().clone();
+    let alerts: Vec<(String, String)> = text
+        .split("\n\n")
+        .filter(|e| e.contains("event: alert"))
+        .map(|e| {
+            let id = e
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .unwrap()
+                .to_owned();
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            let v: Value = serde_json::from_str(data).unwrap();
+            (id, v["event"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let kinds: Vec<&str> = alerts.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(kinds, ["raised", "acknowledged", "cleared"], "{text}");
+    assert!(alerts.iter().all(|(id, _)| !id.is_empty()));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -339,7 +434,7 @@ async fn a_receiver_down_for_two_minutes_and_a_hub_restart_lose_nothing() {
     wait_for(30, "a failed delivery attempt", || {
         let db = &db;
         async move {
-            db.count("SELECT count(*) FROM alert_outbox WHERE attempts > 0")
+            db.count("SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%' AND attempts > 0")
                 .await
                 >= 1
         }
@@ -355,14 +450,20 @@ async fn a_receiver_down_for_two_minutes_and_a_hub_restart_lose_nothing() {
     .await;
     wait_for(30, "the cleared notification queued", || {
         let db = &db;
-        async move { db.count("SELECT count(*) FROM alert_outbox").await == 2 }
+        async move {
+            db.count("SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%'")
+                .await
+                == 2
+        }
     })
     .await;
     let remaining = Duration::from_secs(120).saturating_sub(down.elapsed());
     tokio::time::sleep(remaining).await;
     assert_eq!(
-        db.count("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL")
-            .await,
+        db.count(
+            "SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%' AND delivered_at IS NULL"
+        )
+        .await,
         2,
         "nothing could be delivered while the receiver was down"
     );

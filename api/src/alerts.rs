@@ -13,6 +13,18 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
+/// Outbox targets that are MQTT topics start with this.
+pub const MQTT_TARGET: &str = "mqtt:";
+
+/// Where an alert event is published on the broker. Ingestion ignores this
+/// branch of `cityhub/v1/`, so the hub never reads its own alerts as readings.
+pub fn alert_topic(kind: &str, sensor: &str) -> String {
+    format!(
+        "{}{kind}/{sensor}",
+        cityhub_config::alerts::ALERT_TOPIC_PREFIX
+    )
+}
+
 /// Builds the notifications of an alert change, and wakes the delivery task.
 pub struct Notifier {
     settings: NotifySettings,
@@ -28,6 +40,16 @@ struct Body<'a> {
     alert: &'a Alert,
 }
 
+/// An alert event as every receiver gets it (webhooks, the broker, the stream).
+pub fn event_json(a: &Alert, event: &str) -> String {
+    serde_json::to_string(&Body {
+        event_id: format!("{}-{event}", a.id),
+        event,
+        alert: a,
+    })
+    .unwrap_or_default()
+}
+
 impl Notifier {
     pub fn new(settings: NotifySettings) -> Arc<Self> {
         Arc::new(Self {
@@ -40,25 +62,29 @@ impl Notifier {
         &self.settings
     }
 
-    /// (webhook URL, body) for each webhook that wants this alert.
+    /// (target, body) for each webhook that wants this alert (its URL), and the
+    /// broker (`mqtt:` and the topic) when `notify.mqtt` is on.
     pub fn bodies(&self, a: &Alert, event: &str) -> Vec<(String, String)> {
         let severity = match a.severity.as_str() {
             "info" => Severity::Info,
             "critical" => Severity::Critical,
             _ => Severity::Warning,
         };
-        let body = serde_json::to_string(&Body {
-            event_id: format!("{}-{event}", a.id),
-            event,
-            alert: a,
-        })
-        .unwrap_or_default();
-        self.settings
+        let body = event_json(a, event);
+        let mut out: Vec<(String, String)> = self
+            .settings
             .webhooks
             .iter()
             .filter(|w| w.wants(&a.kind, severity))
             .map(|w| (w.url.clone(), body.clone()))
-            .collect()
+            .collect();
+        if self.settings.mqtt {
+            out.push((
+                format!("{MQTT_TARGET}{}", alert_topic(&a.kind, &a.sensor)),
+                body,
+            ));
+        }
+        out
     }
 }
 
@@ -171,6 +197,8 @@ pub async fn ack(
     match store.ack_alert(id, note.as_deref(), &bodies).await? {
         Ok(a) => {
             tracing::info!(alert = a.id, rule = %a.rule, "Alert acknowledged.");
+            s.live
+                .alert(&a.kind, &a.sensor, event_json(&a, "acknowledged"));
             s.notifier.wake.notify_one();
             Ok(Json(a))
         }

@@ -7,6 +7,8 @@
 //! missed from a log of recent batches; from further back, another hub process,
 //! or across a gap, it gets `event: reload` and should re-read `/api/v1/sensors`.
 //! A client too slow to keep up gets `event: lagged`, and should do the same.
+//! Alerts raised, acknowledged and cleared come as `event: alert`, in the same
+//! sequence (resumed the same way), filtered by the same kinds and sensors.
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::geo::rfc3339;
@@ -112,12 +114,21 @@ fn events(state: &AppState, batch: &LiveBatch) -> Vec<LiveEvent> {
     by_sensor.into_values().collect()
 }
 
-/// A committed batch with its place in this hub run's sequence.
+/// A committed batch, or an alert event, with its place in this hub run's sequence.
 #[derive(Clone)]
 pub struct Stamped {
     seq: u64,
     at: Instant,
     batch: LiveBatch,
+    alert: Option<Arc<AlertNote>>,
+}
+
+/// An alert event for the stream (`event: alert`).
+pub struct AlertNote {
+    kind: String,
+    sensor: String,
+    /// The JSON data, as webhooks get it.
+    data: String,
 }
 
 /// Where a resuming client stands: batch `seq`, sensor index `idx` of it seen.
@@ -150,6 +161,8 @@ struct Log {
     gap_before: u64,
     /// When the last stream ended; the relay keeps logging for `window` after it.
     idle_since: Option<Instant>,
+    /// The relay takes batches now (alert events are logged only meanwhile too).
+    listening: bool,
 }
 
 /// At most this many readings are kept for resuming, whatever the window.
@@ -197,12 +210,33 @@ impl Live {
         (parts.next()? == self.run).then_some(Position { seq, idx })
     }
 
+    /// An alert raised, acknowledged or cleared, for the open streams (and those
+    /// that come back within the window).
+    pub fn alert(&self, kind: &str, sensor: &str, data: String) {
+        if !self.state.lock().expect("live log lock").listening {
+            return;
+        }
+        self.push(
+            Arc::new(Vec::new()),
+            Some(Arc::new(AlertNote {
+                kind: kind.to_owned(),
+                sensor: sensor.to_owned(),
+                data,
+            })),
+        );
+    }
+
     fn record(&self, batch: LiveBatch) {
+        self.push(batch, None);
+    }
+
+    fn push(&self, batch: LiveBatch, alert: Option<Arc<AlertNote>>) {
         let mut log = self.state.lock().expect("live log lock");
         let s = Stamped {
             seq: log.next,
             at: Instant::now(),
             batch,
+            alert,
         };
         log.next += 1;
         log.readings += s.batch.len();
@@ -226,6 +260,10 @@ impl Live {
     fn gap(&self) {
         let mut log = self.state.lock().expect("live log lock");
         log.gap_before = log.next;
+    }
+
+    fn listening(&self, on: bool) {
+        self.state.lock().expect("live log lock").listening = on;
     }
 
     /// The logged batches after `from`, or None when some may be missing.
@@ -259,6 +297,7 @@ async fn relay(live: Arc<Live>, cancel: CancellationToken) {
     let tick = (live.window / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut rx = live.source.subscribe();
+        live.listening(true);
         let mut ticks = tokio::time::interval(tick);
         loop {
             tokio::select! {
@@ -282,6 +321,7 @@ async fn relay(live: Arc<Live>, cancel: CancellationToken) {
             }
         }
         drop(rx);
+        live.listening(false);
         live.gap();
         tokio::select! {
             _ = live.wake.notified() => {}
@@ -313,6 +353,24 @@ struct StreamState {
 impl StreamState {
     fn push_batch(&mut self, b: &Stamped) {
         let live = &self.state.live;
+        if let Some(a) = &b.alert {
+            let p = Position { seq: b.seq, idx: 0 };
+            let wanted = self
+                .filter
+                .kinds
+                .as_ref()
+                .is_none_or(|k| k.contains(&a.kind))
+                && self
+                    .filter
+                    .sensors
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&a.sensor));
+            if wanted && self.seen.is_none_or(|s| (p.seq, p.idx) > (s.seq, s.idx)) {
+                self.queue
+                    .push_back(Event::default().event("alert").id(live.id(p)).data(&a.data));
+            }
+            return;
+        }
         for (idx, ev) in events(&self.state, &b.batch).into_iter().enumerate() {
             let p = Position { seq: b.seq, idx };
             if self.seen.is_some_and(|s| (p.seq, p.idx) <= (s.seq, s.idx)) {

@@ -74,6 +74,7 @@ struct Engine {
     seen: HashMap<(usize, String), DateTime<Utc>>,
     metrics: AlertMetrics,
     notifier: Arc<Notifier>,
+    live: Arc<cityhub_api::live::Live>,
 }
 
 impl Engine {
@@ -130,6 +131,11 @@ impl Engine {
                     {
                         tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert cleared.");
                         self.metrics.cleared.inc();
+                        self.live.alert(
+                            &a.kind,
+                            &a.sensor,
+                            cityhub_api::alerts::event_json(&a, "cleared"),
+                        );
                         self.notifier.wake.notify_one();
                     }
                     self.standing.remove(&key);
@@ -156,6 +162,11 @@ impl Engine {
                     if let Some(a) = raised {
                         tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert raised.");
                         self.metrics.raised.inc();
+                        self.live.alert(
+                            &a.kind,
+                            &a.sensor,
+                            cityhub_api::alerts::event_json(&a, "raised"),
+                        );
                         self.notifier.wake.notify_one();
                     }
                     self.pending.remove(&key);
@@ -223,6 +234,7 @@ pub async fn engine(
     store: Store,
     rules: Vec<AlertRule>,
     notifier: Arc<Notifier>,
+    live: Arc<cityhub_api::live::Live>,
     mut rx: broadcast::Receiver<Arc<Committed>>,
     metrics: AlertMetrics,
     cancel: CancellationToken,
@@ -242,6 +254,7 @@ pub async fn engine(
         pending: HashMap::new(),
         seen: HashMap::new(),
         notifier,
+        live,
         metrics,
     };
     let mut behind = true; // start with a sweep
@@ -292,10 +305,87 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Delivers the outbox until `cancel`.
+/// Alert events on the broker: a connection of its own (its event loop in its own
+/// task), one publish at a time, delivered when the broker's PUBACK for it comes.
+struct Publisher {
+    client: rumqttc::v5::AsyncClient,
+    events: tokio::sync::mpsc::UnboundedReceiver<(bool, u16)>,
+}
+
+impl Publisher {
+    fn start(m: &cityhub_config::MqttSettings, cancel: CancellationToken) -> Option<Self> {
+        let client_id = format!("{}-alerts", m.client_id);
+        let mut o = match cityhub_mqtt::options(m, &client_id) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "No broker connection for alert messages; they stay queued.");
+                return None;
+            }
+        };
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_start(true);
+        let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 16);
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use rumqttc::v5::mqttbytes::v5::Packet;
+            use rumqttc::v5::Event;
+            loop {
+                let ev = tokio::select! {
+                    e = el.poll() => e,
+                    _ = cancel.cancelled() => return,
+                };
+                let sent = match ev {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pk))) => (false, pk),
+                    Ok(Event::Incoming(Packet::PubAck(a))) => (true, a.pkid),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Alert publisher: broker connection lost; reconnecting.");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if tx.send(sent).is_err() {
+                    return;
+                }
+            }
+        });
+        Some(Self { client, events })
+    }
+
+    async fn publish(&mut self, topic: &str, body: &str, timeout: Duration) -> Result<(), String> {
+        while self.events.try_recv().is_ok() {} // what an earlier, timed-out publish left
+        self.client
+            .publish(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                body.as_bytes().to_vec(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let wait = async {
+            let mut pkid = None;
+            while let Some((acked, pk)) = self.events.recv().await {
+                match (acked, pkid) {
+                    (false, None) => pkid = Some(pk),
+                    (true, Some(p)) if p == pk => return Ok(()),
+                    _ => {}
+                }
+            }
+            Err("the publisher stopped".to_owned())
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| Err("no PUBACK from the broker".to_owned()))
+    }
+}
+
+/// Delivers the outbox until `cancel`: webhooks by HTTP, `mqtt:` targets on the
+/// broker of `mqtt`.
 pub async fn deliver(
     store: Store,
     notifier: Arc<Notifier>,
+    mqtt: cityhub_config::MqttSettings,
     metrics: AlertMetrics,
     cancel: CancellationToken,
 ) {
@@ -309,6 +399,10 @@ pub async fn deliver(
         }
     };
     let lease = (s.timeout_s * 2 + 5) as f64;
+    let mut publisher = s
+        .mqtt
+        .then(|| Publisher::start(&mqtt, cancel.clone()))
+        .flatten();
     loop {
         let due = match store.due_deliveries(20, lease).await {
             Ok(d) => d,
@@ -318,6 +412,31 @@ pub async fn deliver(
             }
         };
         for d in &due {
+            if let Some(topic) = d.target.strip_prefix(cityhub_api::alerts::MQTT_TARGET) {
+                let outcome = match publisher.as_mut() {
+                    Some(p) => p.publish(topic, &d.body, timeout).await,
+                    None => Err("alert messages on the broker are off (notify.mqtt)".to_owned()),
+                };
+                let outcome = match outcome {
+                    Ok(()) => {
+                        metrics.delivered.inc();
+                        Ok(())
+                    }
+                    Err(err) => {
+                        metrics.failed.inc();
+                        let wait = 2f64
+                            .powi(d.attempts.clamp(0, 30) + 1)
+                            .min(s.max_backoff_s as f64);
+                        tracing::warn!(delivery = d.id, alert = d.alert_id, topic, error = %err,
+                            "Publishing an alert on the broker failed; it will be retried.");
+                        Err((err, wait))
+                    }
+                };
+                if let Err(e) = store.delivery_done(d.id, outcome).await {
+                    tracing::warn!(error = %e, delivery = d.id, "Recording an alert message failed; it may be sent again.");
+                }
+                continue;
+            }
             let hook = s.webhooks.iter().find(|w| w.url == d.target);
             let mut req = http
                 .post(&d.target)

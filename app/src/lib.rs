@@ -205,6 +205,7 @@ async fn run_pipeline(
             store.clone(),
             alert_rules,
             state.notifier.clone(),
+            state.live.clone(),
             rx,
             alert_metrics.clone(),
             cancel.clone(),
@@ -213,6 +214,7 @@ async fn run_pipeline(
     tracker.spawn(alerts::deliver(
         store.clone(),
         state.notifier.clone(),
+        settings.mqtt.clone(),
         alert_metrics,
         cancel.clone(),
     ));

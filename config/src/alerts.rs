@@ -9,6 +9,10 @@ use crate::kinds::{Catalog, MapRule};
 use crate::settings::Secret;
 use serde::{Deserialize, Serialize};
 
+/// The hub publishes alert events under this branch of its topics, and ingestion
+/// leaves it alone (it is the hub's output, not readings).
+pub const ALERT_TOPIC_PREFIX: &str = "cityhub/v1/alerts/";
+
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
 )]
@@ -105,6 +109,9 @@ impl WebhookDef {
 #[serde(deny_unknown_fields, default)]
 pub struct NotifySettings {
     pub webhooks: Vec<WebhookDef>,
+    /// Also publish each alert event on the hub's broker, QoS 1, at
+    /// `cityhub/v1/alerts/{kind}/{sensor_id}` (for Node-RED and the like).
+    pub mqtt: bool,
     /// A failed delivery is retried after 2, 4, 8, ... seconds, at most this long apart.
     pub max_backoff_s: u64,
     /// A receiver must answer within this long.
@@ -115,6 +122,7 @@ impl Default for NotifySettings {
     fn default() -> Self {
         Self {
             webhooks: Vec::new(),
+            mqtt: true,
             max_backoff_s: 600,
             timeout_s: 10,
         }
@@ -235,6 +243,25 @@ mod tests {
             hold_s: 0,
             severity: Severity::Warning,
         }
+    }
+
+    #[test]
+    fn webhook_filters() {
+        let w = WebhookDef {
+            url: "http://x/hook".into(),
+            kinds: vec!["waste_bin".into()],
+            severities: vec![Severity::Critical],
+            secret: None,
+        };
+        assert!(w.wants("waste_bin", Severity::Critical));
+        assert!(!w.wants("air_quality", Severity::Critical));
+        assert!(!w.wants("waste_bin", Severity::Warning));
+        let all = WebhookDef {
+            kinds: vec![],
+            severities: vec![],
+            ..w
+        };
+        assert!(all.wants("air_quality", Severity::Info));
     }
 
     #[test]

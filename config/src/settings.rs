@@ -706,6 +706,11 @@ impl Settings {
                 return invalid("http.admin_token must be at least 16 characters");
             }
         }
+        if self.kinds.get("alerts").is_some_and(|k| k.enabled) {
+            return invalid(
+                "kinds.alerts: the name is reserved (cityhub/v1/alerts/ carries the hub's alert messages)",
+            );
+        }
         if let Some(t) = &self.http.operator_token {
             if t.expose().len() < 16 {
                 return invalid("http.operator_token must be at least 16 characters");

@@ -178,6 +178,13 @@ pub async fn run_event_loop(
                 if cancel.is_cancelled() {
                     continue; // not acked: the broker keeps it for our next session
                 }
+                if p.topic
+                    .starts_with(cityhub_config::alerts::ALERT_TOPIC_PREFIX.as_bytes())
+                {
+                    // The hubs' own alert events (`notify.mqtt`): output, not readings.
+                    let _ = client.try_ack(&p);
+                    continue;
+                }
                 if p.retain {
                     // A retained copy (a broker ignoring retain handling "never"), not a new
                     // reading: stored at each resubscription it would repeat a reading
