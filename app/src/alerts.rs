@@ -380,6 +380,32 @@ impl Publisher {
     }
 }
 
+/// POSTs one notification to its webhook, signed when the webhook has a secret.
+async fn post(
+    http: &reqwest::Client,
+    s: &cityhub_config::alerts::NotifySettings,
+    d: &cityhub_store::alerts::Delivery,
+) -> Result<(), String> {
+    let hook = s.webhooks.iter().find(|w| w.url == d.target);
+    let mut req = http
+        .post(&d.target)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("X-Cityhub-Event", &d.event)
+        .header("X-Cityhub-Delivery", d.id.to_string())
+        .body(d.body.clone());
+    if let Some(secret) = hook.and_then(|h| h.secret.as_ref()) {
+        req = req.header(
+            "X-Cityhub-Signature-256",
+            signature(secret.expose(), d.body.as_bytes()),
+        );
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Delivers the outbox until `cancel`: webhooks by HTTP, `mqtt:` targets on the
 /// broker of `mqtt`.
 pub async fn deliver(
@@ -412,61 +438,32 @@ pub async fn deliver(
             }
         };
         for d in &due {
-            if let Some(topic) = d.target.strip_prefix(cityhub_api::alerts::MQTT_TARGET) {
-                let outcome = match publisher.as_mut() {
+            let outcome = match d.target.strip_prefix(cityhub_api::alerts::MQTT_TARGET) {
+                Some(topic) => match publisher.as_mut() {
                     Some(p) => p.publish(topic, &d.body, timeout).await,
                     None => Err("alert messages on the broker are off (notify.mqtt)".to_owned()),
-                };
-                let outcome = match outcome {
-                    Ok(()) => {
-                        metrics.delivered.inc();
-                        Ok(())
-                    }
-                    Err(err) => {
-                        metrics.failed.inc();
-                        let wait = 2f64
-                            .powi(d.attempts.clamp(0, 30) + 1)
-                            .min(s.max_backoff_s as f64);
-                        tracing::warn!(delivery = d.id, alert = d.alert_id, topic, error = %err,
-                            "Publishing an alert on the broker failed; it will be retried.");
-                        Err((err, wait))
-                    }
-                };
-                if let Err(e) = store.delivery_done(d.id, outcome).await {
-                    tracing::warn!(error = %e, delivery = d.id, "Recording an alert message failed; it may be sent again.");
-                }
-                continue;
-            }
-            let hook = s.webhooks.iter().find(|w| w.url == d.target);
-            let mut req = http
-                .post(&d.target)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header("X-Cityhub-Event", &d.event)
-                .header("X-Cityhub-Delivery", d.id.to_string())
-                .body(d.body.clone());
-            if let Some(secret) = hook.and_then(|h| h.secret.as_ref()) {
-                req = req.header(
-                    "X-Cityhub-Signature-256",
-                    signature(secret.expose(), d.body.as_bytes()),
-                );
-            }
-            let outcome = match req.send().await {
-                Ok(r) if r.status().is_success() => {
+                },
+                None => post(&http, &s, d).await,
+            };
+            let outcome = match outcome {
+                Ok(()) => {
                     metrics.delivered.inc();
                     Ok(())
                 }
-                Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-                Err(e) => Err(e.to_string()),
+                Err(err) => {
+                    metrics.failed.inc();
+                    // 2, 4, 8, ... seconds, at most max_backoff_s.
+                    let wait = 2f64
+                        .powi(d.attempts.clamp(0, 30) + 1)
+                        .min(s.max_backoff_s as f64);
+                    tracing::warn!(delivery = d.id, alert = d.alert_id, target = %d.target,
+                        attempts = d.attempts + 1, retry_in_s = wait, error = %err,
+                        "An alert notification failed; it will be retried.");
+                    Err((err, wait))
+                }
             };
-            let outcome = outcome.map_err(|err| {
-                metrics.failed.inc();
-                let wait = 2f64.powi(d.attempts.clamp(0, 30) + 1).min(s.max_backoff_s as f64);
-                tracing::warn!(delivery = d.id, alert = d.alert_id, attempts = d.attempts + 1,
-                    retry_in_s = wait, error = %err, "A webhook delivery failed; it will be retried.");
-                (err, wait)
-            });
             if let Err(e) = store.delivery_done(d.id, outcome).await {
-                tracing::warn!(error = %e, delivery = d.id, "Recording a webhook delivery failed; it may be sent again.");
+                tracing::warn!(error = %e, delivery = d.id, "Recording an alert notification failed; it may be sent again.");
             }
         }
         if due.is_empty() {
