@@ -44,6 +44,7 @@ fn config(dir: &std::path::Path, hook_port: u16, extra: &str) -> std::path::Path
 operator_token = "{OPERATOR}"
 [notify]
 max_backoff_s = 4
+mqtt = true
 [[notify.webhooks]]
 url = "http://127.0.0.1:{hook_port}/hook"
 secret = "{SECRET}"

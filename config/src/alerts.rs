@@ -110,7 +110,9 @@ impl WebhookDef {
 pub struct NotifySettings {
     pub webhooks: Vec<WebhookDef>,
     /// Also publish each alert event on the hub's broker, QoS 1, at
-    /// `cityhub/v1/alerts/{kind}/{sensor_id}` (for Node-RED and the like).
+    /// `cityhub/v1/alerts/{kind}/{sensor_id}` (for Node-RED and the like). Off by
+    /// default: with the demo's embedded broker (rumqttd) these messages make it
+    /// drop the hub's ingestion connection, which is not understood yet.
     pub mqtt: bool,
     /// A failed delivery is retried after 2, 4, 8, ... seconds, at most this long apart.
     pub max_backoff_s: u64,
@@ -122,7 +124,7 @@ impl Default for NotifySettings {
     fn default() -> Self {
         Self {
             webhooks: Vec::new(),
-            mqtt: true,
+            mqtt: false,
             max_backoff_s: 600,
             timeout_s: 10,
         }
