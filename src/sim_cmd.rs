@@ -177,6 +177,14 @@ fn cancel_on_signal() -> CancellationToken {
     cancel
 }
 
+/// The indicators' truth, by the city's local days (`indicators.timezone`).
+fn with_truth(settings: &Settings, report: &mut cityhub_sim::sim::Report) -> Result<()> {
+    let cfg = &settings.indicators;
+    let tz = cfg.tz().map_err(anyhow::Error::msg)?;
+    report.indicators = Some(report.truth.summary(tz, cfg.min_day_hours() as u32));
+    Ok(())
+}
+
 fn write_report<T: serde::Serialize>(path: &Option<PathBuf>, report: &T) -> Result<()> {
     let json = serde_json::to_string_pretty(report)?;
     println!("{json}");
@@ -263,6 +271,7 @@ async fn fleet(settings: &Settings, a: RunArgs) -> Result<()> {
             .collect();
         report.stored_by_hub = check_hub(hub, &sensors, &report, a.settle_s).await?;
     }
+    with_truth(settings, &mut report)?;
     write_report(&a.report, &report)
 }
 
@@ -369,6 +378,7 @@ async fn replay(settings: &Settings, a: ReplayArgs) -> Result<()> {
         report.stored_by_hub =
             check_hub(hub, std::slice::from_ref(&a.sensor), &report, a.settle_s).await?;
     }
+    with_truth(settings, &mut report)?;
     write_report(&a.report, &report)
 }
 

@@ -487,3 +487,195 @@ async fn a_receiver_down_for_two_minutes_and_a_hub_restart_lose_nothing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every alert of `sensor` (any state), oldest first.
+async fn history(http: &reqwest::Client, hub: &Hub, sensor: &str) -> Vec<Value> {
+    let mut a = alerts(http, hub, &format!("?sensor={sensor}&limit=1000")).await;
+    a.reverse();
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_match_the_faults_the_simulator_injected() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "simalerts",
+        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+    )
+    .await;
+    let catalog = cityhub_config::Settings::builtin()
+        .unwrap()
+        .catalog()
+        .unwrap();
+    // Two days up to now: every lamp sees a dusk and a dawn, every bin a round.
+    let now = chrono::Utc::now();
+    let opts = cityhub_sim::SimOptions {
+        seed: 21,
+        start: now - chrono::Duration::hours(48),
+        fleet: cityhub_sim::FleetSpec {
+            per_kind: vec![("waste_bin".into(), 10), ("streetlight".into(), 16)],
+            lamp_fault_share: 0.5,
+        },
+        formats: vec![cityhub_sim::Format::Native],
+        faults: cityhub_sim::FaultRates::default(),
+    };
+    let mut sim = cityhub_sim::Simulation::new(&opts, &catalog).unwrap();
+    let faults: Vec<(String, Option<cityhub_sim::fleet::LampFault>)> = sim
+        .sensors()
+        .iter()
+        .filter(|s| s.kind == "streetlight")
+        .map(|s| (s.id.clone(), s.lamp_fault()))
+        .collect();
+    let mut msgs = Vec::new();
+    while let Some(m) = sim.next_until(now) {
+        msgs.push(m);
+    }
+    msgs.extend(sim.drain_held());
+    publish_sim(&broker, &msgs).await;
+    let want = expected_rows(&msgs);
+    wait_for(120, "the two days", || {
+        let db = &db;
+        async move { db.observations().await >= want }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = reqwest::Client::new();
+
+    // Lamps: each one lit by day or dark at night raised an alert, and the night
+    // or the day after cleared it; a working lamp raised none. (A flickering lamp
+    // may or may not drop below 5 W for 20 minutes at night.)
+    use cityhub_sim::fleet::LampFault;
+    let mut faulty = 0;
+    for (id, fault) in &faults {
+        let h = history(&http, &hub, id).await;
+        match fault {
+            None => assert!(h.is_empty(), "{id} works, yet: {h:?}"),
+            Some(LampFault::DayBurner | LampFault::Dark) => {
+                faulty += 1;
+                assert!(!h.is_empty(), "{id} ({fault:?}) raised no alert");
+                assert!(
+                    h.iter().all(|a| a["rule"] == "streetlight_lamp_fault"),
+                    "{h:?}"
+                );
+                assert!(
+                    h.iter().any(|a| a["state"] == "cleared"),
+                    "{id} ({fault:?}): never cleared in two days: {h:?}"
+                );
+            }
+            Some(LampFault::Flicker) => {}
+        }
+    }
+    assert!(faulty >= 3, "only {faulty} lamps with a lasting fault");
+
+    // Bins: the rule (raise at 80, clear below 50) run over the fill levels the
+    // fleet sent gives the alerts to expect, raised and cleared, bin by bin.
+    let mut seqs: std::collections::BTreeMap<String, Vec<(chrono::DateTime<chrono::Utc>, f64)>> =
+        Default::default();
+    for m in msgs.iter().filter(|m| m.kind == "waste_bin") {
+        for (k, v) in &m.values {
+            if k == "fill_level" {
+                seqs.entry(m.sensor.clone()).or_default().push((m.time, *v));
+            }
+        }
+    }
+    let mut raised_total = 0;
+    for (bin, mut seq) in seqs {
+        seq.sort_by_key(|x| x.0);
+        let (mut standing, mut raised, mut cleared) = (false, vec![], 0);
+        for (t, v) in seq {
+            if !standing && v >= 80.0 {
+                standing = true;
+                raised.push(t);
+            } else if standing && v < 50.0 {
+                standing = false;
+                cleared += 1;
+            }
+        }
+        let h = history(&http, &hub, &bin).await;
+        let got_raised: Vec<String> = h
+            .iter()
+            .map(|a| a["raised_at"].as_str().unwrap().to_owned())
+            .collect();
+        let want_raised: Vec<String> = raised
+            .iter()
+            .map(|t| cityhub_config::time::rfc3339(*t))
+            .collect();
+        assert_eq!(got_raised, want_raised, "{bin}");
+        assert_eq!(
+            h.iter().filter(|a| a["state"] == "cleared").count(),
+            cleared,
+            "{bin}"
+        );
+        raised_total += raised.len();
+    }
+    assert!(
+        raised_total >= 3,
+        "only {raised_total} bin alarms in two days"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sensor_raises_an_alert_and_its_next_reading_clears_it() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let dir = std::env::temp_dir().join(unique("silence"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("cityhub.toml");
+    // A kind reporting every 2 s: silent after 3 cadences, 6 s.
+    std::fs::write(
+        &conf,
+        r#"
+[kinds.beacon]
+title = "Beacon"
+cadence_s = 2
+metrics = { level = { unit = "%", min = 0, max = 100 } }
+"#,
+    )
+    .unwrap();
+    let hub = Hub::start(
+        &db,
+        &broker,
+        "silence",
+        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let beacon = |v: f64| {
+        (
+            "cityhub/v1/beacon/beacon-1".to_owned(),
+            json!({"ts": chrono::Utc::now().to_rfc3339(), "values": {"level": v}})
+                .to_string()
+                .into_bytes(),
+        )
+    };
+    publish_raw(&broker, &[beacon(10.0)]).await;
+    wait_for(30, "the silence alert", || {
+        let (http, hub) = (&http, &hub);
+        async move {
+            !alerts(http, hub, "?sensor=beacon-1&state=open")
+                .await
+                .is_empty()
+        }
+    })
+    .await;
+    let a = alerts(&http, &hub, "?sensor=beacon-1").await;
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["rule"], "beacon_silent");
+    assert_eq!(a[0]["metric"], "silence_s");
+    assert_eq!(a[0]["threshold"], 6.0);
+    assert!(a[0]["raised_value"].as_f64().unwrap() >= 6.0);
+    publish_raw(&broker, &[beacon(11.0)]).await;
+    wait_for(30, "the silence cleared", || {
+        let (http, hub) = (&http, &hub);
+        async move {
+            alerts(http, hub, "?sensor=beacon-1&state=cleared")
+                .await
+                .len()
+                == 1
+        }
+    })
+    .await;
+}

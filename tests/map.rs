@@ -66,6 +66,8 @@ fn native(ts: chrono::DateTime<chrono::Utc>, values: serde_json::Value, at: (f64
     .into_bytes()
 }
 
+const OPERATOR: &str = "operator-token-for-the-map";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_map_in_a_browser() {
     require_web_tools();
@@ -78,6 +80,7 @@ async fn operator_map_in_a_browser() {
         "map",
         &[
             ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
+            ("CITYHUB_HTTP_OPERATOR_TOKEN", OPERATOR),
             ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
             ("CITYHUB_HTTP_WEB_DIR", dist.to_str().unwrap()),
         ],
@@ -193,6 +196,7 @@ async fn operator_map_in_a_browser() {
         .env("EXPECT", expect.to_string())
         .env("LAMPS", lamps.to_string())
         .env("LIVE_SENSOR", "map-bin-low")
+        .env("OPERATOR_TOKEN", OPERATOR)
         .env("CHROMIUM", chromium())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -236,6 +240,8 @@ async fn operator_map_in_a_browser() {
         "4-live-update.png",
         "5-tablet-italian.png",
         "6-tablet-popup.png",
+        "7-alerts.png",
+        "8-indicators.png",
     ] {
         let meta = std::fs::metadata(shots.join(shot)).unwrap();
         assert!(meta.len() > 10_000, "{shot} is nearly empty");

@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use cityhub_config::indicators::Indicator;
 use cityhub_config::Kind;
 use cityhub_store::query::{self, KindExtent};
 use oxrdf::vocab::{rdf, xsd};
@@ -248,6 +249,10 @@ fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> Api
     for kind in s.catalog.iter() {
         let ext = extents.get(kind.name.as_str()).cloned().unwrap_or_default();
         dataset(&mut g, &sh, base, kind, &ext, s)?;
+    }
+    for ind in crate::indicators::available(s) {
+        let ext = extents.get(ind.kind).cloned().unwrap_or_default();
+        indicator_dataset(&mut g, &sh, base, ind, &ext, s)?;
     }
     Ok(g)
 }
@@ -487,15 +492,9 @@ fn dataset(
     );
     g.text(&ds, v(DCT, "description"), &desc_it, "it");
     g.text(&ds, v(DCT, "description"), &desc_en, "en");
-    let theme = iri(&format!("{EU}data-theme/{}", def.theme))?;
+    let theme = theme_node(g, themes, &def.theme)?;
     g.add(&ds, v(DCAT, "theme"), theme.clone());
-    g.add(service, v(DCAT, "theme"), theme.clone());
-    g.typed(&theme, &[v(SKOS, "Concept")]);
-    g.add(&theme, v(SKOS, "inScheme"), themes.clone());
-    if let Some((en, it)) = theme_labels(&def.theme) {
-        g.text(&theme, v(SKOS, "prefLabel"), en, "en");
-        g.text(&theme, v(SKOS, "prefLabel"), it, "it");
-    }
+    g.add(service, v(DCAT, "theme"), theme);
     g.add(&ds, v(DCT, "accrualPeriodicity"), frequency.clone());
     g.add(&ds, v(DCT, "publisher"), publisher.clone());
     g.add(&ds, v(DCT, "rightsHolder"), holder.clone());
@@ -545,6 +544,179 @@ fn dataset(
     }
 
     distributions(g, sh, base, kind, ext, &ds)
+}
+
+/// An EU data theme as a SKOS concept with its labels.
+fn theme_node(g: &mut Graph, themes: &NamedNode, code: &str) -> ApiResult<NamedNode> {
+    let theme = iri(&format!("{EU}data-theme/{code}"))?;
+    g.typed(&theme, &[v(SKOS, "Concept")]);
+    g.add(&theme, v(SKOS, "inScheme"), themes.clone());
+    if let Some((en, it)) = theme_labels(code) {
+        g.text(&theme, v(SKOS, "prefLabel"), en, "en");
+        g.text(&theme, v(SKOS, "prefLabel"), it, "it");
+    }
+    Ok(theme)
+}
+
+/// One indicator's dataset: what it measures and how, its plan line and SDG
+/// targets as keywords, the extent of the readings it is computed from, and
+/// its JSON and CSV rows as distributions.
+fn indicator_dataset(
+    g: &mut Graph,
+    sh: &Shared,
+    base: &str,
+    ind: &Indicator,
+    ext: &KindExtent,
+    s: &AppState,
+) -> ApiResult<()> {
+    let c = &s.settings.catalog;
+    let id = ind.id;
+    let ds = iri(&format!("{base}/catalog/indicator/{id}"))?;
+    g.add(&sh.catalog, v(DCAT, "dataset"), ds.clone());
+    g.typed(&ds, &[v(DCAT, "Dataset"), v(DCATAPIT, "Dataset")]);
+    g.plain(
+        &ds,
+        v(DCT, "identifier"),
+        &format!("{}:indicator:{id}", c.publisher_ipa),
+    );
+    g.text(
+        &ds,
+        v(DCT, "title"),
+        &format!("Indicatore: {}", ind.title_it),
+        "it",
+    );
+    g.text(
+        &ds,
+        v(DCT, "title"),
+        &format!("Indicator: {}", ind.title),
+        "en",
+    );
+    let sdg = ind.sdg.join(", ");
+    g.text(
+        &ds,
+        v(DCT, "description"),
+        &format!(
+            "{} ({}). Metodo: {} Linea di mandato: {}. Target SDG dell'Agenda 2030: {sdg}.",
+            ind.title_it, ind.unit, ind.method_it, ind.plan_it
+        ),
+        "it",
+    );
+    g.text(
+        &ds,
+        v(DCT, "description"),
+        &format!(
+            "{} ({}). Method: {} Plan line: {}. UN 2030 Agenda SDG targets: {sdg}.",
+            ind.title, ind.unit, ind.method, ind.plan
+        ),
+        "en",
+    );
+    let theme = theme_node(g, &sh.themes, ind.theme)?;
+    g.add(&ds, v(DCAT, "theme"), theme);
+    g.add(&ds, v(DCT, "accrualPeriodicity"), sh.frequency.clone());
+    g.add(&ds, v(DCT, "publisher"), sh.publisher.clone());
+    g.add(&ds, v(DCT, "rightsHolder"), sh.holder.clone());
+    g.add(&ds, v(DCAT, "contactPoint"), sh.contact.clone());
+    g.date(&ds, v(DCT, "modified"), ext.last.unwrap_or(sh.now));
+    if let Some(first) = ext.first {
+        g.date(&ds, v(DCT, "issued"), first);
+    }
+    for l in &c.languages {
+        g.add(&ds, v(DCT, "language"), iri(&format!("{EU}language/{l}"))?);
+    }
+    g.plain(&ds, v(DCAT, "keyword"), id);
+    g.text(&ds, v(DCAT, "keyword"), ind.plan_it, "it");
+    g.text(&ds, v(DCAT, "keyword"), ind.plan, "en");
+    for t in ind.sdg {
+        g.plain(&ds, v(DCAT, "keyword"), &format!("SDG {t}"));
+    }
+    let landing = iri(&format!("{base}/#indicators/{id}"))?;
+    g.add(&ds, v(DCAT, "landingPage"), landing.clone());
+    g.typed(&landing, &[v(FOAF, "Document")]);
+    spatial(
+        g,
+        &ds,
+        s,
+        base,
+        ext.bbox,
+        &format!("{base}/catalog/indicator/{id}#area"),
+    )?;
+    if let (Some(first), Some(last)) = (ext.first, ext.last) {
+        temporal(
+            g,
+            &ds,
+            &format!("{base}/catalog/indicator/{id}#period"),
+            first,
+            last,
+        )?;
+    }
+    for (suffix, query, format, media, what_it, what_en) in [
+        (
+            "json",
+            "",
+            "JSON",
+            "application/json",
+            "righe in JSON",
+            "rows as JSON",
+        ),
+        (
+            "csv",
+            "?format=csv",
+            "CSV",
+            "text/csv",
+            "righe in CSV",
+            "rows as CSV",
+        ),
+    ] {
+        let d = iri(&format!("{base}/catalog/indicator/{id}/{suffix}"))?;
+        let access = iri(&format!("{base}/api/v1/indicators/{id}{query}"))?;
+        g.add(&ds, v(DCAT, "distribution"), d.clone());
+        g.typed(&d, &[v(DCAT, "Distribution"), v(DCATAPIT, "Distribution")]);
+        g.add(&d, v(DCAT, "accessURL"), access.clone());
+        g.add(&d, v(DCAT, "downloadURL"), access.clone());
+        g.typed(&access, &[v(RDFS, "Resource")]);
+        let fmt = iri(&format!("{EU}file-type/{format}"))?;
+        g.add(&d, v(DCT, "format"), fmt.clone());
+        g.typed(&fmt, &[v(DCT, "MediaTypeOrExtent")]);
+        let mt = iri(&format!(
+            "http://www.iana.org/assignments/media-types/{media}"
+        ))?;
+        g.add(&d, v(DCAT, "mediaType"), mt.clone());
+        g.typed(&mt, &[v(DCT, "MediaType")]);
+        g.add(&d, v(DCT, "license"), sh.licence.clone());
+        g.text(
+            &d,
+            v(DCT, "title"),
+            &format!("{}: {what_it}", ind.title_it),
+            "it",
+        );
+        g.text(
+            &d,
+            v(DCT, "title"),
+            &format!("{}: {what_en}", ind.title),
+            "en",
+        );
+        g.text(
+            &d,
+            v(DCT, "description"),
+            &format!(
+                "{} per sensore e per la città, per giorno, mese o anno ({what_it}).",
+                ind.title_it
+            ),
+            "it",
+        );
+        g.text(
+            &d,
+            v(DCT, "description"),
+            &format!(
+                "{} per sensor and for the city, by day, month or year ({what_en}).",
+                ind.title
+            ),
+            "en",
+        );
+        g.date(&d, v(DCT, "modified"), ext.last.unwrap_or(sh.now));
+        g.add(&d, v(DCATAP, "availability"), sh.availability.clone());
+    }
+    Ok(())
 }
 
 /// GeoJSON and CSV downloads, and the OGC API items, of one dataset.

@@ -12,6 +12,7 @@ pub mod error;
 mod feeds;
 pub mod geo;
 mod health;
+pub mod indicators;
 mod kinds;
 pub mod live;
 pub mod oas30;
@@ -178,6 +179,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         (name = "open data", description = "Downloads and the DCAT-AP_IT catalogue"),
         (name = "OGC API - Features", description = "OGC API - Features - Part 1: Core, GeoJSON, OpenAPI 3.0"),
         (name = "alerts", description = "Alerts: public list; acknowledging needs the operator token"),
+        (name = "indicators", description = "The mandate's indicators, computed from the readings"),
         (name = "admin", description = "Needs the admin bearer token"),
         (name = "operations", description = "Health, readiness, metrics, ingestion over HTTP")
     )
@@ -199,6 +201,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(live::stream))
         .routes(routes!(alerts::list))
         .routes(routes!(alerts::ack))
+        .routes(routes!(indicators::list))
+        .routes(routes!(indicators::get))
         .routes(routes!(feeds::feed))
         .routes(routes!(ogc::landing))
         .routes(routes!(ogc::conformance))

@@ -6,6 +6,9 @@
 //! time raises an alert, one back past the clear level clears it. A reading no
 //! newer than the last one a rule saw for the sensor (a redelivery, a late
 //! reading) changes nothing. Derived metrics are seen once per batch, newest value.
+//! A lamp rule judges each reading against the sun at the lamp (civil twilight
+//! decides nothing); a silence rule is checked on a timer against each sensor's
+//! newest reading, and any fresh reading ends it.
 //! The database keeps one standing alert per rule and sensor, so hubs side by
 //! side raise it once. When the engine fell behind the channel or the database
 //! failed, it runs the rules over the whole `latest` table instead.
@@ -16,7 +19,8 @@
 
 use chrono::{DateTime, Utc};
 use cityhub_api::alerts::Notifier;
-use cityhub_config::alerts::AlertRule;
+use cityhub_config::alerts::{AlertRule, Condition};
+use cityhub_config::sun;
 use cityhub_store::alerts::{Alert, Raise};
 use cityhub_store::{Committed, Store};
 use std::collections::{HashMap, HashSet};
@@ -65,13 +69,20 @@ impl AlertMetrics {
 struct Engine {
     store: Store,
     rules: Vec<AlertRule>,
-    by_metric: HashMap<(String, String), Vec<usize>>,
+    /// Rules by the metric id they read.
+    by_metric: HashMap<i16, Vec<usize>>,
+    /// The silence rule of each kind.
+    silent_by_kind: HashMap<String, usize>,
     /// (rule, sensor) with an alert not cleared.
     standing: HashSet<(usize, String)>,
     /// (rule, sensor) past the threshold since this reading time, not raised yet.
     pending: HashMap<(usize, String), DateTime<Utc>>,
     /// (rule, sensor): time of the newest reading the rule saw.
     seen: HashMap<(usize, String), DateTime<Utc>>,
+    /// Lamps' positions (lamp rules judge the sun where the lamp is).
+    positions: HashMap<String, (f64, f64)>,
+    /// Silence is only judged once the hub has listened for as long as it takes.
+    started: std::time::Instant,
     metrics: AlertMetrics,
     notifier: Arc<Notifier>,
     live: Arc<cityhub_api::live::Live>,
@@ -95,25 +106,118 @@ impl Engine {
         Ok(())
     }
 
+    /// Where `sensor` is, once known.
+    async fn position(
+        &mut self,
+        sensor: &str,
+    ) -> Result<Option<(f64, f64)>, cityhub_store::StoreError> {
+        if let Some(p) = self.positions.get(sensor) {
+            return Ok(Some(*p));
+        }
+        let c = self.store.pool().get().await?;
+        let row = c
+            .query_opt(
+                "SELECT lat, lon FROM sensors WHERE external_id = $1 AND lat IS NOT NULL",
+                &[&sensor],
+            )
+            .await?;
+        let p = row.map(|r| (r.get::<_, f64>(0), r.get::<_, f64>(1)));
+        if let Some(p) = p {
+            self.positions.insert(sensor.to_owned(), p);
+        }
+        Ok(p)
+    }
+
+    async fn raise(
+        &mut self,
+        i: usize,
+        sensor: &str,
+        time: DateTime<Utc>,
+        value: f64,
+    ) -> Result<(), cityhub_store::StoreError> {
+        let notifier = self.notifier.clone();
+        let bodies = move |a: &Alert, e: &str| notifier.bodies(a, e);
+        let rule = &self.rules[i];
+        let raised = self
+            .store
+            .raise_alert(
+                &Raise {
+                    rule: &rule.id,
+                    sensor,
+                    kind: &rule.kind,
+                    metric: &rule.metric,
+                    severity: rule.severity.as_str(),
+                    threshold: rule.threshold,
+                    time,
+                    value,
+                },
+                &bodies,
+            )
+            .await?;
+        if let Some(a) = raised {
+            tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert raised.");
+            self.metrics.raised.inc();
+            self.live.alert(
+                &a.kind,
+                &a.sensor,
+                cityhub_api::alerts::event_json(&a, "raised"),
+            );
+            self.notifier.wake.notify_one();
+        }
+        let key = (i, sensor.to_owned());
+        self.pending.remove(&key);
+        self.standing.insert(key);
+        Ok(())
+    }
+
+    async fn clear(
+        &mut self,
+        i: usize,
+        sensor: &str,
+        time: DateTime<Utc>,
+        value: f64,
+    ) -> Result<(), cityhub_store::StoreError> {
+        let notifier = self.notifier.clone();
+        let bodies = move |a: &Alert, e: &str| notifier.bodies(a, e);
+        let rule = &self.rules[i];
+        if let Some(a) = self
+            .store
+            .clear_alert(&rule.id, sensor, time, value, &bodies)
+            .await?
+        {
+            tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert cleared.");
+            self.metrics.cleared.inc();
+            self.live.alert(
+                &a.kind,
+                &a.sensor,
+                cityhub_api::alerts::event_json(&a, "cleared"),
+            );
+            self.notifier.wake.notify_one();
+        }
+        self.standing.remove(&(i, sensor.to_owned()));
+        Ok(())
+    }
+
     async fn evaluate(
         &mut self,
         sensor: &str,
         kind: &str,
-        metric: &str,
+        metric_id: i16,
         time: DateTime<Utc>,
         value: f64,
     ) -> Result<(), cityhub_store::StoreError> {
-        let Some(idx) = self
-            .by_metric
-            .get(&(kind.to_owned(), metric.to_owned()))
-            .cloned()
-        else {
+        // A fresh reading of any metric ends a silence.
+        if let Some(&i) = self.silent_by_kind.get(kind) {
+            let fresh = Utc::now() - time
+                < chrono::Duration::milliseconds((self.rules[i].threshold * 1000.0) as i64);
+            if fresh && self.standing.contains(&(i, sensor.to_owned())) {
+                self.clear(i, sensor, time, 0.0).await?;
+            }
+        }
+        let Some(idx) = self.by_metric.get(&metric_id).cloned() else {
             return Ok(());
         };
-        let notifier = self.notifier.clone();
-        let bodies = move |a: &Alert, e: &str| notifier.bodies(a, e);
         for i in idx {
-            let rule = &self.rules[i];
             let key = (i, sensor.to_owned());
             match self.seen.get(&key) {
                 Some(t) if *t >= time => continue,
@@ -121,56 +225,28 @@ impl Engine {
                     self.seen.insert(key.clone(), time);
                 }
             }
+            let (breach, clear) = match self.rules[i].condition {
+                Condition::LampFault => {
+                    let Some((lat, lon)) = self.position(sensor).await? else {
+                        continue;
+                    };
+                    match self.rules[i].lamp_fault(value, sun::daylight(time, lat, lon)) {
+                        None => continue,
+                        Some(fault) => (fault, !fault),
+                    }
+                }
+                _ => (self.rules[i].breached(value), self.rules[i].cleared(value)),
+            };
             if self.standing.contains(&key) {
                 self.pending.remove(&key);
-                if rule.cleared(value) {
-                    if let Some(a) = self
-                        .store
-                        .clear_alert(&rule.id, sensor, time, value, &bodies)
-                        .await?
-                    {
-                        tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert cleared.");
-                        self.metrics.cleared.inc();
-                        self.live.alert(
-                            &a.kind,
-                            &a.sensor,
-                            cityhub_api::alerts::event_json(&a, "cleared"),
-                        );
-                        self.notifier.wake.notify_one();
-                    }
-                    self.standing.remove(&key);
+                if clear {
+                    self.clear(i, sensor, time, value).await?;
                 }
-            } else if rule.breached(value) {
-                let since = *self.pending.entry(key.clone()).or_insert(time);
-                if time - since >= chrono::Duration::seconds(rule.hold_s as i64) {
-                    let raised = self
-                        .store
-                        .raise_alert(
-                            &Raise {
-                                rule: &rule.id,
-                                sensor,
-                                kind,
-                                metric,
-                                severity: rule.severity.as_str(),
-                                threshold: rule.threshold,
-                                time,
-                                value,
-                            },
-                            &bodies,
-                        )
-                        .await?;
-                    if let Some(a) = raised {
-                        tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert raised.");
-                        self.metrics.raised.inc();
-                        self.live.alert(
-                            &a.kind,
-                            &a.sensor,
-                            cityhub_api::alerts::event_json(&a, "raised"),
-                        );
-                        self.notifier.wake.notify_one();
-                    }
-                    self.pending.remove(&key);
-                    self.standing.insert(key);
+            } else if breach {
+                let since = *self.pending.entry(key).or_insert(time);
+                let hold = chrono::Duration::seconds(self.rules[i].hold_s as i64);
+                if time - since >= hold {
+                    self.raise(i, sensor, time, value).await?;
                 }
             } else {
                 self.pending.remove(&key);
@@ -180,22 +256,21 @@ impl Engine {
     }
 
     async fn batch(&mut self, batch: &Committed) -> Result<(), cityhub_store::StoreError> {
+        let store = self.store.clone();
         let mut readings: Vec<_> = batch.readings.iter().collect();
         readings.sort_by_key(|r| r.time);
         for r in readings {
-            let Some((kind, metric)) = self.store.metric_name(r.metric_id) else {
+            let Some((kind, _)) = store.metric_name(r.metric_id) else {
                 continue;
             };
-            let (kind, metric) = (kind.to_owned(), metric.to_owned());
-            self.evaluate(r.sensor.as_str(), &kind, &metric, r.time, r.value)
+            self.evaluate(r.sensor.as_str(), kind, r.metric_id, r.time, r.value)
                 .await?;
         }
         for c in batch.latest.iter() {
-            let Some((kind, metric)) = self.store.metric_name(c.metric_id) else {
+            let Some((kind, _)) = store.metric_name(c.metric_id) else {
                 continue;
             };
-            let (kind, metric) = (kind.to_owned(), metric.to_owned());
-            self.evaluate(c.sensor.as_str(), &kind, &metric, c.time, c.value)
+            self.evaluate(c.sensor.as_str(), kind, c.metric_id, c.time, c.value)
                 .await?;
         }
         Ok(())
@@ -204,25 +279,55 @@ impl Engine {
     /// Every rule over the whole `latest` table.
     async fn sweep(&mut self) -> Result<(), cityhub_store::StoreError> {
         self.load().await?;
-        let pairs: Vec<String> = self
-            .by_metric
-            .keys()
-            .map(|(k, m)| format!("{k}/{m}"))
-            .collect();
+        let ids: Vec<i16> = self.by_metric.keys().copied().collect();
         let rows = {
             let c = self.store.pool().get().await?;
             c.query(
-                "SELECT s.external_id, m.kind, m.name, l.time, l.value
-                 FROM latest l JOIN sensors s ON s.id = l.sensor_id JOIN metrics m ON m.id = l.metric_id
-                 WHERE m.kind || '/' || m.name = ANY($1)",
-                &[&pairs],
+                "SELECT s.external_id, s.kind, l.metric_id, l.time, l.value
+                 FROM latest l JOIN sensors s ON s.id = l.sensor_id
+                 WHERE l.metric_id = ANY($1)",
+                &[&ids],
             )
             .await?
         };
         for r in &rows {
-            let (sensor, kind, metric): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-            self.evaluate(&sensor, &kind, &metric, r.get(3), r.get(4))
+            let (sensor, kind): (String, String) = (r.get(0), r.get(1));
+            self.evaluate(&sensor, &kind, r.get(2), r.get(3), r.get(4))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Raises the silence alerts: sensors of a kind whose newest reading is older
+    /// than the rule's limit, judged once the hub has listened that long.
+    async fn silences(&mut self) -> Result<(), cityhub_store::StoreError> {
+        let now = Utc::now();
+        let listened = self.started.elapsed().as_secs_f64();
+        let rules: Vec<usize> = self.silent_by_kind.values().copied().collect();
+        for i in rules {
+            let limit = self.rules[i].threshold;
+            if listened < limit {
+                continue;
+            }
+            let before = now - chrono::Duration::milliseconds((limit * 1000.0) as i64);
+            let rows = {
+                let c = self.store.pool().get().await?;
+                c.query(
+                    "SELECT s.external_id, max(l.time) FROM sensors s
+                     JOIN latest l ON l.sensor_id = s.id
+                     WHERE s.kind = $1 GROUP BY 1 HAVING max(l.time) < $2",
+                    &[&self.rules[i].kind, &before],
+                )
+                .await?
+            };
+            for r in &rows {
+                let sensor: String = r.get(0);
+                let last: DateTime<Utc> = r.get(1);
+                if !self.standing.contains(&(i, sensor.clone())) {
+                    let silent_s = (now - last).num_seconds() as f64;
+                    self.raise(i, &sensor, now, silent_s).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -239,20 +344,33 @@ pub async fn engine(
     metrics: AlertMetrics,
     cancel: CancellationToken,
 ) {
-    let mut by_metric: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    let mut by_metric: HashMap<i16, Vec<usize>> = HashMap::new();
+    let mut silent_by_kind = HashMap::new();
     for (i, r) in rules.iter().enumerate() {
-        by_metric
-            .entry((r.kind.clone(), r.metric.clone()))
-            .or_default()
-            .push(i);
+        if r.condition == Condition::Silent {
+            silent_by_kind.insert(r.kind.clone(), i);
+        } else if let Some(id) = store.metric_id(&r.kind, &r.metric) {
+            by_metric.entry(id).or_default().push(i);
+        }
     }
+    // Silences are looked for a few times within the shortest limit.
+    let shortest = silent_by_kind
+        .values()
+        .map(|&i| rules[i].threshold)
+        .fold(f64::INFINITY, f64::min);
+    let mut tick =
+        tokio::time::interval(Duration::from_secs_f64((shortest / 3.0).clamp(1.0, 30.0)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut e = Engine {
         store,
         rules,
         by_metric,
+        silent_by_kind,
         standing: HashSet::new(),
         pending: HashMap::new(),
         seen: HashMap::new(),
+        positions: HashMap::new(),
+        started: std::time::Instant::now(),
         notifier,
         live,
         metrics,
@@ -273,6 +391,12 @@ pub async fn engine(
         }
         let got = tokio::select! {
             r = rx.recv() => r,
+            _ = tick.tick(), if !e.silent_by_kind.is_empty() => {
+                if let Err(err) = e.silences().await {
+                    tracing::warn!(error = %err, "Silence alerts could not be checked; trying again.");
+                }
+                continue;
+            }
             _ = cancel.cancelled() => return,
         };
         match got {

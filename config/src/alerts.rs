@@ -35,13 +35,24 @@ impl Severity {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Condition {
     /// At or above the threshold.
     Above,
     /// At or below the threshold.
     Below,
+    /// A lamp lit (above the threshold) with the sun more than 6° up, or dark
+    /// with it more than 6° down; civil twilight neither raises nor clears.
+    /// From a kind's `lamp` map rule.
+    #[serde(skip_deserializing)]
+    LampFault,
+    /// No reading for `threshold` seconds (some cadences); from every kind.
+    #[serde(skip_deserializing)]
+    Silent,
 }
+
+/// The metric name silence alerts carry: their value is seconds without a reading.
+pub const SILENCE_METRIC: &str = "silence_s";
 
 /// A rule a city adds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +81,9 @@ pub struct AlertRuleDef {
 pub struct AlertSettings {
     /// Alert rules from the kinds' `above` map rules (raised at `alarm`, cleared below `warn`).
     pub from_map_rules: bool,
+    /// A sensor with no reading for this many of its kind's cadences raises a
+    /// `{kind}_silent` alert (once the hub has listened that long); 0: never.
+    pub silence_cadences: u32,
     pub rules: Vec<AlertRuleDef>,
 }
 
@@ -77,6 +91,7 @@ impl Default for AlertSettings {
     fn default() -> Self {
         Self {
             from_map_rules: true,
+            silence_cadences: 3,
             rules: Vec::new(),
         }
     }
@@ -110,9 +125,7 @@ impl WebhookDef {
 pub struct NotifySettings {
     pub webhooks: Vec<WebhookDef>,
     /// Also publish each alert event on the hub's broker, QoS 1, at
-    /// `cityhub/v1/alerts/{kind}/{sensor_id}` (for Node-RED and the like). Off by
-    /// default: with the demo's embedded broker (rumqttd) these messages make it
-    /// drop the hub's ingestion connection, which is not understood yet.
+    /// `cityhub/v1/alerts/{kind}/{sensor_id}` (for Node-RED and the like).
     pub mqtt: bool,
     /// A failed delivery is retried after 2, 4, 8, ... seconds, at most this long apart.
     pub max_backoff_s: u64,
@@ -124,7 +137,7 @@ impl Default for NotifySettings {
     fn default() -> Self {
         Self {
             webhooks: Vec::new(),
-            mqtt: false,
+            mqtt: true,
             max_backoff_s: 600,
             timeout_s: 10,
         }
@@ -145,11 +158,13 @@ pub struct AlertRule {
 }
 
 impl AlertRule {
-    /// True when `value` meets the raising condition.
+    /// True when `value` meets the raising condition (never for lamp and silence
+    /// rules, which need the sun or the clock: see [`AlertRule::lamp_fault`]).
     pub fn breached(&self, value: f64) -> bool {
         match self.condition {
             Condition::Above => value >= self.threshold,
             Condition::Below => value <= self.threshold,
+            Condition::LampFault | Condition::Silent => false,
         }
     }
 
@@ -158,6 +173,19 @@ impl AlertRule {
         match self.condition {
             Condition::Above => value < self.clear,
             Condition::Below => value > self.clear,
+            Condition::LampFault | Condition::Silent => false,
+        }
+    }
+
+    /// A lamp rule's verdict on `power` at `daylight`: `Some(true)` a fault,
+    /// `Some(false)` as it should be, `None` in twilight (either is right).
+    pub fn lamp_fault(&self, power: f64, daylight: crate::sun::Daylight) -> Option<bool> {
+        use crate::sun::Daylight;
+        let lit = power > self.threshold;
+        match daylight {
+            Daylight::Twilight => None,
+            Daylight::Day => Some(lit),
+            Daylight::Night => Some(!lit),
         }
     }
 }
@@ -168,13 +196,12 @@ pub fn rules(settings: &AlertSettings, catalog: &Catalog) -> Result<Vec<AlertRul
     let mut out = Vec::new();
     if settings.from_map_rules {
         for k in catalog.iter() {
-            if let Some(MapRule::Above {
-                metric,
-                warn,
-                alarm,
-            }) = &k.def.map
-            {
-                out.push(AlertRule {
+            match &k.def.map {
+                Some(MapRule::Above {
+                    metric,
+                    warn,
+                    alarm,
+                }) => out.push(AlertRule {
                     id: format!("{}_{}_alarm", k.name, metric),
                     kind: k.name.to_string(),
                     metric: metric.clone(),
@@ -183,8 +210,35 @@ pub fn rules(settings: &AlertSettings, catalog: &Catalog) -> Result<Vec<AlertRul
                     clear: *warn,
                     hold_s: 0,
                     severity: Severity::Critical,
-                });
+                }),
+                // Two cadences of readings agreeing, so one odd reading does not raise.
+                Some(MapRule::Lamp { metric, lit_above }) => out.push(AlertRule {
+                    id: format!("{}_lamp_fault", k.name),
+                    kind: k.name.to_string(),
+                    metric: metric.clone(),
+                    condition: Condition::LampFault,
+                    threshold: *lit_above,
+                    clear: *lit_above,
+                    hold_s: 2 * u64::from(k.def.cadence_s),
+                    severity: Severity::Warning,
+                }),
+                _ => {}
             }
+        }
+    }
+    if settings.silence_cadences > 0 {
+        for k in catalog.iter() {
+            let limit = f64::from(settings.silence_cadences) * f64::from(k.def.cadence_s.max(1));
+            out.push(AlertRule {
+                id: format!("{}_silent", k.name),
+                kind: k.name.to_string(),
+                metric: SILENCE_METRIC.into(),
+                condition: Condition::Silent,
+                threshold: limit,
+                clear: limit,
+                hold_s: 0,
+                severity: Severity::Warning,
+            });
         }
     }
     for r in &settings.rules {
@@ -206,6 +260,7 @@ pub fn rules(settings: &AlertSettings, catalog: &Catalog) -> Result<Vec<AlertRul
         let safe = match r.condition {
             Condition::Above => clear <= r.threshold,
             Condition::Below => clear >= r.threshold,
+            Condition::LampFault | Condition::Silent => false,
         };
         if !clear.is_finite() || !safe {
             return Err(format!(
@@ -278,6 +333,18 @@ mod tests {
             .unwrap();
         assert!(bin.breached(bin.threshold) && !bin.cleared(bin.threshold));
         assert!(!bin.cleared(bin.clear) && bin.cleared(bin.clear - 0.1));
+        let lamp = rules
+            .iter()
+            .find(|r| r.id == "streetlight_lamp_fault")
+            .unwrap();
+        use crate::sun::Daylight;
+        assert_eq!(lamp.lamp_fault(90.0, Daylight::Day), Some(true));
+        assert_eq!(lamp.lamp_fault(0.0, Daylight::Night), Some(true));
+        assert_eq!(lamp.lamp_fault(90.0, Daylight::Night), Some(false));
+        assert_eq!(lamp.lamp_fault(0.0, Daylight::Twilight), None);
+        assert_eq!(lamp.hold_s, 1200);
+        let silent = rules.iter().find(|r| r.id == "waste_bin_silent").unwrap();
+        assert_eq!(silent.threshold, 3.0 * 1200.0);
         let low = rules.iter().find(|r| r.id == "low_battery").unwrap();
         assert!(low.breached(20.0) && !low.breached(20.5));
         assert!(!low.cleared(25.0) && low.cleared(30.5));
@@ -299,6 +366,7 @@ mod tests {
         ] {
             let s = AlertSettings {
                 from_map_rules: false,
+                silence_cadences: 0,
                 rules: vec![bad.clone()],
             };
             assert!(super::rules(&s, &catalog).is_err(), "{bad:?}");

@@ -3,10 +3,12 @@
 pub mod adapters;
 pub mod alerts;
 pub mod backoff;
+pub mod indicators;
 pub mod kinds;
 pub mod model;
 pub mod reject;
 pub mod settings;
+pub mod sun;
 pub mod time;
 pub mod units;
 

@@ -21,7 +21,16 @@ pub const EU_THEMES: &[&str] = &[
 ];
 
 const SECTIONS: &[&str] = &[
-    "database", "mqtt", "http", "ingest", "store", "log", "catalog", "alerts", "notify",
+    "database",
+    "mqtt",
+    "http",
+    "ingest",
+    "store",
+    "log",
+    "catalog",
+    "alerts",
+    "notify",
+    "indicators",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -562,6 +571,7 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub alerts: crate::alerts::AlertSettings,
     pub notify: crate::alerts::NotifySettings,
+    pub indicators: crate::indicators::IndicatorSettings,
     pub kinds: BTreeMap<String, KindDef>,
     /// Network-server and community-network formats, each on its own topics.
     pub adapters: Vec<crate::adapters::AdapterDef>,
@@ -724,6 +734,18 @@ impl Settings {
         }
         if self.notify.max_backoff_s == 0 || self.notify.timeout_s == 0 {
             return invalid("notify.max_backoff_s and notify.timeout_s must be at least 1");
+        }
+        let ind = &self.indicators;
+        ind.tz().map_err(ConfigError::Invalid)?;
+        let percent = |v: f64| (0.0..=100.0).contains(&v);
+        let valid = percent(ind.collection_drop)
+            && ind.collection_drop > 0.0
+            && percent(ind.full_at)
+            && percent(ind.overflow_at)
+            && ind.min_day_coverage > 0.0
+            && ind.min_day_coverage <= 1.0;
+        if !valid {
+            return invalid("indicators: collection_drop in 0-100, full_at and overflow_at in 0-100, min_day_coverage in 0-1");
         }
         let t = &self.http.tile_url;
         if !t.is_empty()

@@ -26,6 +26,11 @@ pub struct Inbound {
     pub publish: Publish,
     pub epoch: u64,
     pub received_at: chrono::DateTime<Utc>,
+    /// Not a reading (the hubs' own alert events, a retained copy): acknowledged
+    /// with the batch it falls in, so PUBACKs keep the order of the PUBLISHes (MQTT
+    /// 5, 4.6; a broker may drop a client that acknowledges out of order), but
+    /// neither stored nor dead-lettered.
+    pub skip: bool,
 }
 
 /// What the writer needs to acknowledge a message later.
@@ -178,22 +183,20 @@ pub async fn run_event_loop(
                 if cancel.is_cancelled() {
                     continue; // not acked: the broker keeps it for our next session
                 }
-                if p.topic
+                // The hubs' own alert events (`notify.mqtt`) are output, not readings;
+                // a retained copy (a broker ignoring retain handling "never") is not a
+                // new reading: stored at each resubscription it would repeat a reading
+                // without a timestamp.
+                let skip = p
+                    .topic
                     .starts_with(cityhub_config::alerts::ALERT_TOPIC_PREFIX.as_bytes())
-                {
-                    // The hubs' own alert events (`notify.mqtt`): output, not readings.
-                    let _ = client.try_ack(&p);
-                    continue;
-                }
+                    || p.retain;
                 if p.retain {
-                    // A retained copy (a broker ignoring retain handling "never"), not a new
-                    // reading: stored at each resubscription it would repeat a reading
-                    // without a timestamp. Acked so it is not sent again.
                     metrics.retained_dropped.inc();
-                    let _ = client.try_ack(&p);
-                    continue;
                 }
-                metrics.messages_received.inc();
+                if !skip {
+                    metrics.messages_received.inc();
+                }
                 metrics.acks_pending.inc();
                 let now = Utc::now();
                 last_received = if now > last_received + chrono::Duration::microseconds(1) {
@@ -205,6 +208,7 @@ pub async fn run_event_loop(
                     publish: p,
                     epoch: current,
                     received_at: last_received,
+                    skip,
                 };
                 if tx.send(m).is_err() {
                     metrics.acks_pending.dec();

@@ -27,6 +27,8 @@ pub struct Batch {
     pub write: WriteBatch,
     pub acks: Vec<AckToken>,
     rows: usize,
+    /// Acks of messages that are not readings (see `Inbound::skip`).
+    skipped: usize,
     /// Payload and reason bytes held.
     bytes: usize,
     /// An HTTP submission waits for this batch: it is tried once and the
@@ -43,6 +45,7 @@ impl Batch {
             write: WriteBatch::default(),
             acks: Vec::new(),
             rows: 0,
+            skipped: 0,
             bytes: 0,
             reply: None,
         }
@@ -152,6 +155,11 @@ impl Batcher {
     }
 
     fn add(&self, batch: &mut Batch, m: Inbound) {
+        if m.skip {
+            batch.acks.push(AckToken::of(&m));
+            batch.skipped += 1;
+            return;
+        }
         let topic = String::from_utf8_lossy(&m.publish.topic).into_owned();
         let payload: Bytes = m.publish.payload.clone();
         let d = self.decoder.decode(&topic, &payload, m.received_at);
@@ -470,7 +478,9 @@ pub async fn run_writer(
                     for (code, n) in &outcome.dead_letters {
                         metrics.dead_letter(*code, *n);
                     }
-                    metrics.messages_committed.inc_by(batch.acks.len() as u64);
+                    metrics
+                        .messages_committed
+                        .inc_by((batch.acks.len() - batch.skipped) as u64);
                     if attempt > 0 {
                         tracing::info!(attempts = attempt + 1, "Batch committed after retries.");
                     }

@@ -146,6 +146,17 @@ pub struct SimSensor {
     pub model: Model,
     /// Activity factor of its district.
     activity: f64,
+    /// What the last report's interval did besides the values (for the truth).
+    pub event: Option<Event>,
+}
+
+/// What happened in a reporting interval that the indicators measure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Event {
+    /// A collection round emptied the bin: the fill it last reported, and the new one.
+    Collection { before: f64, after: f64 },
+    /// The lamp drew this many kWh.
+    Energy(f64),
 }
 
 /// The kinds the simulator has physics for (the built-in catalogue).
@@ -290,6 +301,7 @@ pub fn build(seed: u64, spec: &FleetSpec, catalog: &Catalog) -> Result<Vec<SimSe
                 phase,
                 model,
                 activity,
+                event: None,
             });
         }
     }
@@ -388,6 +400,7 @@ impl SimSensor {
         let w = weather(seed, t.date_naive());
         let dt_h = (t - prev).num_milliseconds().max(0) as f64 / 3_600_000.0;
         let (lat, lon, activity) = (self.lat, self.lon, self.activity);
+        self.event = None;
         match &mut self.model {
             Model::Bin {
                 fill,
@@ -411,10 +424,17 @@ impl SimSensor {
                     day = day.succ_opt().expect("date in range");
                 }
                 let busy = 0.4 + traffic(t);
+                let before = round2(*fill);
                 if collected {
                     *fill = rng.gen_range(0.0..3.0);
                 }
                 *fill = (*fill + *rate * busy * dt_h * rng.gen_range(0.6..1.4)).clamp(0.0, 100.0);
+                if collected {
+                    self.event = Some(Event::Collection {
+                        before,
+                        after: round2(*fill),
+                    });
+                }
                 *battery = (*battery - 0.0015 * dt_h * 24.0 * rng.gen_range(0.5..1.5)).max(0.0);
                 vec![
                     ("fill_level".into(), round2(*fill)),
@@ -453,6 +473,7 @@ impl SimSensor {
                 }
                 let power = round2(power.max(0.0));
                 *energy_kwh += power * dt_h / 1000.0;
+                self.event = Some(Event::Energy(power * dt_h / 1000.0));
                 vec![
                     ("power".into(), power),
                     ("energy".into(), (*energy_kwh * 1000.0).round() / 1000.0),

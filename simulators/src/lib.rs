@@ -12,7 +12,8 @@ pub mod hubcheck;
 pub mod load;
 pub mod replay;
 pub mod sim;
-pub mod sun;
+pub mod truth;
+pub use cityhub_config::sun;
 
 pub use fleet::{FleetSpec, SimSensor, CREMONA};
 pub use formats::Format;

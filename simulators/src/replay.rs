@@ -152,6 +152,7 @@ pub fn messages(series: &[Row], spec: &ReplaySpec, end: DateTime<Utc>) -> Vec<Si
                 time,
                 values: values.clone(),
                 fault: None,
+                event: None,
             }
         })
         .collect()

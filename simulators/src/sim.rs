@@ -74,6 +74,9 @@ pub struct SimMessage {
     /// The values the hub should store from this message (empty for faulty ones).
     pub values: Vec<(String, f64)>,
     pub fault: Option<&'static str>,
+    /// What the interval up to this report did (a collection, energy drawn);
+    /// `None` on a sensor's first report, which the hub has nothing to compare with.
+    pub event: Option<crate::fleet::Event>,
 }
 
 /// The account of a run: what was sent, faults injected, what the hub should hold.
@@ -99,6 +102,12 @@ pub struct Report {
     /// What the hub stored, when the run was given its URL (`--hub`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_by_hub: Option<crate::hubcheck::HubCheck>,
+    /// What the fleet did, per UTC hour; [`Report::indicators`] carries it by local day.
+    #[serde(skip)]
+    pub truth: crate::truth::Truth,
+    /// The indicators' truth for the simulated period (see [`crate::truth`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indicators: Option<crate::truth::TruthSummary>,
 }
 
 impl Report {
@@ -125,9 +134,47 @@ impl Report {
         }
         if m.fault != Some("duplicate") {
             self.expected_rows += m.values.len() as u64;
+            self.account(m);
         }
         self.first_time = Some(self.first_time.map_or(m.time, |t| t.min(m.time)));
         self.last_time = Some(self.last_time.map_or(m.time, |t| t.max(m.time)));
+    }
+}
+
+impl Report {
+    /// Adds a message (not a duplicate) to the truth.
+    fn account(&mut self, m: &SimMessage) {
+        match m.event {
+            Some(crate::fleet::Event::Collection { before, after }) => {
+                self.truth.collections.push(crate::truth::Collection {
+                    sensor: m.sensor.clone(),
+                    reported_at: m.time,
+                    fill_before: before,
+                    fill_after: after,
+                })
+            }
+            Some(crate::fleet::Event::Energy(kwh)) => self.truth.energy(&m.sensor, m.time, kwh),
+            None => {}
+        }
+        match m.kind.as_str() {
+            "air_quality" => {
+                for (k, v) in &m.values {
+                    if k == "pm10" {
+                        self.truth.pm10(&m.sensor, m.time, *v);
+                    }
+                }
+            }
+            "bike_counter" => {
+                let n: f64 = m
+                    .values
+                    .iter()
+                    .filter(|(k, _)| k == "count_in" || k == "count_out")
+                    .map(|(_, v)| v)
+                    .sum();
+                self.truth.trips(&m.sensor, m.time, n);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -286,6 +333,11 @@ impl Simulation {
         let format = self.format_of(i);
         let mut values = self.sensors[i].report(prev, t, self.seed, &mut self.rng);
         self.fcnt[i] += 1;
+        let event = if self.fcnt[i] > 1 {
+            self.sensors[i].event
+        } else {
+            None
+        };
         let with_location = !self.sent_once[i];
         let s = &self.sensors[i];
         let kind = s.kind.clone();
@@ -347,6 +399,7 @@ impl Simulation {
             time: t,
             values: stored,
             fault,
+            event,
         }
     }
 

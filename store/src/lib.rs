@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod db;
 mod error;
+pub mod indicators;
 pub mod maintenance;
 pub mod query;
 pub mod reader;

@@ -17,6 +17,7 @@ pub async fn publish_raw<T: AsRef<str>>(broker: &Broker, items: &[(T, Vec<u8>)])
             time: chrono::Utc::now(),
             values: vec![],
             fault: None,
+            event: None,
         })
         .collect();
     publish_sim(broker, &msgs).await;

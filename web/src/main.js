@@ -5,6 +5,8 @@ import uPlot from 'uplot';
 import { getPosition } from 'suncalc';
 import { judge, actionItems, RateCounter } from './state.js';
 import { initialLang, saveLang, strings, metricLabel, kindTitle, duration, number } from './i18n.js';
+import { AlertsPanel } from './alerts.js';
+import { renderIndicators } from './indicators.js';
 
 const DAY_MS = 24 * 3600 * 1000;
 const sunAltitude = (t, lat, lon) => getPosition(new Date(t), lat, lon).altitude;
@@ -553,6 +555,36 @@ function renderChrome() {
   $('map').setAttribute('aria-label', t.title);
   document.querySelector('.skip').textContent = app.lang === 'it' ? 'Vai all’elenco da gestire' : 'Skip to the list of what needs action';
   $('live').textContent = $('live').classList.contains('off') ? t.reconnecting : t.live;
+  $('nav-map').textContent = t.navMap;
+  $('nav-indicators').textContent = t.navIndicators;
+}
+
+// ---- views: the map, the indicators ------------------------------------------
+
+async function showView() {
+  const indicators = location.hash.startsWith('#indicators');
+  $('nav-map').removeAttribute('aria-current');
+  $('nav-indicators').removeAttribute('aria-current');
+  $(indicators ? 'nav-indicators' : 'nav-map').setAttribute('aria-current', 'page');
+  document.querySelector('.layout').hidden = indicators;
+  const view = $('indicators-view');
+  view.hidden = !indicators;
+  if (!indicators) {
+    if (app.map) app.map.invalidateSize();
+    return;
+  }
+  delete view.dataset.ready;
+  try {
+    await renderIndicators(view, { T, lang: () => app.lang, el });
+    const one = location.hash.split('/')[1];
+    if (one) {
+      const card = document.getElementById(`indicator-${one}`);
+      if (card) card.scrollIntoView();
+    }
+  } catch (e) {
+    console.warn('indicators', e);
+    view.replaceChildren(el('p', { class: 'message' }, T().loadFailed));
+  }
 }
 
 function setLang(lang) {
@@ -563,6 +595,8 @@ function setLang(lang) {
   renderLegend();
   panelKey = null;
   renderPanel();
+  if (app.alerts) app.alerts.render();
+  if (location.hash.startsWith('#indicators')) showView();
   if (app.open) {
     const entry = app.sensors.get(app.open.id);
     if (entry) {
@@ -616,6 +650,7 @@ function connect() {
   const es = new EventSource('api/v1/stream');
   es.addEventListener('open', () => setLive(true));
   es.addEventListener('readings', onReadings);
+  es.addEventListener('alert', (ev) => app.alerts.onEvent(ev));
   // The hub dropped events for this slow client, or a reconnect (the browser sends
   // Last-Event-ID by itself) came too late to be resumed: re-read the whole picture.
   es.addEventListener('lagged', () => reloadSensors());
@@ -641,6 +676,7 @@ async function reloadSensors() {
       }
       renderLegend();
       renderPanel();
+      app.alerts.load().catch((e) => console.warn('alerts', e));
     } catch (e) {
       console.warn('reload', e);
     } finally {
@@ -696,6 +732,27 @@ async function start() {
   renderChrome();
   $('lang').addEventListener('click', () => setLang(app.lang === 'it' ? 'en' : 'it'));
   $('panel-toggle').addEventListener('click', () => togglePanel());
+  app.alerts = new AlertsPanel({
+    el,
+    T,
+    sensorName: (id) => {
+      const e = app.sensors.get(id);
+      return (e && e.sensor.name) || id;
+    },
+    metricLabel: (kind, metric) => metricLabel(app.lang, app.kinds.get(kind), metric),
+    focusSensor: (id) => {
+      if (location.hash.startsWith('#indicators')) {
+        location.hash = '#map';
+        showView();
+      }
+      focusSensor(id);
+    },
+    duration: (ms) => duration(app.lang, ms),
+  });
+  app.alerts.bind();
+  app.alerts.render();
+  window.addEventListener('hashchange', showView);
+  showView();
   let settings, kinds, fc;
   for (;;) {
     try {
@@ -735,6 +792,7 @@ async function start() {
   if (placed.length) fitFleet(map, placed);
   else map.setView([45.1335, 10.0226], 13); // Cremona, until the first sensor is placed
   renderPanel();
+  app.alerts.load().catch((e) => console.warn('alerts', e));
   if (app.history) watchHistory();
   connect();
   // Silence is a state too: re-judge as time passes, and keep the counter honest.

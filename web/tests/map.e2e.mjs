@@ -18,6 +18,7 @@ const SHOTS = process.env.SHOTS;
 const EXPECT = JSON.parse(process.env.EXPECT);
 const LIVE_SENSOR = process.env.LIVE_SENSOR;
 const LAMPS = JSON.parse(process.env.LAMPS || '{}');
+const OPERATOR_TOKEN = process.env.OPERATOR_TOKEN;
 assert.ok(HUB && SHOTS && LIVE_SENSOR, 'HUB_URL, SHOTS, EXPECT and LIVE_SENSOR are required');
 await mkdir(SHOTS, { recursive: true });
 
@@ -175,6 +176,61 @@ try {
   }, LIVE_SENSOR);
   await page.screenshot({ path: `${SHOTS}/4-live-update.png` });
   step(`live: ${LIVE_SENSOR} went ${before} -> alarm, counter ${rateAfter}/min, no reload`);
+
+  // ---- alerts: the hub's open alerts on the panel, live, and acknowledged ------
+  const apiAlerts = async () => (await (await fetch(`${HUB}/api/v1/alerts?state=open,acknowledged&limit=1000`)).json()).alerts;
+  // The live bin's alert arrives as `event: alert` (no reload).
+  await page.waitForFunction(
+    (id) => [...document.querySelectorAll('#alerts li.alert .what')].some((e) => e.textContent.includes(id)),
+    LIVE_SENSOR,
+    { timeout: 30_000 },
+  );
+  const open = await apiAlerts();
+  for (const id of ['map-bin-worst', 'map-bin-full', 'map-air-high']) {
+    assert.ok(open.some((a) => a.sensor === id), `the hub raised no alert for ${id}`);
+  }
+  await page.waitForFunction((n) => document.querySelectorAll('#alerts li.alert').length === n, open.length, { timeout: 10_000 });
+  assert.match(await page.textContent('#alerts-title'), new RegExp(`^Alerts \\(${open.length}\\)$`));
+  assert.equal(await page.locator('#alerts button.ack-open').count(), 0, 'no acknowledge without the operator token');
+  const worst = open.find((a) => a.sensor === 'map-bin-worst');
+  // A wrong token is refused, and says so.
+  await page.click('#operator-summary');
+  await page.fill('#operator-token', 'not-the-operator-token');
+  await page.click('#operator-save');
+  await page.click(`#alerts li[data-alert="${worst.id}"] button.ack-open`);
+  await page.fill(`#alerts li[data-alert="${worst.id}"] form.ack input`, 'crew sent');
+  await page.click(`#alerts li[data-alert="${worst.id}"] form.ack button`);
+  await page.waitForSelector('#alerts-message:not([hidden])');
+  assert.match(await page.textContent('#alerts-message'), /refused/);
+  await page.click('#operator-save'); // forget it
+  await page.fill('#operator-token', OPERATOR_TOKEN);
+  await page.click('#operator-save');
+  await page.click(`#alerts li[data-alert="${worst.id}"] button.ack-open`);
+  await page.fill(`#alerts li[data-alert="${worst.id}"] form.ack input`, 'crew sent');
+  await page.click(`#alerts li[data-alert="${worst.id}"] form.ack button`);
+  await page.waitForSelector(`#alerts li.st-acknowledged[data-alert="${worst.id}"]`, { timeout: 10_000 });
+  const acked = (await apiAlerts()).find((a) => a.id === worst.id);
+  assert.equal(acked.state, 'acknowledged');
+  assert.equal(acked.ack_note, 'crew sent');
+  await page.screenshot({ path: `${SHOTS}/7-alerts.png` });
+  step(`alerts: ${open.length} on the panel, ${LIVE_SENSOR}'s arrived live, one acknowledged with a note`);
+
+  // ---- indicators: a chart per indicator, the limit drawn where there is one ----
+  await page.click('#nav-indicators');
+  await page.waitForSelector('#indicators-view[data-ready="true"]', { timeout: 30_000 });
+  assert.equal(await page.isVisible('#map'), false, 'the map gives way to the indicators');
+  const inds = (await (await fetch(`${HUB}/api/v1/indicators`)).json()).indicators;
+  assert.equal(await page.locator('#indicators-view article.indicator').count(), inds.length);
+  const pm10 = page.locator('article[data-indicator="pm10_daily_mean"]');
+  assert.equal(await pm10.locator('canvas').count(), 1, 'a PM10 chart');
+  assert.ok(Number(await pm10.getAttribute('data-rows')) >= 1);
+  assert.match(await pm10.locator('.u-legend').textContent(), /Limit 50/);
+  const trips = page.locator('article[data-indicator="bike_trips_per_day"]');
+  assert.equal(await trips.locator('canvas').count(), 1, 'a bicycle chart');
+  await page.screenshot({ path: `${SHOTS}/8-indicators.png`, fullPage: true });
+  await page.click('#nav-map');
+  await page.waitForSelector('#map', { state: 'visible' });
+  step(`indicators: ${inds.length} cards, PM10 with its limit line`);
 
   // ---- layer toggle ------------------------------------------------------------
   await page.uncheck('.legend input[data-kind="streetlight"]');

@@ -1,0 +1,728 @@
+//! The mandate's indicators, computed from the stored readings.
+//!
+//! Each indicator has one query (by its [`Method`]) that reduces the readings of
+//! the asked range to one base row per sensor and local day (or night, noon to
+//! noon): hourly rollups where hours suffice, the observations where the order of
+//! readings matters (fill-level drops, meter increments, time lit). The base rows
+//! are then summed into days, months or years, per sensor and for the city, by
+//! the indicator's own rule. `cityhub_config::indicators` describes each one.
+
+use crate::error::StoreError;
+use crate::Store;
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
+use cityhub_config::indicators::{Indicator, IndicatorSettings, Method, Period};
+use cityhub_config::kinds::MapRule;
+use cityhub_config::sun::DayLimits;
+use cityhub_config::Catalog;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What to compute.
+#[derive(Debug, Clone)]
+pub struct IndicatorQuery {
+    /// One sensor only (no city rows).
+    pub sensor: Option<String>,
+    /// First local day, aligned to the period's start.
+    pub from: NaiveDate,
+    /// Local day after the last, aligned to a period's start.
+    pub to: NaiveDate,
+    pub period: Period,
+    /// City rows for each waste stream too (waste indicators).
+    pub by_stream: bool,
+}
+
+/// One row: a period of one sensor, or of the city (`sensor` `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndicatorRow {
+    /// The period's first local day.
+    pub period_start: NaiveDate,
+    pub sensor: Option<String>,
+    /// `None` when the period has data but not enough for a value (e.g. no valid day).
+    pub value: Option<f64>,
+    /// Indicator-specific fields (`hours`, `valid_days`, `collections`, `stream`, ...).
+    pub extra: Map<String, Value>,
+}
+
+/// One sensor's reduction of one local day (or night).
+#[derive(Debug, Clone)]
+struct Base {
+    sensor: String,
+    day: NaiveDate,
+    a: f64,
+    b: f64,
+    c: f64,
+    stream: Option<String>,
+}
+
+/// The period's first day.
+pub fn period_start(p: Period, d: NaiveDate) -> NaiveDate {
+    match p {
+        Period::Day => d,
+        Period::Month => d.with_day(1).unwrap_or(d),
+        Period::Year => NaiveDate::from_ymd_opt(d.year(), 1, 1).unwrap_or(d),
+    }
+}
+
+/// The first day of the period after the one starting at `d`.
+pub fn next_period(p: Period, d: NaiveDate) -> NaiveDate {
+    match p {
+        Period::Day => d.succ_opt().unwrap_or(d),
+        Period::Month => d.checked_add_months(chrono::Months::new(1)).unwrap_or(d),
+        Period::Year => d.checked_add_months(chrono::Months::new(12)).unwrap_or(d),
+    }
+}
+
+/// `date` at `hour`:00 local time, as an instant (the earlier one when a clock change repeats it).
+pub fn local_instant(tz: Tz, date: NaiveDate, hour: u32) -> DateTime<Utc> {
+    let naive = date.and_hms_opt(hour, 0, 0).expect("valid hour");
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => {
+            t.with_timezone(&Utc)
+        }
+        // Skipped by a clock change: an hour later exists.
+        chrono::LocalResult::None => tz
+            .from_local_datetime(&(naive + Duration::hours(1)))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|| Utc.from_utc_datetime(&naive)),
+    }
+}
+
+fn round(v: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (v * f).round() / f
+}
+
+const HOURLY: &str = "
+    SELECT s.external_id, (h.bucket AT TIME ZONE $4::text)::date,
+           sum(h.avg)::float8, count(*)::float8,
+           (count(*) FILTER (WHERE h.avg >= $6::float8))::float8, NULL::text
+    FROM obs_hourly h JOIN sensors s ON s.id = h.sensor_id
+    WHERE h.metric_id = ANY($1) AND h.bucket >= $2 AND h.bucket < $3
+      AND ($5::text IS NULL OR s.external_id = $5)
+    GROUP BY 1, 2";
+
+/// Trips: the hourly means times their counts are the hours' sums.
+const TRIPS: &str = "
+    SELECT s.external_id, (h.bucket AT TIME ZONE $4::text)::date,
+           round(sum(h.avg * h.count))::float8, count(*)::float8, 0::float8, NULL::text
+    FROM obs_hourly h JOIN sensors s ON s.id = h.sensor_id
+    WHERE h.metric_id = ANY($1) AND h.bucket >= $2 AND h.bucket < $3
+      AND ($5::text IS NULL OR s.external_id = $5)
+    GROUP BY 1, 2";
+
+/// Collections: a drop of at least $7 points from the reading before (looked for
+/// up to two days before the range). a: collections, b: sum of the fill before,
+/// c: those at or above $6.
+const COLLECTIONS: &str = "
+    WITH f AS (
+        SELECT o.sensor_id, o.time, o.value,
+               lag(o.value) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS prev
+        FROM observations o JOIN sensors s ON s.id = o.sensor_id
+        WHERE o.metric_id = ANY($1) AND o.time >= $2::timestamptz - interval '2 days' AND o.time < $3
+          AND ($5::text IS NULL OR s.external_id = $5))
+    SELECT s.external_id, (f.time AT TIME ZONE $4::text)::date, count(*)::float8,
+           sum(f.prev)::float8, (count(*) FILTER (WHERE f.prev >= $6::float8))::float8,
+           s.properties->>'stream'
+    FROM f JOIN sensors s ON s.id = f.sensor_id
+    WHERE f.time >= $2 AND f.prev - f.value >= $7::float8
+    GROUP BY 1, 2, 6";
+
+/// Meter increments, night by night (a night is dated by its evening; $2 and $3
+/// are noons). A meter that went back was reset: its new value is the increment.
+const ENERGY: &str = "
+    WITH e AS (
+        SELECT o.sensor_id, o.time, o.value,
+               lag(o.value) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS prev
+        FROM observations o JOIN sensors s ON s.id = o.sensor_id
+        WHERE o.metric_id = ANY($1) AND o.time >= $2::timestamptz - interval '2 days' AND o.time < $3
+          AND ($5::text IS NULL OR s.external_id = $5))
+    SELECT s.external_id, ((e.time AT TIME ZONE $4::text) - interval '12 hours')::date,
+           sum(CASE WHEN e.value >= e.prev THEN e.value - e.prev ELSE e.value END)::float8,
+           count(*)::float8, 0::float8, NULL::text
+    FROM e JOIN sensors s ON s.id = e.sensor_id
+    WHERE e.time >= $2 AND e.prev IS NOT NULL
+    GROUP BY 1, 2";
+
+/// Seconds lit, from each reading to the next (at most $7 s), night by night.
+const LIT: &str = "
+    WITH r AS (
+        SELECT o.sensor_id, o.time, o.value,
+               lead(o.time) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS next
+        FROM observations o JOIN sensors s ON s.id = o.sensor_id
+        WHERE o.metric_id = ANY($1) AND o.time >= $2 AND o.time < $3::timestamptz + interval '1 day'
+          AND ($5::text IS NULL OR s.external_id = $5))
+    SELECT s.external_id, ((r.time AT TIME ZONE $4::text) - interval '12 hours')::date,
+           coalesce(sum(least(extract(epoch FROM r.next - r.time)::float8, $7::float8))
+                    FILTER (WHERE r.value > $6), 0)::float8 / 3600.0,
+           count(*)::float8, 0::float8, NULL::text
+    FROM r JOIN sensors s ON s.id = r.sensor_id
+    WHERE r.time < $3
+    GROUP BY 1, 2";
+
+/// Seconds lit by day or dark at night; the sun's limits come per UTC date in $8-$12.
+const FAULT: &str = "
+    WITH r AS (
+        SELECT o.sensor_id, o.time, o.value,
+               lead(o.time) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS next
+        FROM observations o JOIN sensors s ON s.id = o.sensor_id
+        WHERE o.metric_id = ANY($1) AND o.time >= $2 AND o.time < $3::timestamptz + interval '1 day'
+          AND ($5::text IS NULL OR s.external_id = $5)),
+    sun AS (SELECT * FROM unnest($8::date[], $9::timestamptz[], $10::timestamptz[],
+                                 $11::timestamptz[], $12::timestamptz[])
+            AS u(d, day_from, day_to, night_to, night_from))
+    SELECT s.external_id, (r.time AT TIME ZONE $4::text)::date,
+           coalesce(sum(least(extract(epoch FROM r.next - r.time)::float8, $7::float8)) FILTER (WHERE
+               (r.value > $6 AND r.time > sun.day_from AND r.time < sun.day_to)
+            OR (r.value <= $6 AND (r.time < sun.night_to OR r.time > sun.night_from))), 0)::float8
+               / 3600.0,
+           count(*)::float8, 0::float8, NULL::text
+    FROM r JOIN sensors s ON s.id = r.sensor_id
+    JOIN sun ON sun.d = (r.time AT TIME ZONE 'UTC')::date
+    WHERE r.time < $3
+    GROUP BY 1, 2";
+
+/// Computes `ind` over `q` (see the module doc).
+pub async fn compute(
+    store: &Store,
+    catalog: &Catalog,
+    cfg: &IndicatorSettings,
+    ind: &Indicator,
+    q: &IndicatorQuery,
+) -> Result<Vec<IndicatorRow>, StoreError> {
+    let tz = cfg.tz().map_err(StoreError::Config)?;
+    let kind = catalog
+        .get(ind.kind)
+        .ok_or_else(|| StoreError::Config(format!("kind {} is not configured", ind.kind)))?;
+    let metric_ids: Vec<i16> = ind
+        .metrics
+        .iter()
+        .filter_map(|m| store.metric_id(ind.kind, m))
+        .collect();
+    let lit_above = match &kind.def.map {
+        Some(MapRule::Lamp { lit_above, .. }) => *lit_above,
+        _ => 5.0,
+    };
+    let max_gap_s = 2.0 * f64::from(kind.def.cadence_s.max(1));
+    let nightly = matches!(ind.compute, Method::EnergyPerNight | Method::LitHours);
+    let hour = if nightly { 12 } else { 0 };
+    let from = local_instant(tz, q.from, hour);
+    let to = local_instant(tz, q.to, hour);
+    let tzname = cfg.timezone.as_str();
+    let c = store.pool().get().await?;
+    let threshold = match ind.compute {
+        Method::OverflowHours => cfg.overflow_at,
+        Method::Collections | Method::FillAtCollection | Method::FullShare => cfg.full_at,
+        Method::LitHours | Method::FaultHours => lit_above,
+        _ => 0.0,
+    };
+    let rows = match ind.compute {
+        Method::FaultHours => {
+            let (lat, lon) = lamp_position(store, ind.kind, q.sensor.as_deref()).await?;
+            let (mut d, mut day_from, mut day_to, mut night_to, mut night_from) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            let mut date = from.date_naive().pred_opt().unwrap_or(from.date_naive());
+            while date <= to.date_naive().succ_opt().unwrap_or(date) {
+                let l = DayLimits::new(date, lat, lon);
+                d.push(date);
+                day_from.push(l.day.map(|x| x.0));
+                day_to.push(l.day.map(|x| x.1));
+                night_to.push(l.night.map(|x| x.0));
+                night_from.push(l.night.map(|x| x.1));
+                date = date.succ_opt().unwrap_or(date);
+                if d.len() > 100_000 {
+                    break;
+                }
+            }
+            c.query(
+                FAULT,
+                &[
+                    &metric_ids,
+                    &from,
+                    &to,
+                    &tzname,
+                    &q.sensor,
+                    &threshold,
+                    &max_gap_s,
+                    &d,
+                    &day_from,
+                    &day_to,
+                    &night_to,
+                    &night_from,
+                ],
+            )
+            .await?
+        }
+        m => {
+            let sql = match m {
+                Method::Collections | Method::FillAtCollection | Method::FullShare => COLLECTIONS,
+                Method::EnergyPerNight => ENERGY,
+                Method::LitHours => LIT,
+                Method::Trips => TRIPS,
+                _ => HOURLY,
+            };
+            match m {
+                Method::Collections | Method::FillAtCollection | Method::FullShare => {
+                    c.query(
+                        sql,
+                        &[
+                            &metric_ids,
+                            &from,
+                            &to,
+                            &tzname,
+                            &q.sensor,
+                            &threshold,
+                            &cfg.collection_drop,
+                        ],
+                    )
+                    .await?
+                }
+                Method::LitHours => {
+                    c.query(
+                        sql,
+                        &[
+                            &metric_ids,
+                            &from,
+                            &to,
+                            &tzname,
+                            &q.sensor,
+                            &threshold,
+                            &max_gap_s,
+                        ],
+                    )
+                    .await?
+                }
+                Method::EnergyPerNight | Method::Trips => {
+                    c.query(sql, &[&metric_ids, &from, &to, &tzname, &q.sensor])
+                        .await?
+                }
+                _ => {
+                    c.query(
+                        sql,
+                        &[&metric_ids, &from, &to, &tzname, &q.sensor, &threshold],
+                    )
+                    .await?
+                }
+            }
+        }
+    };
+    let base: Vec<Base> = rows
+        .iter()
+        .map(|r| Base {
+            sensor: r.get(0),
+            day: r.get(1),
+            a: r.get::<_, Option<f64>>(2).unwrap_or(0.0),
+            b: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
+            c: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
+            stream: r.get(5),
+        })
+        .filter(|b| b.day >= q.from && b.day < q.to)
+        .collect();
+    Ok(aggregate(ind, cfg, tz, q, &base))
+}
+
+/// Where the sun is judged for lamp faults: the lamp asked for, else the middle of
+/// the lamps (across a city the sun's times differ by seconds).
+async fn lamp_position(
+    store: &Store,
+    kind: &str,
+    sensor: Option<&str>,
+) -> Result<(f64, f64), StoreError> {
+    let c = store.pool().get().await?;
+    let r = c
+        .query_one(
+            "SELECT avg(lat)::float8, avg(lon)::float8 FROM sensors
+             WHERE kind = $1 AND lat IS NOT NULL AND ($2::text IS NULL OR external_id = $2)",
+            &[&kind, &sensor],
+        )
+        .await?;
+    Ok((
+        r.get::<_, Option<f64>>(0).unwrap_or(45.1335),
+        r.get::<_, Option<f64>>(1).unwrap_or(10.0245),
+    ))
+}
+
+/// Sums base rows into one value per period (see each [`Method`]).
+struct Acc {
+    a: f64,
+    b: f64,
+    c: f64,
+    days: u32,
+    valid_days: u32,
+    /// Valid daily means (daily-mean indicators) summed.
+    means: f64,
+    exceed: u32,
+    exceed_2030: u32,
+    weekday: (f64, u32),
+    weekend: (f64, u32),
+    sensors: BTreeSet<String>,
+    /// The bin's waste stream (its `stream` property).
+    stream: Option<String>,
+}
+
+impl Acc {
+    fn new() -> Self {
+        Self {
+            a: 0.0,
+            b: 0.0,
+            c: 0.0,
+            days: 0,
+            valid_days: 0,
+            means: 0.0,
+            exceed: 0,
+            exceed_2030: 0,
+            weekday: (0.0, 0),
+            weekend: (0.0, 0),
+            sensors: BTreeSet::new(),
+            stream: None,
+        }
+    }
+}
+
+/// One day of one sensor, or of the city: the daily mean when valid.
+fn day_mean(b: &Base, min_hours: f64) -> Option<f64> {
+    (b.b >= min_hours && b.b > 0.0).then(|| b.a / b.b)
+}
+
+fn aggregate(
+    ind: &Indicator,
+    cfg: &IndicatorSettings,
+    tz: Tz,
+    q: &IndicatorQuery,
+    base: &[Base],
+) -> Vec<IndicatorRow> {
+    let min_hours = cfg.min_day_hours() as f64;
+    let (limit, limit_2030) = ind
+        .target
+        .map(|t| (t.value, t.value_2030.unwrap_or(t.value)))
+        .unwrap_or((f64::INFINITY, f64::INFINITY));
+    // The daily limit of PM10 (50 µg/m³) is what its days are counted against.
+    let (day_limit, day_limit_2030) = match ind.compute {
+        Method::ExceedanceDays => (50.0, 45.0),
+        _ => (limit, limit_2030),
+    };
+    let mean_method = matches!(ind.compute, Method::DailyMean | Method::ExceedanceDays);
+    // Per (period, sensor) accumulators; the city is built from days for the
+    // daily-mean methods, and from sensors' period values otherwise.
+    let mut per: BTreeMap<(NaiveDate, String), Acc> = BTreeMap::new();
+    // City per day: (sum of valid means, valid stations, any above, any above 2030).
+    let mut city_days: BTreeMap<NaiveDate, (f64, u32, bool, bool)> = BTreeMap::new();
+    for b in base {
+        let p = period_start(q.period, b.day);
+        let acc = per.entry((p, b.sensor.clone())).or_insert_with(Acc::new);
+        acc.a += b.a;
+        acc.b += b.b;
+        acc.c += b.c;
+        acc.days += 1;
+        acc.sensors.insert(b.sensor.clone());
+        let weekend = matches!(b.day.weekday(), Weekday::Sat | Weekday::Sun);
+        let w = if weekend {
+            &mut acc.weekend
+        } else {
+            &mut acc.weekday
+        };
+        w.0 += b.a;
+        w.1 += 1;
+        let cd = city_days.entry(b.day).or_insert((0.0, 0, false, false));
+        if mean_method {
+            if let Some(m) = day_mean(b, min_hours) {
+                acc.valid_days += 1;
+                acc.means += m;
+                acc.exceed += u32::from(m > day_limit);
+                acc.exceed_2030 += u32::from(m > day_limit_2030);
+                cd.0 += m;
+                cd.1 += 1;
+                cd.2 |= m > day_limit;
+                cd.3 |= m > day_limit_2030;
+            }
+        }
+        if b.stream.is_some() {
+            acc.stream.clone_from(&b.stream);
+        }
+    }
+    let mut out = Vec::new();
+    let mut prev: BTreeMap<String, (NaiveDate, f64)> = BTreeMap::new();
+    for ((p, sensor), acc) in &per {
+        let mut extra = Map::new();
+        let value = value_of(ind, q.period, *p, tz, acc, &mut extra);
+        if ind.compute == Method::Trips && q.period != Period::Day {
+            if let (Some((pp, pv)), Some(v)) = (prev.get(sensor), value) {
+                if next_period(q.period, *pp) == *p && *pv > 0.0 {
+                    extra.insert("change_pct".into(), json!(round((v / pv - 1.0) * 100.0, 2)));
+                }
+            }
+            if let Some(v) = value {
+                prev.insert(sensor.clone(), (*p, v));
+            }
+        }
+        if let Some(s) = &acc.stream {
+            extra.insert("stream".into(), json!(s));
+        }
+        out.push(IndicatorRow {
+            period_start: *p,
+            sensor: Some(sensor.clone()),
+            value,
+            extra,
+        });
+    }
+    if q.sensor.is_none() {
+        out.extend(city_rows(ind, q, tz, base, &per, &city_days, None));
+        if q.by_stream && ind.kind == "waste_bin" {
+            let streams: BTreeSet<&str> = base.iter().filter_map(|b| b.stream.as_deref()).collect();
+            for s in streams {
+                let sub: Vec<Base> = base
+                    .iter()
+                    .filter(|b| b.stream.as_deref() == Some(s))
+                    .cloned()
+                    .collect();
+                let per_s: BTreeMap<(NaiveDate, String), Acc> = BTreeMap::new();
+                out.extend(city_rows(
+                    ind,
+                    q,
+                    tz,
+                    &sub,
+                    &per_s,
+                    &BTreeMap::new(),
+                    Some(s),
+                ));
+            }
+        }
+    }
+    out.sort_by(|x, y| {
+        (x.period_start, x.sensor.is_some(), &x.sensor).cmp(&(
+            y.period_start,
+            y.sensor.is_some(),
+            &y.sensor,
+        ))
+    });
+    out
+}
+
+/// Hours in the period starting at `p` (local clock changes included).
+fn period_hours(period: Period, p: NaiveDate, tz: Tz) -> f64 {
+    let a = local_instant(tz, p, 0);
+    let b = local_instant(tz, next_period(period, p), 0);
+    (b - a).num_seconds() as f64 / 3600.0
+}
+
+fn value_of(
+    ind: &Indicator,
+    period: Period,
+    p: NaiveDate,
+    tz: Tz,
+    acc: &Acc,
+    extra: &mut Map<String, Value>,
+) -> Option<f64> {
+    let ratio = |n: f64, d: f64| (d > 0.0).then(|| n / d);
+    match ind.compute {
+        Method::DailyMean => {
+            if period == Period::Day {
+                extra.insert("hours".into(), json!(acc.b));
+            }
+            extra.insert("valid_days".into(), json!(acc.valid_days));
+            ratio(acc.means, f64::from(acc.valid_days)).map(|v| round(v, 3))
+        }
+        Method::ExceedanceDays => {
+            extra.insert("valid_days".into(), json!(acc.valid_days));
+            extra.insert("exceedances_2030".into(), json!(acc.exceed_2030));
+            Some(f64::from(acc.exceed))
+        }
+        Method::PeriodMean => {
+            extra.insert("hours".into(), json!(acc.b));
+            extra.insert(
+                "coverage".into(),
+                json!(round(acc.b / period_hours(period, p, tz), 4)),
+            );
+            ratio(acc.a, acc.b).map(|v| round(v, 3))
+        }
+        Method::Collections | Method::OverflowHours => Some(acc.a.max(0.0)),
+        Method::FillAtCollection => {
+            extra.insert("collections".into(), json!(acc.a));
+            ratio(acc.b, acc.a).map(|v| round(v, 3))
+        }
+        Method::FullShare => {
+            extra.insert("collections".into(), json!(acc.a));
+            ratio(acc.c * 100.0, acc.a).map(|v| round(v, 3))
+        }
+        Method::EnergyPerNight | Method::LitHours | Method::FaultHours => Some(round(acc.a, 4)),
+        Method::Trips => {
+            if period != Period::Day {
+                extra.insert("days".into(), json!(acc.days));
+                if let Some(m) = ratio(acc.weekday.0, f64::from(acc.weekday.1)) {
+                    extra.insert("weekday_daily_mean".into(), json!(round(m, 2)));
+                }
+                if let Some(m) = ratio(acc.weekend.0, f64::from(acc.weekend.1)) {
+                    extra.insert("weekend_daily_mean".into(), json!(round(m, 2)));
+                }
+            }
+            Some(acc.a)
+        }
+    }
+}
+
+/// The city's rows (all sensors, or one waste stream).
+fn city_rows(
+    ind: &Indicator,
+    q: &IndicatorQuery,
+    tz: Tz,
+    base: &[Base],
+    per: &BTreeMap<(NaiveDate, String), Acc>,
+    city_days: &BTreeMap<NaiveDate, (f64, u32, bool, bool)>,
+    stream: Option<&str>,
+) -> Vec<IndicatorRow> {
+    let mut by_period: BTreeMap<NaiveDate, Acc> = BTreeMap::new();
+    match ind.compute {
+        Method::DailyMean | Method::ExceedanceDays => {
+            // The city's day: the mean of its stations' valid means; above when any
+            // station was above.
+            for (day, (sum, n, above, above_2030)) in city_days {
+                let acc = by_period
+                    .entry(period_start(q.period, *day))
+                    .or_insert_with(Acc::new);
+                if *n > 0 {
+                    acc.valid_days += 1;
+                    acc.means += sum / f64::from(*n);
+                    acc.exceed += u32::from(*above);
+                    acc.exceed_2030 += u32::from(*above_2030);
+                    acc.b = acc.b.max(f64::from(*n));
+                }
+            }
+        }
+        Method::PeriodMean => {
+            // The city: mean of the stations' period means.
+            for ((p, s), acc) in per {
+                if acc.b > 0.0 {
+                    let c = by_period.entry(*p).or_insert_with(Acc::new);
+                    c.means += acc.a / acc.b;
+                    c.valid_days += 1;
+                    c.b += acc.b;
+                    c.sensors.insert(s.clone());
+                }
+            }
+        }
+        _ => {
+            let mut daily: BTreeMap<NaiveDate, f64> = BTreeMap::new();
+            for b in base {
+                let acc = by_period
+                    .entry(period_start(q.period, b.day))
+                    .or_insert_with(Acc::new);
+                acc.a += b.a;
+                acc.b += b.b;
+                acc.c += b.c;
+                acc.sensors.insert(b.sensor.clone());
+                *daily.entry(b.day).or_default() += b.a;
+            }
+            for (day, total) in daily {
+                let acc = by_period
+                    .get_mut(&period_start(q.period, day))
+                    .expect("period made above");
+                acc.days += 1;
+                let w = if matches!(day.weekday(), Weekday::Sat | Weekday::Sun) {
+                    &mut acc.weekend
+                } else {
+                    &mut acc.weekday
+                };
+                w.0 += total;
+                w.1 += 1;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut prev: Option<(NaiveDate, f64)> = None;
+    for (p, acc) in by_period {
+        let mut extra = Map::new();
+        let value = match ind.compute {
+            Method::DailyMean => {
+                extra.insert("valid_days".into(), json!(acc.valid_days));
+                if q.period == Period::Day {
+                    extra.insert("stations".into(), json!(acc.b));
+                }
+                (acc.valid_days > 0).then(|| round(acc.means / f64::from(acc.valid_days), 3))
+            }
+            Method::ExceedanceDays => {
+                extra.insert("valid_days".into(), json!(acc.valid_days));
+                extra.insert("exceedances_2030".into(), json!(acc.exceed_2030));
+                Some(f64::from(acc.exceed))
+            }
+            Method::PeriodMean => {
+                extra.insert("stations".into(), json!(acc.sensors.len()));
+                (acc.valid_days > 0).then(|| round(acc.means / f64::from(acc.valid_days), 3))
+            }
+            Method::EnergyPerNight | Method::LitHours | Method::FaultHours => {
+                let lamps = acc.sensors.len();
+                extra.insert("lamps".into(), json!(lamps));
+                if ind.compute == Method::EnergyPerNight && lamps > 0 {
+                    extra.insert("per_lamp".into(), json!(round(acc.a / lamps as f64, 4)));
+                }
+                Some(round(acc.a, 4))
+            }
+            _ => {
+                let v = value_of(ind, q.period, p, tz, &acc, &mut extra);
+                if ind.kind == "waste_bin" {
+                    extra.insert("bins".into(), json!(acc.sensors.len()));
+                }
+                if ind.compute == Method::Trips {
+                    extra.insert("counters".into(), json!(acc.sensors.len()));
+                    if q.period != Period::Day {
+                        if let (Some((pp, pv)), Some(v)) = (prev, v) {
+                            if next_period(q.period, pp) == p && pv > 0.0 {
+                                extra.insert(
+                                    "change_pct".into(),
+                                    json!(round((v / pv - 1.0) * 100.0, 2)),
+                                );
+                            }
+                        }
+                    }
+                    if let Some(v) = v {
+                        prev = Some((p, v));
+                    }
+                }
+                v
+            }
+        };
+        if let Some(s) = stream {
+            extra.insert("stream".into(), json!(s));
+        }
+        out.push(IndicatorRow {
+            period_start: p,
+            sensor: None,
+            value,
+            extra,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_and_local_days() {
+        let d = NaiveDate::from_ymd_opt(2026, 3, 29).unwrap();
+        assert_eq!(
+            period_start(Period::Month, d),
+            NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()
+        );
+        assert_eq!(
+            next_period(Period::Year, NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()),
+            NaiveDate::from_ymd_opt(2027, 1, 1).unwrap()
+        );
+        let rome: Tz = "Europe/Rome".parse().unwrap();
+        // The day of the spring clock change has 23 hours.
+        assert_eq!(period_hours(Period::Day, d, rome), 23.0);
+        assert_eq!(
+            local_instant(rome, d, 0).to_rfc3339(),
+            "2026-03-28T23:00:00+00:00"
+        );
+        assert_eq!(
+            period_hours(
+                Period::Year,
+                NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+                rome
+            ),
+            8760.0
+        );
+    }
+}

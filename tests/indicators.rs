@@ -1,0 +1,604 @@
+//! The mandate's indicators against what the simulated fleet really did (the
+//! simulator's truth), against series built by hand with known answers, and
+//! against SQL over the reader views.
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use cityhub_sim::{FaultRates, FleetSpec, Format, SimOptions};
+use cityhub_testkit::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+const ROME: chrono_tz::Tz = chrono_tz::Europe::Rome;
+
+async fn get(http: &reqwest::Client, hub: &Hub, path: &str) -> Value {
+    let r = http.get(hub.url(path)).send().await.unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// (sensor, local day) -> value of the sensor rows.
+fn by_sensor_day(v: &Value) -> BTreeMap<(String, NaiveDate), Value> {
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["sensor"].is_null())
+        .map(|r| {
+            let t: DateTime<Utc> = r["period_start"].as_str().unwrap().parse().unwrap();
+            (
+                (
+                    r["sensor"].as_str().unwrap().to_owned(),
+                    t.with_timezone(&ROME).date_naive(),
+                ),
+                r["value"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn city_rows(v: &Value) -> Vec<Value> {
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["sensor"].is_null() && r.get("stream").is_none())
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_s_indicators_match_what_the_simulator_did() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "indicators",
+        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+    )
+    .await;
+    let catalog = cityhub_config::Settings::builtin()
+        .unwrap()
+        .catalog()
+        .unwrap();
+    // Nine January days: Po-valley winter, so PM10 goes past its limit.
+    let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
+    let end = start + Duration::days(9);
+    let opts = SimOptions {
+        seed: 7,
+        start,
+        fleet: FleetSpec {
+            per_kind: vec![
+                ("waste_bin".into(), 16),
+                ("streetlight".into(), 12),
+                ("bike_counter".into(), 3),
+                ("air_quality".into(), 3),
+            ],
+            lamp_fault_share: 0.2,
+        },
+        formats: vec![Format::Native, Format::Senml],
+        // Faults that lose nothing: the hub must still see every reading once.
+        faults: FaultRates::parse("duplicate=0.02,out_of_order=0.02,burst=0.01").unwrap(),
+    };
+    let msgs = cityhub_sim::generate(&opts, &catalog, usize::MAX, end).unwrap();
+    let mut report = cityhub_sim::Report::default();
+    for m in &msgs {
+        report.count(m);
+    }
+    let truth = report.truth.summary(ROME, 18);
+    publish_sim(&broker, &msgs).await;
+    let want = expected_rows(&msgs);
+    wait_for(120, "the simulated rows", || {
+        let db = &db;
+        async move { db.observations().await >= want }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let range = "from=2026-01-04&to=2026-01-15";
+
+    // PM10: each valid day's mean, the invalid (partial) days without a value.
+    let v = get(
+        &http,
+        &hub,
+        &format!("/api/v1/indicators/pm10_daily_mean?period=day&{range}"),
+    )
+    .await;
+    assert_eq!(v["unit"], "µg/m³");
+    let got = by_sensor_day(&v);
+    let mut valid = 0;
+    for (s, days) in &truth.pm10_daily_mean {
+        for (d, m) in days {
+            let g = &got[&(s.clone(), *d)];
+            if m.valid {
+                valid += 1;
+                assert!(
+                    (g.as_f64().unwrap() - m.mean).abs() < 0.002,
+                    "{s} {d}: {g} vs {}",
+                    m.mean
+                );
+            } else {
+                assert!(g.is_null(), "{s} {d}: {} hours, value {g}", m.hours);
+            }
+        }
+    }
+    assert!(valid >= 3 * 8, "{valid} valid station-days");
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/pm10_exceedance_days?period=year&from=2026&to=2027",
+    )
+    .await;
+    let mut above = 0;
+    for (s, years) in &truth.pm10_exceedance_days {
+        let row = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["sensor"] == s.as_str())
+            .unwrap();
+        assert_eq!(row["value"].as_f64().unwrap() as u32, years[&2026], "{s}");
+        above += years[&2026];
+    }
+    assert!(
+        above > 0,
+        "the January fleet never went past the limit: the check proves nothing"
+    );
+
+    // Bins: every collection the level sensor can see (a drop of 20 points or
+    // more), dated by the reading after it, and the fill just before.
+    let visible: Vec<_> = truth
+        .collections
+        .iter()
+        .filter(|c| c.fill_before - c.fill_after >= 20.0)
+        .collect();
+    assert!(
+        visible.len() * 10 >= truth.collections.len() * 9 && visible.len() > 20,
+        "{} of {} collections visible",
+        visible.len(),
+        truth.collections.len()
+    );
+    let mut want_count: BTreeMap<(String, NaiveDate), f64> = BTreeMap::new();
+    for c in &visible {
+        *want_count
+            .entry((
+                c.sensor.clone(),
+                c.reported_at.with_timezone(&ROME).date_naive(),
+            ))
+            .or_default() += 1.0;
+    }
+    let v = get(
+        &http,
+        &hub,
+        &format!("/api/v1/indicators/bin_collections?period=day&{range}"),
+    )
+    .await;
+    let got: BTreeMap<_, _> = by_sensor_day(&v)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_f64().unwrap()))
+        .collect();
+    assert_eq!(got, want_count);
+    let city: f64 = city_rows(&v)
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .sum();
+    assert_eq!(city as usize, visible.len());
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/bin_fill_at_collection?period=year&from=2026&to=2027",
+    )
+    .await;
+    let mean = visible.iter().map(|c| c.fill_before).sum::<f64>() / visible.len() as f64;
+    let c = &city_rows(&v)[0];
+    assert!(
+        (c["value"].as_f64().unwrap() - mean).abs() < 0.01,
+        "{c} vs {mean}"
+    );
+    assert_eq!(c["collections"].as_f64().unwrap() as usize, visible.len());
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/bin_collections_full_share?period=year&from=2026&to=2027",
+    )
+    .await;
+    let full = visible.iter().filter(|c| c.fill_before >= 80.0).count() as f64;
+    let share = 100.0 * full / visible.len() as f64;
+    let c = &city_rows(&v)[0];
+    assert!(
+        (c["value"].as_f64().unwrap() - share).abs() < 0.01,
+        "{c} vs {share}"
+    );
+
+    // Lamps: the energy each drew, night by night (the meter keeps three decimals).
+    let v = get(
+        &http,
+        &hub,
+        &format!("/api/v1/indicators/lamp_energy_per_night?period=day&{range}"),
+    )
+    .await;
+    let got = by_sensor_day(&v);
+    let mut nights = 0;
+    for (s, per_night) in &truth.lamp_energy_per_night {
+        for (n, kwh) in per_night {
+            let g = got
+                .get(&(s.clone(), *n))
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            assert!((g - kwh).abs() < 0.003, "{s} night of {n}: {g} vs {kwh}");
+            nights += 1;
+        }
+    }
+    assert!(nights >= 12 * 9, "{nights} lamp-nights");
+
+    // Bicycles: exact per counter and day, and the same as SQL over the readings view.
+    let v = get(
+        &http,
+        &hub,
+        &format!("/api/v1/indicators/bike_trips_per_day?period=day&{range}"),
+    )
+    .await;
+    let got: BTreeMap<_, _> = by_sensor_day(&v)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_f64().unwrap()))
+        .collect();
+    let want: BTreeMap<_, _> = truth
+        .bike_trips_per_day
+        .iter()
+        .flat_map(|(s, days)| days.iter().map(move |(d, n)| ((s.clone(), *d), *n)))
+        .collect();
+    assert_eq!(got, want);
+    let sql: BTreeMap<(String, NaiveDate), f64> = db
+        .client()
+        .await
+        .query(
+            "SELECT sensor, (time AT TIME ZONE 'Europe/Rome')::date, sum(value)
+             FROM readings WHERE kind = 'bike_counter' AND metric IN ('count_in', 'count_out')
+             GROUP BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    assert_eq!(got, sql);
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/bike_trips_per_day?period=month&from=2026-01&to=2026-02",
+    )
+    .await;
+    let c = &city_rows(&v)[0];
+    assert_eq!(c["value"].as_f64().unwrap(), want.values().sum::<f64>());
+    assert!(c["weekday_daily_mean"].as_f64().unwrap() > 0.0, "{c}");
+    assert!(c["weekend_daily_mean"].as_f64().unwrap() > 0.0, "{c}");
+}
+
+/// Publishes one PM10 value per hour of each local day in `days` (value, hours).
+async fn pm10_days(broker: &Broker, sensor: &str, first: NaiveDate, days: &[(f64, u32)]) {
+    let mut items = Vec::new();
+    for (i, (v, hours)) in days.iter().enumerate() {
+        let d = first + Duration::days(i as i64);
+        for h in 0..*hours {
+            let t = ROME
+                .from_local_datetime(&d.and_hms_opt(h, 30, 0).unwrap())
+                .earliest()
+                .unwrap()
+                .with_timezone(&Utc);
+            items.push((
+                format!("cityhub/v1/air_quality/{sensor}"),
+                json!({"ts": t.to_rfc3339(), "values": {"pm10": v}})
+                    .to_string()
+                    .into_bytes(),
+            ));
+        }
+    }
+    publish_raw(broker, &items).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pm10_exceedance_days_count_valid_days_above_the_limit_by_calendar_year() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "pm10",
+        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+    )
+    .await;
+    // 40 days from 10 December 2025: 60 (above) on 7 days, 48 (above only the
+    // 2030 value) on 3, exactly 50 (not above) on 1, 70 with 17 hours (too few to
+    // count) on 1, 30 on the rest. Four of the days above fall in 2025.
+    let first = NaiveDate::from_ymd_opt(2025, 12, 10).unwrap();
+    let mut days = vec![(30.0, 24); 40];
+    for i in [2, 5, 9, 15, 22, 30, 31] {
+        days[i] = (60.0, 24);
+    }
+    for i in [3, 25, 26] {
+        days[i] = (48.0, 24);
+    }
+    days[12] = (50.0, 24);
+    days[35] = (70.0, 17);
+    days[36] = (60.0, 18); // 18 hours: exactly enough
+    pm10_days(&broker, "aq-hand", first, &days).await;
+    let n: i64 = days.iter().map(|d| i64::from(d.1)).sum();
+    wait_for(60, "the PM10 readings", || {
+        let db = &db;
+        async move { db.observations().await >= n }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/pm10_exceedance_days?from=2025&to=2027",
+    )
+    .await;
+    assert_eq!(v["period"], "year");
+    let rows: Vec<_> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["sensor"] == "aq-hand")
+        .collect();
+    assert_eq!(rows.len(), 2, "{v}");
+    // 2025 holds days 0-21 (10-31 December): 60 on days 2, 5, 9, 15; 48 on 3; 50 on 12.
+    assert_eq!(rows[0]["period_start"], "2024-12-31T23:00:00.000000Z");
+    assert_eq!(rows[0]["value"], 4.0);
+    assert_eq!(rows[0]["exceedances_2030"], 6);
+    assert_eq!(rows[0]["valid_days"], 22);
+    assert_eq!(rows[1]["value"], 4.0); // days 22, 30, 31, 36 (not 35: 17 hours)
+    assert_eq!(rows[1]["exceedances_2030"], 6);
+    assert_eq!(rows[1]["valid_days"], 17);
+    // The limit and its 2030 value come with the rows.
+    assert_eq!(v["target"]["value"], 35.0);
+    assert_eq!(v["target"]["value_2030"], 18.0);
+
+    // The same by SQL over the reader view, by hand.
+    let sql: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM (
+                 SELECT (time AT TIME ZONE 'Europe/Rome')::date FROM readings
+                 WHERE sensor = 'aq-hand' AND metric = 'pm10'
+                 GROUP BY 1 HAVING count(*) >= 18 AND avg(value) > 50) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sql, 8);
+
+    // The daily means: the 17-hour day has none.
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/pm10_daily_mean?sensor=aq-hand&from=2026-01-14&to=2026-01-17",
+    )
+    .await;
+    let vals: Vec<Value> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(vals, [Value::Null, json!(60.0), json!(30.0)]);
+    assert_eq!(v["rows"][0]["hours"], 17.0);
+
+    // CSV for spreadsheets and pandas.
+    let r = http
+        .get(hub.url(
+            "/api/v1/indicators/pm10_exceedance_days?from=2025&to=2027&format=csv&sensor=aq-hand",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = r.text().await.unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "period_start,sensor,value,unit,exceedances_2030,valid_days"
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        "2024-12-31T23:00:00.000000Z,aq-hand,4,days,6,22"
+    );
+
+    // Wrong questions get a 400 or 404 that says why.
+    for (q, code) in [
+        ("/api/v1/indicators/pm10_exceedance_days?period=week", 400),
+        ("/api/v1/indicators/pm10_exceedance_days?from=2026-13", 400),
+        (
+            "/api/v1/indicators/pm10_exceedance_days?from=2027&to=2026",
+            400,
+        ),
+        (
+            "/api/v1/indicators/pm10_exceedance_days?period=day&from=2000&to=2026",
+            400,
+        ),
+        ("/api/v1/indicators/pm10_exceedance_days?sensor=nobody", 404),
+        ("/api/v1/indicators/pm10_exceedance_days?colour=red", 400),
+        ("/api/v1/indicators/happiness", 404),
+    ] {
+        let r = http.get(hub.url(q)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), code, "{q}");
+        let e: Value = r.json().await.unwrap();
+        assert!(!e["description"].as_str().unwrap().is_empty());
+    }
+
+    // The list says what each is for.
+    let l = get(&http, &hub, "/api/v1/indicators").await;
+    let ids: Vec<&str> = l["indicators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "pm10_daily_mean",
+        "pm10_exceedance_days",
+        "bin_fill_at_collection",
+        "bin_collections_full_share",
+        "lamp_energy_per_night",
+        "lamp_fault_hours",
+        "bike_trips_per_day",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    let i = l["indicators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "pm10_exceedance_days")
+        .unwrap();
+    assert_eq!(i["sdg"], json!(["3.9", "11.6"]));
+    assert!(i["plan"].as_str().unwrap().contains("air"));
+    assert!(i["href"]
+        .as_str()
+        .unwrap()
+        .ends_with("/api/v1/indicators/pm10_exceedance_days"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lamp_energy_survives_a_meter_reset_and_fault_hours_follow_the_sun() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "lamps",
+        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+    )
+    .await;
+    // One lamp in Cremona, 10-minute readings from noon on 1 June 2026 to noon on
+    // 3 June (local). Night 1: lit 21:30-05:30 at 100 W, the meter reset to 0 at
+    // 01:00. Night 2: it stays dark all night (a fault: ~7 h of night), and is lit
+    // from 09:00 to 11:00 on 3 June (a fault: 2 h by day).
+    let t0 = ROME
+        .with_ymd_and_hms(2026, 6, 1, 12, 0, 0)
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut meter = 500.0;
+    let mut items = vec![
+        json!({"ts": t0.to_rfc3339(), "location": {"lat": 45.1335, "lon": 10.0245},
+                               "values": {"power": 0.0, "energy": meter}}),
+    ];
+    let mut lit_by_night = [0.0f64; 2];
+    for k in 1..=(48 * 6) {
+        let t = t0 + Duration::minutes(10 * k);
+        let local = t.with_timezone(&ROME);
+        let night = usize::from(k > 24 * 6);
+        let hm = chrono::Timelike::hour(&local) * 60 + chrono::Timelike::minute(&local);
+        let on = match night {
+            0 => !(5 * 60 + 30..21 * 60 + 30).contains(&hm),
+            _ => {
+                (9 * 60..11 * 60).contains(&hm)
+                    && local.date_naive() == NaiveDate::from_ymd_opt(2026, 6, 3).unwrap()
+            }
+        };
+        // Energy drawn in the 10 minutes ending now, if it was on at the start.
+        let prev_on = {
+            let p = (t - Duration::minutes(10)).with_timezone(&ROME);
+            let phm = chrono::Timelike::hour(&p) * 60 + chrono::Timelike::minute(&p);
+            match usize::from(k - 1 > 24 * 6) {
+                0 => !(5 * 60 + 30..21 * 60 + 30).contains(&phm),
+                _ => {
+                    (9 * 60..11 * 60).contains(&phm)
+                        && p.date_naive() == NaiveDate::from_ymd_opt(2026, 6, 3).unwrap()
+                }
+            }
+        };
+        if local.date_naive() == NaiveDate::from_ymd_opt(2026, 6, 2).unwrap() && hm == 60 {
+            meter = 0.0; // a new meter, fitted at 00:50, counts from zero
+        }
+        if prev_on {
+            meter += 100.0 / 6.0 / 1000.0;
+            lit_by_night[night] += 100.0 / 6.0 / 1000.0;
+        }
+        items.push(json!({"ts": t.to_rfc3339(), "values": {"power": if on { 100.0 } else { 0.0 }, "energy": meter}}));
+    }
+    let n = items.len() as i64 * 2;
+    let items: Vec<_> = items
+        .into_iter()
+        .map(|d| {
+            (
+                "cityhub/v1/streetlight/lamp-hand".to_owned(),
+                d.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    publish_raw(&broker, &items).await;
+    wait_for(60, "the lamp readings", || {
+        let db = &db;
+        async move { db.observations().await >= n }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/lamp_energy_per_night?sensor=lamp-hand&from=2026-06-01&to=2026-06-03",
+    )
+    .await;
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    // The first reading of the new meter is what it drew since it was fitted.
+    assert!(
+        (rows[0]["value"].as_f64().unwrap() - lit_by_night[0]).abs() < 1e-4,
+        "{v} vs {lit_by_night:?}"
+    );
+    assert!(
+        (rows[1]["value"].as_f64().unwrap() - lit_by_night[1]).abs() < 1e-4,
+        "{v} vs {lit_by_night:?}"
+    );
+
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/lamp_lit_hours?sensor=lamp-hand&from=2026-06-01&to=2026-06-03",
+    )
+    .await;
+    let lit: Vec<f64> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lit, [8.0, 2.0]);
+
+    // Fault hours by calendar day: the lamp is dark the whole night of 2-3 June
+    // (the sun 6° down from about 21:45 to 05:00 local), and lit 09:00-11:00 on
+    // 3 June in full day.
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/lamp_fault_hours?sensor=lamp-hand&from=2026-06-01&to=2026-06-04",
+    )
+    .await;
+    let f: BTreeMap<NaiveDate, f64> = by_sensor_day(&v)
+        .into_iter()
+        .map(|((_, d), v)| (d, v.as_f64().unwrap()))
+        .collect();
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 6, d).unwrap();
+    // 1 June: lit from 21:30, before full night (~21:45): twilight, no fault; and
+    // off at 05:30, in the morning twilight: no fault. 2 June evening: dark at night from
+    // ~21:50 to midnight; 3 June: dark until ~05:00, lit 2 h by day.
+    assert_eq!(f.get(&day(1)).copied().unwrap_or(0.0), 0.0, "{f:?}");
+    let d2 = f[&day(2)];
+    assert!((1.8..2.5).contains(&d2), "2 June: {d2} h dark at night");
+    let d3 = f[&day(3)];
+    assert!(
+        (6.5..7.5).contains(&d3),
+        "3 June: {d3} h (about 5 dark at night, 2 lit by day)"
+    );
+    // And the sun times behind it agree with the almanac: night (6° down) starts
+    // at about 21:50 in Cremona on 2 June.
+    let l = cityhub_config::sun::DayLimits::new(day(2), 45.1335, 10.0245);
+    let night_from = l.night.unwrap().1.with_timezone(&ROME);
+    assert_eq!(night_from.format("%H").to_string(), "21");
+}
