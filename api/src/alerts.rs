@@ -70,21 +70,21 @@ impl Notifier {
             "critical" => Severity::Critical,
             _ => Severity::Warning,
         };
-        let body = event_json(a, event);
-        let mut out: Vec<(String, String)> = self
+        let mut targets: Vec<String> = self
             .settings
             .webhooks
             .iter()
             .filter(|w| w.wants(&a.kind, severity))
-            .map(|w| (w.url.clone(), body.clone()))
+            .map(|w| w.url.clone())
             .collect();
         if self.settings.mqtt {
-            out.push((
-                format!("{MQTT_TARGET}{}", alert_topic(&a.kind, &a.sensor)),
-                body,
-            ));
+            targets.push(format!("{MQTT_TARGET}{}", alert_topic(&a.kind, &a.sensor)));
         }
-        out
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let body = event_json(a, event);
+        targets.into_iter().map(|t| (t, body.clone())).collect()
     }
 }
 

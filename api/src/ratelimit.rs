@@ -59,23 +59,22 @@ impl Limiter {
 /// What a request costs: a small page after the first of a paged listing is cheap.
 fn cost(req: &Request) -> u32 {
     let path = req.uri().path();
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let continued = get("cursor").is_some() || get("offset").is_some_and(|o| o != "0");
     let paged =
         path.ends_with("/items") || path.ends_with("/readings") || path == "/api/v1/sensors";
+    let Some(q) = req.uri().query().filter(|_| paged) else {
+        return REQUEST;
+    };
+    // Borrowed pairs: most requests are not paged, and those that are parse a few.
+    let get = |k: &str| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v)
+    };
+    let continued = get("cursor").is_some() || get("offset").is_some_and(|o| o != "0");
     let small = get("limit")
         .and_then(|l| l.parse::<u64>().ok())
         .is_some_and(|l| l <= SMALL_PAGE);
-    if paged && continued && small {
+    if continued && small {
         PAGE
     } else {
         REQUEST
