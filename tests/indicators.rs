@@ -50,19 +50,7 @@ fn city_rows(v: &Value) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_s_indicators_match_what_the_simulator_did() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "indicators",
-        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
-    )
-    .await;
-    let catalog = cityhub_config::Settings::builtin()
-        .unwrap()
-        .catalog()
-        .unwrap();
+    let (db, broker, hub) = open_hub("indicators").await;
     // Nine January days: Po-valley winter, so PM10 goes past its limit.
     let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
     let end = start + Duration::days(9);
@@ -82,7 +70,7 @@ async fn a_simulated_fleet_s_indicators_match_what_the_simulator_did() {
         // Faults that lose nothing: the hub must still see every reading once.
         faults: FaultRates::parse("duplicate=0.02,out_of_order=0.02,burst=0.01").unwrap(),
     };
-    let msgs = cityhub_sim::generate(&opts, &catalog, usize::MAX, end).unwrap();
+    let msgs = fleet_messages(&opts, end);
     let mut report = cityhub_sim::Report::default();
     for m in &msgs {
         report.count(m);
@@ -90,11 +78,7 @@ async fn a_simulated_fleet_s_indicators_match_what_the_simulator_did() {
     let truth = report.truth.summary(ROME, 18);
     publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
-    wait_for(120, "the simulated rows", || {
-        let db = &db;
-        async move { db.observations().await >= want }
-    })
-    .await;
+    wait_for_rows(&db, want, 120, "the simulated rows").await;
     let http = reqwest::Client::new();
     let range = "from=2026-01-04&to=2026-01-15";
 
@@ -184,6 +168,52 @@ async fn a_simulated_fleet_s_indicators_match_what_the_simulator_did() {
         .map(|r| r["value"].as_f64().unwrap())
         .sum();
     assert_eq!(city as usize, visible.len());
+    // By waste stream, once the registry says which stream each bin takes.
+    let catalog = cityhub_config::Settings::builtin()
+        .unwrap()
+        .catalog()
+        .unwrap();
+    let fleet = cityhub_sim::fleet::build(opts.seed, &opts.fleet, &catalog).unwrap();
+    let client = db.client().await;
+    let mut per_stream: BTreeMap<&str, f64> = BTreeMap::new();
+    for s in fleet.iter().filter(|s| s.kind == "waste_bin") {
+        let stream = s.stream().unwrap();
+        client
+            .execute(
+                "UPDATE sensors SET properties = properties || jsonb_build_object('stream', $2::text)
+                 WHERE external_id = $1",
+                &[&s.id, &stream],
+            )
+            .await
+            .unwrap();
+        *per_stream.entry(stream).or_default() +=
+            visible.iter().filter(|c| c.sensor == s.id).count() as f64;
+    }
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/bin_collections?period=year&from=2026&to=2027&by=stream",
+    )
+    .await;
+    let got: BTreeMap<String, f64> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["sensor"].is_null() && r.get("stream").is_some())
+        .map(|r| {
+            (
+                r["stream"].as_str().unwrap().to_owned(),
+                r["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, f64> = per_stream
+        .into_iter()
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(k, n)| (k.to_owned(), n))
+        .collect();
+    assert_eq!(got, want);
+    assert!(want.len() >= 3, "{want:?}");
     let v = get(
         &http,
         &hub,
@@ -300,15 +330,7 @@ async fn pm10_days(broker: &Broker, sensor: &str, first: NaiveDate, days: &[(f64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pm10_exceedance_days_count_valid_days_above_the_limit_by_calendar_year() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "pm10",
-        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
-    )
-    .await;
+    let (db, broker, hub) = open_hub("pm10").await;
     // 40 days from 10 December 2025: 60 (above) on 7 days, 48 (above only the
     // 2030 value) on 3, exactly 50 (not above) on 1, 70 with 17 hours (too few to
     // count) on 1, 30 on the rest. Four of the days above fall in 2025.
@@ -325,11 +347,7 @@ async fn pm10_exceedance_days_count_valid_days_above_the_limit_by_calendar_year(
     days[36] = (60.0, 18); // 18 hours: exactly enough
     pm10_days(&broker, "aq-hand", first, &days).await;
     let n: i64 = days.iter().map(|d| i64::from(d.1)).sum();
-    wait_for(60, "the PM10 readings", || {
-        let db = &db;
-        async move { db.observations().await >= n }
-    })
-    .await;
+    wait_for_rows(&db, n, 60, "the PM10 readings").await;
     let http = reqwest::Client::new();
     let v = get(
         &http,
@@ -466,15 +484,7 @@ async fn pm10_exceedance_days_count_valid_days_above_the_limit_by_calendar_year(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lamp_energy_survives_a_meter_reset_and_fault_hours_follow_the_sun() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "lamps",
-        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
-    )
-    .await;
+    let (db, broker, hub) = open_hub("lamps").await;
     // One lamp in Cremona, 10-minute readings from noon on 1 June 2026 to noon on
     // 3 June (local). Night 1: lit 21:30-05:30 at 100 W, the meter reset to 0 at
     // 01:00. Night 2: it stays dark all night (a fault: ~7 h of night), and is lit
@@ -489,30 +499,24 @@ async fn lamp_energy_survives_a_meter_reset_and_fault_hours_follow_the_sun() {
                                "values": {"power": 0.0, "energy": meter}}),
     ];
     let mut lit_by_night = [0.0f64; 2];
+    let lit = |t: DateTime<Utc>| {
+        let local = t.with_timezone(&ROME);
+        let hm = chrono::Timelike::hour(&local) * 60 + chrono::Timelike::minute(&local);
+        if t <= t0 + Duration::hours(24) {
+            !(5 * 60 + 30..21 * 60 + 30).contains(&hm)
+        } else {
+            (9 * 60..11 * 60).contains(&hm)
+                && local.date_naive() == NaiveDate::from_ymd_opt(2026, 6, 3).unwrap()
+        }
+    };
     for k in 1..=(48 * 6) {
         let t = t0 + Duration::minutes(10 * k);
         let local = t.with_timezone(&ROME);
         let night = usize::from(k > 24 * 6);
         let hm = chrono::Timelike::hour(&local) * 60 + chrono::Timelike::minute(&local);
-        let on = match night {
-            0 => !(5 * 60 + 30..21 * 60 + 30).contains(&hm),
-            _ => {
-                (9 * 60..11 * 60).contains(&hm)
-                    && local.date_naive() == NaiveDate::from_ymd_opt(2026, 6, 3).unwrap()
-            }
-        };
+        let on = lit(t);
         // Energy drawn in the 10 minutes ending now, if it was on at the start.
-        let prev_on = {
-            let p = (t - Duration::minutes(10)).with_timezone(&ROME);
-            let phm = chrono::Timelike::hour(&p) * 60 + chrono::Timelike::minute(&p);
-            match usize::from(k - 1 > 24 * 6) {
-                0 => !(5 * 60 + 30..21 * 60 + 30).contains(&phm),
-                _ => {
-                    (9 * 60..11 * 60).contains(&phm)
-                        && p.date_naive() == NaiveDate::from_ymd_opt(2026, 6, 3).unwrap()
-                }
-            }
-        };
+        let prev_on = lit(t - Duration::minutes(10));
         if local.date_naive() == NaiveDate::from_ymd_opt(2026, 6, 2).unwrap() && hm == 60 {
             meter = 0.0; // a new meter, fitted at 00:50, counts from zero
         }
@@ -533,11 +537,7 @@ async fn lamp_energy_survives_a_meter_reset_and_fault_hours_follow_the_sun() {
         })
         .collect();
     publish_raw(&broker, &items).await;
-    wait_for(60, "the lamp readings", || {
-        let db = &db;
-        async move { db.observations().await >= n }
-    })
-    .await;
+    wait_for_rows(&db, n, 60, "the lamp readings").await;
     let http = reqwest::Client::new();
     let v = get(
         &http,

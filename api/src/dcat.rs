@@ -667,54 +667,33 @@ fn indicator_dataset(
             "rows as CSV",
         ),
     ] {
-        let d = iri(&format!("{base}/catalog/indicator/{id}/{suffix}"))?;
-        let access = iri(&format!("{base}/api/v1/indicators/{id}{query}"))?;
-        g.add(&ds, v(DCAT, "distribution"), d.clone());
-        g.typed(&d, &[v(DCAT, "Distribution"), v(DCATAPIT, "Distribution")]);
-        g.add(&d, v(DCAT, "accessURL"), access.clone());
-        g.add(&d, v(DCAT, "downloadURL"), access.clone());
-        g.typed(&access, &[v(RDFS, "Resource")]);
-        let fmt = iri(&format!("{EU}file-type/{format}"))?;
-        g.add(&d, v(DCT, "format"), fmt.clone());
-        g.typed(&fmt, &[v(DCT, "MediaTypeOrExtent")]);
-        let mt = iri(&format!(
-            "http://www.iana.org/assignments/media-types/{media}"
-        ))?;
-        g.add(&d, v(DCAT, "mediaType"), mt.clone());
-        g.typed(&mt, &[v(DCT, "MediaType")]);
-        g.add(&d, v(DCT, "license"), sh.licence.clone());
-        g.text(
-            &d,
-            v(DCT, "title"),
-            &format!("{}: {what_it}", ind.title_it),
-            "it",
-        );
-        g.text(
-            &d,
-            v(DCT, "title"),
-            &format!("{}: {what_en}", ind.title),
-            "en",
-        );
-        g.text(
-            &d,
-            v(DCT, "description"),
-            &format!(
-                "{} per sensore e per la città, per giorno, mese o anno ({what_it}).",
-                ind.title_it
-            ),
-            "it",
-        );
-        g.text(
-            &d,
-            v(DCT, "description"),
-            &format!(
-                "{} per sensor and for the city, by day, month or year ({what_en}).",
-                ind.title
-            ),
-            "en",
-        );
-        g.date(&d, v(DCT, "modified"), ext.last.unwrap_or(sh.now));
-        g.add(&d, v(DCATAP, "availability"), sh.availability.clone());
+        distribution(
+            g,
+            sh,
+            &ds,
+            &Dist {
+                node: &format!("{base}/catalog/indicator/{id}/{suffix}"),
+                url: &format!("{base}/api/v1/indicators/{id}{query}"),
+                download: true,
+                format,
+                media,
+                title: (
+                    &format!("{}: {what_it}", ind.title_it),
+                    &format!("{}: {what_en}", ind.title),
+                ),
+                description: (
+                    &format!(
+                        "{} per sensore e per la città, per giorno, mese o anno ({what_it}).",
+                        ind.title_it
+                    ),
+                    &format!(
+                        "{} per sensor and for the city, by day, month or year ({what_en}).",
+                        ind.title
+                    ),
+                ),
+                modified: ext.last.unwrap_or(sh.now),
+            },
+        )?;
     }
     Ok(())
 }
@@ -730,8 +709,6 @@ fn distributions(
 ) -> ApiResult<()> {
     let k = kind.name.as_str();
     let def = &kind.def;
-    let (service, licence, availability, now) =
-        (&sh.service, &sh.licence, &sh.availability, sh.now);
     let dists = [
         (
             "geojson",
@@ -762,50 +739,82 @@ fn distributions(
         ),
     ];
     for (suffix, url, format, media, title_it, title_en, download) in dists {
-        let d = iri(&format!("{base}/catalog/dataset/{k}/{suffix}"))?;
-        let access = iri(&url)?;
-        g.add(ds, v(DCAT, "distribution"), d.clone());
-        g.typed(&d, &[v(DCAT, "Distribution"), v(DCATAPIT, "Distribution")]);
-        g.add(&d, v(DCAT, "accessURL"), access.clone());
-        g.typed(&access, &[v(RDFS, "Resource")]);
-        if download {
-            g.add(&d, v(DCAT, "downloadURL"), access);
-        } else {
-            g.add(&d, v(DCAT, "accessService"), service.clone());
-        }
-        let fmt = iri(&format!("{EU}file-type/{format}"))?;
-        g.add(&d, v(DCT, "format"), fmt.clone());
-        g.typed(&fmt, &[v(DCT, "MediaTypeOrExtent")]);
-        let mt = iri(&format!(
-            "http://www.iana.org/assignments/media-types/{media}"
-        ))?;
-        g.add(&d, v(DCAT, "mediaType"), mt.clone());
-        g.typed(&mt, &[v(DCT, "MediaType")]);
-        g.add(&d, v(DCT, "license"), licence.clone());
-        g.text(&d, v(DCT, "title"), title_it, "it");
-        g.text(&d, v(DCT, "title"), title_en, "en");
-        g.text(
-            &d,
-            v(DCT, "description"),
-            &format!(
-                "{title_it}: {}",
-                def.title_it.as_deref().unwrap_or(&def.title)
-            ),
-            "it",
-        );
-        g.text(
-            &d,
-            v(DCT, "description"),
-            &format!("{title_en}: {}", def.title),
-            "en",
-        );
-        g.date(&d, v(DCT, "modified"), ext.last.unwrap_or(now));
-        g.add(&d, v(DCATAP, "availability"), availability.clone());
+        let d = distribution(
+            g,
+            sh,
+            ds,
+            &Dist {
+                node: &format!("{base}/catalog/dataset/{k}/{suffix}"),
+                url: &url,
+                download,
+                format,
+                media,
+                title: (title_it, title_en),
+                description: (
+                    &format!(
+                        "{title_it}: {}",
+                        def.title_it.as_deref().unwrap_or(&def.title)
+                    ),
+                    &format!("{title_en}: {}", def.title),
+                ),
+                modified: ext.last.unwrap_or(sh.now),
+            },
+        )?;
         if def.hvd_category.is_some() {
             g.add(&d, v(DCATAP, "applicableLegislation"), sh.hvd_law.clone());
         }
     }
     Ok(())
+}
+
+/// One distribution of a dataset.
+struct Dist<'a> {
+    node: &'a str,
+    url: &'a str,
+    /// A file to download; otherwise an access through the OGC API service.
+    download: bool,
+    /// EU file-type code and IANA media type.
+    format: &'a str,
+    media: &'a str,
+    /// (Italian, English)
+    title: (&'a str, &'a str),
+    description: (&'a str, &'a str),
+    modified: DateTime<Utc>,
+}
+
+/// Adds `d` to `ds`: access, format, media type, licence, titles, availability.
+fn distribution(g: &mut Graph, sh: &Shared, ds: &NamedNode, d: &Dist) -> ApiResult<NamedNode> {
+    let node = iri(d.node)?;
+    let access = iri(d.url)?;
+    g.add(ds, v(DCAT, "distribution"), node.clone());
+    g.typed(
+        &node,
+        &[v(DCAT, "Distribution"), v(DCATAPIT, "Distribution")],
+    );
+    g.add(&node, v(DCAT, "accessURL"), access.clone());
+    g.typed(&access, &[v(RDFS, "Resource")]);
+    if d.download {
+        g.add(&node, v(DCAT, "downloadURL"), access);
+    } else {
+        g.add(&node, v(DCAT, "accessService"), sh.service.clone());
+    }
+    let fmt = iri(&format!("{EU}file-type/{}", d.format))?;
+    g.add(&node, v(DCT, "format"), fmt.clone());
+    g.typed(&fmt, &[v(DCT, "MediaTypeOrExtent")]);
+    let mt = iri(&format!(
+        "http://www.iana.org/assignments/media-types/{}",
+        d.media
+    ))?;
+    g.add(&node, v(DCAT, "mediaType"), mt.clone());
+    g.typed(&mt, &[v(DCT, "MediaType")]);
+    g.add(&node, v(DCT, "license"), sh.licence.clone());
+    g.text(&node, v(DCT, "title"), d.title.0, "it");
+    g.text(&node, v(DCT, "title"), d.title.1, "en");
+    g.text(&node, v(DCT, "description"), d.description.0, "it");
+    g.text(&node, v(DCT, "description"), d.description.1, "en");
+    g.date(&node, v(DCT, "modified"), d.modified);
+    g.add(&node, v(DCATAP, "availability"), sh.availability.clone());
+    Ok(node)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -128,6 +128,16 @@ impl Engine {
         Ok(p)
     }
 
+    /// Tells the live stream, and wakes the delivery of the outbox rows just written.
+    fn announce(&self, a: &Alert, event: &str) {
+        self.live.alert(
+            &a.kind,
+            &a.sensor,
+            cityhub_api::alerts::event_json(a, event),
+        );
+        self.notifier.wake.notify_one();
+    }
+
     async fn raise(
         &mut self,
         i: usize,
@@ -157,12 +167,7 @@ impl Engine {
         if let Some(a) = raised {
             tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert raised.");
             self.metrics.raised.inc();
-            self.live.alert(
-                &a.kind,
-                &a.sensor,
-                cityhub_api::alerts::event_json(&a, "raised"),
-            );
-            self.notifier.wake.notify_one();
+            self.announce(&a, "raised");
         }
         let key = (i, sensor.to_owned());
         self.pending.remove(&key);
@@ -187,12 +192,7 @@ impl Engine {
         {
             tracing::info!(alert = a.id, rule = %rule.id, sensor, value, "Alert cleared.");
             self.metrics.cleared.inc();
-            self.live.alert(
-                &a.kind,
-                &a.sensor,
-                cityhub_api::alerts::event_json(&a, "cleared"),
-            );
-            self.notifier.wake.notify_one();
+            self.announce(&a, "cleared");
         }
         self.standing.remove(&(i, sensor.to_owned()));
         Ok(())

@@ -552,6 +552,14 @@ impl SimSensor {
         }
     }
 
+    /// The bin's waste stream, as the registry's `stream` property names it.
+    pub fn stream(&self) -> Option<&'static str> {
+        match self.model {
+            Model::Bin { stream, .. } => Some(stream.label()),
+            _ => None,
+        }
+    }
+
     pub fn lamp_fault(&self) -> Option<LampFault> {
         match self.model {
             Model::Lamp { fault, .. } => fault,

@@ -143,3 +143,34 @@ impl Fixture {
         (code, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 }
+
+/// A fresh database and broker, and an in-process hub on them with no rate limit.
+pub async fn open_hub(name: &str) -> (TestDb, Broker, Hub) {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        name,
+        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+    )
+    .await;
+    (db, broker, hub)
+}
+
+/// Waits (at most `secs`) until the database holds `n` observations.
+pub async fn wait_for_rows(db: &TestDb, n: i64, secs: u64, what: &str) {
+    wait_for(secs, what, || async move { db.observations().await >= n }).await;
+}
+
+/// Every message of a simulated fleet up to `until`, with the held-back ones.
+pub fn fleet_messages(
+    opts: &cityhub_sim::SimOptions,
+    until: chrono::DateTime<chrono::Utc>,
+) -> Vec<SimMessage> {
+    let catalog = cityhub_config::Settings::builtin()
+        .unwrap()
+        .catalog()
+        .unwrap();
+    cityhub_sim::generate(opts, &catalog, usize::MAX, until).unwrap()
+}
