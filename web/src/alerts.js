@@ -80,6 +80,16 @@ export class AlertsPanel {
     this.render();
   }
 
+  /** What the rule says, in the page's language (configured rules by their id). */
+  ruleText(a, silence) {
+    const { T, metricLabel, kindTitle, duration } = this.d;
+    const t = T();
+    if (silence) return t.silenceRule(duration(a.threshold * 1000));
+    if (a.rule.endsWith('_lamp_fault')) return t.lampFault;
+    if (a.rule === `${a.kind}_${a.metric}_alarm`) return `${kindTitle(a.kind)}: ${metricLabel(a.kind, a.metric)} ≥ ${a.threshold}`;
+    return t.rule(a.rule, a.threshold);
+  }
+
   item(a) {
     const { el, T, sensorName, metricLabel, focusSensor, duration } = this.d;
     const t = T();
@@ -89,7 +99,7 @@ export class AlertsPanel {
     const what = silence
       ? `${sensorName(a.sensor)} · ${t.silent(duration(a.raised_value * 1000))}`
       : `${sensorName(a.sensor)} · ${metricLabel(a.kind, a.metric)} ${a.raised_value}`;
-    const rule = t.rule(a.rule, silence ? duration(a.threshold * 1000) : a.threshold);
+    const rule = this.ruleText(a, silence);
     const state = a.state === 'acknowledged' ? `${t.acknowledged}${a.ack_note ? `: ${a.ack_note}` : ''}` : t.openSince(since);
     const show = el('button', { type: 'button', class: 'link', 'data-alert': String(a.id) }, t.showOnMap);
     show.addEventListener('click', () => focusSensor(a.sensor));

@@ -15,6 +15,14 @@ function chart(host, rows, ind, T, lang) {
   const t = T();
   const xs = rows.map((r) => Date.parse(r.period_start) / 1000);
   const ys = rows.map((r) => (r.value === null ? null : r.value));
+  // A few periods alone get an empty period either side, so they sit in the middle.
+  if (xs.length < 3) {
+    const p = PERIOD_S[ind.default_period];
+    xs.unshift(xs[0] - p);
+    ys.unshift(null);
+    xs.push(xs[xs.length - 1] + p);
+    ys.push(null);
+  }
   const series = [{}, { label: t.cityValue, stroke: '#1764ab', width: 2, points: { show: true, size: 6 }, spanGaps: false }];
   const data = [xs, ys];
   const target = ind.target;
@@ -33,8 +41,7 @@ function chart(host, rows, ind, T, lang) {
       height: 220,
       series,
       scales: {
-        // One period alone still gets an axis of a few periods around it.
-        x: { time: true, range: (_u, lo, hi) => (hi - lo < PERIOD_S[ind.default_period] ? [lo - PERIOD_S[ind.default_period], hi + PERIOD_S[ind.default_period]] : [lo, hi]) },
+        x: { time: true },
         y: { range: (_u, lo, hi) => [Math.min(0, lo), hi > 0 ? hi * 1.1 : 1] },
       },
       axes: [{}, { label: ind.unit, size: 56 }],

@@ -740,6 +740,7 @@ async function start() {
       return (e && e.sensor.name) || id;
     },
     metricLabel: (kind, metric) => metricLabel(app.lang, app.kinds.get(kind), metric),
+    kindTitle: (kind) => (app.kinds.get(kind) ? kindTitle(app.lang, app.kinds.get(kind)) : kind),
     focusSensor: (id) => {
       if (location.hash.startsWith('#indicators')) {
         location.hash = '#map';
