@@ -276,6 +276,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     }
     // The fleet connects as the hub does (credentials and TLS of a broker given by URL).
     let fleet_broker = settings.mqtt.clone();
+    let registry_settings = settings.clone();
     let hub = cityhub_app::start(settings, cancel.clone())
         .await
         .context("the hub did not start")?;
@@ -292,6 +293,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await; // SUBACK
     let history_from = opts.start;
+    let opts_fleet = opts.fleet.clone();
     let sim_cancel = cancel.clone();
     let catalog2 = catalog.clone();
     let sim = tokio::spawn(async move {
@@ -320,7 +322,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
-    tokio::spawn(show_progress(
+    let loading = show_progress(
         progress,
         history_from,
         hub.history.clone(),
@@ -329,7 +331,13 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
             move || c.get()
         },
         cancel.clone(),
-    ));
+    );
+    let (seed, spec) = (args.seed, opts_fleet);
+    tokio::spawn(async move {
+        if loading.await {
+            register_fleet(&registry_settings, &catalog, seed, &spec).await;
+        }
+    });
     let report = sim.await?;
     match report {
         Ok(r) => eprintln!(
@@ -356,7 +364,7 @@ async fn show_progress(
     history: Arc<std::sync::RwLock<Option<cityhub_app::HistoryLoad>>>,
     committed: impl Fn() -> u64,
     cancel: CancellationToken,
-) {
+) -> bool {
     use std::io::{IsTerminal, Write};
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
@@ -371,7 +379,7 @@ async fn show_progress(
             *history.write().expect("history lock") = None;
             let clear = if tty { "\r\x1b[2K" } else { "" };
             eprintln!("{clear}demo: history loaded in {secs:.1} s ({stored} messages stored, {rate:.0}/s); the fleet is live");
-            return;
+            return true;
         }
         let until =
             chrono::DateTime::from_timestamp_micros(progress.sim_time_us.load(Ordering::Relaxed))
@@ -406,8 +414,52 @@ async fn show_progress(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return false,
         }
+    }
+}
+
+/// Registers the simulated fleet as a city would its sensor list: names, and each
+/// bin's waste stream and depth (indicators by stream, fill from distance). Done
+/// once the history is in, so no sensor is registered before it first reports
+/// (the map would call it silent meanwhile).
+async fn register_fleet(
+    settings: &Settings,
+    catalog: &cityhub_config::Catalog,
+    seed: u64,
+    spec: &FleetSpec,
+) {
+    let result = async {
+        let fleet = cityhub_sim::fleet::build(seed, spec, catalog).map_err(anyhow::Error::msg)?;
+        let records = fleet
+            .iter()
+            .map(|s| {
+                let mut properties = serde_json::Map::new();
+                if let Some(stream) = s.stream() {
+                    properties.insert("stream".into(), stream.into());
+                }
+                if let Some(depth) = s.depth_mm() {
+                    properties.insert("depth_mm".into(), depth.into());
+                }
+                Ok(cityhub_store::sensors::SensorRecord {
+                    id: cityhub_config::SensorId::parse(&s.id)?,
+                    kind: s.kind.clone(),
+                    name: Some(s.name.clone()),
+                    location: None,
+                    properties,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let store = cityhub_store::Store::open(settings, catalog).await?;
+        Ok::<_, anyhow::Error>(cityhub_store::sensors::import(&store, &records).await?)
+    }
+    .await;
+    match result {
+        Ok(r) => eprintln!(
+            "demo: registered the fleet's names and bins' waste streams ({} sensors)",
+            r.updated + r.inserted
+        ),
+        Err(e) => eprintln!("demo: could not register the fleet's names: {e:#}"),
     }
 }
 

@@ -272,7 +272,25 @@ async fn the_demo_city_is_alive_soon_after_its_url() {
     assert!(seen["markers"].as_u64().unwrap() >= 340, "{seen}");
     assert_eq!(seen["outside"], 0, "markers outside the map: {seen}");
     assert_eq!(seen["underLegend"], 0, "markers under the legend: {seen}");
+    // Once loaded, the fleet is registered as a city's list would be: names, and
+    // each bin's waste stream, so the waste indicators split by stream.
+    cityhub_testkit::wait_for(60, "the waste streams by indicator", || async {
+        let v: serde_json::Value = reqwest::get(format!(
+            "{base}/api/v1/indicators/bin_fill_at_collection?period=year&by=stream"
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        v["rows"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["sensor"].is_null() && r.get("stream").is_some())
+        })
+    })
+    .await;
     let log = stop_demo(child, &err);
     assert!(log.contains("history loaded in"), "{log}");
+    assert!(log.contains("registered the fleet's names"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
