@@ -17,6 +17,7 @@ use cityhub_config::sun::DayLimits;
 use cityhub_config::Catalog;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use tokio_postgres::types::ToSql;
 
 /// What to compute.
 #[derive(Debug, Clone)]
@@ -217,96 +218,40 @@ pub async fn compute(
         Method::LitHours | Method::FaultHours => lit_above,
         _ => 0.0,
     };
-    let rows = match ind.compute {
-        Method::FaultHours => {
-            let (lat, lon) = lamp_position(store, ind.kind, q.sensor.as_deref()).await?;
-            let (mut d, mut day_from, mut day_to, mut night_to, mut night_from) =
-                (vec![], vec![], vec![], vec![], vec![]);
-            let mut date = from.date_naive().pred_opt().unwrap_or(from.date_naive());
-            while date <= to.date_naive().succ_opt().unwrap_or(date) {
-                let l = DayLimits::new(date, lat, lon);
-                d.push(date);
-                day_from.push(l.day.map(|x| x.0));
-                day_to.push(l.day.map(|x| x.1));
-                night_to.push(l.night.map(|x| x.0));
-                night_from.push(l.night.map(|x| x.1));
-                date = date.succ_opt().unwrap_or(date);
-                if d.len() > 100_000 {
-                    break;
-                }
-            }
-            c.query(
-                FAULT,
-                &[
-                    &metric_ids,
-                    &from,
-                    &to,
-                    &tzname,
-                    &q.sensor,
-                    &threshold,
-                    &max_gap_s,
-                    &d,
-                    &day_from,
-                    &day_to,
-                    &night_to,
-                    &night_from,
-                ],
-            )
-            .await?
+    // The sun's limits per UTC date, for the fault query only.
+    let sun = if ind.compute == Method::FaultHours {
+        let (lat, lon) = lamp_position(store, ind.kind, q.sensor.as_deref()).await?;
+        SunTable::new(from, to, lat, lon)
+    } else {
+        SunTable::default()
+    };
+    // $1-$5 are common; each query adds its own.
+    let (sql, own): (&str, Vec<&(dyn ToSql + Sync)>) = match ind.compute {
+        Method::Collections | Method::FillAtCollection | Method::FullShare => {
+            (COLLECTIONS, vec![&threshold, &cfg.collection_drop])
         }
-        m => {
-            let sql = match m {
-                Method::Collections | Method::FillAtCollection | Method::FullShare => COLLECTIONS,
-                Method::EnergyPerNight => ENERGY,
-                Method::LitHours => LIT,
-                Method::Trips => TRIPS,
-                _ => HOURLY,
-            };
-            match m {
-                Method::Collections | Method::FillAtCollection | Method::FullShare => {
-                    c.query(
-                        sql,
-                        &[
-                            &metric_ids,
-                            &from,
-                            &to,
-                            &tzname,
-                            &q.sensor,
-                            &threshold,
-                            &cfg.collection_drop,
-                        ],
-                    )
-                    .await?
-                }
-                Method::LitHours => {
-                    c.query(
-                        sql,
-                        &[
-                            &metric_ids,
-                            &from,
-                            &to,
-                            &tzname,
-                            &q.sensor,
-                            &threshold,
-                            &max_gap_s,
-                        ],
-                    )
-                    .await?
-                }
-                Method::EnergyPerNight | Method::Trips => {
-                    c.query(sql, &[&metric_ids, &from, &to, &tzname, &q.sensor])
-                        .await?
-                }
-                _ => {
-                    c.query(
-                        sql,
-                        &[&metric_ids, &from, &to, &tzname, &q.sensor, &threshold],
-                    )
-                    .await?
-                }
-            }
+        Method::EnergyPerNight => (ENERGY, vec![]),
+        Method::LitHours => (LIT, vec![&threshold, &max_gap_s]),
+        Method::FaultHours => (
+            FAULT,
+            vec![
+                &threshold,
+                &max_gap_s,
+                &sun.date,
+                &sun.day_from,
+                &sun.day_to,
+                &sun.night_to,
+                &sun.night_from,
+            ],
+        ),
+        Method::Trips => (TRIPS, vec![]),
+        Method::DailyMean | Method::ExceedanceDays | Method::PeriodMean | Method::OverflowHours => {
+            (HOURLY, vec![&threshold])
         }
     };
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&metric_ids, &from, &to, &tzname, &q.sensor];
+    params.extend(own);
+    let rows = c.query(sql, &params).await?;
     let base: Vec<Base> = rows
         .iter()
         .map(|r| Base {
@@ -320,6 +265,37 @@ pub async fn compute(
         .filter(|b| b.day >= q.from && b.day < q.to)
         .collect();
     Ok(aggregate(ind, cfg, tz, q, &base))
+}
+
+/// Day and night limits of each UTC date around a range, as query arrays.
+#[derive(Default)]
+struct SunTable {
+    date: Vec<NaiveDate>,
+    day_from: Vec<Option<DateTime<Utc>>>,
+    day_to: Vec<Option<DateTime<Utc>>>,
+    night_to: Vec<Option<DateTime<Utc>>>,
+    night_from: Vec<Option<DateTime<Utc>>>,
+}
+
+impl SunTable {
+    fn new(from: DateTime<Utc>, to: DateTime<Utc>, lat: f64, lon: f64) -> Self {
+        let mut t = Self::default();
+        let last = to.date_naive().succ_opt().unwrap_or(to.date_naive());
+        let mut date = from.date_naive().pred_opt().unwrap_or(from.date_naive());
+        while date <= last && t.date.len() <= 100_000 {
+            let l = DayLimits::new(date, lat, lon);
+            t.date.push(date);
+            t.day_from.push(l.day.map(|x| x.0));
+            t.day_to.push(l.day.map(|x| x.1));
+            t.night_to.push(l.night.map(|x| x.0));
+            t.night_from.push(l.night.map(|x| x.1));
+            match date.succ_opt() {
+                Some(d) => date = d,
+                None => break,
+            }
+        }
+        t
+    }
 }
 
 /// Where the sun is judged for lamp faults: the lamp asked for, else the middle of
