@@ -85,6 +85,182 @@ async fn a_message_the_database_refuses_is_isolated_and_the_rest_flows() {
     .await;
 }
 
+/// Every field of a message that reaches a dead letter is bounded: a 6,000-byte topic
+/// (under a kind and under none), a 60 KB payload and a reason naming 2,000 unknown
+/// metrics each become a dead letter with its first bytes and its full length, and the
+/// readings before and after are stored. A long topic used to exceed the btree limit
+/// of the once-only index, so the message and everything after it was never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_of_a_dead_letter_is_bounded_and_ingestion_goes_on() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(&db, &broker, "longtopic", &[]).await;
+    // Random letters: a repeating pattern compresses into the index and hides the limit.
+    let long: String = (0..6000)
+        .map(|_| (b'a' + rand::random::<u8>() % 26) as char)
+        .collect();
+    let unknown_metrics: String = (0..2000)
+        .map(|i| format!("\"m{i}\":1"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let hostile = [
+        (format!("cityhub/v1/x/{long}"), b"x".to_vec()),
+        (format!("cityhub/v1/waste_bin/{long}"), reading(40.0)),
+        ("cityhub/v1/volcano/big-1".to_owned(), vec![b'{'; 60_000]),
+        (
+            "cityhub/v1/waste_bin/many-1".to_owned(),
+            format!(r#"{{"values":{{{unknown_metrics}}}}}"#).into_bytes(),
+        ),
+    ];
+    let valid = sim_stream(
+        71,
+        3,
+        200,
+        &[Format::Native, Format::Senml],
+        FaultRates::default(),
+    );
+    let mut items: Vec<(String, Vec<u8>)> = Vec::new();
+    items.extend(
+        valid[..100]
+            .iter()
+            .map(|m| (m.topic.clone(), m.payload.clone())),
+    );
+    items.extend(hostile.iter().cloned());
+    items.extend(
+        valid[100..]
+            .iter()
+            .map(|m| (m.topic.clone(), m.payload.clone())),
+    );
+    publish_raw(&broker, &items).await;
+    let want = expected_rows(&valid);
+    wait_for(60, "every valid row and four dead letters", || async {
+        db.observations().await == want && db.count("SELECT count(*) FROM dead_letters").await == 4
+    })
+    .await;
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT octet_length(topic), topic_bytes, length(payload), payload_bytes,
+                    octet_length(reason), reason_bytes
+             FROM dead_letters ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let sizes: Vec<[i64; 6]> = rows
+        .iter()
+        .map(|r| std::array::from_fn(|i| i64::from(r.get::<_, i32>(i))))
+        .collect();
+    let settings = cityhub_config::Settings::builtin().unwrap();
+    let payload_max = settings.ingest.dead_letter_payload_bytes as i64;
+    let reason_max = settings.ingest.dead_letter_reason_bytes as i64;
+    let topic_max = cityhub_store::writer::DEAD_LETTER_TOPIC_BYTES as i64;
+    for (i, (topic, payload)) in hostile.iter().enumerate() {
+        let [t, t_full, p, p_full, r, r_full] = sizes[i];
+        assert_eq!(t_full, topic.len() as i64, "dead letter {i}");
+        assert_eq!(t, t_full.min(topic_max), "dead letter {i}");
+        assert_eq!(p_full, payload.len() as i64, "dead letter {i}");
+        assert_eq!(p, p_full.min(payload_max), "dead letter {i}");
+        assert!(
+            r <= reason_max && r <= r_full,
+            "dead letter {i}: {r} of {r_full}"
+        );
+    }
+    assert!(
+        sizes[3][5] > reason_max,
+        "the reason naming 2,000 metrics was cut"
+    );
+    wait_for(30, "every ack", || async {
+        hub.metric("cityhub_acks_pending").await == 0.0
+    })
+    .await;
+    // The admin API says how long the topic was.
+    let token = "long-topic-admin-token-0123456789";
+    drop(hub);
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "longtopic2",
+        &[("CITYHUB_HTTP_ADMIN_TOKEN", token)],
+    )
+    .await;
+    let page: serde_json::Value = reqwest::Client::new()
+        .get(hub.url("/api/v1/dead-letters?limit=10"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let topic_bytes: Vec<i64> = page["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["topic_bytes"].as_i64().unwrap())
+        .collect();
+    assert!(
+        topic_bytes.contains(&(hostile[0].0.len() as i64)),
+        "{topic_bytes:?}"
+    );
+}
+
+/// A rule of the database's own refuses a message and its dead letter alike: the
+/// message is acknowledged and counted as unstorable, never retried behind every later
+/// message, and the readings before and after it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_refused_even_as_a_dead_letter_is_counted_and_the_rest_flows() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "unstorable",
+        &[("CITYHUB_INGEST_BATCH_MAX_AGE_MS", "500")],
+    )
+    .await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_me() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.topic LIKE '%refuse-me%' THEN
+                 RAISE EXCEPTION 'no dead letter for this topic' USING ERRCODE = '22023';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_me BEFORE INSERT ON dead_letters
+               FOR EACH ROW EXECUTE FUNCTION refuse_me();",
+        )
+        .await
+        .unwrap();
+    let valid = sim_stream(73, 5, 300, &[Format::Native], FaultRates::default());
+    let mut items: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (i, m) in valid.iter().enumerate() {
+        if i == 150 {
+            items.push(("cityhub/v1/volcano/refuse-me", b"{}".to_vec()));
+        }
+        items.push((m.topic.as_str(), m.payload.clone()));
+    }
+    publish_raw(&broker, &items).await;
+    let want = expected_rows(&valid);
+    wait_for(
+        60,
+        "every valid row and the unstorable message counted",
+        || async {
+            db.observations().await == want
+                && hub.metric("cityhub_messages_unstorable_total").await == 1.0
+        },
+    )
+    .await;
+    assert_eq!(db.count("SELECT count(*) FROM dead_letters").await, 0);
+    wait_for(30, "every ack", || async {
+        hub.metric("cityhub_acks_pending").await == 0.0
+    })
+    .await;
+}
+
 /// A bin's depth set to 1e-305 would overflow the fill-level formula. Registration
 /// refuses it; set behind the hub's back, it is skipped: the distance is stored, no
 /// fill level is derived, and every other sensor's readings keep flowing.

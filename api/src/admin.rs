@@ -187,6 +187,8 @@ pub struct DeadLetterOut {
     pub payload_bytes: i32,
     /// The reason's length before it was cut to `ingest.dead_letter_reason_bytes`.
     pub reason_bytes: i32,
+    /// The topic's length before it was cut to its first 1,024 bytes.
+    pub topic_bytes: i32,
 }
 
 /// Payload and reason bytes on one page of dead letters, at most (one entry always fits).
@@ -256,6 +258,7 @@ pub async fn dead_letters(
                     payload_base64,
                     payload_bytes: d.payload_bytes,
                     reason_bytes: d.reason_bytes,
+                    topic_bytes: d.topic_bytes,
                 }
             })
             .collect(),

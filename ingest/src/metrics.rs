@@ -20,6 +20,8 @@ pub struct IngestMetrics {
     pub messages_committed: Counter,
     pub rows_committed: Counter,
     pub rows_duplicate: Counter,
+    /// Messages the database refused even as a bare dead letter (acked, not stored).
+    pub messages_unstorable: Counter,
     pub batch_rows: Histogram,
     pub commit_seconds: Histogram,
     pub acks_pending: Gauge,
@@ -61,6 +63,7 @@ impl IngestMetrics {
             messages_committed: Counter::default(),
             rows_committed: Counter::default(),
             rows_duplicate: Counter::default(),
+            messages_unstorable: Counter::default(),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             acks_pending: Gauge::default(),
@@ -111,6 +114,11 @@ impl IngestMetrics {
             "observations_duplicate",
             "Observation rows already stored (redeliveries)",
             m.rows_duplicate.clone(),
+        );
+        r.register(
+            "messages_unstorable",
+            "Messages the database refused even as a bare dead letter: acknowledged, not stored, logged",
+            m.messages_unstorable.clone(),
         );
         r.register(
             "batch_rows",

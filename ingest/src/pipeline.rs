@@ -366,7 +366,10 @@ fn isolate<'a>(
                 reason,
                 iso.reason_bytes,
             ));
-            return writer.write(&only).await;
+            return match writer.write(&only).await {
+                Err(e) if e.is_permanent() => last_resort(writer, &only, e).await,
+                other => other,
+            };
         }
         let mut total = WriteOutcome::default();
         for half in [b.sources_in(0..n / 2), b.sources_in(n / 2..n)] {
@@ -381,6 +384,43 @@ fn isolate<'a>(
         }
         Ok(total)
     })
+}
+
+/// The message's dead letter was refused too (a rule of the database's own on
+/// `dead_letters`, say): one more try with nothing of the message but the first bytes
+/// of its topic, and if the database refuses even that, the message is acknowledged
+/// and counted as unstorable rather than retried forever behind every later one.
+async fn last_resort(
+    writer: &mut BatchWriter,
+    only: &WriteBatch,
+    fault: StoreError,
+) -> Result<WriteOutcome, StoreError> {
+    let s = &only.sources[0];
+    let bare = WriteBatch {
+        sources: vec![cityhub_store::Source {
+            topic: cityhub_store::truncate(s.topic.clone(), 64),
+            payload: Default::default(),
+            received_at: s.received_at,
+        }],
+        dead_letters: vec![DeadLetter::new(
+            0,
+            RejectReason::DatabaseRefused,
+            "the database refused this message and its dead letter; payload not kept".into(),
+            usize::MAX,
+        )],
+        ..Default::default()
+    };
+    match writer.write(&bare).await {
+        Err(e) if e.is_permanent() => {
+            tracing::error!(error = %e, first_error = %fault, topic_bytes = s.topic.len(),
+                "The database refuses even a bare dead letter for this message; acknowledged and counted as unstorable.");
+            Ok(WriteOutcome {
+                unstorable: 1,
+                ..Default::default()
+            })
+        }
+        other => other,
+    }
 }
 
 /// Whether `e` is the data's fault: a data error, or (after `attempts` lost
@@ -475,6 +515,7 @@ pub async fn run_writer(
                     metrics.batch_rows.observe(batch.rows as f64);
                     metrics.rows_committed.inc_by(outcome.inserted);
                     metrics.rows_duplicate.inc_by(outcome.duplicates);
+                    metrics.messages_unstorable.inc_by(outcome.unstorable);
                     for (code, n) in &outcome.dead_letters {
                         metrics.dead_letter(*code, *n);
                     }

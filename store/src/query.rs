@@ -418,6 +418,7 @@ pub struct DeadLetterRow {
     /// The lengths before payload and reason were cut short.
     pub payload_bytes: i32,
     pub reason_bytes: i32,
+    pub topic_bytes: i32,
 }
 
 /// At most `limit` dead letters, newest first, and no more than `max_bytes` of
@@ -433,7 +434,7 @@ pub async fn dead_letters(
     let client = store.pool().get().await?;
     let rows = client
         .query(
-            "SELECT id, received_at, topic, payload, reason_code, reason, payload_bytes, reason_bytes, fetched
+            "SELECT id, received_at, topic, payload, reason_code, reason, payload_bytes, reason_bytes, fetched, topic_bytes
              FROM (SELECT *, sum(length(payload) + octet_length(reason)) OVER (ORDER BY id DESC) AS running,
                           row_number() OVER (ORDER BY id DESC) AS n, count(*) OVER () AS fetched
                    FROM (SELECT * FROM dead_letters
@@ -457,6 +458,7 @@ pub async fn dead_letters(
             reason: r.get(5),
             payload_bytes: r.get(6),
             reason_bytes: r.get(7),
+            topic_bytes: r.get(9),
         })
         .collect();
     Ok((page, cut))

@@ -96,6 +96,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006", "rollups"),
     migration!(7, "0007", "reader_views"),
     migration!(8, "0008", "alerts"),
+    migration!(9, "0009", "dead_letter_keys"),
 ];
 
 /// The newest schema version this build knows.

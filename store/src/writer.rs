@@ -75,6 +75,10 @@ impl DeadLetter {
     }
 }
 
+/// A dead letter's topic is kept to this many bytes (MQTT allows 65,535) with its full
+/// length beside it: enough to tell a device's topic, and never a row the database refuses.
+pub const DEAD_LETTER_TOPIC_BYTES: usize = 1024;
+
 /// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
 pub fn truncate(mut s: String, max: usize) -> String {
     if s.len() <= max {
@@ -219,6 +223,9 @@ pub struct WriteOutcome {
     /// Latest values this batch advanced (derived metrics included), when asked for
     /// with [`BatchWriter::report_latest`]: what live subscribers are told.
     pub latest: Vec<LatestChange>,
+    /// Messages the database refused even as a bare dead letter: acknowledged and
+    /// counted, so that one message can never stop ingestion.
+    pub unstorable: u64,
 }
 
 impl WriteOutcome {
@@ -233,6 +240,7 @@ impl WriteOutcome {
             }
         }
         self.latest.extend(other.latest);
+        self.unstorable += other.unstorable;
     }
 }
 
@@ -387,6 +395,7 @@ impl BatchWriter {
             duplicates: staged.saturating_sub(inserted),
             dead_letters: dead_letters_written,
             latest,
+            unstorable: 0,
         })
     }
 
@@ -843,10 +852,15 @@ async fn write_dead_letters(
     let mut reasons = Vec::with_capacity(dl.len());
     let mut payload_bytes = Vec::with_capacity(dl.len());
     let mut reason_bytes = Vec::with_capacity(dl.len());
+    let mut topic_bytes = Vec::with_capacity(dl.len());
     for d in &dl {
         let s = &batch.sources[d.source as usize];
         at.push(s.received_at);
-        topics.push(s.topic.replace('\0', "\u{FFFD}"));
+        topics.push(truncate(
+            s.topic.replace('\0', "\u{FFFD}"),
+            DEAD_LETTER_TOPIC_BYTES,
+        ));
+        topic_bytes.push(i32::try_from(s.topic.len()).unwrap_or(i32::MAX));
         payloads.push(&s.payload[..s.payload.len().min(max_payload)]);
         payload_bytes.push(i32::try_from(s.payload.len()).unwrap_or(i32::MAX));
         codes.push(d.code.code());
@@ -856,10 +870,10 @@ async fn write_dead_letters(
     }
     // A batch retried after an unknown commit outcome writes no dead letter twice.
     tx.execute(
-        "INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason, payload_bytes, reason_bytes)
-         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::int[], $7::int[])
-         ON CONFLICT (received_at, topic, reason_code, md5(payload)) DO NOTHING",
-        &[&at, &topics, &payloads, &codes, &reasons, &payload_bytes, &reason_bytes],
+        "INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason, payload_bytes, reason_bytes, topic_bytes)
+         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::int[], $7::int[], $8::int[])
+         ON CONFLICT (received_at, md5(topic), reason_code, md5(reason), md5(payload)) DO NOTHING",
+        &[&at, &topics, &payloads, &codes, &reasons, &payload_bytes, &reason_bytes, &topic_bytes],
     )
     .await?;
     Ok(counts.into_iter().collect())
