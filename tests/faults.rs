@@ -261,3 +261,54 @@ async fn postgres_restarted_mid_stream() {
     drop(pg);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The table locked for three times the broker's keep-alive limit (1.5 × 5 s) while
+/// the hub holds a full in-flight window of readings without a timestamp: the hub keeps
+/// its session alive (it went on polling for pings), so nothing is redelivered, and
+/// every reading is stored once. Before, the event loop stopped polling with the window
+/// full, Mosquitto dropped the hub, and the redelivered window was stored a second time
+/// at its new receive time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_window_during_a_long_lock_keeps_the_session() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "keepalive",
+        &[("CITYHUB_MQTT_KEEP_ALIVE_S", "5")],
+    )
+    .await;
+    let lock = db.lock("observations_data").await;
+    let items: Vec<(String, Vec<u8>)> = (0..6000)
+        .map(|i| {
+            (
+                format!("cityhub/v1/waste_bin/ka-{:03}", i % 100),
+                format!(r#"{{"values":{{"fill_level":{}}}}}"#, i % 97).into_bytes(),
+            )
+        })
+        .collect();
+    publish_raw(&broker, &items).await;
+    wait_for(60, "the hub to hold a full in-flight window", || async {
+        hub.metric("cityhub_acks_pending").await >= 4096.0
+    })
+    .await;
+    // The fault itself: an outage well past 1.5 × the keep-alive.
+    tokio::time::sleep(std::time::Duration::from_secs(23)).await;
+    lock.release().await;
+    wait_for(180, "every reading after the lock", || async {
+        hub.metric("cityhub_messages_committed_total").await >= 6000.0
+            && hub.metric("cityhub_acks_pending").await == 0.0
+    })
+    .await;
+    assert_eq!(hub.metric("cityhub_mqtt_reconnects_total").await, 0.0);
+    assert_eq!(
+        hub.metric("cityhub_mqtt_messages_received_total").await,
+        6000.0
+    );
+    assert_eq!(db.observations().await, 6000);
+    assert_eq!(
+        hub.metric("cityhub_observations_duplicate_total").await,
+        0.0
+    );
+}

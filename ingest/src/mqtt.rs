@@ -143,6 +143,10 @@ pub fn session(settings: &Settings, metrics: &IngestMetrics) -> Result<Session, 
     })
 }
 
+/// Messages past our Receive Maximum that the loop still takes from a broker that
+/// overruns it, before it stops reading the socket.
+const WINDOW_OVERRUN: i64 = 32;
+
 /// Runs the event loop until the writer asks for DISCONNECT (after draining), or,
 /// once shutdown has begun, until the connection fails.
 #[allow(clippy::too_many_arguments)]
@@ -160,11 +164,16 @@ pub async fn run_event_loop(
 ) {
     let mut ever_connected = false;
     let mut current = 0u64;
-    // Our own Receive Maximum, whatever the broker does: with this many messages taken
-    // and not yet acked, stop reading the socket until acks free room (TCP then holds
-    // the broker back). Acks still go out: they only need the request queue, which has
-    // room for twice the window, and are flushed as soon as polling resumes.
-    let window = i64::from(receive_maximum);
+    // Our own Receive Maximum, whatever the broker does. A broker that keeps to it sends
+    // nothing more while the window is full, so the loop keeps polling: pings go out and
+    // a long database outage does not cost the connection (and a redelivery of the
+    // whole window). Only a broker that overruns it (Mosquitto with an unlimited
+    // in-flight setting, on a resumed session) meets the hard stop: past
+    // [`WINDOW_OVERRUN`] more, the socket is not read until acks free room (TCP then
+    // holds the broker back). Acks still go out: they only need the request queue,
+    // which has room for twice the window, and are flushed as soon as polling resumes.
+    let window = i64::from(receive_maximum) + WINDOW_OVERRUN;
+    let mut overrun_logged = false;
     // Receive times strictly increase (by at least 1 µs, PostgreSQL's resolution), so two
     // messages without a timestamp from one sensor never share the receive time they get.
     let mut last_received = Utc::now();
@@ -173,6 +182,10 @@ pub async fn run_event_loop(
             && metrics.acks_queued.load(Ordering::Relaxed) <= 0
             && !cancel.is_cancelled()
         {
+            if !std::mem::replace(&mut overrun_logged, true) {
+                tracing::warn!(receive_maximum, held = metrics.acks_pending.get(),
+                    "The broker sends past the hub's Receive Maximum; not reading until acks free room (no pings meanwhile: set the broker's in-flight limit to mqtt.receive_maximum).");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
                 _ = cancel.cancelled() => {}
