@@ -280,6 +280,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(web::routes(&state))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(params::reject_unstorable_text))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             http.max_body_bytes,
         ))

@@ -205,3 +205,101 @@ pub fn page_limit(s: &AppState, given: Option<u32>, default: u32) -> ApiResult<u
         l => Ok(l),
     }
 }
+
+/// One gate for every text input: a NUL character (PostgreSQL text cannot hold one) or
+/// invalid UTF-8, in the path, the query string or a request body, is a 400 that says
+/// where, before any handler turns it into a query that fails with a 500. Uploads
+/// (`/ingest/...`) are left to the ingestion pipeline, which keeps such a payload as a
+/// dead letter (bytes, not text).
+pub async fn reject_unstorable_text(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let uri = req.uri();
+    check_text("path", uri.path())?;
+    if let Some(q) = uri.query() {
+        check_text("query string", q)?;
+    }
+    if req.uri().path().starts_with("/ingest/") || req.method() == axum::http::Method::GET {
+        return Ok(next.run(req).await);
+    }
+    let (parts, body) = req.into_parts();
+    // The body limit layer outside this one bounds what is read here.
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+        if caused_by::<http_body_util::LengthLimitError>(&e) {
+            ApiError::TooLarge("body: larger than http.max_body_bytes".into())
+        } else {
+            ApiError::BadRequest(format!("body: {e}"))
+        }
+    })?;
+    if !bytes.is_empty() {
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::BadRequest("body: not valid UTF-8".into()))?;
+        if text.contains('\0') || has_json_nul_escape(text) {
+            return Err(ApiError::BadRequest(
+                "body: text may not contain a NUL character (\\u0000)".into(),
+            ));
+        }
+    }
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    Ok(next.run(req).await)
+}
+
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<E>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// `raw` percent-decoded must be UTF-8 without NUL (a `+` in a query is a space, which
+/// changes neither).
+fn check_text(what: &str, raw: &str) -> Result<(), ApiError> {
+    let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
+    match std::str::from_utf8(&decoded) {
+        Err(_) => Err(ApiError::BadRequest(format!(
+            "{what}: not valid UTF-8 once percent-decoded"
+        ))),
+        Ok(t) if t.contains('\0') => Err(ApiError::BadRequest(format!(
+            "{what}: may not contain a NUL character (%00)"
+        ))),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Whether JSON text holds the escape `\u0000` (a NUL in a string once parsed): a `u`
+/// after an odd run of backslashes is an escape, after an even run a literal.
+fn has_json_nul_escape(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = text[from..].find("u0000").map(|i| i + from) {
+        let run = b[..i].iter().rev().take_while(|c| **c == b'\\').count();
+        if run % 2 == 1 {
+            return true;
+        }
+        from = i + 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn nul_and_bad_utf8_are_refused_wherever_they_are_written() {
+        assert!(check_text("q", "reason=abc").is_ok());
+        assert!(check_text("q", "name=Cremona%20%C3%A8").is_ok());
+        assert!(check_text("q", "reason=%00abc").is_err());
+        assert!(check_text("q", "reason=%ff").is_err());
+        assert!(check_text("p", "/api/v1/sensors/a%00b").is_err());
+        assert!(has_json_nul_escape(r#"{"note":"a\u0000b"}"#));
+        assert!(has_json_nul_escape(r#"{"note":"a\\\u0000b"}"#));
+        assert!(!has_json_nul_escape(r#"{"note":"a\\u0000b"}"#));
+        assert!(!has_json_nul_escape(r#"{"note":"u0000"}"#));
+    }
+}
