@@ -602,3 +602,50 @@ async fn lamp_energy_survives_a_meter_reset_and_fault_hours_follow_the_sun() {
     let night_from = l.night.unwrap().1.with_timezone(&ROME);
     assert_eq!(night_from.format("%H").to_string(), "21");
 }
+
+/// Eight requests for three years of daily collections at once, while the readings
+/// they scan are locked: two compute (and wait on the lock), the other six are
+/// answered 503 with Retry-After within seconds, and the rest of the API keeps its
+/// pool. Before, every request took a pool connection and waited, however many came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indicator_computations_are_bounded_and_the_rest_of_the_api_answers() {
+    let f = fixture(&[("CITYHUB_DATABASE_POOL_SIZE", "6")]).await;
+    let lock = f.db.lock("observations_data").await;
+    let url = f
+        .hub
+        .url("/api/v1/indicators/bin_collections?period=day&from=2023-01-01&to=2025-12-31");
+    let reqs: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url) = (f.http.clone(), url.clone());
+            tokio::spawn(async move { http.get(url).send().await.unwrap() })
+        })
+        .collect();
+    wait_for(60, "all but two requests answered", || async {
+        reqs.iter().filter(|r| r.is_finished()).count() == 6
+    })
+    .await;
+    let (done, waiting): (Vec<_>, Vec<_>) = reqs.into_iter().partition(|r| r.is_finished());
+    for r in done {
+        let r = r.await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["description"]
+                .as_str()
+                .unwrap()
+                .contains("indicator computations"),
+            "{body}"
+        );
+    }
+    // The pool still serves what does not read the locked table.
+    for path in ["/api/v1/alerts", "/readyz", "/api/v1/sensors"] {
+        let r = f.http.get(f.hub.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    lock.release().await;
+    for r in waiting {
+        let r = r.await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+}

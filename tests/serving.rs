@@ -2,6 +2,7 @@
 //! connections of their own pool only, so listings, feeds and readiness answer.
 
 use chrono::Utc;
+use cityhub_sim::{FaultRates, Format};
 use cityhub_testkit::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -305,4 +306,128 @@ async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
         .await
         .unwrap();
     assert_eq!(again.status().as_u16(), 304);
+}
+
+/// Reads a live stream's chunks until `needle` shows up (at most `secs`, at most
+/// 64 MiB); returns the text from a little before the needle's chunk on.
+async fn read_until(r: &mut reqwest::Response, needle: &str, secs: u64) -> String {
+    let mut text = String::new();
+    let mut read = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !text.contains(needle) && read < 64 << 20 {
+        match tokio::time::timeout_at(deadline, r.chunk()).await {
+            Ok(Ok(Some(c))) => {
+                read += c.len();
+                // Keep a tail for a needle split across chunks, not the whole stream.
+                let keep = text.len().saturating_sub(needle.len() + 256);
+                let cut = (keep..=text.len())
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
+                text.drain(..cut);
+                text.push_str(&String::from_utf8_lossy(&c));
+            }
+            _ => break,
+        }
+    }
+    text
+}
+
+/// Fifty clients resume the live stream from the oldest held event at once (about
+/// 200,000 readings of the log each) and never read. The replay is built as a client
+/// reads, at most a few at a time, so the hub's memory stays near idle, ingestion
+/// goes on, and the resumes past the limit are told to reload. Before, each resume
+/// built its whole replay (tens of MB) before sending anything: ingestion stopped and
+/// memory rose by gigabytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_resumes_at_once_neither_stall_ingestion_nor_hold_memory() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start(
+        &db,
+        &broker,
+        "resumes",
+        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    // An open stream, so the hub logs what it commits; its first id is the oldest held.
+    let mut first = http.get(hub.url("/api/v1/stream")).send().await.unwrap();
+    let msgs = sim_stream(81, 250, 60_000, &[Format::Native], FaultRates::default());
+    publish_sim(&broker, &msgs).await;
+    let text = read_until(&mut first, "\nid: ", 60).await;
+    let oldest = text
+        .split("\nid: ")
+        .nth(1)
+        .and_then(|t| t.lines().next())
+        .expect("an event id")
+        .to_owned();
+    wait_for_rows(&db, expected_rows(&msgs), 120, "the first 60,000 messages").await;
+    let idle = hub.rss_kib();
+    let logged: f64 = hub.metric("cityhub_observations_committed_total").await;
+    assert!(logged > 150_000.0, "{logged} readings committed");
+
+    // Fifty resumes that send their request and never read.
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", hub.http_port))
+            .await
+            .unwrap();
+        let head =
+            format!("GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {oldest}\r\n\r\n");
+        c.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(c);
+    }
+    // Each has its answer's head (its handler ran), and then reads no more.
+    for c in &mut stalled {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(60), c.read(&mut buf))
+                .await
+                .expect("a response head within 60 s")
+                .unwrap();
+            assert!(n > 0, "the hub closed a resuming stream");
+            head.push(buf[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    // One more that reads: with every replay place taken it is told to reload.
+    let mut late = http
+        .get(hub.url("/api/v1/stream"))
+        .header("Last-Event-ID", &oldest)
+        .send()
+        .await
+        .unwrap();
+    let text = read_until(&mut late, "event: reload", 60).await;
+    assert!(text.contains("too many streams are resuming"), "{text}");
+
+    // Ingestion goes on: the next messages are stored while the fifty hang on.
+    let more: Vec<(String, Vec<u8>)> = (0..1000)
+        .map(|i| {
+            (
+                format!("cityhub/v1/waste_bin/more-{i}"),
+                br#"{"values":{"fill_level":33}}"#.to_vec(),
+            )
+        })
+        .collect();
+    let before = db.observations().await;
+    publish_raw(&broker, &more).await;
+    wait_for_rows(&db, before + 1000, 60, "readings while fifty resumes hang").await;
+    let held = hub.rss_kib();
+    eprintln!(
+        "fifty stalled resumes: RSS idle {} MiB, with them {} MiB",
+        idle / 1024,
+        held / 1024
+    );
+    assert!(
+        held < idle + 256 * 1024,
+        "resident memory grew from {idle} to {held} KiB"
+    );
+    let ready = http.get(hub.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    drop(stalled);
 }

@@ -16,6 +16,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
+/// Indicator computations a hub runs at once; a request that finds them all taken
+/// for [`SLOT_WAIT`] is answered 503 with Retry-After, and the pool keeps its other
+/// connections for listings, readings and readiness.
+pub const MAX_CONCURRENT: usize = 2;
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The indicators this hub computes: those whose kind and metrics are configured.
 pub fn available(s: &AppState) -> Vec<&'static Indicator> {
     INDICATORS
@@ -137,7 +143,8 @@ pub struct IndicatorRows {
     responses((status = 200, description = "Rows", body = IndicatorRows,
                content((IndicatorRows = "application/json"), (String = "text/csv"))),
               (status = 400, description = "Bad parameter", body = ErrorBody),
-              (status = 404, description = "No such indicator or sensor", body = ErrorBody)))]
+              (status = 404, description = "No such indicator or sensor", body = ErrorBody),
+              (status = 503, description = "Other indicator computations take every slot; retry after the Retry-After seconds", body = ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -215,6 +222,15 @@ pub async fn get(
             None => return Err(ApiError::NotFound(format!("no sensor {sensor:?}"))),
         }
     }
+    let _slot = tokio::time::timeout(SLOT_WAIT, s.indicator_slots.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::Busy(format!(
+                "{MAX_CONCURRENT} indicator computations are running; try again shortly"
+            ))
+        })?;
     let q = IndicatorQuery {
         sensor: p.sensor.clone(),
         from,

@@ -74,6 +74,9 @@ pub struct AppState {
     pub map: web::MapSource,
     /// Alert notifications: builds the outbox rows, wakes the delivery task.
     pub notifier: Arc<alerts::Notifier>,
+    /// Indicator computations running at once ([`indicators::MAX_CONCURRENT`]): each
+    /// can scan a fleet's years, so more would take the pool and the cores.
+    pub indicator_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How far the loading of a simulated history has got.

@@ -25,7 +25,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 
@@ -149,12 +149,16 @@ pub struct Live {
     run: String,
     window: Duration,
     wake: Notify,
+    /// Streams replaying the log now: a replay is paced by its client, but each holds
+    /// a place here until it is done, so many resumes at once cannot take the CPU.
+    resumes: Arc<Semaphore>,
 }
 
 #[derive(Default)]
 struct Log {
     batches: VecDeque<Stamped>,
-    readings: usize,
+    /// What the logged entries hold, about ([`Stamped::weight`]).
+    bytes: usize,
     next: u64,
     /// Batches before this one may be missing from the log (the relay lagged, or
     /// listened to nobody): resuming from before it means reloading.
@@ -165,8 +169,26 @@ struct Log {
     listening: bool,
 }
 
-/// At most this many readings are kept for resuming, whatever the window.
-const MAX_LOGGED_READINGS: usize = 200_000;
+/// At most this much is kept for resuming (about 200,000 readings), whatever the
+/// window; alert events count by their size too.
+const MAX_LOGGED_BYTES: usize = 200_000 * READING_BYTES;
+
+/// What one logged reading holds, about: its change record and its sensor id.
+const READING_BYTES: usize = 128;
+
+/// Streams that may replay the log at the same time; a resume beyond them is told
+/// to reload instead.
+const MAX_CONCURRENT_RESUMES: usize = 4;
+
+/// A resume that would send more than this is cut short with `event: reload`: the
+/// client re-reads `/api/v1/sensors` (answered from memory) instead.
+const MAX_REPLAY_BYTES: usize = 16 * 1024 * 1024;
+
+impl Stamped {
+    fn weight(&self) -> usize {
+        self.batch.len() * READING_BYTES + self.alert.as_ref().map_or(0, |a| a.data.len() + 64)
+    }
+}
 
 impl Live {
     /// The stream's channels and relay; the relay ends with `cancel`.
@@ -188,6 +210,7 @@ impl Live {
             run,
             window,
             wake: Notify::new(),
+            resumes: Arc::new(Semaphore::new(MAX_CONCURRENT_RESUMES)),
         });
         tokio::spawn(relay(live.clone(), cancel));
         live
@@ -239,9 +262,9 @@ impl Live {
             alert,
         };
         log.next += 1;
-        log.readings += s.batch.len();
+        log.bytes += s.weight();
         log.batches.push_back(s.clone());
-        while log.readings > MAX_LOGGED_READINGS
+        while log.bytes > MAX_LOGGED_BYTES
             || log
                 .batches
                 .front()
@@ -250,7 +273,7 @@ impl Live {
             let Some(old) = log.batches.pop_front() else {
                 break;
             };
-            log.readings -= old.batch.len();
+            log.bytes -= old.weight();
         }
         drop(log);
         let _ = self.out.send(s);
@@ -266,8 +289,9 @@ impl Live {
         self.state.lock().expect("live log lock").listening = on;
     }
 
-    /// The logged batches after `from`, or None when some may be missing.
-    fn since(&self, from: Position) -> Option<Vec<Stamped>> {
+    /// The sequence numbers a resume from `from` replays (`from.seq` up to the next
+    /// batch's), or None when some may be missing.
+    fn since(&self, from: Position) -> Option<std::ops::Range<u64>> {
         let log = self.state.lock().expect("live log lock");
         if from.seq >= log.next || from.seq < log.gap_before {
             return None;
@@ -276,13 +300,15 @@ impl Live {
         if from.seq + 1 < oldest {
             return None;
         }
-        Some(
-            log.batches
-                .iter()
-                .filter(|b| b.seq >= from.seq)
-                .cloned()
-                .collect(),
-        )
+        Some(from.seq.max(oldest)..log.next)
+    }
+
+    /// Logged entry `seq`, while it is held (sequence numbers in the log are consecutive).
+    fn at(&self, seq: u64) -> Option<Stamped> {
+        let log = self.state.lock().expect("live log lock");
+        let oldest = log.batches.front()?.seq;
+        let i = usize::try_from(seq.checked_sub(oldest)?).ok()?;
+        log.batches.get(i).cloned()
     }
 
     fn stream_ended(&self) {
@@ -347,11 +373,62 @@ struct StreamState {
     queue: VecDeque<Event>,
     /// Events up to here were sent (or replayed); later duplicates are skipped.
     seen: Option<Position>,
+    /// A resume under way: taken one logged entry at a time, as the client reads.
+    replay: Option<Replay>,
     _attached: Attached,
 }
 
+struct Replay {
+    next: u64,
+    end: u64,
+    bytes: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
 impl StreamState {
-    fn push_batch(&mut self, b: &Stamped) {
+    /// Queues the replay's next entry; false once there is none (done, or cut short
+    /// with a reload).
+    fn replay_next(&mut self) -> bool {
+        let Some(r) = &mut self.replay else {
+            return false;
+        };
+        let (seq, end) = (r.next, r.end);
+        if seq >= end {
+            self.finish_replay(end);
+            return false;
+        }
+        r.next += 1;
+        let Some(b) = self.state.live.at(seq) else {
+            self.replay = None;
+            self.queue.push_back(reload(
+                "the log moved past this resume while it was replayed; re-read /api/v1/sensors",
+            ));
+            return false;
+        };
+        let bytes = self.push_batch(&b);
+        let r = self.replay.as_mut().expect("checked above");
+        r.bytes += bytes;
+        if r.bytes > MAX_REPLAY_BYTES {
+            self.replay = None;
+            self.queue.push_back(reload(
+                "too much to replay since this Last-Event-ID; re-read /api/v1/sensors",
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// After a replay up to `end`, events before it coming from the channel are repeats.
+    fn finish_replay(&mut self, end: u64) {
+        self.replay = None;
+        self.seen = Some(Position {
+            seq: end.saturating_sub(1),
+            idx: usize::MAX,
+        });
+    }
+
+    /// Queues the events of `b` this stream wants and has not had; returns their bytes.
+    fn push_batch(&mut self, b: &Stamped) -> usize {
         let live = &self.state.live;
         if let Some(a) = &b.alert {
             let p = Position { seq: b.seq, idx: 0 };
@@ -368,9 +445,11 @@ impl StreamState {
             if wanted && self.seen.is_none_or(|s| (p.seq, p.idx) > (s.seq, s.idx)) {
                 self.queue
                     .push_back(Event::default().event("alert").id(live.id(p)).data(&a.data));
+                return a.data.len();
             }
-            return;
+            return 0;
         }
+        let mut bytes = 0;
         for (idx, ev) in events(&self.state, &b.batch).into_iter().enumerate() {
             let p = Position { seq: b.seq, idx };
             if self.seen.is_some_and(|s| (p.seq, p.idx) <= (s.seq, s.idx)) {
@@ -379,14 +458,13 @@ impl StreamState {
             if !self.filter.wants(&ev) {
                 continue;
             }
-            if let Ok(e) = Event::default()
-                .event("readings")
-                .id(live.id(p))
-                .json_data(&ev)
-            {
-                self.queue.push_back(e);
+            if let Ok(data) = serde_json::to_string(&ev) {
+                bytes += data.len();
+                self.queue
+                    .push_back(Event::default().event("readings").id(live.id(p)).data(data));
             }
         }
+        bytes
     }
 }
 
@@ -433,6 +511,7 @@ pub async fn stream(
         state: s.clone(),
         queue: VecDeque::new(),
         seen: None,
+        replay: None,
         _attached: Attached(live.clone()),
     };
     let retry_ms = 3000;
@@ -446,18 +525,20 @@ pub async fn stream(
             .parse_id(&id)
             .and_then(|from| Some((from, live.since(from)?)))
         {
-            Some((from, missed)) => {
-                st.seen = Some(from);
-                for b in &missed {
-                    st.push_batch(b);
-                }
-                if let Some(last) = missed.last() {
-                    st.seen = Some(Position {
-                        seq: last.seq,
-                        idx: usize::MAX,
+            Some((from, missed)) => match live.resumes.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    st.seen = Some(from);
+                    st.replay = Some(Replay {
+                        next: missed.start,
+                        end: missed.end,
+                        bytes: 0,
+                        _permit: permit,
                     });
                 }
-            }
+                Err(_) => st.queue.push_back(reload(
+                    "too many streams are resuming at once; re-read /api/v1/sensors",
+                )),
+            },
             None => st.queue.push_back(reload(
                 "the events after this Last-Event-ID are no longer held; re-read /api/v1/sensors",
             )),
@@ -469,13 +550,21 @@ pub async fn stream(
             if let Some(e) = st.queue.pop_front() {
                 return Some((Ok::<_, Infallible>(e), (st, cancel)));
             }
+            if cancel.is_cancelled() {
+                return None;
+            }
+            if st.replay_next() || !st.queue.is_empty() {
+                continue;
+            }
             let got = tokio::select! {
                 r = st.rx.recv() => r,
                 // Open streams must not hold a graceful shutdown forever.
                 _ = cancel.cancelled() => return None,
             };
             match got {
-                Ok(b) => st.push_batch(&b),
+                Ok(b) => {
+                    st.push_batch(&b);
+                }
                 Err(RecvError::Lagged(n)) => {
                     st.queue.push_back(
                         Event::default()
@@ -507,7 +596,11 @@ mod tests {
             .parse_id(&live.id(Position { seq: 1, idx: 4 }))
             .unwrap();
         assert_eq!(p, Position { seq: 1, idx: 4 });
-        let got: Vec<u64> = live.since(p).unwrap().iter().map(|b| b.seq).collect();
+        let got: Vec<u64> = live
+            .since(p)
+            .unwrap()
+            .filter_map(|seq| live.at(seq).map(|b| b.seq))
+            .collect();
         assert_eq!(got, [1, 2, 3]);
         assert!(live.parse_id("0-1-0").is_none(), "another run's id");
         assert!(
@@ -521,6 +614,6 @@ mod tests {
             "batches may be missing after a gap"
         );
         assert!(live.since(Position { seq: 3, idx: 9 }).is_none());
-        assert_eq!(live.since(Position { seq: 4, idx: 0 }).unwrap().len(), 1);
+        assert_eq!(live.since(Position { seq: 4, idx: 0 }).unwrap().count(), 1);
     }
 }

@@ -115,6 +115,9 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         snapshot,
         map: cityhub_api::web::map_source(settings.http.web_dir.as_deref()),
         notifier: cityhub_api::alerts::Notifier::new(settings.notify.clone()),
+        indicator_slots: Arc::new(tokio::sync::Semaphore::new(
+            cityhub_api::indicators::MAX_CONCURRENT,
+        )),
     };
     let history = state.history.clone();
     let messages_committed = metrics.messages_committed.clone();
