@@ -670,3 +670,108 @@ metrics = { level = { unit = "%", min = 0, max = 100 } }
     })
     .await;
 }
+
+/// A bin flapping across its levels (90 % and 10 % in turn, one reading a minute for
+/// 200 minutes) raises one alert per `alerts.reraise_after_s` (an hour here), as the
+/// rule run over the readings says: 4, each cleared. Before, every flap raised one
+/// (100 alerts and their notifications from one sensor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_sensor_raises_once_per_reraise_interval() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "flap",
+        &[("CITYHUB_ALERTS_RERAISE_AFTER_S", "3600")],
+    )
+    .await;
+    let t0 = chrono::Utc::now() - chrono::Duration::minutes(300);
+    let fill = |i: i64| if i % 2 == 0 { 90.0 } else { 10.0 };
+    let items: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let ts = t0 + chrono::Duration::minutes(i);
+            (
+                "cityhub/v1/waste_bin/flap-1".to_owned(),
+                json!({"ts": ts.to_rfc3339(), "values": {"fill_level": fill(i)}})
+                    .to_string()
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    publish_raw(&broker, &items).await;
+    // The rule (raise at 80, clear below 50) with the re-raise interval, by hand.
+    let (mut standing, mut last_clear, mut raised) = (false, None::<i64>, 0);
+    for i in 0..200 {
+        let (t, v) = (i * 60, fill(i));
+        if standing {
+            if v < 50.0 {
+                standing = false;
+                last_clear = Some(t);
+            }
+        } else if v >= 80.0 && last_clear.is_none_or(|c| t - c >= 3600) {
+            standing = true;
+            raised += 1;
+        }
+    }
+    assert_eq!(raised, 4);
+    wait_for_rows(&db, 200, 60, "every reading").await;
+    let count = |state: &'static str| {
+        let db = &db;
+        async move {
+            db.count(&format!(
+                "SELECT count(*) FROM alerts a JOIN sensors s ON s.id = a.sensor_id
+                 WHERE s.external_id = 'flap-1' AND a.rule = 'waste_bin_fill_level_alarm'
+                   AND a.state::text LIKE '{state}'"
+            ))
+            .await
+        }
+    };
+    wait_for(30, "the alerts of every reading", || async {
+        count("cleared").await == raised && count("%").await == raised
+    })
+    .await;
+}
+
+/// Cleared alerts past `alerts.retention_days` with every notification delivered go
+/// (their outbox rows with them), delivered notifications past
+/// `alerts.outbox_retention_days` go; a standing alert, one with a notification still
+/// to deliver, and recent rows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_alerts_and_delivered_notifications_are_deleted() {
+    let db = TestDb::new().await;
+    db.migrate().await.unwrap();
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO sensors (external_id, kind) VALUES ('old-1', 'waste_bin');
+             CREATE FUNCTION old_alert(st text, age interval, delivered interval) RETURNS void
+             LANGUAGE sql AS $$
+               WITH a AS (
+                 INSERT INTO alerts (rule, sensor_id, kind, metric, severity, state, threshold,
+                                     raised_at, raised_value, cleared_at, updated_at)
+                 SELECT 'waste_bin_fill_level_alarm', id, 'waste_bin', 'fill_level', 'critical', st,
+                        80, now() - age, 90, CASE WHEN st = 'cleared' THEN now() - age END, now() - age
+                 FROM sensors WHERE external_id = 'old-1' RETURNING id)
+               INSERT INTO alert_outbox (alert_id, event, target, body, delivered_at)
+               SELECT id, 'raised', 'webhook:0', '{}', now() - delivered FROM a $$;
+             SELECT old_alert('cleared', '500 days', '500 days');  -- goes, with its outbox row
+             SELECT old_alert('cleared', '500 days', NULL);        -- stays: not delivered
+             SELECT old_alert('open', '500 days', '500 days');     -- stays: standing; outbox row goes
+             SELECT old_alert('cleared', '1 day', '10 days');      -- stays; outbox row goes",
+        )
+        .await
+        .unwrap();
+    let broker = Broker::start();
+    let _hub = Hub::start_in_process(&db, &broker, "retention", &[]).await;
+    wait_for(30, "the retention run at start", || async {
+        db.count("SELECT count(*) FROM alerts").await == 3
+            && db.count("SELECT count(*) FROM alert_outbox").await == 1
+    })
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL")
+            .await,
+        1
+    );
+}

@@ -79,6 +79,10 @@ struct Engine {
     pending: HashMap<(usize, String), DateTime<Utc>>,
     /// (rule, sensor): time of the newest reading the rule saw.
     seen: HashMap<(usize, String), DateTime<Utc>>,
+    /// (rule, sensor): time of the reading that last cleared its alert.
+    cleared_at: HashMap<(usize, String), DateTime<Utc>>,
+    /// `alerts.reraise_after_s`.
+    reraise: chrono::Duration,
     /// Lamps' positions (lamp rules judge the sun where the lamp is).
     positions: HashMap<String, (f64, f64)>,
     /// Silence is only judged once the hub has listened for as long as it takes.
@@ -103,6 +107,15 @@ impl Engine {
             .into_iter()
             .filter_map(|(rule, sensor)| index.get(rule.as_str()).map(|i| (*i, sensor)))
             .collect();
+        if !self.reraise.is_zero() {
+            self.cleared_at = self
+                .store
+                .last_cleared()
+                .await?
+                .into_iter()
+                .filter_map(|(rule, sensor, t)| index.get(rule.as_str()).map(|i| ((*i, sensor), t)))
+                .collect();
+        }
         Ok(())
     }
 
@@ -194,7 +207,11 @@ impl Engine {
             self.metrics.cleared.inc();
             self.announce(&a, "cleared");
         }
-        self.standing.remove(&(i, sensor.to_owned()));
+        let key = (i, sensor.to_owned());
+        self.standing.remove(&key);
+        if !self.reraise.is_zero() {
+            self.cleared_at.insert(key, time);
+        }
         Ok(())
     }
 
@@ -243,9 +260,13 @@ impl Engine {
                     self.clear(i, sensor, time, value).await?;
                 }
             } else if breach {
+                let rested = self
+                    .cleared_at
+                    .get(&key)
+                    .is_none_or(|c| time - *c >= self.reraise);
                 let since = *self.pending.entry(key).or_insert(time);
                 let hold = chrono::Duration::seconds(self.rules[i].hold_s as i64);
-                if time - since >= hold {
+                if time - since >= hold && rested {
                     self.raise(i, sensor, time, value).await?;
                 }
             } else {
@@ -335,9 +356,11 @@ impl Engine {
 
 /// Runs the rules on every commit until `cancel`. `rx` must be subscribed before
 /// the pipeline starts, so no commit falls before the first sweep.
+#[allow(clippy::too_many_arguments)] // one task's whole wiring, passed once at start
 pub async fn engine(
     store: Store,
     rules: Vec<AlertRule>,
+    reraise_after: Duration,
     notifier: Arc<Notifier>,
     live: Arc<cityhub_api::live::Live>,
     mut rx: broadcast::Receiver<Arc<Committed>>,
@@ -369,6 +392,8 @@ pub async fn engine(
         standing: HashSet::new(),
         pending: HashMap::new(),
         seen: HashMap::new(),
+        cleared_at: HashMap::new(),
+        reraise: chrono::Duration::from_std(reraise_after).unwrap_or(chrono::Duration::MAX),
         positions: HashMap::new(),
         started: std::time::Instant::now(),
         notifier,

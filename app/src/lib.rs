@@ -207,6 +207,7 @@ async fn run_pipeline(
         tracker.spawn(alerts::engine(
             store.clone(),
             alert_rules,
+            Duration::from_secs(settings.alerts.reraise_after_s),
             state.notifier.clone(),
             state.live.clone(),
             rx,
@@ -261,14 +262,24 @@ async fn run_pipeline(
     tracker.spawn(retention_job(
         store,
         settings.ingest.dead_letter_retention_days,
+        (
+            settings.alerts.retention_days,
+            settings.alerts.outbox_retention_days,
+        ),
         cancel.clone(),
     ));
     Ok(())
 }
 
 /// At start and hourly: on plain PostgreSQL, drop partitions past retention; on
-/// both backends, delete dead letters past theirs (`0` keeps them).
-async fn retention_job(store: Store, dead_letter_days: u32, cancel: CancellationToken) {
+/// both backends, delete dead letters, cleared alerts and delivered notifications
+/// past theirs (`0` keeps them).
+async fn retention_job(
+    store: Store,
+    dead_letter_days: u32,
+    (alert_days, outbox_days): (u32, u32),
+    cancel: CancellationToken,
+) {
     loop {
         match store.apply_retention().await {
             Ok(dropped) if !dropped.is_empty() => {
@@ -283,6 +294,17 @@ async fn retention_job(store: Store, dead_letter_days: u32, cancel: Cancellation
                 Ok(n) => tracing::info!(deleted = n, "Retention: deleted old dead letters."),
                 Err(e) => tracing::warn!(error = %e, "Dead-letter retention failed; will retry."),
             }
+        }
+        match store.purge_alerts(alert_days, outbox_days).await {
+            Ok((0, 0)) => {}
+            Ok((notifications, alerts)) => {
+                tracing::info!(
+                    notifications,
+                    alerts,
+                    "Retention: deleted delivered notifications and old alerts."
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "Alert retention failed; will retry."),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

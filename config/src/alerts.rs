@@ -84,6 +84,16 @@ pub struct AlertSettings {
     /// A sensor with no reading for this many of its kind's cadences raises a
     /// `{kind}_silent` alert (once the hub has listened that long); 0: never.
     pub silence_cadences: u32,
+    /// After an alert clears, the same rule may raise for the same sensor again only
+    /// on a reading at least this many seconds (reading time) after the clearing one,
+    /// so a value flapping across the levels makes one alert per interval, not one
+    /// per reading; 0: at once.
+    pub reraise_after_s: u64,
+    /// Cleared alerts whose every notification was delivered are deleted this many
+    /// days after they cleared (with their outbox rows); 0 keeps them.
+    pub retention_days: u32,
+    /// Delivered notifications are deleted from the outbox after this many days.
+    pub outbox_retention_days: u32,
     pub rules: Vec<AlertRuleDef>,
 }
 
@@ -92,6 +102,9 @@ impl Default for AlertSettings {
         Self {
             from_map_rules: true,
             silence_cadences: 3,
+            reraise_after_s: 900,
+            retention_days: 400,
+            outbox_retention_days: 7,
             rules: Vec::new(),
         }
     }
@@ -368,6 +381,7 @@ mod tests {
                 from_map_rules: false,
                 silence_cadences: 0,
                 rules: vec![bad.clone()],
+                ..AlertSettings::default()
             };
             assert!(super::rules(&s, &catalog).is_err(), "{bad:?}");
         }

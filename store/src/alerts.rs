@@ -104,6 +104,56 @@ impl Store {
         .collect())
     }
 
+    /// When each (rule, sensor) last cleared (the clearing reading's time), for the
+    /// re-raise interval across restarts.
+    pub async fn last_cleared(&self) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
+        let c = self.pool().get().await?;
+        Ok(c.query(
+            "SELECT DISTINCT ON (a.rule, a.sensor_id) a.rule, s.external_id, a.cleared_at
+             FROM alerts a JOIN sensors s ON s.id = a.sensor_id
+             WHERE a.state = 'cleared' AND a.cleared_at IS NOT NULL
+             ORDER BY a.rule, a.sensor_id, a.cleared_at DESC",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+    }
+
+    /// Deletes delivered notifications older than `outbox_days`, and alerts that
+    /// cleared more than `alert_days` ago with nothing left to deliver (0 keeps
+    /// either); returns (notifications, alerts) deleted.
+    pub async fn purge_alerts(
+        &self,
+        alert_days: u32,
+        outbox_days: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        let c = self.pool().get().await?;
+        let mut outbox = 0;
+        if outbox_days > 0 {
+            outbox = c
+                .execute(
+                    "DELETE FROM alert_outbox WHERE delivered_at < now() - make_interval(days => $1)",
+                    &[&(outbox_days as i32)],
+                )
+                .await?;
+        }
+        let mut alerts = 0;
+        if alert_days > 0 {
+            alerts = c
+                .execute(
+                    "DELETE FROM alerts a WHERE a.state = 'cleared'
+                       AND a.updated_at < now() - make_interval(days => $1)
+                       AND NOT EXISTS (SELECT 1 FROM alert_outbox o
+                                       WHERE o.alert_id = a.id AND o.delivered_at IS NULL)",
+                    &[&(alert_days as i32)],
+                )
+                .await?;
+        }
+        Ok((outbox, alerts))
+    }
+
     /// Raises an alert unless one of this rule stands for the sensor; returns it when raised.
     pub async fn raise_alert(
         &self,
