@@ -775,3 +775,131 @@ async fn old_alerts_and_delivered_notifications_are_deleted() {
         1
     );
 }
+
+/// Two webhooks, one of which hangs past `notify.timeout_s` on every request until it
+/// is released: the other gets every event at once (each worker has its own target),
+/// the hanging one gets every event once released, each alert's `raised` before its
+/// `cleared` (retries and backoff never reorder them), and the log never shows the
+/// hanging webhook's secret path. Before, the outbox was delivered in turn, so the
+/// healthy receiver waited out the timeout of every notification of the hanging one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_webhook_delays_only_itself_and_events_stay_in_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let ok_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ok_port = ok_listener.local_addr().unwrap().port();
+    let ok = receiver(ok_listener);
+    let slow_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_port = slow_listener.local_addr().unwrap().port();
+    let hang = Arc::new(AtomicBool::new(true));
+    let slow: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    {
+        let (hang, slow) = (hang.clone(), slow.clone());
+        let app = axum::Router::new().route(
+            "/hook/s3cr3t-path-token",
+            axum::routing::post(move |b: Bytes| {
+                let (hang, slow) = (hang.clone(), slow.clone());
+                async move {
+                    while hang.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let v: Value = serde_json::from_slice(&b).unwrap();
+                    let event = v["event"].as_str().unwrap().to_owned();
+                    slow.lock()
+                        .unwrap()
+                        .push((event, v["alert"]["id"].as_i64().unwrap()));
+                    "ok"
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(slow_listener, app).await });
+    }
+    let dir = std::env::temp_dir().join(unique("hooks"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("cityhub.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[notify]
+max_backoff_s = 2
+timeout_s = 3
+mqtt = false
+[[notify.webhooks]]
+url = "http://127.0.0.1:{slow_port}/hook/s3cr3t-path-token"
+[[notify.webhooks]]
+url = "http://127.0.0.1:{ok_port}/hook"
+secret = "{SECRET}"
+"#
+        ),
+    )
+    .unwrap();
+    let hub = Hub::start(
+        &db,
+        &broker,
+        "hooks",
+        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
+    )
+    .await;
+    // Ten bins past their alarm, then each back below warn: 20 events per webhook.
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
+    for b in 0..10 {
+        let sensor = format!("bin-h{b}");
+        publish(&broker, &sensor, t0, json!({"fill_level": 90.0})).await;
+        publish(
+            &broker,
+            &sensor,
+            t0 + chrono::Duration::minutes(5),
+            json!({"fill_level": 10.0}),
+        )
+        .await;
+    }
+    wait_for(40, "every event at the healthy webhook", || {
+        let ok = ok.clone();
+        async move { deliveries(&ok).len() >= 20 }
+    })
+    .await;
+    // Let the hanging one time out and be retried a few times before it answers.
+    wait_for(60, "failed attempts at the hanging webhook", || async {
+        hub.metric("cityhub_alert_delivery_failures_total").await >= 3.0
+    })
+    .await;
+    assert!(slow.lock().unwrap().is_empty());
+    hang.store(false, Ordering::Relaxed);
+    let in_order = |got: &[(String, i64)]| {
+        let mut ids: Vec<i64> = got.iter().map(|(_, id)| *id).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len() == 10
+            && ids.iter().all(|id| {
+                let first = |e: &str| got.iter().position(|(ev, i)| ev == e && i == id);
+                matches!((first("raised"), first("cleared")), (Some(r), Some(c)) if r < c)
+            })
+    };
+    assert!(in_order(&deliveries(&ok)), "{:?}", deliveries(&ok));
+    wait_for(120, "every event at the released webhook", || {
+        let slow = slow.clone();
+        async move {
+            let got = slow.lock().unwrap().clone();
+            let cleared: std::collections::HashSet<i64> = got
+                .iter()
+                .filter(|(e, _)| e == "cleared")
+                .map(|(_, id)| *id)
+                .collect();
+            cleared.len() == 10
+        }
+    })
+    .await;
+    let got = slow.lock().unwrap().clone();
+    assert!(in_order(&got), "{got:?}");
+    let log = std::fs::read_to_string(&hub.log).unwrap();
+    assert!(
+        log.contains("An alert notification failed"),
+        "no failure was logged"
+    );
+    assert!(
+        !log.contains("s3cr3t-path-token"),
+        "the log shows a webhook's secret path"
+    );
+}

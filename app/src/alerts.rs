@@ -532,17 +532,16 @@ impl Publisher {
 /// POSTs one notification to its webhook, signed when the webhook has a secret.
 async fn post(
     http: &reqwest::Client,
-    s: &cityhub_config::alerts::NotifySettings,
+    hook: &cityhub_config::alerts::WebhookDef,
     d: &cityhub_store::alerts::Delivery,
 ) -> Result<(), String> {
-    let hook = s.webhooks.iter().find(|w| w.url == d.target);
     let mut req = http
         .post(&d.target)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("X-Cityhub-Event", &d.event)
         .header("X-Cityhub-Delivery", d.id.to_string())
         .body(d.body.clone());
-    if let Some(secret) = hook.and_then(|h| h.secret.as_ref()) {
+    if let Some(secret) = hook.secret.as_ref() {
         req = req.header(
             "X-Cityhub-Signature-256",
             signature(secret.expose(), d.body.as_bytes()),
@@ -551,12 +550,38 @@ async fn post(
     match req.send().await {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-        Err(e) => Err(e.to_string()),
+        // reqwest's message names the URL: say what happened without it.
+        Err(e) => Err(if e.is_timeout() {
+            "no answer within notify.timeout_s".to_owned()
+        } else if e.is_connect() {
+            "could not connect".to_owned()
+        } else {
+            format!("request failed: {}", e.without_url())
+        }),
     }
 }
 
-/// Delivers the outbox until `cancel`: webhooks by HTTP, `mqtt:` targets on the
-/// broker of `mqtt`.
+/// A target as logs may show it: a webhook's scheme and host only (its path or query
+/// may carry a secret, as Slack's and Teams' hooks do); a broker topic as it is.
+pub fn redacted(target: &str) -> String {
+    if target.starts_with(cityhub_api::alerts::MQTT_TARGET) {
+        return target.to_owned();
+    }
+    match reqwest::Url::parse(target) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(a webhook URL)".to_owned(),
+    }
+}
+
+/// Delivers the outbox until `cancel`: one worker per webhook and one for the broker,
+/// so a receiver that hangs or fails delays only its own notifications. Each worker
+/// takes one notification at a time (leased for one attempt), and after a failure
+/// rests its target with the same backoff as the notification.
 pub async fn deliver(
     store: Store,
     notifier: Arc<Notifier>,
@@ -573,52 +598,131 @@ pub async fn deliver(
             return;
         }
     };
-    let lease = (s.timeout_s * 2 + 5) as f64;
-    let mut publisher = s
+    let urls: Vec<String> = s.webhooks.iter().map(|w| w.url.clone()).collect();
+    match store.orphan_deliveries(&urls).await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => tracing::warn!(
+            notifications = n,
+            "Undelivered alert notifications for webhooks no longer configured stay queued."
+        ),
+    }
+    let tasks = tokio_util::task::TaskTracker::new();
+    for hook in &s.webhooks {
+        let sender = Sender::Webhook {
+            http: http.clone(),
+            hook: hook.clone(),
+        };
+        tasks.spawn(worker(
+            store.clone(),
+            notifier.clone(),
+            hook.url.clone(),
+            sender,
+            metrics.clone(),
+            cancel.clone(),
+        ));
+    }
+    if let Some(p) = s
         .mqtt
         .then(|| Publisher::start(&mqtt, cancel.clone()))
-        .flatten();
-    loop {
-        let due = match store.due_deliveries(20, lease).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "Reading the alert outbox failed; retrying.");
-                Vec::new()
-            }
-        };
-        for d in &due {
-            let outcome = match d.target.strip_prefix(cityhub_api::alerts::MQTT_TARGET) {
-                Some(topic) => match publisher.as_mut() {
-                    Some(p) => p.publish(topic, &d.body, timeout).await,
-                    None => Err("alert messages on the broker are off (notify.mqtt)".to_owned()),
-                },
-                None => post(&http, &s, d).await,
-            };
-            let outcome = match outcome {
-                Ok(()) => {
-                    metrics.delivered.inc();
-                    Ok(())
-                }
-                Err(err) => {
-                    metrics.failed.inc();
-                    // 2, 4, 8, ... seconds, at most max_backoff_s.
-                    let wait = 2f64
-                        .powi(d.attempts.clamp(0, 30) + 1)
-                        .min(s.max_backoff_s as f64);
-                    tracing::warn!(delivery = d.id, alert = d.alert_id, target = %d.target,
-                        attempts = d.attempts + 1, retry_in_s = wait, error = %err,
-                        "An alert notification failed; it will be retried.");
-                    Err((err, wait))
-                }
-            };
-            if let Err(e) = store.delivery_done(d.id, outcome).await {
-                tracing::warn!(error = %e, delivery = d.id, "Recording an alert notification failed; it may be sent again.");
+        .flatten()
+    {
+        tasks.spawn(worker(
+            store.clone(),
+            notifier.clone(),
+            cityhub_api::alerts::MQTT_TARGET.to_owned(),
+            Sender::Broker(p),
+            metrics.clone(),
+            cancel.clone(),
+        ));
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// How one worker sends.
+enum Sender {
+    Webhook {
+        http: reqwest::Client,
+        hook: cityhub_config::alerts::WebhookDef,
+    },
+    Broker(Publisher),
+}
+
+impl Sender {
+    async fn send(
+        &mut self,
+        d: &cityhub_store::alerts::Delivery,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match self {
+            Sender::Webhook { http, hook } => post(http, hook, d).await,
+            Sender::Broker(p) => {
+                let topic = d
+                    .target
+                    .strip_prefix(cityhub_api::alerts::MQTT_TARGET)
+                    .unwrap_or(&d.target);
+                p.publish(topic, &d.body, timeout).await
             }
         }
-        if due.is_empty() {
+    }
+}
+
+/// Delivers `target`'s notifications (every `mqtt:` one for the broker) in order.
+async fn worker(
+    store: Store,
+    notifier: Arc<Notifier>,
+    target: String,
+    mut sender: Sender,
+    metrics: AlertMetrics,
+    cancel: CancellationToken,
+) {
+    let s = notifier.settings().clone();
+    let timeout = Duration::from_secs(s.timeout_s);
+    let prefix = matches!(sender, Sender::Broker(_));
+    // One attempt's time and a margin: past it, another hub may take the row.
+    let lease = (s.timeout_s + 5) as f64;
+    let shown = redacted(&target);
+    loop {
+        let claimed = match store.claim_delivery(&target, prefix, lease).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, target = %shown, "Reading the alert outbox failed; retrying.");
+                None
+            }
+        };
+        let Some(d) = claimed else {
             tokio::select! {
                 _ = notifier.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = cancel.cancelled() => return,
+            }
+            continue;
+        };
+        let outcome = match sender.send(&d, timeout).await {
+            Ok(()) => {
+                metrics.delivered.inc();
+                Ok(())
+            }
+            Err(err) => {
+                metrics.failed.inc();
+                // 2, 4, 8, ... seconds, at most max_backoff_s.
+                let wait = 2f64
+                    .powi(d.attempts.clamp(0, 30) + 1)
+                    .min(s.max_backoff_s as f64);
+                tracing::warn!(delivery = d.id, alert = d.alert_id, target = %shown,
+                    attempts = d.attempts + 1, retry_in_s = wait, error = %err,
+                    "An alert notification failed; it will be retried.");
+                Err((err, wait))
+            }
+        };
+        let rest = outcome.as_ref().err().map(|(_, wait)| *wait);
+        if let Err(e) = store.delivery_done(d.id, outcome).await {
+            tracing::warn!(error = %e, delivery = d.id, "Recording an alert notification failed; it may be sent again.");
+        }
+        if let Some(wait) = rest {
+            // The target rests as long as its notification does.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
                 _ = cancel.cancelled() => return,
             }
         } else if cancel.is_cancelled() {

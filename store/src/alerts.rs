@@ -271,36 +271,53 @@ impl Store {
         Ok(rows.iter().map(alert).collect())
     }
 
-    /// Takes up to `limit` due notifications for `lease_s` seconds (another hub, or
-    /// this one after a crash, takes them again after that).
-    pub async fn due_deliveries(
+    /// Takes the next notification due for one target (`target` itself, or every target
+    /// starting with it when `prefix`), leased for `lease_s`: one attempt's time, so
+    /// another hub takes it only when this one's attempt is surely over. An event waits
+    /// while an earlier event of the same alert for the same target is undelivered, so
+    /// a receiver never gets `cleared` before `raised`, whatever the retries did.
+    pub async fn claim_delivery(
         &self,
-        limit: i64,
+        target: &str,
+        prefix: bool,
         lease_s: f64,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Option<Delivery>, StoreError> {
         let c = self.pool().get().await?;
-        let rows = c
-            .query(
-                "UPDATE alert_outbox o SET next_attempt_at = now() + make_interval(secs => $2)
-                 WHERE o.id IN (SELECT id FROM alert_outbox WHERE delivered_at IS NULL AND next_attempt_at <= now()
-                                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+        let row = c
+            .query_opt(
+                "UPDATE alert_outbox o SET next_attempt_at = now() + make_interval(secs => $3)
+                 WHERE o.id = (
+                     SELECT q.id FROM alert_outbox q
+                     WHERE q.delivered_at IS NULL AND q.next_attempt_at <= now()
+                       AND left(q.target, length($1)) = $1 AND ($2 OR q.target = $1)
+                       AND NOT EXISTS (SELECT 1 FROM alert_outbox p
+                                       WHERE p.alert_id = q.alert_id AND p.target = q.target
+                                         AND p.delivered_at IS NULL AND p.id < q.id)
+                     ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING o.id, o.alert_id, o.event, o.target, o.body, o.attempts",
-                &[&limit, &lease_s],
+                &[&target, &prefix, &lease_s],
             )
             .await?;
-        let mut out: Vec<Delivery> = rows
-            .iter()
-            .map(|r| Delivery {
-                id: r.get(0),
-                alert_id: r.get(1),
-                event: r.get(2),
-                target: r.get(3),
-                body: r.get(4),
-                attempts: r.get(5),
-            })
-            .collect();
-        out.sort_by_key(|d| d.id);
-        Ok(out)
+        Ok(row.map(|r| Delivery {
+            id: r.get(0),
+            alert_id: r.get(1),
+            event: r.get(2),
+            target: r.get(3),
+            body: r.get(4),
+            attempts: r.get(5),
+        }))
+    }
+
+    /// Undelivered notifications for targets no longer configured (they stay queued).
+    pub async fn orphan_deliveries(&self, targets: &[String]) -> Result<i64, StoreError> {
+        let c = self.pool().get().await?;
+        Ok(c.query_one(
+            "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL
+               AND NOT target = ANY($1) AND target NOT LIKE 'mqtt:%'",
+            &[&targets],
+        )
+        .await?
+        .get(0))
     }
 
     /// Records a delivery's outcome: delivered, or retried after `retry_in_s`.
