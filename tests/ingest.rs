@@ -816,3 +816,33 @@ async fn max_sensors_caps_what_readings_register() {
     .await;
     assert_eq!(dead_letters(&db, "sensor_limit").await, 3);
 }
+
+/// Open registration is bounded by default: with 50,000 sensors registered, a reading
+/// of a new one is a `sensor_limit` dead letter, and registered ones still report.
+/// Before, the default was no limit: one publisher registered 28,000 ids in 8 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_registration_is_bounded_by_default() {
+    let db = TestDb::new().await;
+    db.migrate().await.unwrap();
+    db.register_bins(50_000, i32::MAX).await;
+    let broker = Broker::start();
+    let _hub = Hub::start_in_process(&db, &broker, "default-cap", &[]).await;
+    let before = db.observations().await;
+    publish_raw(
+        &broker,
+        &[
+            reading("waste_bin", "newcomer-1", 30.0, 20),
+            reading("waste_bin", "bin-000001", 31.0, 10),
+        ],
+    )
+    .await;
+    wait_for(
+        30,
+        "the registered bin's reading and one sensor_limit",
+        || async {
+            db.observations().await == before + 1 && dead_letters(&db, "sensor_limit").await == 1
+        },
+    )
+    .await;
+    assert_eq!(db.count("SELECT count(*) FROM sensors").await, 50_000);
+}

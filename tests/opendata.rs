@@ -844,6 +844,19 @@ async fn trusted_proxies_name_the_client_for_rate_limits_and_nobody_else_does() 
     );
     // Another client behind the same proxy has a bucket of its own.
     assert_eq!(get(&proxied, "203.0.113.8").await.unwrap().status(), 200);
+    // An IPv6 client is its /64: a new address in it for every request gets no new bucket.
+    let mut refused = 0;
+    for i in 0..10 {
+        let r = get(&proxied, &format!("2001:db8:7:7::{:x}", 0x100 + i))
+            .await
+            .unwrap();
+        refused += usize::from(r.status() == 429);
+    }
+    assert!(refused >= 5, "one /64, 10 addresses: {refused} refused");
+    assert_eq!(
+        get(&proxied, "2001:db8:7:8::1").await.unwrap().status(),
+        200
+    );
 
     // Not a trusted proxy: whatever the header says, it is one client.
     let mut refused = 0;

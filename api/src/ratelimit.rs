@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +81,19 @@ fn cost(req: &Request) -> u32 {
     }
 }
 
+/// The bucket a client address falls in: an IPv6 client by its /64 (one subscriber's
+/// network: it can take any address in it, so per address it would have millions of
+/// buckets), an IPv4-mapped one as the IPv4 address it is.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128))),
+        },
+        v4 => v4,
+    }
+}
+
 /// The middleware: 429 with `Retry-After` (whole seconds, at least one) when the
 /// client's bucket is empty. The client is `ConnectInfo`, which the server sets
 /// (through trusted proxies' `X-Forwarded-For` only).
@@ -88,7 +101,7 @@ pub async fn limit(State(l): State<Arc<Limiter>>, req: Request, next: Next) -> R
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| client_key(c.0.ip()));
     let n = NonZeroU32::new(cost(&req)).expect("costs are non-zero");
     let wait = match l.limiter.check_key_n(&ip, n) {
         Ok(Ok(())) => return next.run(req).await,
@@ -119,6 +132,16 @@ mod tests {
                 .body(axum::body::Body::empty())
                 .unwrap(),
         )
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
+        let k = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_ne!(k("2001:db8:1:3::1"), k("2001:db8:1:2::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(k("192.0.2.7"), "192.0.2.7");
     }
 
     #[test]

@@ -414,7 +414,8 @@ pub struct IngestSettings {
     /// (`known`: readings of unregistered sensors become `unregistered_sensor` dead letters).
     pub registration: Registration,
     /// At most this many sensors are registered from readings (0: no limit); readings
-    /// of sensors past it become `sensor_limit` dead letters.
+    /// of sensors past it become `sensor_limit` dead letters. The default, many times
+    /// a city's fleet, bounds what an open broker lets anyone add to the registry.
     pub max_sensors: u32,
 }
 
@@ -445,7 +446,7 @@ impl Default for IngestSettings {
             max_unacked_age_s: 120,
             shutdown_timeout_s: 20,
             registration: Registration::Open,
-            max_sensors: 0,
+            max_sensors: 50_000,
         }
     }
 }
@@ -824,6 +825,25 @@ impl Settings {
 
     /// The subscription filters (native topics and adapters'), with the
     /// shared-subscription prefix when a group is set.
+    /// Pairs of subscribed topic filters that some topic matches both: the broker may
+    /// deliver such a message once per filter, and a reading without its own
+    /// timestamp would then be stored twice (`sensor-community/#` beside `/+`).
+    pub fn overlapping_filters(&self) -> Vec<(String, String)> {
+        let mut topics = self.mqtt.topics.clone();
+        topics.extend(self.adapters.iter().map(|a| a.topic()));
+        topics.dedup();
+        let mut out = Vec::new();
+        for (i, a) in topics.iter().enumerate() {
+            for b in &topics[i + 1..] {
+                let levels = |t: &str| t.split('/').map(str::to_owned).collect::<Vec<_>>();
+                if a != b && filters_overlap(&levels(a), &levels(b)) {
+                    out.push((a.clone(), b.clone()));
+                }
+            }
+        }
+        out
+    }
+
     pub fn subscription_filters(&self) -> Vec<String> {
         let mut topics = self.mqtt.topics.clone();
         for a in &self.adapters {
@@ -842,6 +862,16 @@ impl Settings {
                 }
             })
             .collect()
+    }
+}
+
+/// Whether some topic matches both filters (MQTT: `+` one level, `#` the rest, and
+/// `a/#` matches `a` too).
+fn filters_overlap(a: &[String], b: &[String]) -> bool {
+    match (a.first().map(String::as_str), b.first().map(String::as_str)) {
+        (Some("#"), _) | (_, Some("#")) | (None, None) => true,
+        (None, Some(_)) | (Some(_), None) => false,
+        (Some(x), Some(y)) => (x == "+" || y == "+" || x == y) && filters_overlap(&a[1..], &b[1..]),
     }
 }
 
@@ -876,6 +906,31 @@ fn env_provider() -> Env {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn overlapping_subscription_filters_are_found() {
+        let o = |a: &str, b: &str| {
+            let l = |t: &str| t.split('/').map(str::to_owned).collect::<Vec<_>>();
+            filters_overlap(&l(a), &l(b))
+        };
+        assert!(o("sensor-community/#", "sensor-community/+"));
+        assert!(o("sensor-community/#", "sensor-community"));
+        assert!(o("cityhub/v1/#", "cityhub/+/waste_bin/+"));
+        assert!(o("a/+/c", "a/b/+"));
+        assert!(!o("cityhub/v1/#", "application/+/device/+/event/up"));
+        assert!(!o("a/+", "a/b/c"));
+        assert!(!o("a/b", "a/c"));
+        let mut s = Settings::builtin().unwrap();
+        assert!(s.overlapping_filters().is_empty(), "the defaults overlap");
+        s.mqtt.topics.push("cityhub/+/waste_bin/#".into());
+        assert_eq!(
+            s.overlapping_filters(),
+            [(
+                "cityhub/v1/#".to_owned(),
+                "cityhub/+/waste_bin/#".to_owned()
+            )]
+        );
+    }
 
     #[test]
     fn defaults_have_the_four_kinds() {

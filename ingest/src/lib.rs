@@ -47,6 +47,10 @@ pub fn start(
     };
     let decoder = decode::Decoder::new(catalog, limits).with_adapters(settings.adapters.clone());
     let session = mqtt::session(settings, &metrics)?;
+    for (a, b) in settings.overlapping_filters() {
+        tracing::warn!(first = %a, second = %b,
+            "Two subscribed topic filters overlap: the broker may deliver a message matching both twice, and a reading without its own timestamp would be stored twice. Narrow one of them.");
+    }
 
     // The event loop must never wait on the pipeline: it also carries the acks that free
     // it. The channel is therefore unbounded; what it holds is bounded by the event loop
