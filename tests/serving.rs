@@ -431,3 +431,84 @@ async fn fifty_resumes_at_once_neither_stall_ingestion_nor_hold_memory() {
     assert_eq!(ready.status(), 200);
     drop(stalled);
 }
+
+/// One address that starts four downloads and never reads them holds two of the four
+/// download slots; the others are answered 503 at once, and a second address behind
+/// the same trusted proxy still gets a download. Before, the four took every slot and
+/// everybody else's downloads were refused until they timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_half_the_download_slots() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::start_in_process(
+        &db,
+        &broker,
+        "dl-cap",
+        &[
+            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+            ("CITYHUB_HTTP_STREAM_SEND_TIMEOUT_S", "120"),
+            ("CITYHUB_HTTP_TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#),
+        ],
+    )
+    .await;
+    let now = Utc::now();
+    publish_raw(
+        &broker,
+        &[(
+            "cityhub/v1/waste_bin/dl-1",
+            br#"{"values":{"fill_level":40},"location":{"lat":45.13,"lon":10.02}}"#.to_vec(),
+        )],
+    )
+    .await;
+    wait_for(30, "the bin registered", || async {
+        db.observations().await == 1
+    })
+    .await;
+    // 300,000 readings: a CSV no socket buffer holds.
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO observations_data (time, sensor_id, metric_id, value_milli)
+             SELECT now() - make_interval(secs => g), s.id, m.id, 40000 + g % 1000
+             FROM generate_series(1, 300000) g, sensors s, metrics m
+             WHERE s.external_id = 'dl-1' AND m.kind = 'waste_bin' AND m.name = 'fill_level'",
+        )
+        .await
+        .unwrap();
+    let from = (now - chrono::Duration::days(10)).format("%Y-%m-%dT%H:%M:%SZ");
+    let start = |client: &'static str| {
+        let request = format!(
+            "GET /api/v1/sensors/dl-1/readings?format=csv&from={from} HTTP/1.1\r\nHost: hub\r\nX-Forwarded-For: {client}\r\n\r\n"
+        );
+        let port = hub.http_port;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            s.write_all(request.as_bytes()).await.unwrap();
+            let mut head = vec![0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut head))
+                .await
+                .expect("a download answered")
+                .unwrap();
+            let status = String::from_utf8_lossy(&head[..n])
+                .chars()
+                .skip(9)
+                .take(3)
+                .collect::<String>();
+            (status, s)
+        }
+    };
+    let mut held = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, s) = start("203.0.113.1").await;
+        statuses.push(status);
+        held.push(s);
+    }
+    assert_eq!(statuses, ["200", "200", "503", "503"]);
+    let (other, s) = start("203.0.113.2").await;
+    held.push(s);
+    assert_eq!(other, "200", "another address found no download slot");
+    drop(held);
+}

@@ -77,6 +77,8 @@ pub struct AppState {
     /// Indicator computations running at once ([`indicators::MAX_CONCURRENT`]): each
     /// can scan a fleet's years, so more would take the pool and the cores.
     pub indicator_slots: Arc<tokio::sync::Semaphore>,
+    /// Long downloads running per client (as the rate limit keys clients).
+    pub downloads: readings::Downloads,
 }
 
 /// How far the loading of a simulated history has got.

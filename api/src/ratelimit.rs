@@ -84,7 +84,7 @@ fn cost(req: &Request) -> u32 {
 /// The bucket a client address falls in: an IPv6 client by its /64 (one subscriber's
 /// network: it can take any address in it, so per address it would have millions of
 /// buckets), an IPv4-mapped one as the IPv4 address it is.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -122,6 +122,7 @@ fn parse_cursor(c: &str) -> ApiResult<(DateTime<Utc>, i16)> {
         (status = 404, description = "No such sensor", body = ErrorBody)))]
 pub async fn readings(
     State(s): State<AppState>,
+    client_addr: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     base: BaseUrl,
     Path(id): Path<String>,
     StrictQuery(p): StrictQuery<ReadingsParams>,
@@ -153,6 +154,14 @@ pub async fn readings(
         limit: Some(i64::from(limit)),
     };
     if p.format == Some(FormatParam::Csv) {
+        // At most half the download slots per client, so one address cannot hold them all.
+        let per_client = s.settings.database.stream_pool_size.max(1).div_ceil(2);
+        let ip = client_addr.map(|c| crate::ratelimit::client_key(c.0 .0.ip()));
+        let slot = DownloadSlot::take(&s.downloads, ip, per_client).ok_or_else(|| {
+            ApiError::Busy(format!(
+                "{per_client} downloads from this address are running; retry when one ends"
+            ))
+        })?;
         // From the pool of long downloads: slow clients there never take the
         // connections of listings, feeds and readiness.
         let client = store.stream_pool().get().await.map_err(|e| match e {
@@ -172,6 +181,7 @@ pub async fn readings(
             },
             (id, units),
             send_timeout,
+            slot,
         ));
     }
     let rows = query::readings(&store, &q).await?;
@@ -311,12 +321,56 @@ fn page_links(
 
 /// Streams the whole range as CSV; a failure mid-way ends the body early (the
 /// client sees a truncated transfer, never a silently short file with a 200 trailer).
+/// Long downloads running, per client key.
+pub type Downloads =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One client's place among the running downloads, given back when the body ends
+/// (sent, failed or dropped with its connection).
+pub struct DownloadSlot {
+    table: Downloads,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl DownloadSlot {
+    /// A place for `ip` if it has fewer than `max` downloads running (a request
+    /// with no address, from a test harness, is not counted).
+    fn take(table: &Downloads, ip: Option<std::net::IpAddr>, max: usize) -> Option<Self> {
+        if let Some(ip) = ip {
+            let mut t = table.lock().expect("downloads lock");
+            let n = t.entry(ip).or_default();
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Self {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for DownloadSlot {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
+        let mut t = self.table.lock().expect("downloads lock");
+        if let Some(n) = t.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&ip);
+            }
+        }
+    }
+}
+
 fn readings_csv(
     store: cityhub_store::Store,
     client: cityhub_store::PooledClient,
     q: ReadingsQuery,
     (id, units): (SensorId, Map<String, Value>),
     send_timeout: std::time::Duration,
+    slot: DownloadSlot,
 ) -> Response {
     let raw = q.bucket == Bucket::Raw;
     let header = if raw {
@@ -337,8 +391,9 @@ fn readings_csv(
     let first = futures_util::stream::once(async move {
         Ok::<_, std::io::Error>(Bytes::from_static(header.as_bytes()))
     });
-    let rows =
-        futures_util::stream::unfold((rx, names, id), move |(mut rx, names, id)| async move {
+    let rows = futures_util::stream::unfold(
+        (rx, names, id, slot),
+        move |(mut rx, names, id, slot)| async move {
             // Up to 256 rows per chunk: fewer, larger writes.
             let mut out = csv::WriterBuilder::new()
                 .terminator(csv::Terminator::Any(b'\n'))
@@ -359,7 +414,7 @@ fn readings_csv(
                         tracing::error!(error = %e, "CSV download failed part-way.");
                         return Some((
                             Err(std::io::Error::other("database error")),
-                            (rx, names, id),
+                            (rx, names, id, slot),
                         ));
                     }
                     Some(Ok(r)) => {
@@ -376,9 +431,10 @@ fn readings_csv(
             if n == 0 {
                 None
             } else {
-                Some((Ok(Bytes::from(out)), (rx, names, id)))
+                Some((Ok(Bytes::from(out)), (rx, names, id, slot)))
             }
-        });
+        },
+    );
     // Fused: the compression layer may poll once more after the end.
     let body = Body::from_stream(futures_util::StreamExt::fuse(
         futures_util::StreamExt::chain(first, rows),

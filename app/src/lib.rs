@@ -118,6 +118,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         indicator_slots: Arc::new(tokio::sync::Semaphore::new(
             cityhub_api::indicators::MAX_CONCURRENT,
         )),
+        downloads: Default::default(),
     };
     let history = state.history.clone();
     let messages_committed = metrics.messages_committed.clone();
