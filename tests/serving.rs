@@ -1,11 +1,42 @@
 //! Reads stay available whatever the clients do: downloads that stop reading hold
 //! connections of their own pool only, so listings, feeds and readiness answer.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cityhub_sim::{FaultRates, Format};
 use cityhub_testkit::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Registers bin `sensor` by a reading now, then gives it 300,000 readings (about
+/// 13 MB of CSV, more than any socket buffer holds); returns the reading's time.
+async fn bin_with_a_long_series(db: &TestDb, broker: &Broker, sensor: &str) -> DateTime<Utc> {
+    let now = Utc::now();
+    let first = format!(
+        r#"{{"ts":"{}","values":{{"fill_level":40}},"location":{{"lat":45.13,"lon":10.02}}}}"#,
+        now.to_rfc3339()
+    );
+    publish_raw(
+        broker,
+        &[(format!("cityhub/v1/waste_bin/{sensor}"), first.into_bytes())],
+    )
+    .await;
+    wait_for(30, "the bin registered", || async {
+        db.observations().await == 1
+    })
+    .await;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO observations_data (time, sensor_id, metric_id, value_milli)
+             SELECT now() - make_interval(secs => g), s.id, m.id, 40000 + g % 1000
+             FROM generate_series(1, 300000) g, sensors s, metrics m
+             WHERE s.external_id = $1 AND m.kind = 'waste_bin' AND m.name = 'fill_level'",
+            &[&sensor],
+        )
+        .await
+        .unwrap();
+    now
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ninety_stalled_downloads_starve_neither_listings_nor_feeds_nor_readiness() {
@@ -21,31 +52,7 @@ async fn ninety_stalled_downloads_starve_neither_listings_nor_feeds_nor_readines
         ],
     )
     .await;
-    let now = Utc::now();
-    let first = format!(
-        r#"{{"ts":"{}","values":{{"fill_level":40}},"location":{{"lat":45.13,"lon":10.02}}}}"#,
-        now.to_rfc3339()
-    );
-    publish_raw(
-        &broker,
-        &[("cityhub/v1/waste_bin/slow-1", first.into_bytes())],
-    )
-    .await;
-    wait_for(30, "the bin registered", || async {
-        db.observations().await == 1
-    })
-    .await;
-    // 300,000 readings (about 13 MB of CSV), more than any socket buffer holds.
-    db.client()
-        .await
-        .batch_execute(
-            "INSERT INTO observations_data (time, sensor_id, metric_id, value_milli)
-             SELECT now() - make_interval(secs => g), s.id, m.id, 40000 + g % 1000
-             FROM generate_series(1, 300000) g, sensors s, metrics m
-             WHERE s.external_id = 'slow-1' AND m.kind = 'waste_bin' AND m.name = 'fill_level'",
-        )
-        .await
-        .unwrap();
+    let now = bin_with_a_long_series(&db, &broker, "slow-1").await;
 
     // Ninety clients ask for the whole series, read the first kilobyte, and stop.
     let from = (now - chrono::Duration::days(10)).format("%Y-%m-%dT%H:%M:%SZ");
@@ -451,30 +458,7 @@ async fn one_address_holds_at_most_half_the_download_slots() {
         ],
     )
     .await;
-    let now = Utc::now();
-    publish_raw(
-        &broker,
-        &[(
-            "cityhub/v1/waste_bin/dl-1",
-            br#"{"values":{"fill_level":40},"location":{"lat":45.13,"lon":10.02}}"#.to_vec(),
-        )],
-    )
-    .await;
-    wait_for(30, "the bin registered", || async {
-        db.observations().await == 1
-    })
-    .await;
-    // 300,000 readings: a CSV no socket buffer holds.
-    db.client()
-        .await
-        .batch_execute(
-            "INSERT INTO observations_data (time, sensor_id, metric_id, value_milli)
-             SELECT now() - make_interval(secs => g), s.id, m.id, 40000 + g % 1000
-             FROM generate_series(1, 300000) g, sensors s, metrics m
-             WHERE s.external_id = 'dl-1' AND m.kind = 'waste_bin' AND m.name = 'fill_level'",
-        )
-        .await
-        .unwrap();
+    let now = bin_with_a_long_series(&db, &broker, "dl-1").await;
     let from = (now - chrono::Duration::days(10)).format("%Y-%m-%dT%H:%M:%SZ");
     let start = |client: &'static str| {
         let request = format!(
