@@ -7,8 +7,8 @@
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use cityhub_config::{ConnUrl, Settings};
+use cityhub_local::{free_port, is_root, server_bin, PrivatePostgres};
 use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, Progress, SimOptions};
-use cityhub_testkit::{free_port, is_root, server_bin, PrivatePostgres};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;

@@ -1,13 +1,13 @@
 //! Private services to run cityhub against, so no test shares state with another:
 //! free ports, a fresh database per test, a private Mosquitto started from the
-//! project's `config/mosquitto.conf`, a private PostgreSQL cluster, and (feature
-//! `hub`) the hub itself, in-process or as a process, with simulated traffic.
-//! Tests, the bench and the demo all use these; there are no other copies.
+//! project's `config/mosquitto.conf`, a private PostgreSQL cluster (from
+//! `cityhub-local`, which the demo uses too), and (feature `hub`) the hub itself,
+//! in-process or as a process, with simulated traffic. Tests and the bench use
+//! these; there are no other copies.
 
 #[cfg(feature = "hub")]
 pub mod aggregates;
 pub mod broker;
-pub mod cluster;
 pub mod db;
 #[cfg(feature = "hub")]
 pub mod hub;
@@ -18,23 +18,17 @@ pub mod traffic;
 #[cfg(feature = "hub")]
 pub use aggregates::{bucket_mismatches, compress_all, is_timescale, run_policies};
 pub use broker::Broker;
-pub use cluster::{is_root, server_bin, PrivatePostgres};
+pub use cityhub_local::{free_port, is_root, server_bin, PrivatePostgres};
 pub use db::{admin_url, test_preload, timescaledb_mode, TableLock, TestDb};
 #[cfg(feature = "hub")]
 pub use hub::{cli, cli_ok, hub_bin, metric_at, wait_for, Hub};
 #[cfg(feature = "hub")]
 pub use traffic::*;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A port nobody listens on now (the OS's pick for port 0).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// A name no other test, process or run uses: `prefix_pid_counter_random`.
 pub fn unique(prefix: &str) -> String {
