@@ -38,6 +38,26 @@ async fn bin_with_a_long_series(db: &TestDb, broker: &Broker, sensor: &str) -> D
     now
 }
 
+/// Sends `request` to the hub on `port`, reads the first bytes of the answer and no
+/// more: its status (`200` or `503`, within 10 s) and the connection, held open.
+async fn stalled_download(port: u16, request: String) -> (String, tokio::net::TcpStream) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head))
+        .await
+        .expect("every download is answered at once, 200 or 503")
+        .unwrap();
+    let status = String::from_utf8_lossy(&head[..n])
+        .chars()
+        .skip(9)
+        .take(3)
+        .collect::<String>();
+    (status, s)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ninety_stalled_downloads_starve_neither_listings_nor_feeds_nor_readiness() {
     let db = TestDb::new().await;
@@ -59,29 +79,8 @@ async fn ninety_stalled_downloads_starve_neither_listings_nor_feeds_nor_readines
     let request = format!(
         "GET /api/v1/sensors/slow-1/readings?format=csv&from={from} HTTP/1.1\r\nHost: hub\r\n\r\n"
     );
-    let addr = hub
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let clients = (0..90).map(|_| {
-        let (addr, request) = (addr.clone(), request.clone());
-        tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            s.write_all(request.as_bytes()).await.unwrap();
-            let mut head = vec![0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head))
-                .await
-                .expect("every download is answered at once, 200 or 503")
-                .unwrap();
-            let status = String::from_utf8_lossy(&head[..n])
-                .chars()
-                .skip(9)
-                .take(3)
-                .collect::<String>();
-            (status, s)
-        })
-    });
+    let port = hub.http_port;
+    let clients = (0..90).map(|_| tokio::spawn(stalled_download(port, request.clone())));
     let mut stalled = Vec::new();
     let (mut streaming, mut busy) = (0, 0);
     for c in clients.collect::<Vec<_>>() {
@@ -464,24 +463,7 @@ async fn one_address_holds_at_most_half_the_download_slots() {
         let request = format!(
             "GET /api/v1/sensors/dl-1/readings?format=csv&from={from} HTTP/1.1\r\nHost: hub\r\nX-Forwarded-For: {client}\r\n\r\n"
         );
-        let port = hub.http_port;
-        async move {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            s.write_all(request.as_bytes()).await.unwrap();
-            let mut head = vec![0u8; 512];
-            let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut head))
-                .await
-                .expect("a download answered")
-                .unwrap();
-            let status = String::from_utf8_lossy(&head[..n])
-                .chars()
-                .skip(9)
-                .take(3)
-                .collect::<String>();
-            (status, s)
-        }
+        stalled_download(hub.http_port, request)
     };
     let mut held = Vec::new();
     let mut statuses = Vec::new();
