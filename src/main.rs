@@ -90,6 +90,18 @@ enum DbCommand {
 enum ConfigCommand {
     /// Print the effective configuration (defaults, file, environment), secrets hidden.
     Print,
+    /// Print every setting with its meaning and default, as a commented TOML file
+    /// (what config/cityhub.toml holds) or as Markdown (docs/configuration.md).
+    Reference {
+        #[arg(long, value_enum, default_value_t = ReferenceFormat::Toml)]
+        format: ReferenceFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReferenceFormat {
+    Toml,
+    Markdown,
 }
 
 fn load_settings(path: Option<&Path>) -> Result<Settings> {
@@ -121,6 +133,20 @@ fn init_tracing(settings: &Settings) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The reference describes the defaults: no file or environment is read for it.
+    if let Command::Config {
+        command: ConfigCommand::Reference { format },
+    } = &cli.command
+    {
+        print!(
+            "{}",
+            match format {
+                ReferenceFormat::Toml => cityhub_config::reference::reference_toml(),
+                ReferenceFormat::Markdown => cityhub_config::reference::reference_markdown(),
+            }
+        );
+        return Ok(());
+    }
     let mut settings = load_settings(cli.config.as_deref())?;
     // The demo talks to a person: its own messages first, the hub's only when it warns
     // (unless --verbose, or RUST_LOG says otherwise).

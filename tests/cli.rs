@@ -39,6 +39,32 @@ fn config_print_shows_layers_and_hides_secrets() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not exist"));
 }
 
+/// The binary prints the committed reference files (the config crate's test checks
+/// that they are current), and ignores a broken configuration while it does.
+#[test]
+fn config_reference_prints_the_committed_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (format, path) in [
+        ("toml", "config/cityhub.toml"),
+        ("markdown", "docs/configuration.md"),
+    ] {
+        let out = cli(
+            &["config", "reference", "--format", format],
+            &[("CITYHUB_INGEST_BATCH_MAX_ROWS", "0")],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let committed = std::fs::read_to_string(root.join(path)).unwrap();
+        assert!(
+            String::from_utf8(out.stdout).unwrap() == committed,
+            "{path} differs"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_import_and_a_kind_added_by_configuration() {
     let db = TestDb::new().await;

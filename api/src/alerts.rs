@@ -75,7 +75,7 @@ impl Notifier {
             .webhooks
             .iter()
             .filter(|w| w.wants(&a.kind, severity))
-            .map(|w| w.url.clone())
+            .map(|w| w.url.to_string())
             .collect();
         if self.settings.mqtt {
             targets.push(format!("{MQTT_TARGET}{}", alert_topic(&a.kind, &a.sensor)));

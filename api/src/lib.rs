@@ -257,7 +257,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (router, api) = routes();
     let api = Arc::new(api);
-    let json = Arc::new(openapi_json(&api, state.settings.http.max_page));
+    let json = Arc::new(openapi_json(&api, state.settings.http.max_page.get()));
     let html = Arc::new(docs::html(&api));
     let http = &state.settings.http;
     let mut app = router
@@ -290,7 +290,7 @@ pub fn router(state: AppState) -> Router {
             http.max_body_bytes,
         ))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            Duration::from_secs(http.body_timeout_s),
+            Duration::from_secs(http.body_timeout_s.get()),
         ));
     // Inside CORS, so a 429 carries the CORS headers and a browser can read Retry-After.
     if http.rate_limit_per_s > 0 {

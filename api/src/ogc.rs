@@ -298,7 +298,7 @@ pub async fn items(
     StrictQuery(p): StrictQuery<ItemsParams>,
 ) -> ApiResult<Response> {
     known_kind(&s, &kind)?;
-    let max = u64::from(s.settings.http.max_page);
+    let max = u64::from(s.settings.http.max_page.get());
     let limit = match p.limit {
         Some(0) => return Err(ApiError::BadRequest("limit must be at least 1".into())),
         Some(l) => l.min(max),

@@ -120,7 +120,7 @@ impl FromRequestParts<AppState> for BaseUrl {
 
     async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Self::Rejection> {
         if let Some(u) = &s.settings.http.public_url {
-            return Ok(BaseUrl(u.trim_end_matches('/').to_owned()));
+            return Ok(BaseUrl(u.as_str().trim_end_matches('/').to_owned()));
         }
         let host = parts
             .headers
@@ -197,7 +197,7 @@ pub fn known_kind(s: &AppState, kind: &str) -> ApiResult<()> {
 
 /// A page size within 1..=`http.max_page`.
 pub fn page_limit(s: &AppState, given: Option<u32>, default: u32) -> ApiResult<u32> {
-    let max = s.settings.http.max_page;
+    let max = s.settings.http.max_page.get();
     match given.unwrap_or(default) {
         l if l == 0 || l > max => Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {max}"

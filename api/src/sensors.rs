@@ -49,7 +49,7 @@ pub async fn list(
         }
     }
     let bbox = p.bbox.as_deref().map(parse_bbox).transpose()?;
-    let max = s.settings.http.max_page as usize;
+    let max = s.settings.http.max_page.get() as usize;
     if p.limit.is_some_and(|l| l == 0 || l > max) {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {max}"

@@ -92,7 +92,7 @@ pub async fn ingest_sensor_community(
         received_at: chrono::Utc::now(),
         source: SENSOR_COMMUNITY_SOURCE,
     };
-    let wait = Duration::from_secs(s.settings.http.upload_timeout_s);
+    let wait = Duration::from_secs(s.settings.http.upload_timeout_s.get());
     match uploads.submit(upload, wait).await {
         Ok(outcome) if outcome.stored == 0 && !outcome.rejected.is_empty() => (
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -156,7 +156,7 @@ async fn settings(State(s): State<AppState>) -> impl IntoResponse {
         Json(json!({
             "tile_url": h.tile_url,
             "tile_attribution": h.tile_attribution,
-            "max_page": h.max_page,
+            "max_page": h.max_page.get(),
             "stale_after_cadences": 3,
         })),
     )

@@ -590,7 +590,7 @@ pub async fn deliver(
     cancel: CancellationToken,
 ) {
     let s = notifier.settings().clone();
-    let timeout = Duration::from_secs(s.timeout_s);
+    let timeout = Duration::from_secs(s.timeout_s.get());
     let http = match reqwest::Client::builder().timeout(timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -598,7 +598,7 @@ pub async fn deliver(
             return;
         }
     };
-    let urls: Vec<String> = s.webhooks.iter().map(|w| w.url.clone()).collect();
+    let urls: Vec<String> = s.webhooks.iter().map(|w| w.url.to_string()).collect();
     match store.orphan_deliveries(&urls).await {
         Ok(0) | Err(_) => {}
         Ok(n) => tracing::warn!(
@@ -615,7 +615,7 @@ pub async fn deliver(
         tasks.spawn(worker(
             store.clone(),
             notifier.clone(),
-            hook.url.clone(),
+            hook.url.to_string(),
             sender,
             metrics.clone(),
             cancel.clone(),
@@ -677,10 +677,10 @@ async fn worker(
     cancel: CancellationToken,
 ) {
     let s = notifier.settings().clone();
-    let timeout = Duration::from_secs(s.timeout_s);
+    let timeout = Duration::from_secs(s.timeout_s.get());
     let prefix = matches!(sender, Sender::Broker(_));
     // One attempt's time and a margin: past it, another hub may take the row.
-    let lease = (s.timeout_s + 5) as f64;
+    let lease = (s.timeout_s.get() + 5) as f64;
     let shown = redacted(&target);
     loop {
         let claimed = match store.claim_delivery(&target, prefix, lease).await {
@@ -708,7 +708,7 @@ async fn worker(
                 // 2, 4, 8, ... seconds, at most max_backoff_s.
                 let wait = 2f64
                     .powi(d.attempts.clamp(0, 30) + 1)
-                    .min(s.max_backoff_s as f64);
+                    .min(s.max_backoff_s.get() as f64);
                 tracing::warn!(delivery = d.id, alert = d.alert_id, target = %shown,
                     attempts = d.attempts + 1, retry_in_s = wait, error = %err,
                     "An alert notification failed; it will be retried.");

@@ -125,12 +125,12 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     tracker.spawn(http::serve(
         listener,
         cityhub_api::router(state.clone()),
-        Duration::from_secs(settings.http.header_timeout_s),
-        Arc::new(settings.http.trusted_proxy_nets().unwrap_or_default()),
+        Duration::from_secs(settings.http.header_timeout_s.get()),
+        Arc::new(settings.http.trusted_proxy_nets()),
         cancel.clone(),
     ));
 
-    let deadline = Duration::from_secs(settings.ingest.shutdown_timeout_s);
+    let deadline = Duration::from_secs(settings.ingest.shutdown_timeout_s.get());
     let task = tokio::spawn(async move {
         let started = run_pipeline(
             &settings,

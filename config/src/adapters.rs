@@ -1,11 +1,12 @@
 //! Adapters: how messages of network servers (ChirpStack, The Things Stack)
 //! and community networks (Sensor.Community) map onto kinds, sensors and metrics.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The message formats an adapter reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdapterFormat {
     /// ChirpStack v4 MQTT integration uplink events.
@@ -28,7 +29,7 @@ impl AdapterFormat {
 }
 
 /// One source field mapped to a metric.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum FieldMap {
     /// Just the metric name.
@@ -36,15 +37,19 @@ pub enum FieldMap {
     Full(FieldDef),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A source field mapped to a metric, with a conversion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldDef {
+    /// The metric of the kind the value is stored as.
     pub metric: String,
     /// stored = raw * scale + offset, then converted from `unit` to the kind's unit.
     #[serde(default = "one")]
     pub scale: f64,
+    /// Added after scaling.
     #[serde(default)]
     pub offset: f64,
+    /// The unit the source sends (converted to the metric's own unit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
 }
@@ -68,11 +73,12 @@ impl FieldMap {
 }
 
 /// An `[[adapters]]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterDef {
     /// A label for logs and dead letters.
     pub name: String,
+    /// The message format: `chirpstack`, `ttn` or `sensor_community`.
     pub format: AdapterFormat,
     /// MQTT topic filter; the format's usual one when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

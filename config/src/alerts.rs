@@ -7,6 +7,7 @@
 
 use crate::kinds::{Catalog, MapRule};
 use crate::settings::Secret;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The hub publishes alert events under this branch of its topics, and ingestion
@@ -14,7 +15,18 @@ use serde::{Deserialize, Serialize};
 pub const ALERT_TOPIC_PREFIX: &str = "cityhub/v1/alerts/";
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -34,7 +46,8 @@ impl Severity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// When a rule's condition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
     /// At or above the threshold.
@@ -55,14 +68,18 @@ pub enum Condition {
 pub const SILENCE_METRIC: &str = "silence_s";
 
 /// A rule a city adds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertRuleDef {
     /// Stable name, used in the API and in notifications.
     pub id: String,
+    /// The sensor kind it watches.
     pub kind: String,
+    /// The metric of that kind it reads.
     pub metric: String,
+    /// `above` or `below` the threshold.
     pub condition: Condition,
+    /// The level that raises the alert, in the metric's unit.
     pub threshold: f64,
     /// The alert clears once the value is back past this level; the threshold
     /// itself when unset. Must be on the safe side of the threshold.
@@ -72,11 +89,13 @@ pub struct AlertRuleDef {
     /// alert is raised.
     #[serde(default)]
     pub hold_s: u64,
+    /// `info`, `warning` or `critical`.
     #[serde(default)]
     pub severity: Severity,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Alert rules: raised, held and cleared by the hub as readings arrive.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertSettings {
     /// Alert rules from the kinds' `above` map rules (raised at `alarm`, cleared below `warn`).
@@ -94,6 +113,7 @@ pub struct AlertSettings {
     pub retention_days: u32,
     /// Delivered notifications are deleted from the outbox after this many days.
     pub outbox_retention_days: u32,
+    /// Rules a city adds, beside those from the kinds' map rules.
     pub rules: Vec<AlertRuleDef>,
 }
 
@@ -111,10 +131,11 @@ impl Default for AlertSettings {
 }
 
 /// A webhook receiver of alert events.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookDef {
-    pub url: String,
+    /// An http(s) URL that receives each alert event as a JSON POST.
+    pub url: crate::values::HttpUrl,
     /// Only alerts of these kinds (all when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<String>,
@@ -133,17 +154,19 @@ impl WebhookDef {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where alert events go.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifySettings {
+    /// Receivers of alert events.
     pub webhooks: Vec<WebhookDef>,
     /// Also publish each alert event on the hub's broker, QoS 1, at
     /// `cityhub/v1/alerts/{kind}/{sensor_id}` (for Node-RED and the like).
     pub mqtt: bool,
     /// A failed delivery is retried after 2, 4, 8, ... seconds, at most this long apart.
-    pub max_backoff_s: u64,
+    pub max_backoff_s: std::num::NonZeroU64,
     /// A receiver must answer within this long.
-    pub timeout_s: u64,
+    pub timeout_s: std::num::NonZeroU64,
 }
 
 impl Default for NotifySettings {
@@ -151,8 +174,8 @@ impl Default for NotifySettings {
         Self {
             webhooks: Vec::new(),
             mqtt: true,
-            max_backoff_s: 600,
-            timeout_s: 10,
+            max_backoff_s: crate::settings::nz(600),
+            timeout_s: crate::settings::nz(10),
         }
     }
 }
@@ -318,7 +341,7 @@ mod tests {
     #[test]
     fn webhook_filters() {
         let w = WebhookDef {
-            url: "http://x/hook".into(),
+            url: "http://x/hook".to_owned().try_into().unwrap(),
             kinds: vec!["waste_bin".into()],
             severities: vec![Severity::Critical],
             secret: None,

@@ -3,11 +3,12 @@
 //! law or the plan sets where there is one. The store computes them from the
 //! readings; the API, the catalogue and the web view describe them from here.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 
 /// How indicators cut time and read the readings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndicatorSettings {
     /// The city's time zone (IANA name): days, nights, months and years are local.
@@ -42,6 +43,21 @@ impl IndicatorSettings {
                 self.timezone
             )
         })
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        self.tz()?;
+        let percent = |v: f64| (0.0..=100.0).contains(&v);
+        let valid = percent(self.collection_drop)
+            && self.collection_drop > 0.0
+            && percent(self.full_at)
+            && percent(self.overflow_at)
+            && self.min_day_coverage > 0.0
+            && self.min_day_coverage <= 1.0;
+        if !valid {
+            return Err("indicators: collection_drop in 0-100, full_at and overflow_at in 0-100, min_day_coverage in 0-1".into());
+        }
+        Ok(())
     }
 
     /// Hours a day needs for its mean to count.

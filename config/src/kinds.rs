@@ -2,31 +2,41 @@
 //! valid ranges. Loaded from configuration, never compiled in.
 
 use crate::model::Name;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One metric of a kind, as configured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricDef {
+    /// Unit of the stored values (UCUM-style, e.g. `%`, `Wh`, `ug/m3`).
     pub unit: String,
+    /// Values below this are refused as `out_of_range` dead letters.
     pub min: Option<f64>,
+    /// Values above this are refused as `out_of_range` dead letters.
     pub max: Option<f64>,
+    /// A human name for legends and the catalogue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
 }
 
 /// One sensor kind, as configured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KindDef {
+    /// A disabled kind is refused on arrival and hidden from the API.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Name of the kind (English).
     pub title: String,
+    /// Name of the kind (Italian).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title_it: Option<String>,
+    /// What the kind measures (English).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What the kind measures (Italian).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description_it: Option<String>,
     /// EU data-theme code (ENVI, ENER, TRAN, ...), for the catalogue.
@@ -35,8 +45,10 @@ pub struct KindDef {
     /// Expected seconds between two reports of one sensor.
     #[serde(default = "default_cadence")]
     pub cadence_s: u32,
+    /// The metric the map and the feeds show first; the first metric when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main_metric: Option<String>,
+    /// The kind's metrics, by name.
     pub metrics: BTreeMap<String, MetricDef>,
     /// Metrics computed by the hub from another metric and a sensor property.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -60,7 +72,7 @@ pub struct KindDef {
 
 /// The six categories of Implementing Regulation (EU) 2023/138, as the EU's
 /// HVD category vocabulary (<http://data.europa.eu/bna/asd487ae75>) names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HvdCategory {
     Geospatial,
@@ -104,22 +116,35 @@ impl HvdCategory {
 
 /// The state of a sensor as the operator map shows it, judged on its latest
 /// value of `metric` (staleness, three missed cadences, is judged for every kind).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MapRule {
     /// Higher is worse: `warn` and above is amber, `alarm` and above is red and
     /// needs action (bin fill, a pollutant against its limit value).
     Above {
+        /// The metric judged.
         metric: String,
+        /// Amber from this value.
         warn: f64,
+        /// Red, and needs action, from this value.
         alarm: f64,
     },
     /// A lamp: lit (`metric` above `lit_above`) while the sun is up at the lamp,
     /// or dark while it is down, is a fault.
-    Lamp { metric: String, lit_above: f64 },
+    Lamp {
+        /// The metric judged (the lamp's power or energy).
+        metric: String,
+        /// Above this value the lamp is lit.
+        lit_above: f64,
+    },
     /// Activity only, never an alarm: shades by `metric` against ascending `steps`
     /// (a counter's count per interval).
-    Activity { metric: String, steps: Vec<f64> },
+    Activity {
+        /// The metric judged.
+        metric: String,
+        /// Ascending values where the shade steps up.
+        steps: Vec<f64>,
+    },
 }
 
 impl MapRule {
@@ -133,7 +158,7 @@ impl MapRule {
 }
 
 /// How a derived metric is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Formula {
     /// Ultrasonic bin sensors: `100 * (1 - distance / depth)`, clamped to 0-100 %.
@@ -153,10 +178,12 @@ impl Formula {
 
 /// A metric the hub derives at commit time, e.g. `fill_level` from `distance`
 /// and the bin's registered depth.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DerivedDef {
+    /// The metric it is computed from.
     pub from: String,
+    /// How it is computed.
     pub formula: Formula,
     /// The sensor property (from the registry) the formula needs, e.g. `depth_mm`.
     pub property: String,

@@ -6,11 +6,13 @@ pub mod backoff;
 pub mod indicators;
 pub mod kinds;
 pub mod model;
+pub mod reference;
 pub mod reject;
 pub mod settings;
 pub mod sun;
 pub mod time;
 pub mod units;
+pub mod values;
 
 pub use adapters::{AdapterDef, AdapterFormat, FieldDef, FieldMap};
 pub use backoff::Backoff;

@@ -5,13 +5,20 @@
 use crate::kinds::{Catalog, CatalogError, KindDef};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 /// The built-in kind catalogue (`config/kinds.toml`; README, Sensor kinds).
 pub const DEFAULT_KINDS: &str = include_str!("../kinds.toml");
+
+/// A default that is not zero (a constant; `None` would be a bug caught by any test).
+pub(crate) fn nz<N: TryInto<T>, T>(n: N) -> T {
+    n.try_into().ok().expect("a default is not zero")
+}
 
 /// Top-level sections; `CITYHUB_<SECTION>_<KEY>` maps to `<section>.<key>`.
 /// The EU data-theme vocabulary (publications.europa.eu/resource/authority/data-theme).
@@ -51,7 +58,7 @@ pub enum ConfigError {
 }
 
 /// A value that must never reach a log line or `config print`.
-#[derive(Clone, Default, PartialEq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -75,7 +82,7 @@ impl Serialize for Secret {
 }
 
 /// A connection URL whose password part is hidden when printed.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct ConnUrl(String);
 
@@ -121,7 +128,8 @@ impl Serialize for ConnUrl {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The PostgreSQL (or TimescaleDB) database the hub stores everything in.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `postgres://user@host:port/db?sslmode=require` (libpq URL or key=value string).
@@ -135,10 +143,12 @@ pub struct DatabaseSettings {
     /// Extra CA certificate (PEM) trusted for `sslmode=require`, besides the system roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Connections for ingestion, the API and upkeep.
     pub pool_size: usize,
     /// Connections for long downloads (CSV readings) apart from `pool_size`, so slow
     /// clients can never take those that listings, feeds and readiness need.
     pub stream_pool_size: usize,
+    /// Seconds to wait for a connection to the database before trying again.
     pub connect_timeout_s: u64,
 }
 
@@ -156,7 +166,8 @@ impl Default for DatabaseSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The broker the sensors publish to, and how the hub subscribes.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttSettings {
     /// `mqtt://host:1883` or `mqtts://host:8883`.
@@ -165,11 +176,15 @@ pub struct MqttSettings {
     pub client_id: String,
     /// Empty: plain subscriptions. Set: `$share/<group>/<topic>` so several hubs split the stream.
     pub share_group: String,
+    /// Topic filters of readings (`cityhub/v1/<kind>/<sensor_id>`); adapters add their own.
     pub topics: Vec<String>,
+    /// User name at the broker.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// Password at the broker (better: `password_file` or `CITYHUB_MQTT_PASSWORD`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// File holding the broker password, read at start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
     /// CA certificate (PEM) for `mqtts://`; the system roots are used when unset.
@@ -178,17 +193,21 @@ pub struct MqttSettings {
     /// Client certificate and key (PEM) for mutual TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<PathBuf>,
     /// MQTT 5 Receive Maximum: how many unacknowledged messages the broker may have in flight to us.
-    pub receive_maximum: u16,
+    pub receive_maximum: NonZeroU16,
     /// How long the broker keeps our session and queues messages while we are away.
     pub session_expiry_s: u32,
+    /// Seconds between keep-alive pings; the broker drops the hub after 1.5 times this in silence.
     pub keep_alive_s: u64,
     /// Largest packet we accept; the broker drops larger ones for us (MQTT 5), so keep it above
     /// `ingest.max_payload_bytes` to see oversize payloads as dead letters.
     pub max_packet_bytes: u32,
+    /// First pause before reconnecting to the broker, doubled on each failure...
     pub reconnect_min_ms: u64,
+    /// ...up to this many milliseconds.
     pub reconnect_max_ms: u64,
 }
 
@@ -212,7 +231,7 @@ impl Default for MqttSettings {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
-            receive_maximum: 4096,
+            receive_maximum: nz(4096),
             session_expiry_s: 7 * 24 * 3600,
             keep_alive_s: 30,
             max_packet_bytes: 1024 * 1024,
@@ -222,23 +241,27 @@ impl Default for MqttSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The HTTP server: open-data API, operator map, admin and ingest endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
+    /// Address and port the HTTP server listens on.
     pub addr: String,
     /// The address clients reach the hub at (behind a proxy), used in links, the
     /// catalogue and OGC API documents; unset: taken from each request's Host header.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_url: Option<String>,
+    pub public_url: Option<crate::values::HttpUrl>,
     /// Bearer token of the admin endpoints; with none set they answer 403.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
+    /// File holding the admin token, read at start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
     /// Bearer token of operator calls (acknowledging alerts), separate from the
     /// admin token: a control-room tablet must not be able to change the registry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operator_token: Option<Secret>,
+    /// File holding the operator token, read at start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operator_token_file: Option<PathBuf>,
     /// Requests per second one client address may make (0: no limit)...
@@ -261,21 +284,22 @@ pub struct HttpSettings {
     pub snapshot_max_lag_ms: u64,
     /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client
     /// for rate limiting and logs; anyone else's header is ignored.
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<crate::values::Network>,
     /// Largest page of readings or items one request returns.
-    pub max_page: u32,
+    pub max_page: NonZeroU32,
     /// Largest request body accepted (admin and ingest calls).
     pub max_body_bytes: usize,
     /// A request's head (line and headers) must arrive within this time...
-    pub header_timeout_s: u64,
+    pub header_timeout_s: NonZeroU64,
     /// ...and its body within this one (a slow sender is cut off).
-    pub body_timeout_s: u64,
+    pub body_timeout_s: NonZeroU64,
     /// How long an HTTP upload waits for its commit before the client is told to send
     /// it again (and it is then never stored).
-    pub upload_timeout_s: u64,
+    pub upload_timeout_s: NonZeroU64,
     /// Basemap tiles of the operator map (`{z}/{x}/{y}` template).
     /// (Empty: no basemap; markers, legend and panel work on a plain background.)
     pub tile_url: String,
+    /// Attribution shown under the basemap, as its licence requires.
     pub tile_attribution: String,
     /// A built operator map (`npm --prefix web run build`) to serve at `/` instead
     /// of the one compiled into the binary.
@@ -299,11 +323,11 @@ impl Default for HttpSettings {
             stream_resume_s: 300,
             snapshot_reload_s: 30,
             snapshot_max_lag_ms: 1000,
-            max_page: 10_000,
+            max_page: nz(10_000),
             max_body_bytes: 1024 * 1024,
-            header_timeout_s: 10,
-            body_timeout_s: 10,
-            upload_timeout_s: 30,
+            header_timeout_s: nz(10),
+            body_timeout_s: nz(10),
+            upload_timeout_s: nz(30),
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             tile_attribution: "© OpenStreetMap contributors".into(),
             web_dir: None,
@@ -312,26 +336,36 @@ impl Default for HttpSettings {
 }
 
 /// Who publishes the open data, for the DCAT-AP_IT catalogue (defaults: Cremona).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogSettings {
+    /// Title of the catalogue (Italian).
     pub title: String,
+    /// Title of the catalogue (English).
     pub title_en: String,
+    /// Description of the catalogue (Italian).
     pub description: String,
+    /// Description of the catalogue (English).
     pub description_en: String,
     /// The publishing administration and its code in the Italian IPA register.
     pub publisher_name: String,
+    /// The publisher's code in the IPA register (indicepa.gov.it).
     pub publisher_ipa: String,
     /// Rights holder of the datasets; the publisher when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rights_holder_name: Option<String>,
+    /// The rights holder's IPA code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rights_holder_ipa: Option<String>,
+    /// The publisher's web site.
     pub homepage: String,
+    /// Contact point of the datasets (`dcat:contactPoint`).
     pub contact_name: String,
+    /// E-mail address of the contact point.
     pub contact_email: String,
     /// Licence document of every distribution.
     pub licence_url: String,
+    /// Name of the licence.
     pub licence_name: String,
     /// A gazetteer URI of the area covered (e.g. GeoNames); the sensors' bounding box is added.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -374,34 +408,39 @@ impl Default for CatalogSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// How readings are batched, checked, stored and acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestSettings {
     /// A batch closes when it holds this many observation rows...
-    pub batch_max_rows: usize,
+    pub batch_max_rows: NonZeroUsize,
     /// ...or when its first message is this old, whichever comes first.
     pub batch_max_age_ms: u64,
     /// Larger payloads become dead letters (`oversize`).
     pub max_payload_bytes: usize,
     /// Readings timestamped further ahead than this become dead letters.
     pub max_future_s: i64,
+    /// First pause before retrying a failed commit, doubled on each failure...
     pub retry_min_ms: u64,
+    /// ...up to this many milliseconds.
     pub retry_max_ms: u64,
     /// A batch also closes at this many messages (dead letters included)...
-    pub batch_max_messages: usize,
+    pub batch_max_messages: NonZeroUsize,
     /// ...or this many bytes of payloads and reasons, so no batch outgrows memory or
     /// PostgreSQL's message size, whatever the input.
-    pub batch_max_bytes: usize,
+    pub batch_max_bytes: NonZeroUsize,
     /// A dead letter keeps at most this much of its payload (the full length is recorded).
     pub dead_letter_payload_bytes: usize,
     /// ...and this much of its reason.
     pub dead_letter_reason_bytes: usize,
     /// Dead letters older than this are deleted (0 keeps them).
     pub dead_letter_retention_days: u32,
-    /// The writer's `statement_timeout` and `lock_timeout`: a stuck statement fails
-    /// (and is retried) instead of holding the pipeline, and shutdown, without limit.
-    pub statement_timeout_ms: u64,
-    pub lock_timeout_ms: u64,
+    /// The writer's `statement_timeout`: a stuck statement fails (and is retried)
+    /// instead of holding the pipeline, and shutdown, without limit.
+    pub statement_timeout_ms: NonZeroU64,
+    /// The writer's `lock_timeout`: a statement waiting this long for a lock (a table
+    /// locked by hand or by a migration) fails and is retried.
+    pub lock_timeout_ms: NonZeroU64,
     /// A batch whose commit loses the connection this many times while the database
     /// answers otherwise is treated as poison and split to find the message at fault.
     pub poison_after_attempts: u32,
@@ -409,7 +448,7 @@ pub struct IngestSettings {
     pub max_unacked_age_s: u64,
     /// After SIGTERM the hub drains for at most this long, then exits; what is not
     /// committed by then is not acked, so the broker delivers it again.
-    pub shutdown_timeout_s: u64,
+    pub shutdown_timeout_s: NonZeroU64,
     /// Who may add a sensor: anyone who publishes (`open`), or only the registry
     /// (`known`: readings of unregistered sensors become `unregistered_sensor` dead letters).
     pub registration: Registration,
@@ -429,22 +468,22 @@ impl IngestSettings {
 impl Default for IngestSettings {
     fn default() -> Self {
         Self {
-            batch_max_rows: 5000,
+            batch_max_rows: nz(5000),
             batch_max_age_ms: 50,
             max_payload_bytes: 64 * 1024,
             max_future_s: 600,
             retry_min_ms: 100,
             retry_max_ms: 10_000,
-            batch_max_messages: 5000,
-            batch_max_bytes: 16 * 1024 * 1024,
+            batch_max_messages: nz(5000),
+            batch_max_bytes: nz(16 * 1024 * 1024),
             dead_letter_payload_bytes: 16 * 1024,
             dead_letter_reason_bytes: 1024,
             dead_letter_retention_days: 30,
-            statement_timeout_ms: 30_000,
-            lock_timeout_ms: 5_000,
+            statement_timeout_ms: nz(30_000),
+            lock_timeout_ms: nz(5_000),
             poison_after_attempts: 4,
             max_unacked_age_s: 120,
-            shutdown_timeout_s: 20,
+            shutdown_timeout_s: nz(20),
             registration: Registration::Open,
             max_sensors: 50_000,
         }
@@ -452,7 +491,7 @@ impl Default for IngestSettings {
 }
 
 /// Whether to use TimescaleDB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TimescaleMode {
     /// Use it when the server has it (installed and preloaded), plain PostgreSQL otherwise.
@@ -463,9 +502,11 @@ pub enum TimescaleMode {
     Off,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Retention, TimescaleDB and the upkeep jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
+    /// Whether to use TimescaleDB.
     pub timescaledb: TimescaleMode,
     /// Observations older than this are dropped by the retention job, and refused on arrival.
     pub retention_days: u32,
@@ -484,21 +525,14 @@ pub struct StoreSettings {
 }
 
 impl HttpSettings {
-    /// `trusted_proxies` parsed; a bare address is a network of one.
-    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
-        self.trusted_proxies
-            .iter()
-            .map(|s| {
-                s.parse::<ipnet::IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| format!("http.trusted_proxies: {s:?} is not an address or CIDR"))
-            })
-            .collect()
+    /// The networks of `trusted_proxies`.
+    pub fn trusted_proxy_nets(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies.iter().map(|n| n.0).collect()
     }
 }
 
 /// Whether readings may register new sensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Registration {
     /// A reading from a new sensor registers it (the demo, a city trying the hub).
@@ -509,7 +543,7 @@ pub enum Registration {
 }
 
 /// Who runs TimescaleDB's policy jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MaintenanceMode {
     /// TimescaleDB's scheduler; the hub (one of them, elected) runs a job itself when
@@ -535,16 +569,18 @@ impl Default for StoreSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Log lines, on standard error.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
+    /// `text` for people, `json` (one object per line) for a log collector.
     pub format: LogFormat,
     /// `tracing` filter directives; `RUST_LOG` wins when set.
     pub filter: String,
@@ -560,7 +596,7 @@ impl Default for LogSettings {
 }
 
 /// Everything the hub can be told.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -647,167 +683,54 @@ impl Settings {
         Ok(())
     }
 
+    /// Each section checks itself; then what spans sections (sizes that must agree,
+    /// kinds that adapters name).
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.ingest.batch_max_rows == 0
-            || self.ingest.batch_max_messages == 0
-            || self.ingest.batch_max_bytes == 0
-        {
-            return invalid(
-                "ingest.batch_max_rows, batch_max_messages and batch_max_bytes must be at least 1",
-            );
-        }
-        if self.ingest.dead_letter_reason_bytes < 64 {
-            return invalid("ingest.dead_letter_reason_bytes must be at least 64");
-        }
-        if self.ingest.shutdown_timeout_s == 0
-            || self.http.header_timeout_s == 0
-            || self.http.body_timeout_s == 0
-            || self.http.upload_timeout_s == 0
-        {
-            return invalid(
-                "ingest.shutdown_timeout_s and http.header_timeout_s, body_timeout_s and upload_timeout_s must be above 0",
-            );
-        }
-        if self.ingest.statement_timeout_ms == 0 || self.ingest.lock_timeout_ms == 0 {
-            return invalid("ingest.statement_timeout_ms and lock_timeout_ms must be above 0");
-        }
-        if self.mqtt.receive_maximum == 0 {
-            return invalid("mqtt.receive_maximum must be at least 1");
-        }
-        if let Err(e) = self.http.trusted_proxy_nets() {
-            return Err(ConfigError::Invalid(e));
-        }
-        if self.mqtt.client_id.is_empty() {
-            return invalid(
-                "mqtt.client_id must not be empty: the broker keeps the session under it",
-            );
-        }
-        if self.mqtt.topics.is_empty() {
-            return invalid("mqtt.topics must list at least one topic filter");
-        }
+        self.mqtt.validate().map_err(ConfigError::Invalid)?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
+        self.ingest.validate().map_err(ConfigError::Invalid)?;
+        self.catalog.validate().map_err(ConfigError::Invalid)?;
+        self.indicators.validate().map_err(ConfigError::Invalid)?;
         if self.mqtt.max_packet_bytes as usize <= self.ingest.max_payload_bytes {
-            return invalid("mqtt.max_packet_bytes must exceed ingest.max_payload_bytes");
+            return Err(ConfigError::Invalid(
+                "mqtt.max_packet_bytes must exceed ingest.max_payload_bytes".into(),
+            ));
         }
-        if !self.mqtt.share_group.is_empty() && self.mqtt.share_group.contains(['/', '+', '#']) {
-            return invalid("mqtt.share_group must not contain '/', '+' or '#'");
+        self.validate_kinds_and_adapters()
+    }
+
+    fn validate_kinds_and_adapters(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.kinds.get("alerts").is_some_and(|k| k.enabled) {
+            return invalid(
+                "kinds.alerts: the name is reserved (cityhub/v1/alerts/ carries the hub's alert messages)".into(),
+            );
+        }
+        for (name, k) in &self.kinds {
+            if k.enabled && !EU_THEMES.contains(&k.theme.as_str()) {
+                return invalid(format!(
+                    "kinds.{name}.theme {:?} is not an EU data-theme code ({})",
+                    k.theme,
+                    EU_THEMES.join(", ")
+                ));
+            }
         }
         let catalog = Catalog::from_defs(&self.kinds)?;
         for a in &self.adapters {
             for k in a.kind.iter().chain(a.kind_map.values()) {
                 if catalog.get(k).is_none() {
-                    return Err(ConfigError::Invalid(format!(
+                    return invalid(format!(
                         "adapter {:?}: kind {k:?} is not configured",
                         a.name
-                    )));
+                    ));
                 }
             }
             if a.kind.is_none()
                 && a.kind_from.is_none()
                 && a.format != crate::AdapterFormat::SensorCommunity
             {
-                return Err(ConfigError::Invalid(format!(
-                    "adapter {:?}: set kind or kind_from",
-                    a.name
-                )));
+                return invalid(format!("adapter {:?}: set kind or kind_from", a.name));
             }
-        }
-        if let Some(t) = &self.http.admin_token {
-            if t.expose().len() < 16 {
-                return invalid("http.admin_token must be at least 16 characters");
-            }
-        }
-        if self.kinds.get("alerts").is_some_and(|k| k.enabled) {
-            return invalid(
-                "kinds.alerts: the name is reserved (cityhub/v1/alerts/ carries the hub's alert messages)",
-            );
-        }
-        if let Some(t) = &self.http.operator_token {
-            if t.expose().len() < 16 {
-                return invalid("http.operator_token must be at least 16 characters");
-            }
-        }
-        for w in &self.notify.webhooks {
-            match url::Url::parse(&w.url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => return invalid("notify.webhooks: url must be an http(s) URL"),
-            }
-        }
-        if self.notify.max_backoff_s == 0 || self.notify.timeout_s == 0 {
-            return invalid("notify.max_backoff_s and notify.timeout_s must be at least 1");
-        }
-        let ind = &self.indicators;
-        ind.tz().map_err(ConfigError::Invalid)?;
-        let percent = |v: f64| (0.0..=100.0).contains(&v);
-        let valid = percent(ind.collection_drop)
-            && ind.collection_drop > 0.0
-            && percent(ind.full_at)
-            && percent(ind.overflow_at)
-            && ind.min_day_coverage > 0.0
-            && ind.min_day_coverage <= 1.0;
-        if !valid {
-            return invalid("indicators: collection_drop in 0-100, full_at and overflow_at in 0-100, min_day_coverage in 0-1");
-        }
-        let t = &self.http.tile_url;
-        if !t.is_empty()
-            && !(["{z}", "{x}", "{y}"].iter().all(|p| t.contains(p))
-                && (t.starts_with("https://") || t.starts_with("http://")))
-        {
-            return invalid("http.tile_url must be an http(s) URL with {z}, {x} and {y}, or empty");
-        }
-        if let Some(u) = &self.http.public_url {
-            match url::Url::parse(u) {
-                Ok(p) if matches!(p.scheme(), "http" | "https") => {}
-                _ => return invalid("http.public_url must be an http(s) URL"),
-            }
-        }
-        let c = &self.catalog;
-        for (what, u) in [
-            ("catalog.licence_url", Some(&c.licence_url)),
-            ("catalog.homepage", Some(&c.homepage)),
-            ("catalog.spatial_uri", c.spatial_uri.as_ref()),
-            (
-                "catalog.geographical_identifier",
-                c.geographical_identifier.as_ref(),
-            ),
-        ] {
-            if let Some(u) = u {
-                if url::Url::parse(u).is_err() {
-                    return Err(ConfigError::Invalid(format!(
-                        "{what} must be an absolute URL"
-                    )));
-                }
-            }
-        }
-        if !c.contact_email.contains('@') || c.contact_email.contains([' ', '<', '>']) {
-            return invalid("catalog.contact_email must be an e-mail address");
-        }
-        if c.publisher_ipa.trim().is_empty() {
-            return invalid("catalog.publisher_ipa (the publisher's IPA code) must be set");
-        }
-        if !c
-            .accrual_periodicity
-            .chars()
-            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
-        {
-            return invalid(
-                "catalog.accrual_periodicity must be an EU frequency code, e.g. UPDATE_CONT",
-            );
-        }
-        for (name, k) in &self.kinds {
-            if k.enabled && !EU_THEMES.contains(&k.theme.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "kinds.{name}.theme {:?} is not an EU data-theme code ({})",
-                    k.theme,
-                    EU_THEMES.join(", ")
-                )));
-            }
-        }
-        if self.http.max_page == 0 {
-            return invalid("http.max_page must be at least 1");
-        }
-        if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
-            return invalid("mqtt.client_cert_file and mqtt.client_key_file go together");
         }
         Ok(())
     }
@@ -865,6 +788,92 @@ impl Settings {
     }
 }
 
+impl MqttSettings {
+    fn validate(&self) -> Result<(), String> {
+        if self.client_id.is_empty() {
+            return Err(
+                "mqtt.client_id must not be empty: the broker keeps the session under it".into(),
+            );
+        }
+        if self.topics.is_empty() {
+            return Err("mqtt.topics must list at least one topic filter".into());
+        }
+        if !self.share_group.is_empty() && self.share_group.contains(['/', '+', '#']) {
+            return Err("mqtt.share_group must not contain '/', '+' or '#'".into());
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err("mqtt.client_cert_file and mqtt.client_key_file go together".into());
+        }
+        Ok(())
+    }
+}
+
+impl HttpSettings {
+    fn validate(&self) -> Result<(), String> {
+        for (name, token) in [
+            ("admin_token", &self.admin_token),
+            ("operator_token", &self.operator_token),
+        ] {
+            if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+                return Err(format!("http.{name} must be at least 16 characters"));
+            }
+        }
+        let t = &self.tile_url;
+        if !t.is_empty()
+            && !(["{z}", "{x}", "{y}"].iter().all(|p| t.contains(p))
+                && (t.starts_with("https://") || t.starts_with("http://")))
+        {
+            return Err(
+                "http.tile_url must be an http(s) URL with {z}, {x} and {y}, or empty".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl IngestSettings {
+    fn validate(&self) -> Result<(), String> {
+        if self.dead_letter_reason_bytes < 64 {
+            return Err("ingest.dead_letter_reason_bytes must be at least 64".into());
+        }
+        Ok(())
+    }
+}
+
+impl CatalogSettings {
+    fn validate(&self) -> Result<(), String> {
+        for (what, u) in [
+            ("licence_url", Some(&self.licence_url)),
+            ("homepage", Some(&self.homepage)),
+            ("spatial_uri", self.spatial_uri.as_ref()),
+            (
+                "geographical_identifier",
+                self.geographical_identifier.as_ref(),
+            ),
+        ] {
+            if u.is_some_and(|u| url::Url::parse(u).is_err()) {
+                return Err(format!("catalog.{what} must be an absolute URL"));
+            }
+        }
+        if !self.contact_email.contains('@') || self.contact_email.contains([' ', '<', '>']) {
+            return Err("catalog.contact_email must be an e-mail address".into());
+        }
+        if self.publisher_ipa.trim().is_empty() {
+            return Err("catalog.publisher_ipa (the publisher's IPA code) must be set".into());
+        }
+        if !self
+            .accrual_periodicity
+            .chars()
+            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+        {
+            return Err(
+                "catalog.accrual_periodicity must be an EU frequency code, e.g. UPDATE_CONT".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Whether some topic matches both filters (MQTT: `+` one level, `#` the rest, and
 /// `a/#` matches `a` too).
 fn filters_overlap(a: &[String], b: &[String]) -> bool {
@@ -906,6 +915,39 @@ fn env_provider() -> Env {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn a_value_its_type_refuses_is_an_error_naming_the_key() {
+        for (var, value, words) in [
+            (
+                "CITYHUB_INGEST_BATCH_MAX_ROWS",
+                "0",
+                ["ingest.batch_max_rows", "nonzero"],
+            ),
+            (
+                "CITYHUB_NOTIFY_TIMEOUT_S",
+                "0",
+                ["notify.timeout_s", "nonzero"],
+            ),
+            (
+                "CITYHUB_HTTP_TRUSTED_PROXIES",
+                "[\"10.0.0.0/33\"]",
+                ["http.trusted_proxies", "CIDR"],
+            ),
+            (
+                "CITYHUB_HTTP_PUBLIC_URL",
+                "dati.example.it",
+                ["http.public_url", "http(s) URL"],
+            ),
+        ] {
+            let e = Settings::load_with_vars(None, [(var, value)])
+                .unwrap_err()
+                .to_string();
+            for w in words {
+                assert!(e.contains(w), "{var}={value}: {e}");
+            }
+        }
+    }
 
     #[test]
     fn overlapping_subscription_filters_are_found() {
@@ -967,7 +1009,7 @@ mod tests {
             )
             .map_err(|e| e.to_string())?;
             assert_eq!(s.http.addr, "127.0.0.1:0");
-            assert_eq!(s.ingest.batch_max_rows, 7);
+            assert_eq!(s.ingest.batch_max_rows.get(), 7);
             assert_eq!(
                 s.mqtt.client_id, "cityhub-ingest",
                 "the process env leaked in"
@@ -1005,7 +1047,7 @@ mod tests {
             let s = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.mqtt.client_id, "from-env");
             assert_eq!(s.http.addr, "0.0.0.0:9999");
-            assert_eq!(s.ingest.batch_max_rows, 10);
+            assert_eq!(s.ingest.batch_max_rows.get(), 10);
             assert_eq!(s.ingest.batch_max_age_ms, 50);
             assert_eq!(s.subscription_filters(), ["$share/g1/cityhub/v1/#"]);
             let cat = s.catalog().unwrap();

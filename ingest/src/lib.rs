@@ -72,14 +72,14 @@ pub fn start(
         connected,
         metrics.clone(),
         settings.mqtt.reconnect_backoff(),
-        settings.mqtt.receive_maximum,
+        settings.mqtt.receive_maximum.get(),
         cancel.clone(),
     ));
     let ing = &settings.ingest;
     let limits = pipeline::BatchLimits {
-        max_rows: ing.batch_max_rows,
-        max_messages: ing.batch_max_messages,
-        max_bytes: ing.batch_max_bytes,
+        max_rows: ing.batch_max_rows.get(),
+        max_messages: ing.batch_max_messages.get(),
+        max_bytes: ing.batch_max_bytes.get(),
         max_age: ms(ing.batch_max_age_ms),
         reason_bytes: ing.dead_letter_reason_bytes,
     };
@@ -94,8 +94,8 @@ pub fn start(
     let writer = BatchWriter::new(
         store.clone(),
         WriterLimits {
-            statement_timeout_ms: ing.statement_timeout_ms,
-            lock_timeout_ms: ing.lock_timeout_ms,
+            statement_timeout_ms: ing.statement_timeout_ms.get(),
+            lock_timeout_ms: ing.lock_timeout_ms.get(),
             dead_letter_payload_bytes: ing.dead_letter_payload_bytes,
             registration: ing.registration,
             max_sensors: ing.max_sensors,
@@ -114,7 +114,7 @@ pub fn start(
         },
         // Retrying the open batch after SIGTERM: half the deadline, so the writer gives
         // up (and disconnects cleanly) before the app stops waiting for it.
-        Duration::from_secs(ing.shutdown_timeout_s).max(Duration::from_secs(2)) / 2,
+        Duration::from_secs(ing.shutdown_timeout_s.get()).max(Duration::from_secs(2)) / 2,
         live,
         cancel,
     ));

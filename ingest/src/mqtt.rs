@@ -109,7 +109,7 @@ pub fn options(settings: &Settings) -> Result<MqttOptions, IngestError> {
     o.set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(m.session_expiry_s))
-        .set_receive_maximum(Some(m.receive_maximum))
+        .set_receive_maximum(Some(m.receive_maximum.get()))
         .set_max_packet_size(Some(m.max_packet_bytes))
         .set_manual_acks(true)
         .set_connection_timeout(10);
@@ -127,7 +127,7 @@ pub struct Session {
 pub fn session(settings: &Settings, metrics: &IngestMetrics) -> Result<Session, IngestError> {
     let opts = options(settings)?;
     // Room for every ack of a full inflight window twice over, so try_ack rarely waits.
-    let cap = usize::from(settings.mqtt.receive_maximum) * 2 + 64;
+    let cap = usize::from(settings.mqtt.receive_maximum.get()) * 2 + 64;
     let (client, event_loop) = AsyncClient::new(opts, cap);
     let epoch = Arc::new(Mutex::new(0));
     let acker = Acker {
