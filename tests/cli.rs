@@ -65,6 +65,88 @@ fn config_reference_prints_the_committed_files() {
     }
 }
 
+/// The shipped systemd unit and production configuration work with this binary: the
+/// unit's command line and environment, with its credentials in a folder as systemd
+/// would pass them, load the example configuration (`config print` in place of `serve`).
+#[test]
+fn the_systemd_unit_and_the_production_configuration_load() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("deploy/cityhub.service")).unwrap();
+    let values = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+            .collect()
+    };
+    let exec = values("ExecStart");
+    let mut args: Vec<String> = exec[0]
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(args.last().map(String::as_str), Some("serve"), "{exec:?}");
+    args.pop();
+    args.extend(["config".into(), "print".into()]);
+    let at = args
+        .iter()
+        .position(|a| a == "--config")
+        .expect("the unit names its configuration");
+    args[at + 1] = root
+        .join("deploy/cityhub.toml")
+        .to_string_lossy()
+        .into_owned();
+    // Every file the environment names is a credential the unit loads.
+    let creds = std::env::temp_dir().join(format!("cityhub_creds_{}", std::process::id()));
+    std::fs::create_dir_all(&creds).unwrap();
+    let loaded: Vec<String> = values("LoadCredential")
+        .iter()
+        .map(|c| c.split(':').next().unwrap().to_owned())
+        .collect();
+    let mut env = Vec::new();
+    for e in values("Environment") {
+        let (k, v) = e.split_once('=').unwrap();
+        let name = v
+            .strip_prefix("%d/")
+            .expect("secrets come from the credentials folder");
+        assert!(
+            loaded.iter().any(|l| l == name),
+            "{name} is not a LoadCredential"
+        );
+        std::fs::write(creds.join(name), format!("secret-{name}-0123456789\n")).unwrap();
+        env.push((
+            k.to_owned(),
+            creds.join(name).to_string_lossy().into_owned(),
+        ));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cli_ok(&args, &env);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let effective: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(effective["ingest"]["registration"].as_str(), Some("known"));
+    assert_eq!(effective["mqtt"]["share_group"].as_str(), Some("cityhub"));
+    for (section, key) in [
+        ("http", "admin_token"),
+        ("http", "operator_token"),
+        ("mqtt", "password"),
+    ] {
+        assert_eq!(
+            effective[section][key].as_str(),
+            Some("***"),
+            "{section}.{key}"
+        );
+    }
+    assert!(!text.contains("secret-"), "a secret was printed");
+    // systemd waits for the drain before it kills.
+    let stop: i64 = values("TimeoutStopSec")[0].parse().unwrap();
+    assert!(
+        stop > effective["ingest"]["shutdown_timeout_s"]
+            .as_integer()
+            .unwrap()
+    );
+    std::fs::remove_dir_all(&creds).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_import_and_a_kind_added_by_configuration() {
     let db = TestDb::new().await;

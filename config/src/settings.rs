@@ -133,6 +133,9 @@ impl Serialize for ConnUrl {
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `postgres://user@host:port/db?sslmode=require` (libpq URL or key=value string).
+    /// `sslmode`: `disable`, `prefer`, `require` (encrypt), `verify-ca` or `verify-full`
+    /// (verify the chain, and the host name too). Several hosts
+    /// (`postgres://a,b/db?target_session_attrs=read-write`) follow a failover.
     pub url: ConnUrl,
     /// Overrides the URL's password.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,10 +146,13 @@ pub struct DatabaseSettings {
     /// Extra CA certificate (PEM) trusted for `sslmode=require`, besides the system roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Connections for ingestion, the API and upkeep.
+    /// Connections for the API's queries, ingestion and upkeep (readiness keeps one of its
+    /// own besides).
     pub pool_size: usize,
     /// Connections for long downloads (CSV readings) apart from `pool_size`, so slow
-    /// clients can never take those that listings, feeds and readiness need.
+    /// clients can never take those that listings, feeds and readiness need. When all are
+    /// taken a download is answered 503 at once; one client (an address, an IPv6 /64) holds
+    /// at most half of them.
     pub stream_pool_size: usize,
     /// Seconds to wait for a connection to the database before trying again.
     pub connect_timeout_s: u64,
@@ -178,7 +184,7 @@ pub struct MqttSettings {
     pub share_group: String,
     /// Topic filters of readings (`cityhub/v1/<kind>/<sensor_id>`); adapters add their own.
     pub topics: Vec<String>,
-    /// User name at the broker.
+    /// User name at the broker (or in the URL: `mqtt://user:pass@host`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Password at the broker (better: `password_file` or `CITYHUB_MQTT_PASSWORD`).
@@ -196,7 +202,9 @@ pub struct MqttSettings {
     /// Private key (PEM) of `client_cert_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<PathBuf>,
-    /// MQTT 5 Receive Maximum: how many unacknowledged messages the broker may have in flight to us.
+    /// MQTT 5 Receive Maximum: how many unacknowledged messages the broker may have in
+    /// flight to us, and so the bound on the hub's memory. Keep the broker's in-flight
+    /// limit equal to it (`config/mosquitto.conf`).
     pub receive_maximum: NonZeroU16,
     /// How long the broker keeps our session and queues messages while we are away.
     pub session_expiry_s: u32,
@@ -282,8 +290,10 @@ pub struct HttpSettings {
     /// long, and requests meanwhile get the previous document at once; 0: each
     /// request waits for the last commit.
     pub snapshot_max_lag_ms: u64,
-    /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client
-    /// for rate limiting and logs; anyone else's header is ignored.
+    /// Reverse proxies (CIDRs or addresses, e.g. `["10.0.0.0/8"]`) whose `X-Forwarded-For`
+    /// names the client for rate limiting and logs: the rightmost address that is not
+    /// itself a trusted proxy. Anyone else's header is ignored, so behind a proxy set this,
+    /// or every client shares the proxy's bucket.
     pub trusted_proxies: Vec<crate::values::Network>,
     /// Largest page of readings or items one request returns.
     pub max_page: NonZeroU32,
@@ -293,8 +303,8 @@ pub struct HttpSettings {
     pub header_timeout_s: NonZeroU64,
     /// ...and its body within this one (a slow sender is cut off).
     pub body_timeout_s: NonZeroU64,
-    /// How long an HTTP upload waits for its commit before the client is told to send
-    /// it again (and it is then never stored).
+    /// How long an HTTP upload (`POST /ingest/...`) waits for its commit; past it the
+    /// answer is 503 and the upload is never stored, so the client sends it again.
     pub upload_timeout_s: NonZeroU64,
     /// Basemap tiles of the operator map (`{z}/{x}/{y}` template).
     /// (Empty: no basemap; markers, legend and panel work on a plain background.)
@@ -433,7 +443,7 @@ pub struct IngestSettings {
     pub dead_letter_payload_bytes: usize,
     /// ...and this much of its reason.
     pub dead_letter_reason_bytes: usize,
-    /// Dead letters older than this are deleted (0 keeps them).
+    /// Dead letters older than this many days are deleted, hourly (0 keeps them).
     pub dead_letter_retention_days: u32,
     /// The writer's `statement_timeout`: a stuck statement fails (and is retried)
     /// instead of holding the pipeline, and shutdown, without limit.
@@ -446,15 +456,19 @@ pub struct IngestSettings {
     pub poison_after_attempts: u32,
     /// `/readyz` says not ready while a message has waited longer than this for its commit.
     pub max_unacked_age_s: u64,
-    /// After SIGTERM the hub drains for at most this long, then exits; what is not
-    /// committed by then is not acked, so the broker delivers it again.
+    /// After SIGTERM the hub drains for at most this long, then exits (code 75 when it
+    /// could not finish); what is not committed by then is not acked, so the broker
+    /// delivers it again.
     pub shutdown_timeout_s: NonZeroU64,
-    /// Who may add a sensor: anyone who publishes (`open`), or only the registry
-    /// (`known`: readings of unregistered sensors become `unregistered_sensor` dead letters).
+    /// Who may add a sensor: anyone who publishes (`open`), or only the registry (`known`:
+    /// readings of unregistered sensors become `unregistered_sensor` dead letters). Use
+    /// `known` in production, where anyone who can publish could otherwise fill the
+    /// registry; `open` suits the demo and a first trial.
     pub registration: Registration,
-    /// At most this many sensors are registered from readings (0: no limit); readings
-    /// of sensors past it become `sensor_limit` dead letters. The default, many times
-    /// a city's fleet, bounds what an open broker lets anyone add to the registry.
+    /// At most this many sensors are registered from readings (0: no limit); readings of
+    /// sensors past it become `sensor_limit` dead letters. The default, many times a city's
+    /// fleet, bounds what an open broker lets anyone add to the registry; raise it for a
+    /// region.
     pub max_sensors: u32,
 }
 
@@ -508,13 +522,16 @@ pub enum TimescaleMode {
 pub struct StoreSettings {
     /// Whether to use TimescaleDB.
     pub timescaledb: TimescaleMode,
-    /// Observations older than this are dropped by the retention job, and refused on arrival.
+    /// Days readings are kept: older ones are dropped by the retention job, and refused on
+    /// arrival (`too_old` dead letters).
     pub retention_days: u32,
-    /// TimescaleDB: chunks older than this are compressed.
+    /// TimescaleDB: a chunk (a week of readings) is compressed once its end is this many
+    /// days old.
     pub compress_after_days: u32,
     /// TimescaleDB: who runs the compression, retention and refresh jobs.
     pub maintenance: MaintenanceMode,
-    /// How often the hub checks the jobs' health (and, as leader, runs those due).
+    /// How often each hub reads the jobs' health (for `/readyz` and `/metrics`) and, as the
+    /// elected leader, runs those due.
     pub maintenance_interval_s: u64,
     /// TimescaleDB: how soon after a commit below an aggregate's watermark the hub
     /// refreshes the buckets it touched.
