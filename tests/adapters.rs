@@ -102,7 +102,7 @@ async fn chirpstack_and_the_things_stack_uplinks_end_to_end() {
         ],
     );
 
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "lorawan",
@@ -170,7 +170,7 @@ async fn sensor_community_over_mqtt_and_http() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let conf = config_file("sc");
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "sc",

@@ -127,7 +127,7 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
     let dir = std::env::temp_dir().join(unique("alerts"));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = config(&dir, port, "");
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "alerts",
@@ -297,7 +297,7 @@ async fn acknowledging_needs_the_operator_token() {
     let dir = std::env::temp_dir().join(unique("alerts_ack"));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = config(&dir, port, "");
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "alerts-ack",
@@ -626,7 +626,7 @@ metrics = { level = { unit = "%", min = 0, max = 100 } }
 "#,
     )
     .unwrap();
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "silence",
@@ -835,7 +835,7 @@ secret = "{SECRET}"
         ),
     )
     .unwrap();
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "hooks",

@@ -230,7 +230,7 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
 
     // The configured kind ingests end to end with no code change.
     let broker = Broker::start();
-    let _hub = Hub::start(
+    let _hub = Hub::start_in_process(
         &db,
         &broker,
         "newkind",

@@ -51,7 +51,7 @@ async fn all_stored_once(db: &TestDb, hub: &Hub, msgs: &[cityhub_sim::SimMessage
 async fn broker_restarted_mid_stream() {
     let db = TestDb::new().await;
     let mut broker = Broker::start();
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "broker-restart",
@@ -70,7 +70,7 @@ async fn broker_restarted_mid_stream() {
 async fn database_read_only_then_restored() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "read-only", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "read-only", &[]).await;
     let admin = db.admin().await;
     admin
         .batch_execute(&format!(
@@ -149,7 +149,7 @@ async fn hub_started_while_the_database_is_away() {
 async fn flood_of_malformed_and_oversized_payloads_among_valid_traffic() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "flood", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "flood", &[]).await;
     let valid = sim_stream(54, 10, 3000, &[Format::Native], FaultRates::default());
     let big = vec![b'{'; 100 * 1024];
     let mut items: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -236,7 +236,7 @@ async fn postgres_restarted_mid_stream() {
         .expect("a private PostgreSQL cluster (Debian package postgresql)");
     let db = TestDb::on(&pg.url("postgres")).await;
     let broker = Broker::start();
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "pg-restart",

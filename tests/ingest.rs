@@ -51,7 +51,7 @@ async fn assert_exact(db: &TestDb, msgs: &[cityhub_sim::SimMessage]) {
 async fn every_kind_native_and_senml_lands_exactly() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "exact", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "exact", &[]).await;
     // Two sensors per kind take the formats in turn, so every kind is exercised
     // in native JSON and in SenML.
     let native = sim_stream(
@@ -140,7 +140,7 @@ async fn every_kind_native_and_senml_lands_exactly() {
 async fn redelivery_stores_nothing_twice() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "redeliver", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "redeliver", &[]).await;
     let msgs = sim_stream(3, 5, 80, &[Format::Native], FaultRates::default());
     publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
@@ -166,7 +166,7 @@ async fn redelivery_stores_nothing_twice() {
 async fn bad_input_becomes_dead_letters_and_the_pipeline_goes_on() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "bad", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "bad", &[]).await;
     let now = Utc::now();
     let ts = (now - Duration::minutes(5)).to_rfc3339();
     let future = (now + Duration::hours(2)).to_rfc3339();
@@ -407,7 +407,7 @@ async fn sigkill_mid_stream_loses_nothing() {
 async fn database_connections_killed_mid_stream_lose_nothing() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "pgterm", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "pgterm", &[]).await;
     let msgs = stream(12, 25, 100); // 10,000 messages
     let want = expected_rows(&msgs);
     let publisher = publish_in_background(&broker, &msgs);
@@ -448,8 +448,8 @@ async fn two_hubs_in_a_share_group_split_the_stream() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let group = [("CITYHUB_MQTT_SHARE_GROUP", "cityhub")];
-    let a = Hub::start(&db, &broker, "share-a", &group).await;
-    let b = Hub::start(&db, &broker, "share-b", &group).await;
+    let a = Hub::start_in_process(&db, &broker, "share-a", &group).await;
+    let b = Hub::start_in_process(&db, &broker, "share-b", &group).await;
     let msgs = stream(13, 25, 40); // 4,000 messages
     let want = expected_rows(&msgs);
     publish_in_background(&broker, &msgs).await.unwrap();
@@ -549,7 +549,7 @@ async fn throughput() {
 async fn simulator_report_and_database_agree_with_faults() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let _hub = Hub::start(&db, &broker, "faults", &[]).await;
+    let _hub = Hub::start_in_process(&db, &broker, "faults", &[]).await;
     let faults = FaultRates::parse(
         "malformed=0.03,out_of_range=0.03,unknown_kind=0.03,duplicate=0.05,out_of_order=0.05,burst=0.02",
     )

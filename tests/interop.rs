@@ -79,7 +79,7 @@ hvd_category = "mobility"
         &[("CITYHUB_DATABASE_URL", &db.url)],
     );
     db.register_bins(5000, 100).await;
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "interop",
@@ -287,7 +287,7 @@ async fn owslib_gdal_pandas_and_harvesters_read_the_open_data() {
 async fn an_sse_client_resumes_with_last_event_id_and_misses_nothing() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "sse", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "sse", &[]).await;
     let port = broker.port.to_string();
     let out = run_ok(
         "sse",
@@ -308,7 +308,7 @@ async fn an_sse_client_resumes_with_last_event_id_and_misses_nothing() {
 async fn lwm2m_senml_packs_from_paho_land_by_ipso_object() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "lwm2m", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "lwm2m", &[]).await;
     let port = broker.port.to_string();
     run_ok("lwm2m", python("lwm2m_publish.py", &["127.0.0.1", &port])).await;
     let want = [
@@ -355,7 +355,7 @@ async fn lwm2m_senml_packs_from_paho_land_by_ipso_object() {
 async fn a_read_only_role_reads_the_readings_views_as_the_api_answers() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "reader", &[]).await;
+    let hub = Hub::start_in_process(&db, &broker, "reader", &[]).await;
     feed(&db, &broker, 9, 2, 300).await;
     let role = unique("grafana").to_lowercase().replace('-', "_");
     let out = cli_ok(

@@ -74,7 +74,7 @@ async fn operator_map_in_a_browser() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let dist = web_dir().join("dist");
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "map",
@@ -256,7 +256,7 @@ async fn map_page_and_assets() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let dist = web_dir().join("dist");
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "map-assets",
@@ -322,7 +322,7 @@ async fn map_page_and_assets() {
     // No built map: the page says how to build it, and the API still answers.
     let empty = std::env::temp_dir().join(unique("cityhub_no_map"));
     std::fs::create_dir_all(&empty).unwrap();
-    let hub2 = Hub::start(
+    let hub2 = Hub::start_in_process(
         &db,
         &broker,
         "map-missing",

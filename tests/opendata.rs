@@ -764,7 +764,7 @@ async fn admin_catalogue_docs_and_live_stream() {
 async fn rate_limit_answers_429() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "ratelimit",

@@ -28,7 +28,7 @@ async fn a_message_the_database_refuses_is_isolated_and_the_rest_flows() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     // Batches of many messages, so the poison shares its batch with good ones.
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "poison",
@@ -268,7 +268,7 @@ async fn a_message_refused_even_as_a_dead_letter_is_counted_and_the_rest_flows()
 async fn a_corrupt_bin_depth_does_not_stop_ingestion() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start(
+    let hub = Hub::start_in_process(
         &db,
         &broker,
         "depth",
@@ -536,7 +536,7 @@ async fn an_upload_answered_503_is_never_stored() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let env = [("CITYHUB_HTTP_UPLOAD_TIMEOUT_S", "2")];
-    let hub = Hub::start(&db, &broker, "upload-claim", &env).await;
+    let hub = Hub::start_in_process(&db, &broker, "upload-claim", &env).await;
     let body = r#"{"esp8266id":"4242","sensordatavalues":[{"value_type":"SDS_P1","value":"12.5"},{"value_type":"PMS_P1","value":"12.5"}]}"#;
     let post = || {
         reqwest::Client::new()

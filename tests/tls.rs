@@ -152,7 +152,7 @@ async fn mqtts_with_password_from_a_file() {
         ("CITYHUB_MQTT_USERNAME", "hub"),
         ("CITYHUB_MQTT_PASSWORD_FILE", pwfile.to_str().unwrap()),
     ];
-    let hub = Hub::start(&db, &broker, "tls-pw", &env).await;
+    let hub = Hub::start_in_process(&db, &broker, "tls-pw", &env).await;
     assert_anonymous_refused(&broker, &pki);
     mosquitto_pub(
         &broker,
@@ -201,7 +201,7 @@ async fn mqtts_with_a_client_certificate() {
     });
     let db = TestDb::new().await;
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
-    let _hub = Hub::start(
+    let _hub = Hub::start_in_process(
         &db,
         &broker,
         "tls-cert",
@@ -267,7 +267,7 @@ async fn postgres_over_tls_and_a_refused_certificate() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let tls_url = db.url.replace("sslmode=disable", "sslmode=require");
-    let _hub = Hub::start(
+    let _hub = Hub::start_in_process(
         &db,
         &broker,
         "pg-tls",

@@ -129,8 +129,10 @@ impl Hub {
     }
 
     /// The hub as a library call ([`cityhub_app::start`]) on a runtime and thread of
-    /// its own, with `extra` given as `CITYHUB_...` settings (never read from the
-    /// process environment, which tests share). Ready when this returns.
+    /// its own, with `extra` given as `CITYHUB_...` settings and `CITYHUB_CONFIG` as
+    /// its file (never read from the process environment, which tests share). Ready
+    /// when this returns. Tests use it unless they kill, signal, restart or weigh the
+    /// hub.
     pub async fn start_in_process(
         db: &TestDb,
         broker: &Broker,
@@ -141,9 +143,16 @@ impl Hub {
         vars.push(("CITYHUB_HTTP_ADDR".into(), "127.0.0.1:0".into()));
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         last_wins(&mut vars);
+        // `CITYHUB_CONFIG` names the file, as it does for the binary.
+        let file = vars
+            .iter()
+            .find(|(k, _)| k == "CITYHUB_CONFIG")
+            .map(|(_, v)| PathBuf::from(v));
         let settings = cityhub_config::Settings::load_with_vars(
-            None,
-            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            file.as_deref(),
+            vars.iter()
+                .filter(|(k, _)| k != "CITYHUB_CONFIG")
+                .map(|(k, v)| (k.as_str(), v.as_str())),
         )
         .expect("test hub settings");
         let log = artifacts_dir().join(format!("{}.log", unique(client_id)));
