@@ -407,87 +407,6 @@ async fn acknowledging_needs_the_operator_token() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The receiver is down for two minutes and the hub is killed and restarted in
-/// between: when the receiver is back, it gets every notification.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_down_for_two_minutes_and_a_hub_restart_lose_nothing() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let port = free_port().unwrap();
-    let dir = std::env::temp_dir().join(unique("alerts_down"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = config(&dir, port, "");
-    let mut hub = Hub::start(
-        &db,
-        &broker,
-        "alerts-down",
-        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
-    )
-    .await;
-    let down = std::time::Instant::now();
-    publish(
-        &broker,
-        "bin-d1",
-        chrono::Utc::now() - chrono::Duration::minutes(5),
-        json!({"fill_level": 95.0}),
-    )
-    .await;
-    wait_for(30, "a failed delivery attempt", || {
-        let db = &db;
-        async move {
-            db.count("SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%' AND attempts > 0")
-                .await
-                >= 1
-        }
-    })
-    .await;
-    hub.restart().await;
-    publish(
-        &broker,
-        "bin-d1",
-        chrono::Utc::now(),
-        json!({"fill_level": 5.0}),
-    )
-    .await;
-    wait_for(30, "the cleared notification queued", || {
-        let db = &db;
-        async move {
-            db.count("SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%'")
-                .await
-                == 2
-        }
-    })
-    .await;
-    let remaining = Duration::from_secs(120).saturating_sub(down.elapsed());
-    tokio::time::sleep(remaining).await;
-    assert_eq!(
-        db.count(
-            "SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%' AND delivered_at IS NULL"
-        )
-        .await,
-        2,
-        "nothing could be delivered while the receiver was down"
-    );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let got = receiver(listener);
-    wait_for(30, "both notifications, once the receiver is back", || {
-        let got = got.clone();
-        async move { deliveries(&got).len() >= 2 }
-    })
-    .await;
-    let mut events: Vec<String> = deliveries(&got).into_iter().map(|(e, _)| e).collect();
-    events.dedup();
-    assert_eq!(events, ["raised", "cleared"]);
-    assert_eq!(
-        db.count("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL")
-            .await,
-        0
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 /// Every alert of `sensor` (any state), oldest first.
 async fn history(http: &reqwest::Client, hub: &Hub, sensor: &str) -> Vec<Value> {
     let mut a = alerts(http, hub, &format!("?sensor={sensor}&limit=1000")).await;
@@ -902,4 +821,93 @@ secret = "{SECRET}"
         !log.contains("s3cr3t-path-token"),
         "the log shows a webhook's secret path"
     );
+}
+
+/// Tests that kill, signal, restart or weigh a hub process: the second tier of
+/// `scripts/test` (`cargo test -- process::`).
+mod process {
+    use super::*;
+
+    /// The receiver is down for two minutes and the hub is killed and restarted in
+    /// between: when the receiver is back, it gets every notification.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_down_for_two_minutes_and_a_hub_restart_lose_nothing() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let port = free_port().unwrap();
+        let dir = std::env::temp_dir().join(unique("alerts_down"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = config(&dir, port, "");
+        let mut hub = Hub::start(
+            &db,
+            &broker,
+            "alerts-down",
+            &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
+        )
+        .await;
+        let down = std::time::Instant::now();
+        publish(
+            &broker,
+            "bin-d1",
+            chrono::Utc::now() - chrono::Duration::minutes(5),
+            json!({"fill_level": 95.0}),
+        )
+        .await;
+        wait_for(30, "a failed delivery attempt", || {
+            let db = &db;
+            async move {
+                db.count(
+                    "SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%' AND attempts > 0",
+                )
+                .await
+                    >= 1
+            }
+        })
+        .await;
+        hub.restart().await;
+        publish(
+            &broker,
+            "bin-d1",
+            chrono::Utc::now(),
+            json!({"fill_level": 5.0}),
+        )
+        .await;
+        wait_for(30, "the cleared notification queued", || {
+            let db = &db;
+            async move {
+                db.count("SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%'")
+                    .await
+                    == 2
+            }
+        })
+        .await;
+        let remaining = Duration::from_secs(120).saturating_sub(down.elapsed());
+        tokio::time::sleep(remaining).await;
+        assert_eq!(
+            db.count(
+                "SELECT count(*) FROM alert_outbox WHERE target LIKE 'http%' AND delivered_at IS NULL"
+            )
+            .await,
+            2,
+            "nothing could be delivered while the receiver was down"
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let got = receiver(listener);
+        wait_for(30, "both notifications, once the receiver is back", || {
+            let got = got.clone();
+            async move { deliveries(&got).len() >= 2 }
+        })
+        .await;
+        let mut events: Vec<String> = deliveries(&got).into_iter().map(|(e, _)| e).collect();
+        events.dedup();
+        assert_eq!(events, ["raised", "cleared"]);
+        assert_eq!(
+            db.count("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL")
+                .await,
+            0
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

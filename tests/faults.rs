@@ -113,39 +113,6 @@ async fn database_read_only_then_restored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_started_while_the_database_is_away() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    // A first run creates the hub's persistent session at the broker.
-    let mut hub = Hub::start(&db, &broker, "db-late", &[]).await;
-    hub.kill9();
-    db.allow_connections(false).await;
-    let msgs = sim_stream(
-        53,
-        10,
-        3000,
-        &[Format::Native, Format::Senml],
-        FaultRates::default(),
-    );
-    publish_sim(&broker, &msgs).await;
-    let hub = Hub::start_unready(&db, &broker, "db-late", &[]).await;
-    let r = reqwest::get(hub.url("/readyz")).await.unwrap();
-    assert_eq!(r.status(), 503);
-    assert!(r
-        .text()
-        .await
-        .unwrap()
-        .contains("\"database\":\"unavailable\""));
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    db.allow_connections(true).await;
-    hub.wait_ready().await;
-    wait_for(120, "the backlog after the database appeared", || async {
-        db.observations().await == expected_rows(&msgs)
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_malformed_and_oversized_payloads_among_valid_traffic() {
     let db = TestDb::new().await;
     let broker = Broker::start();
@@ -185,46 +152,6 @@ async fn flood_of_malformed_and_oversized_payloads_among_valid_traffic() {
         hub.metric("cityhub_dead_letters_total").await,
         (malformed + oversized) as f64
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_stays_bounded_while_the_database_is_away() {
-    // The bound: the broker sends at most max_inflight_messages (4096 in
-    // config/mosquitto.conf) unacknowledged messages to the hub, whatever the backlog.
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "memory", &[]).await;
-    let idle = hub.rss_kib();
-    db.allow_connections(false).await;
-    db.terminate_hub_connections().await;
-    let msgs = sim_stream(55, 50, 40_000, &[Format::Native], FaultRates::default());
-    publish_sim(&broker, &msgs).await;
-    // Lower bound: the broker filled the whole in-flight window (so the hub was really
-    // holding messages it could not store). Upper bound: never more, while it stays full.
-    wait_for(60, "the hub to hold a full in-flight window", || async {
-        hub.metric("cityhub_acks_pending").await >= 4096.0
-    })
-    .await;
-    let mut peak = 0;
-    for _ in 0..10 {
-        let pending = hub.metric("cityhub_acks_pending").await;
-        assert!(
-            (4096.0..=4096.0 + 64.0).contains(&pending),
-            "the hub holds {pending} messages; the broker's in-flight window is 4096"
-        );
-        peak = peak.max(hub.rss_kib());
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    eprintln!("memory: idle {idle} KiB, with 40,000 messages waiting {peak} KiB");
-    assert!(
-        peak < idle + 64 * 1024,
-        "resident memory grew by more than 64 MiB: {idle} -> {peak} KiB"
-    );
-    db.allow_connections(true).await;
-    wait_for(180, "the whole backlog after the outage", || async {
-        db.observations().await == expected_rows(&msgs)
-    })
-    .await;
 }
 
 /// A PostgreSQL server of the test's own (a private cluster on a free port),
@@ -311,4 +238,83 @@ async fn a_full_window_during_a_long_lock_keeps_the_session() {
         hub.metric("cityhub_observations_duplicate_total").await,
         0.0
     );
+}
+
+/// Tests that kill, signal, restart or weigh a hub process: the second tier of
+/// `scripts/test` (`cargo test -- process::`).
+mod process {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hub_started_while_the_database_is_away() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        // A first run creates the hub's persistent session at the broker.
+        let mut hub = Hub::start(&db, &broker, "db-late", &[]).await;
+        hub.kill9();
+        db.allow_connections(false).await;
+        let msgs = sim_stream(
+            53,
+            10,
+            3000,
+            &[Format::Native, Format::Senml],
+            FaultRates::default(),
+        );
+        publish_sim(&broker, &msgs).await;
+        let hub = Hub::start_unready(&db, &broker, "db-late", &[]).await;
+        let r = reqwest::get(hub.url("/readyz")).await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r
+            .text()
+            .await
+            .unwrap()
+            .contains("\"database\":\"unavailable\""));
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        db.allow_connections(true).await;
+        hub.wait_ready().await;
+        wait_for(120, "the backlog after the database appeared", || async {
+            db.observations().await == expected_rows(&msgs)
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_stays_bounded_while_the_database_is_away() {
+        // The bound: the broker sends at most max_inflight_messages (4096 in
+        // config/mosquitto.conf) unacknowledged messages to the hub, whatever the backlog.
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let hub = Hub::start(&db, &broker, "memory", &[]).await;
+        let idle = hub.rss_kib();
+        db.allow_connections(false).await;
+        db.terminate_hub_connections().await;
+        let msgs = sim_stream(55, 50, 40_000, &[Format::Native], FaultRates::default());
+        publish_sim(&broker, &msgs).await;
+        // Lower bound: the broker filled the whole in-flight window (so the hub was really
+        // holding messages it could not store). Upper bound: never more, while it stays full.
+        wait_for(60, "the hub to hold a full in-flight window", || async {
+            hub.metric("cityhub_acks_pending").await >= 4096.0
+        })
+        .await;
+        let mut peak = 0;
+        for _ in 0..10 {
+            let pending = hub.metric("cityhub_acks_pending").await;
+            assert!(
+                (4096.0..=4096.0 + 64.0).contains(&pending),
+                "the hub holds {pending} messages; the broker's in-flight window is 4096"
+            );
+            peak = peak.max(hub.rss_kib());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        eprintln!("memory: idle {idle} KiB, with 40,000 messages waiting {peak} KiB");
+        assert!(
+            peak < idle + 64 * 1024,
+            "resident memory grew by more than 64 MiB: {idle} -> {peak} KiB"
+        );
+        db.allow_connections(true).await;
+        wait_for(180, "the whole backlog after the outage", || async {
+            db.observations().await == expected_rows(&msgs)
+        })
+        .await;
+    }
 }

@@ -369,41 +369,6 @@ fn stream(seed: u64, per_kind: usize, rounds: usize) -> Vec<cityhub_sim::SimMess
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_loses_nothing() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let mut hub = Hub::start(&db, &broker, "killed", &[]).await;
-    let msgs = stream(11, 50, 100); // 20,000 messages, 75,000 rows
-    assert_eq!(msgs.len(), 20_000);
-    let want = expected_rows(&msgs);
-    let publisher = publish_in_background(&broker, &msgs);
-    let mut kills = 0;
-    for fraction in [5, 3, 2] {
-        wait_for(120, "progress before kill", || async {
-            db.observations().await >= want / fraction as i64
-        })
-        .await;
-        let before = db.observations().await;
-        hub.kill9();
-        kills += 1;
-        assert!(
-            before < want,
-            "kill {kills} came after the stream ended; nothing was tested"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        hub.restart().await;
-    }
-    let report = publisher.await.unwrap();
-    assert_eq!(report.acknowledged, 20_000);
-    wait_for(180, "every row after three SIGKILLs", || async {
-        db.observations().await >= want
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    assert_exact(&db, &msgs).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_connections_killed_mid_stream_lose_nothing() {
     let db = TestDb::new().await;
     let broker = Broker::start();
@@ -468,80 +433,6 @@ async fn two_hubs_in_a_share_group_split_the_stream() {
         ra + rb,
         msgs.len() as f64,
         "each message went to exactly one hub"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_commits_and_exits_cleanly() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let mut hub = Hub::start(&db, &broker, "graceful", &[]).await;
-    let msgs = stream(14, 10, 50);
-    let want = expected_rows(&msgs);
-    let publisher = publish_in_background(&broker, &msgs);
-    wait_for(60, "progress", || async {
-        db.observations().await >= want / 3
-    })
-    .await;
-    assert!(hub.terminate(), "hub did not exit cleanly on SIGTERM");
-    publisher.await.unwrap();
-    hub.restart().await;
-    wait_for(60, "the rest after restart", || async {
-        db.observations().await >= want
-    })
-    .await;
-    assert_exact(&db, &msgs).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backlog_queued_while_the_hub_was_down_drains_completely() {
-    // A resumed session delivers a large backlog at once: the pipeline must keep
-    // acking while it stores (a blocked event loop here once deadlocked the hub).
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let mut hub = Hub::start(&db, &broker, "backlog", &[]).await;
-    hub.kill9();
-    let msgs = stream(15, 100, 100); // 40,000 messages queued for the stopped hub
-    let want = expected_rows(&msgs);
-    publish_in_background(&broker, &msgs).await.unwrap();
-    hub.restart().await;
-    wait_for(300, "the whole backlog", || async {
-        db.observations().await >= want
-    })
-    .await;
-    assert_exact(&db, &msgs).await;
-}
-
-/// Not a test of correctness: measures one hub's end-to-end rate on this machine.
-/// `cargo test --release --test ingest throughput -- --ignored --nocapture`
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement, run by hand"]
-async fn throughput() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start(&db, &broker, "throughput", &[("RUST_LOG", "warn")]).await;
-    let msgs = stream(21, 250, 100); // 100,000 messages, 375,000 rows
-    let want = expected_rows(&msgs);
-    // Queue everything at the broker first, with the hub's session offline, then
-    // measure how fast the hub drains it: the publisher's speed is not measured.
-    let mut hub = hub;
-    hub.kill9();
-    publish_in_background(&broker, &msgs).await.unwrap();
-    let started = std::time::Instant::now();
-    hub.restart().await;
-    wait_for(600, "all rows", || async {
-        db.observations().await >= want
-    })
-    .await;
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "throughput: {} messages ({} rows) in {:.2} s = {:.0} messages/s, {:.0} rows/s (backend {})",
-        msgs.len(),
-        want,
-        secs,
-        msgs.len() as f64 / secs,
-        want as f64 / secs,
-        reqwest::get(hub.url("/readyz")).await.unwrap().text().await.unwrap()
     );
 }
 
@@ -845,4 +736,119 @@ async fn open_registration_is_bounded_by_default() {
     )
     .await;
     assert_eq!(db.count("SELECT count(*) FROM sensors").await, 50_000);
+}
+
+/// Tests that kill, signal, restart or weigh a hub process: the second tier of
+/// `scripts/test` (`cargo test -- process::`).
+mod process {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigkill_mid_stream_loses_nothing() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let mut hub = Hub::start(&db, &broker, "killed", &[]).await;
+        let msgs = stream(11, 50, 100); // 20,000 messages, 75,000 rows
+        assert_eq!(msgs.len(), 20_000);
+        let want = expected_rows(&msgs);
+        let publisher = publish_in_background(&broker, &msgs);
+        let mut kills = 0;
+        for fraction in [5, 3, 2] {
+            wait_for(120, "progress before kill", || async {
+                db.observations().await >= want / fraction as i64
+            })
+            .await;
+            let before = db.observations().await;
+            hub.kill9();
+            kills += 1;
+            assert!(
+                before < want,
+                "kill {kills} came after the stream ended; nothing was tested"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            hub.restart().await;
+        }
+        let report = publisher.await.unwrap();
+        assert_eq!(report.acknowledged, 20_000);
+        wait_for(180, "every row after three SIGKILLs", || async {
+            db.observations().await >= want
+        })
+        .await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_exact(&db, &msgs).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn graceful_shutdown_commits_and_exits_cleanly() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let mut hub = Hub::start(&db, &broker, "graceful", &[]).await;
+        let msgs = stream(14, 10, 50);
+        let want = expected_rows(&msgs);
+        let publisher = publish_in_background(&broker, &msgs);
+        wait_for(60, "progress", || async {
+            db.observations().await >= want / 3
+        })
+        .await;
+        assert!(hub.terminate(), "hub did not exit cleanly on SIGTERM");
+        publisher.await.unwrap();
+        hub.restart().await;
+        wait_for(60, "the rest after restart", || async {
+            db.observations().await >= want
+        })
+        .await;
+        assert_exact(&db, &msgs).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backlog_queued_while_the_hub_was_down_drains_completely() {
+        // A resumed session delivers a large backlog at once: the pipeline must keep
+        // acking while it stores (a blocked event loop here once deadlocked the hub).
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let mut hub = Hub::start(&db, &broker, "backlog", &[]).await;
+        hub.kill9();
+        let msgs = stream(15, 100, 100); // 40,000 messages queued for the stopped hub
+        let want = expected_rows(&msgs);
+        publish_in_background(&broker, &msgs).await.unwrap();
+        hub.restart().await;
+        wait_for(300, "the whole backlog", || async {
+            db.observations().await >= want
+        })
+        .await;
+        assert_exact(&db, &msgs).await;
+    }
+
+    /// Not a test of correctness: measures one hub's end-to-end rate on this machine.
+    /// `cargo test --release --test ingest throughput -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement, run by hand"]
+    async fn throughput() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let hub = Hub::start(&db, &broker, "throughput", &[("RUST_LOG", "warn")]).await;
+        let msgs = stream(21, 250, 100); // 100,000 messages, 375,000 rows
+        let want = expected_rows(&msgs);
+        // Queue everything at the broker first, with the hub's session offline, then
+        // measure how fast the hub drains it: the publisher's speed is not measured.
+        let mut hub = hub;
+        hub.kill9();
+        publish_in_background(&broker, &msgs).await.unwrap();
+        let started = std::time::Instant::now();
+        hub.restart().await;
+        wait_for(600, "all rows", || async {
+            db.observations().await >= want
+        })
+        .await;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "throughput: {} messages ({} rows) in {:.2} s = {:.0} messages/s, {:.0} rows/s (backend {})",
+            msgs.len(),
+            want,
+            secs,
+            msgs.len() as f64 / secs,
+            want as f64 / secs,
+            reqwest::get(hub.url("/readyz")).await.unwrap().text().await.unwrap()
+        );
+    }
 }

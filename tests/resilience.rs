@@ -309,226 +309,6 @@ async fn a_corrupt_bin_depth_does_not_stop_ingestion() {
     assert_eq!(rows_of(&db, "bin-deep").await, 1, "only the distance");
 }
 
-/// 1,200 payloads of 6,000 unknown metrics each (every one a reason naming the kind's
-/// metrics: about 700 KB of reasons per message) arrive while the sensors table is
-/// locked for 20 s, then ordinary traffic. The flood is dead-lettered with its reasons
-/// cut short, memory stays bounded, readiness says the pipeline is stalled meanwhile,
-/// and after the lock every valid reading is stored within 30 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_amplified_flood_during_a_table_lock_neither_stalls_nor_bloats() {
-    const FLOOD: usize = 1200;
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start(
-        &db,
-        &broker,
-        "flood-lock",
-        &[("CITYHUB_INGEST_MAX_UNACKED_AGE_S", "3")],
-    )
-    .await;
-    let flood_payload: String = {
-        let keys: Vec<String> = (0..6000).map(|i| format!("\"u{i}\":1")).collect();
-        format!("{{\"values\":{{{}}}}}", keys.join(","))
-    };
-    assert!(flood_payload.len() < 64 * 1024, "{}", flood_payload.len());
-    let topics: Vec<String> = (0..FLOOD)
-        .map(|i| format!("cityhub/v1/waste_bin/flood-{i}"))
-        .collect();
-    let valid = sim_stream(63, 10, 300, &[Format::Native], FaultRates::default());
-    let mut items: Vec<(&str, Vec<u8>)> = topics
-        .iter()
-        .map(|t| (t.as_str(), flood_payload.clone().into_bytes()))
-        .collect();
-    items.extend(valid.iter().map(|m| (m.topic.as_str(), m.payload.clone())));
-
-    let lock = db.lock("sensors").await;
-    let locked_at = Instant::now();
-    publish_raw(&broker, &items).await;
-    let mut peak = hub.rss_kib();
-    let mut stalled_seen = false;
-    while locked_at.elapsed() < Duration::from_secs(20) {
-        peak = peak.max(hub.rss_kib());
-        if let Ok(r) = reqwest::get(hub.url("/readyz")).await {
-            let body = r.text().await.unwrap_or_default();
-            stalled_seen |= body.contains("\"ingest\":\"stalled\"");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    lock.release().await;
-    let released = Instant::now();
-    let want = expected_rows(&valid);
-    wait_for(30, "every valid reading after the lock", || async {
-        db.observations().await == want
-    })
-    .await;
-    peak = peak.max(hub.rss_kib());
-    eprintln!(
-        "flood: valid rows stored {:.1} s after the lock, peak RSS {} MiB",
-        released.elapsed().as_secs_f64(),
-        peak / 1024
-    );
-    assert!(stalled_seen, "/readyz never said the pipeline was stalled");
-    wait_for(60, "the flood's dead letters", || async {
-        db.count("SELECT count(*) FROM dead_letters WHERE reason_code = 'unknown_metric'")
-            .await
-            == FLOOD as i64
-    })
-    .await;
-    let c = db.client().await;
-    let r = c
-        .query_one(
-            "SELECT max(octet_length(reason)), min(reason_bytes) FROM dead_letters",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (longest, full): (i32, i32) = (r.get(0), r.get(1));
-    assert!(longest <= 1024, "a stored reason has {longest} bytes");
-    assert!(
-        full > 500_000,
-        "the full reason length was not recorded: {full}"
-    );
-    assert!(
-        peak < 256 * 1024,
-        "the hub's resident memory reached {} MiB",
-        peak / 1024
-    );
-    assert!(hub.metric("cityhub_oldest_unacked_seconds").await < 3.0);
-}
-
-/// A retained reading without a timestamp, then three restarts: the broker's retained
-/// copy is never stored again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retained_reading_is_stored_once_across_restarts() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let mut hub = Hub::start(&db, &broker, "retained", &[]).await;
-    let out = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-r",
-        ])
-        .args(["-t", "cityhub/v1/waste_bin/bin-retained"])
-        .args(["-m", r#"{"values":{"fill_level":42}}"#])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    wait_for(30, "the retained reading", || async {
-        rows_of(&db, "bin-retained").await == 1
-    })
-    .await;
-    for i in 0..3 {
-        hub.restart().await;
-        // A later message: once it is stored, anything sent before it was handled too.
-        let topic = format!("cityhub/v1/waste_bin/sentinel-{i}");
-        publish_raw(&broker, &[(topic.as_str(), reading(10.0))]).await;
-        wait_for(30, "the sentinel", || async {
-            rows_of(&db, &format!("sentinel-{i}")).await == 2
-        })
-        .await;
-    }
-    assert_eq!(rows_of(&db, "bin-retained").await, 1);
-}
-
-/// SIGTERM while a table stays locked for 90 s: the hub exits within its shutdown
-/// deadline, acking nothing it did not commit; restarted, it stores every message once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_a_locked_table_exits_within_the_deadline() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let env = [("CITYHUB_INGEST_SHUTDOWN_TIMEOUT_S", "8")];
-    let mut hub = Hub::start(&db, &broker, "sigterm-lock", &env).await;
-    let msgs = sim_stream(64, 10, 600, &[Format::Native], FaultRates::default());
-    publish_sim(&broker, &msgs[..300]).await;
-    wait_for(60, "the first half", || async {
-        db.observations().await == expected_rows(&msgs[..300])
-    })
-    .await;
-    let lock = db.lock("observations_data").await;
-    publish_sim(&broker, &msgs[300..]).await;
-    wait_for(30, "the second half in the hub", || async {
-        hub.metric("cityhub_mqtt_messages_received_total").await >= 600.0
-    })
-    .await;
-    let t = Instant::now();
-    let exited = tokio::task::block_in_place(|| hub.terminate_within(Duration::from_secs(20)));
-    let took = t.elapsed();
-    eprintln!("SIGTERM with a locked table: exited after {took:?} ({exited:?})");
-    assert!(
-        exited.is_some(),
-        "the hub was still running 20 s after SIGTERM"
-    );
-    lock.release().await;
-    hub.restart().await;
-    wait_for(60, "every row after the restart", || async {
-        db.observations().await >= expected_rows(&msgs)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(db.observations().await, expected_rows(&msgs));
-}
-
-/// A client sending its request head one byte a second is cut off at the head
-/// deadline, and another one does not hold SIGTERM.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_clients_are_cut_off_and_do_not_hold_sigterm() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let env = [
-        ("CITYHUB_INGEST_SHUTDOWN_TIMEOUT_S", "8"),
-        ("CITYHUB_HTTP_HEADER_TIMEOUT_S", "3"),
-    ];
-    let mut hub = Hub::start(&db, &broker, "slowloris", &env).await;
-    let port = hub.http_port;
-    let slow_client = move || async move {
-        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut read, mut write) = s.into_split();
-        let writer = tokio::spawn(async move {
-            for b in
-                b"POST /ingest/sensor-community HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
-            {
-                if write.write_all(&[*b]).await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-        // Returns when the server closes the connection.
-        let mut buf = [0u8; 256];
-        while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
-        writer.abort();
-    };
-    let t = Instant::now();
-    tokio::time::timeout(Duration::from_secs(15), slow_client())
-        .await
-        .expect("the server never closed a connection whose head never ended");
-    let cut = t.elapsed();
-    eprintln!("slow client: cut off after {cut:?}");
-    assert!(cut >= Duration::from_secs(2), "closed too early: {cut:?}");
-
-    let held = tokio::spawn(slow_client());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let t = Instant::now();
-    let exited = tokio::task::block_in_place(|| hub.terminate_within(Duration::from_secs(20)));
-    eprintln!(
-        "SIGTERM with a slow client: exited after {:?} ({exited:?})",
-        t.elapsed()
-    );
-    assert!(
-        exited.is_some(),
-        "the hub was still running 20 s after SIGTERM"
-    );
-    held.abort();
-}
-
 /// An upload whose client was answered 503 (no commit within its wait) is never
 /// stored, even when the database frees up a moment later; sent again, it is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,70 +347,296 @@ async fn an_upload_answered_503_is_never_stored() {
     assert_eq!(rows_of(&db, "sc-4242").await, 1);
 }
 
-/// A broker with no in-flight cap, 50,000 messages queued for the hub, the database
-/// away and the broker restarted five times: the hub never holds more than its own
-/// Receive Maximum (4096) unacked, drops what a lost connection left behind instead of
-/// hoarding it, and once the database is back stores every message exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_broker_cap_many_reconnects_bounded_memory_and_every_message_once() {
-    let db = TestDb::new().await;
-    let mut broker = Broker::start_editing(
-        |port| format!("listener {port} 127.0.0.1"),
-        |l| {
-            l.starts_with("max_inflight_messages ")
-                .then(|| "max_inflight_messages 0".to_owned())
-        },
-    );
-    let hub = Hub::start(&db, &broker, "nocap", &[]).await;
-    let idle = hub.rss_kib();
-    db.allow_connections(false).await;
-    db.terminate_hub_connections().await;
-    let msgs = sim_stream(65, 100, 50_000, &[Format::Native], FaultRates::default());
-    publish_sim(&broker, &msgs).await;
-    let mut peak_pending = 0.0f64;
-    let mut peak_rss = 0;
-    let mut sample = |pending: f64, rss: u64| {
-        peak_pending = peak_pending.max(pending);
-        peak_rss = peak_rss.max(rss);
-    };
-    for _ in 0..5 {
-        wait_for(60, "the hub to fill its window", || async {
-            hub.metric("cityhub_acks_pending").await >= 4000.0
+/// Tests that kill, signal, restart or weigh a hub process: the second tier of
+/// `scripts/test` (`cargo test -- process::`).
+mod process {
+    use super::*;
+
+    /// 1,200 payloads of 6,000 unknown metrics each (every one a reason naming the kind's
+    /// metrics: about 700 KB of reasons per message) arrive while the sensors table is
+    /// locked for 20 s, then ordinary traffic. The flood is dead-lettered with its reasons
+    /// cut short, memory stays bounded, readiness says the pipeline is stalled meanwhile,
+    /// and after the lock every valid reading is stored within 30 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_amplified_flood_during_a_table_lock_neither_stalls_nor_bloats() {
+        const FLOOD: usize = 1200;
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let hub = Hub::start(
+            &db,
+            &broker,
+            "flood-lock",
+            &[("CITYHUB_INGEST_MAX_UNACKED_AGE_S", "3")],
+        )
+        .await;
+        let flood_payload: String = {
+            let keys: Vec<String> = (0..6000).map(|i| format!("\"u{i}\":1")).collect();
+            format!("{{\"values\":{{{}}}}}", keys.join(","))
+        };
+        assert!(flood_payload.len() < 64 * 1024, "{}", flood_payload.len());
+        let topics: Vec<String> = (0..FLOOD)
+            .map(|i| format!("cityhub/v1/waste_bin/flood-{i}"))
+            .collect();
+        let valid = sim_stream(63, 10, 300, &[Format::Native], FaultRates::default());
+        let mut items: Vec<(&str, Vec<u8>)> = topics
+            .iter()
+            .map(|t| (t.as_str(), flood_payload.clone().into_bytes()))
+            .collect();
+        items.extend(valid.iter().map(|m| (m.topic.as_str(), m.payload.clone())));
+
+        let lock = db.lock("sensors").await;
+        let locked_at = Instant::now();
+        publish_raw(&broker, &items).await;
+        let mut peak = hub.rss_kib();
+        let mut stalled_seen = false;
+        while locked_at.elapsed() < Duration::from_secs(20) {
+            peak = peak.max(hub.rss_kib());
+            if let Ok(r) = reqwest::get(hub.url("/readyz")).await {
+                let body = r.text().await.unwrap_or_default();
+                stalled_seen |= body.contains("\"ingest\":\"stalled\"");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lock.release().await;
+        let released = Instant::now();
+        let want = expected_rows(&valid);
+        wait_for(30, "every valid reading after the lock", || async {
+            db.observations().await == want
         })
         .await;
-        sample(hub.metric("cityhub_acks_pending").await, hub.rss_kib());
-        broker.restart();
-        for _ in 0..10 {
-            sample(hub.metric("cityhub_acks_pending").await, hub.rss_kib());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    eprintln!(
-        "no broker cap: at most {peak_pending} messages held, RSS idle {} MiB, peak {} MiB",
-        idle / 1024,
-        peak_rss / 1024
-    );
-    assert!(
-        peak_pending <= 4096.0 + 64.0,
-        "the hub held {peak_pending} unacked messages, above its Receive Maximum"
-    );
-    assert!(
-        peak_rss < idle + 128 * 1024,
-        "resident memory grew from {idle} to {peak_rss} KiB"
-    );
-    db.allow_connections(true).await;
-    let want = expected_rows(&msgs);
-    let t = Instant::now();
-    while db.observations().await < want && t.elapsed() < Duration::from_secs(240) {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        peak = peak.max(hub.rss_kib());
         eprintln!(
-            "after {:?}: {} of {want} rows, {} held, {} received",
-            t.elapsed(),
-            db.observations().await,
-            hub.metric("cityhub_acks_pending").await,
-            hub.metric("cityhub_mqtt_messages_received_total").await
+            "flood: valid rows stored {:.1} s after the lock, peak RSS {} MiB",
+            released.elapsed().as_secs_f64(),
+            peak / 1024
         );
+        assert!(stalled_seen, "/readyz never said the pipeline was stalled");
+        wait_for(60, "the flood's dead letters", || async {
+            db.count("SELECT count(*) FROM dead_letters WHERE reason_code = 'unknown_metric'")
+                .await
+                == FLOOD as i64
+        })
+        .await;
+        let c = db.client().await;
+        let r = c
+            .query_one(
+                "SELECT max(octet_length(reason)), min(reason_bytes) FROM dead_letters",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (longest, full): (i32, i32) = (r.get(0), r.get(1));
+        assert!(longest <= 1024, "a stored reason has {longest} bytes");
+        assert!(
+            full > 500_000,
+            "the full reason length was not recorded: {full}"
+        );
+        assert!(
+            peak < 256 * 1024,
+            "the hub's resident memory reached {} MiB",
+            peak / 1024
+        );
+        assert!(hub.metric("cityhub_oldest_unacked_seconds").await < 3.0);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(db.observations().await, want);
+
+    /// A retained reading without a timestamp, then three restarts: the broker's retained
+    /// copy is never stored again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retained_reading_is_stored_once_across_restarts() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let mut hub = Hub::start(&db, &broker, "retained", &[]).await;
+        let out = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "-q",
+                "1",
+                "-r",
+            ])
+            .args(["-t", "cityhub/v1/waste_bin/bin-retained"])
+            .args(["-m", r#"{"values":{"fill_level":42}}"#])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        wait_for(30, "the retained reading", || async {
+            rows_of(&db, "bin-retained").await == 1
+        })
+        .await;
+        for i in 0..3 {
+            hub.restart().await;
+            // A later message: once it is stored, anything sent before it was handled too.
+            let topic = format!("cityhub/v1/waste_bin/sentinel-{i}");
+            publish_raw(&broker, &[(topic.as_str(), reading(10.0))]).await;
+            wait_for(30, "the sentinel", || async {
+                rows_of(&db, &format!("sentinel-{i}")).await == 2
+            })
+            .await;
+        }
+        assert_eq!(rows_of(&db, "bin-retained").await, 1);
+    }
+
+    /// SIGTERM while a table stays locked for 90 s: the hub exits within its shutdown
+    /// deadline, acking nothing it did not commit; restarted, it stores every message once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_with_a_locked_table_exits_within_the_deadline() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let env = [("CITYHUB_INGEST_SHUTDOWN_TIMEOUT_S", "8")];
+        let mut hub = Hub::start(&db, &broker, "sigterm-lock", &env).await;
+        let msgs = sim_stream(64, 10, 600, &[Format::Native], FaultRates::default());
+        publish_sim(&broker, &msgs[..300]).await;
+        wait_for(60, "the first half", || async {
+            db.observations().await == expected_rows(&msgs[..300])
+        })
+        .await;
+        let lock = db.lock("observations_data").await;
+        publish_sim(&broker, &msgs[300..]).await;
+        wait_for(30, "the second half in the hub", || async {
+            hub.metric("cityhub_mqtt_messages_received_total").await >= 600.0
+        })
+        .await;
+        let t = Instant::now();
+        let exited = tokio::task::block_in_place(|| hub.terminate_within(Duration::from_secs(20)));
+        let took = t.elapsed();
+        eprintln!("SIGTERM with a locked table: exited after {took:?} ({exited:?})");
+        assert!(
+            exited.is_some(),
+            "the hub was still running 20 s after SIGTERM"
+        );
+        lock.release().await;
+        hub.restart().await;
+        wait_for(60, "every row after the restart", || async {
+            db.observations().await >= expected_rows(&msgs)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(db.observations().await, expected_rows(&msgs));
+    }
+
+    /// A client sending its request head one byte a second is cut off at the head
+    /// deadline, and another one does not hold SIGTERM.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_clients_are_cut_off_and_do_not_hold_sigterm() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let env = [
+            ("CITYHUB_INGEST_SHUTDOWN_TIMEOUT_S", "8"),
+            ("CITYHUB_HTTP_HEADER_TIMEOUT_S", "3"),
+        ];
+        let mut hub = Hub::start(&db, &broker, "slowloris", &env).await;
+        let port = hub.http_port;
+        let slow_client = move || async move {
+            let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut read, mut write) = s.into_split();
+            let writer = tokio::spawn(async move {
+                for b in
+                    b"POST /ingest/sensor-community HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+                {
+                    if write.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            // Returns when the server closes the connection.
+            let mut buf = [0u8; 256];
+            while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+            writer.abort();
+        };
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(15), slow_client())
+            .await
+            .expect("the server never closed a connection whose head never ended");
+        let cut = t.elapsed();
+        eprintln!("slow client: cut off after {cut:?}");
+        assert!(cut >= Duration::from_secs(2), "closed too early: {cut:?}");
+
+        let held = tokio::spawn(slow_client());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = Instant::now();
+        let exited = tokio::task::block_in_place(|| hub.terminate_within(Duration::from_secs(20)));
+        eprintln!(
+            "SIGTERM with a slow client: exited after {:?} ({exited:?})",
+            t.elapsed()
+        );
+        assert!(
+            exited.is_some(),
+            "the hub was still running 20 s after SIGTERM"
+        );
+        held.abort();
+    }
+
+    /// A broker with no in-flight cap, 50,000 messages queued for the hub, the database
+    /// away and the broker restarted five times: the hub never holds more than its own
+    /// Receive Maximum (4096) unacked, drops what a lost connection left behind instead of
+    /// hoarding it, and once the database is back stores every message exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_broker_cap_many_reconnects_bounded_memory_and_every_message_once() {
+        let db = TestDb::new().await;
+        let mut broker = Broker::start_editing(
+            |port| format!("listener {port} 127.0.0.1"),
+            |l| {
+                l.starts_with("max_inflight_messages ")
+                    .then(|| "max_inflight_messages 0".to_owned())
+            },
+        );
+        let hub = Hub::start(&db, &broker, "nocap", &[]).await;
+        let idle = hub.rss_kib();
+        db.allow_connections(false).await;
+        db.terminate_hub_connections().await;
+        let msgs = sim_stream(65, 100, 50_000, &[Format::Native], FaultRates::default());
+        publish_sim(&broker, &msgs).await;
+        let mut peak_pending = 0.0f64;
+        let mut peak_rss = 0;
+        let mut sample = |pending: f64, rss: u64| {
+            peak_pending = peak_pending.max(pending);
+            peak_rss = peak_rss.max(rss);
+        };
+        for _ in 0..5 {
+            wait_for(60, "the hub to fill its window", || async {
+                hub.metric("cityhub_acks_pending").await >= 4000.0
+            })
+            .await;
+            sample(hub.metric("cityhub_acks_pending").await, hub.rss_kib());
+            broker.restart();
+            for _ in 0..10 {
+                sample(hub.metric("cityhub_acks_pending").await, hub.rss_kib());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        eprintln!(
+            "no broker cap: at most {peak_pending} messages held, RSS idle {} MiB, peak {} MiB",
+            idle / 1024,
+            peak_rss / 1024
+        );
+        assert!(
+            peak_pending <= 4096.0 + 64.0,
+            "the hub held {peak_pending} unacked messages, above its Receive Maximum"
+        );
+        assert!(
+            peak_rss < idle + 128 * 1024,
+            "resident memory grew from {idle} to {peak_rss} KiB"
+        );
+        db.allow_connections(true).await;
+        let want = expected_rows(&msgs);
+        let t = Instant::now();
+        while db.observations().await < want && t.elapsed() < Duration::from_secs(240) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            eprintln!(
+                "after {:?}: {} of {want} rows, {} held, {} received",
+                t.elapsed(),
+                db.observations().await,
+                hub.metric("cityhub_acks_pending").await,
+                hub.metric("cityhub_mqtt_messages_received_total").await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(db.observations().await, want);
+    }
 }

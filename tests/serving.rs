@@ -134,88 +134,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start(
-        &db,
-        &broker,
-        "fleet-100k",
-        &[
-            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
-            // As in production: commits reach the listing in the background.
-            ("CITYHUB_HTTP_SNAPSHOT_MAX_LAG_MS", "1000"),
-        ],
-    )
-    .await;
-    db.register_bins(100_000, i32::MAX).await;
-    let http = reqwest::Client::new();
-    let first = http
-        .get(hub.url("/api/v1/sensors"))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let fc: serde_json::Value = serde_json::from_slice(&first).unwrap();
-    assert_eq!(fc["features"].as_array().unwrap().len(), 100_000);
-
-    // A reading committed now is in the listing within the lag.
-    publish_raw(
-        &broker,
-        &[(
-            "cityhub/v1/waste_bin/bin-000007",
-            br#"{"values":{"fill_level":91.5}}"#.to_vec(),
-        )],
-    )
-    .await;
-    wait_for(30, "the reading stored", || async {
-        db.observations().await == 1
-    })
-    .await;
-    let one = hub.url("/api/v1/sensors?limit=1&cursor=bin-000006");
-    wait_for(10, "the reading in the listing", || async {
-        let page: serde_json::Value = http.get(&one).send().await.unwrap().json().await.unwrap();
-        page["features"][0]["properties"]["latest"]["fill_level"]["value"] == 91.5
-    })
-    .await;
-    let gets = (0..40).map(|_| {
-        let (http, url) = (http.clone(), hub.url("/api/v1/sensors"));
-        tokio::spawn(async move {
-            let r = http.get(url).send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.bytes().await.unwrap())
-        })
-    });
-    let mut bodies = Vec::new();
-    for g in gets.collect::<Vec<_>>() {
-        let (status, body) = g.await.unwrap();
-        assert_eq!(status, 200);
-        bodies.push(body);
-    }
-    assert!(bodies.iter().all(|b| *b == bodies[0]), "listings differ");
-    let fc: serde_json::Value = serde_json::from_slice(&bodies[0]).unwrap();
-    let bin7 = fc["features"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == "bin-000007")
-        .unwrap();
-    assert_eq!(bin7["properties"]["latest"]["fill_level"]["value"], 91.5);
-    drop((fc, bodies, first));
-
-    let peak = peak_rss_kib(hub.pid());
-    assert!(
-        peak < 256 * 1024,
-        "the hub peaked at {} MiB serving 40 listings of 100,000 sensors",
-        peak / 1024
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
     let db = TestDb::new().await;
     let broker = Broker::start();
@@ -338,106 +256,6 @@ async fn read_until(r: &mut reqwest::Response, needle: &str, secs: u64) -> Strin
     text
 }
 
-/// Fifty clients resume the live stream from the oldest held event at once (about
-/// 200,000 readings of the log each) and never read. The replay is built as a client
-/// reads, at most a few at a time, so the hub's memory stays near idle, ingestion
-/// goes on, and the resumes past the limit are told to reload. Before, each resume
-/// built its whole replay (tens of MB) before sending anything: ingestion stopped and
-/// memory rose by gigabytes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_resumes_at_once_neither_stall_ingestion_nor_hold_memory() {
-    let db = TestDb::new().await;
-    let broker = Broker::start();
-    let hub = Hub::start(
-        &db,
-        &broker,
-        "resumes",
-        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
-    )
-    .await;
-    let http = reqwest::Client::new();
-    // An open stream, so the hub logs what it commits; its first id is the oldest held.
-    let mut first = http.get(hub.url("/api/v1/stream")).send().await.unwrap();
-    let msgs = sim_stream(81, 250, 60_000, &[Format::Native], FaultRates::default());
-    publish_sim(&broker, &msgs).await;
-    let text = read_until(&mut first, "\nid: ", 60).await;
-    let oldest = text
-        .split("\nid: ")
-        .nth(1)
-        .and_then(|t| t.lines().next())
-        .expect("an event id")
-        .to_owned();
-    wait_for_rows(&db, expected_rows(&msgs), 120, "the first 60,000 messages").await;
-    let idle = hub.rss_kib();
-    let logged: f64 = hub.metric("cityhub_observations_committed_total").await;
-    assert!(logged > 150_000.0, "{logged} readings committed");
-
-    // Fifty resumes that send their request and never read.
-    let mut stalled = Vec::new();
-    for _ in 0..50 {
-        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", hub.http_port))
-            .await
-            .unwrap();
-        let head =
-            format!("GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {oldest}\r\n\r\n");
-        c.write_all(head.as_bytes()).await.unwrap();
-        stalled.push(c);
-    }
-    // Each has its answer's head (its handler ran), and then reads no more.
-    for c in &mut stalled {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(60), c.read(&mut buf))
-                .await
-                .expect("a response head within 60 s")
-                .unwrap();
-            assert!(n > 0, "the hub closed a resuming stream");
-            head.push(buf[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
-    }
-    // One more that reads: with every replay place taken it is told to reload.
-    let mut late = http
-        .get(hub.url("/api/v1/stream"))
-        .header("Last-Event-ID", &oldest)
-        .send()
-        .await
-        .unwrap();
-    let text = read_until(&mut late, "event: reload", 60).await;
-    assert!(text.contains("too many streams are resuming"), "{text}");
-
-    // Ingestion goes on: the next messages are stored while the fifty hang on.
-    let more: Vec<(String, Vec<u8>)> = (0..1000)
-        .map(|i| {
-            (
-                format!("cityhub/v1/waste_bin/more-{i}"),
-                br#"{"values":{"fill_level":33}}"#.to_vec(),
-            )
-        })
-        .collect();
-    let before = db.observations().await;
-    publish_raw(&broker, &more).await;
-    wait_for_rows(&db, before + 1000, 60, "readings while fifty resumes hang").await;
-    let held = hub.rss_kib();
-    eprintln!(
-        "fifty stalled resumes: RSS idle {} MiB, with them {} MiB",
-        idle / 1024,
-        held / 1024
-    );
-    assert!(
-        held < idle + 256 * 1024,
-        "resident memory grew from {idle} to {held} KiB"
-    );
-    let ready = http.get(hub.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
-    drop(stalled);
-}
-
 /// One address that starts four downloads and never reads them holds two of the four
 /// download slots; the others are answered 503 at once, and a second address behind
 /// the same trusted proxy still gets a download. Before, the four took every slot and
@@ -477,4 +295,194 @@ async fn one_address_holds_at_most_half_the_download_slots() {
     held.push(s);
     assert_eq!(other, "200", "another address found no download slot");
     drop(held);
+}
+
+/// Tests that kill, signal, restart or weigh a hub process: the second tier of
+/// `scripts/test` (`cargo test -- process::`).
+mod process {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let hub = Hub::start(
+            &db,
+            &broker,
+            "fleet-100k",
+            &[
+                ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+                // As in production: commits reach the listing in the background.
+                ("CITYHUB_HTTP_SNAPSHOT_MAX_LAG_MS", "1000"),
+            ],
+        )
+        .await;
+        db.register_bins(100_000, i32::MAX).await;
+        let http = reqwest::Client::new();
+        let first = http
+            .get(hub.url("/api/v1/sensors"))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let fc: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(fc["features"].as_array().unwrap().len(), 100_000);
+
+        // A reading committed now is in the listing within the lag.
+        publish_raw(
+            &broker,
+            &[(
+                "cityhub/v1/waste_bin/bin-000007",
+                br#"{"values":{"fill_level":91.5}}"#.to_vec(),
+            )],
+        )
+        .await;
+        wait_for(30, "the reading stored", || async {
+            db.observations().await == 1
+        })
+        .await;
+        let one = hub.url("/api/v1/sensors?limit=1&cursor=bin-000006");
+        wait_for(10, "the reading in the listing", || async {
+            let page: serde_json::Value =
+                http.get(&one).send().await.unwrap().json().await.unwrap();
+            page["features"][0]["properties"]["latest"]["fill_level"]["value"] == 91.5
+        })
+        .await;
+        let gets = (0..40).map(|_| {
+            let (http, url) = (http.clone(), hub.url("/api/v1/sensors"));
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.bytes().await.unwrap())
+            })
+        });
+        let mut bodies = Vec::new();
+        for g in gets.collect::<Vec<_>>() {
+            let (status, body) = g.await.unwrap();
+            assert_eq!(status, 200);
+            bodies.push(body);
+        }
+        assert!(bodies.iter().all(|b| *b == bodies[0]), "listings differ");
+        let fc: serde_json::Value = serde_json::from_slice(&bodies[0]).unwrap();
+        let bin7 = fc["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "bin-000007")
+            .unwrap();
+        assert_eq!(bin7["properties"]["latest"]["fill_level"]["value"], 91.5);
+        drop((fc, bodies, first));
+
+        let peak = peak_rss_kib(hub.pid());
+        assert!(
+            peak < 256 * 1024,
+            "the hub peaked at {} MiB serving 40 listings of 100,000 sensors",
+            peak / 1024
+        );
+    }
+
+    /// Fifty clients resume the live stream from the oldest held event at once (about
+    /// 200,000 readings of the log each) and never read. The replay is built as a client
+    /// reads, at most a few at a time, so the hub's memory stays near idle, ingestion
+    /// goes on, and the resumes past the limit are told to reload. Before, each resume
+    /// built its whole replay (tens of MB) before sending anything: ingestion stopped and
+    /// memory rose by gigabytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_resumes_at_once_neither_stall_ingestion_nor_hold_memory() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let hub = Hub::start(
+            &db,
+            &broker,
+            "resumes",
+            &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
+        )
+        .await;
+        let http = reqwest::Client::new();
+        // An open stream, so the hub logs what it commits; its first id is the oldest held.
+        let mut first = http.get(hub.url("/api/v1/stream")).send().await.unwrap();
+        let msgs = sim_stream(81, 250, 60_000, &[Format::Native], FaultRates::default());
+        publish_sim(&broker, &msgs).await;
+        let text = read_until(&mut first, "\nid: ", 60).await;
+        let oldest = text
+            .split("\nid: ")
+            .nth(1)
+            .and_then(|t| t.lines().next())
+            .expect("an event id")
+            .to_owned();
+        wait_for_rows(&db, expected_rows(&msgs), 120, "the first 60,000 messages").await;
+        let idle = hub.rss_kib();
+        let logged: f64 = hub.metric("cityhub_observations_committed_total").await;
+        assert!(logged > 150_000.0, "{logged} readings committed");
+
+        // Fifty resumes that send their request and never read.
+        let mut stalled = Vec::new();
+        for _ in 0..50 {
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", hub.http_port))
+                .await
+                .unwrap();
+            let head = format!(
+                "GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {oldest}\r\n\r\n"
+            );
+            c.write_all(head.as_bytes()).await.unwrap();
+            stalled.push(c);
+        }
+        // Each has its answer's head (its handler ran), and then reads no more.
+        for c in &mut stalled {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(60), c.read(&mut buf))
+                    .await
+                    .expect("a response head within 60 s")
+                    .unwrap();
+                assert!(n > 0, "the hub closed a resuming stream");
+                head.push(buf[0]);
+            }
+            assert!(
+                head.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
+        }
+        // One more that reads: with every replay place taken it is told to reload.
+        let mut late = http
+            .get(hub.url("/api/v1/stream"))
+            .header("Last-Event-ID", &oldest)
+            .send()
+            .await
+            .unwrap();
+        let text = read_until(&mut late, "event: reload", 60).await;
+        assert!(text.contains("too many streams are resuming"), "{text}");
+
+        // Ingestion goes on: the next messages are stored while the fifty hang on.
+        let more: Vec<(String, Vec<u8>)> = (0..1000)
+            .map(|i| {
+                (
+                    format!("cityhub/v1/waste_bin/more-{i}"),
+                    br#"{"values":{"fill_level":33}}"#.to_vec(),
+                )
+            })
+            .collect();
+        let before = db.observations().await;
+        publish_raw(&broker, &more).await;
+        wait_for_rows(&db, before + 1000, 60, "readings while fifty resumes hang").await;
+        let held = hub.rss_kib();
+        eprintln!(
+            "fifty stalled resumes: RSS idle {} MiB, with them {} MiB",
+            idle / 1024,
+            held / 1024
+        );
+        assert!(
+            held < idle + 256 * 1024,
+            "resident memory grew from {idle} to {held} KiB"
+        );
+        let ready = http.get(hub.url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+        drop(stalled);
+    }
 }
