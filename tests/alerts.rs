@@ -66,6 +66,9 @@ severity = "warning"
     conf
 }
 
+/// A topic under the hub's alert branch that no alert uses, to see a subscriber is ready.
+const PROBE_TOPIC: &str = "cityhub/v1/alerts/probe/ready";
+
 async fn publish(broker: &Broker, sensor: &str, ts: chrono::DateTime<chrono::Utc>, values: Value) {
     publish_raw(
         broker,
@@ -152,7 +155,24 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
         .stdout(std::fs::File::create(&sub_out).unwrap())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Subscribed once a probe on its filter comes through.
+    wait_for(30, "mosquitto_sub subscribed", || {
+        let (broker, p) = (&broker, &sub_out);
+        async move {
+            publish_raw(broker, &[(PROBE_TOPIC, br#"{"event":"probe"}"#.to_vec())]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .contains(PROBE_TOPIC)
+        }
+    })
+    .await;
+    let alert_lines = |text: String| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with(PROBE_TOPIC))
+            .map(str::to_owned)
+            .collect()
+    };
     let t0 = chrono::Utc::now() - chrono::Duration::hours(3);
     let min = |m: i64| t0 + chrono::Duration::minutes(m);
 
@@ -166,7 +186,7 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
         async move { !deliveries(&got).is_empty() }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    hub.settled(4.0).await;
     let open = alerts(&http, &hub, "?state=open").await;
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0]["rule"], "waste_bin_fill_level_alarm");
@@ -194,7 +214,7 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
     for (m, b) in [(0, 15.0), (30, 14.0)] {
         publish(&broker, "bin-b1", min(m), json!({"battery": b})).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    hub.settled(7.0).await;
     assert!(
         alerts(&http, &hub, "?sensor=bin-b1").await.is_empty(),
         "raised before the hold time"
@@ -212,7 +232,7 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
     );
     assert_eq!(low["raised_at"], cityhub_config::time::rfc3339(min(61)));
     publish(&broker, "bin-b1", min(70), json!({"battery": 25.0})).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    hub.settled(9.0).await;
     assert_eq!(
         alerts(&http, &hub, "?sensor=bin-b1&state=open").await.len(),
         1,
@@ -241,20 +261,14 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
     // The same four events on the broker, and the hub did not read them back as readings.
     wait_for(30, "four alert messages on the broker", || {
         let p = sub_out.clone();
-        async move {
-            std::fs::read_to_string(&p)
-                .unwrap_or_default()
-                .lines()
-                .count()
-                >= 4
-        }
+        async move { alert_lines(std::fs::read_to_string(&p).unwrap_or_default()).len() >= 4 }
     })
     .await;
     let _ = sub.kill();
     let _ = sub.wait();
-    let lines = std::fs::read_to_string(&sub_out).unwrap();
+    let lines = alert_lines(std::fs::read_to_string(&sub_out).unwrap());
     let events: Vec<(String, String)> = lines
-        .lines()
+        .iter()
         .map(|l| {
             let (topic, body) = l.split_once(' ').unwrap();
             let v: Value = serde_json::from_str(body).unwrap();
@@ -451,7 +465,7 @@ async fn alerts_match_the_faults_the_simulator_injected() {
     publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
     wait_for_rows(&db, want, 120, "the two days").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    hub.settled(msgs.len() as f64).await;
     let http = reqwest::Client::new();
 
     // Lamps: each one lit by day or dark at night raised an alert, and the night

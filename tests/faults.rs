@@ -39,12 +39,8 @@ async fn all_stored_once(db: &TestDb, hub: &Hub, msgs: &[cityhub_sim::SimMessage
         db.observations().await >= expected_rows(msgs)
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    hub.acked().await;
     assert_eq!(db.observations().await, expected_rows(msgs));
-    wait_for(30, "every ack", || async {
-        hub.metric("cityhub_acks_pending").await == 0.0
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -400,7 +400,7 @@ async fn database_connections_killed_mid_stream_lose_nothing() {
         db.observations().await >= want
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    hub.settled(msgs.len() as f64).await;
     assert_exact(&db, &msgs).await;
     assert!(
         hub.metric("cityhub_db_retries_total").await >= 1.0,
@@ -422,7 +422,14 @@ async fn two_hubs_in_a_share_group_split_the_stream() {
         db.observations().await >= want
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    wait_for(60, "both hubs to commit and ack every message", || async {
+        let committed = a.metric("cityhub_messages_committed_total").await
+            + b.metric("cityhub_messages_committed_total").await;
+        let pending =
+            a.metric("cityhub_acks_pending").await + b.metric("cityhub_acks_pending").await;
+        committed >= msgs.len() as f64 && pending == 0.0
+    })
+    .await;
     assert_exact(&db, &msgs).await;
     let (ra, rb) = (
         a.metric("cityhub_mqtt_messages_received_total").await,
@@ -774,7 +781,7 @@ mod process {
             db.observations().await >= want
         })
         .await;
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        hub.acked().await;
         assert_exact(&db, &msgs).await;
     }
 

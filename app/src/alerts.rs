@@ -36,6 +36,12 @@ pub struct AlertMetrics {
     cleared: prometheus_client::metrics::counter::Counter,
     delivered: prometheus_client::metrics::counter::Counter,
     failed: prometheus_client::metrics::counter::Counter,
+    /// Commits whose readings the rules have seen (directly, or by a sweep over the
+    /// latest values after the engine fell behind): equal to the committed batches
+    /// once the engine has caught up.
+    evaluated: prometheus_client::metrics::counter::Counter,
+    /// Rules in force (0: no engine runs, so nothing is evaluated).
+    rules: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl AlertMetrics {
@@ -62,7 +68,17 @@ impl AlertMetrics {
             "Webhook attempts that failed and will be retried",
             m.failed.clone(),
         );
+        r.register(
+            "alert_commits_evaluated",
+            "Committed batches the alert rules have run on",
+            m.evaluated.clone(),
+        );
+        r.register("alert_rules", "Alert rules in force", m.rules.clone());
         m
+    }
+
+    pub fn rules_in_force(&self, n: usize) {
+        self.rules.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
@@ -401,10 +417,15 @@ pub async fn engine(
         metrics,
     };
     let mut behind = true; // start with a sweep
+                           // Commits the rules have not run on yet, covered by the next sweep.
+    let mut owed = 0u64;
     loop {
         if behind {
             match e.sweep().await {
-                Ok(()) => behind = false,
+                Ok(()) => {
+                    behind = false;
+                    e.metrics.evaluated.inc_by(std::mem::take(&mut owed));
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "Alert rules could not run over the latest values; retrying.");
                     tokio::select! {
@@ -425,17 +446,22 @@ pub async fn engine(
             _ = cancel.cancelled() => return,
         };
         match got {
-            Ok(b) => {
-                if let Err(err) = e.batch(&b).await {
+            Ok(b) => match e.batch(&b).await {
+                Ok(()) => {
+                    e.metrics.evaluated.inc();
+                }
+                Err(err) => {
                     tracing::warn!(error = %err, "Alert rules failed on a commit; running them over the latest values.");
+                    owed += 1;
                     behind = true;
                 }
-            }
+            },
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!(
                     missed = n,
                     "The alert engine fell behind; running the rules over the latest values."
                 );
+                owed += n;
                 behind = true;
             }
             Err(RecvError::Closed) => return,

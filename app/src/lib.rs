@@ -202,6 +202,7 @@ async fn run_pipeline(
     tracing::info!(backend = %store.backend(), "Storage ready.");
     let _ = state.store.set(store.clone());
     let committed = tokio::sync::broadcast::channel(1024).0;
+    alert_metrics.rules_in_force(alert_rules.len());
     if !alert_rules.is_empty() {
         // Subscribed before ingestion starts, so the first sweep misses no commit.
         let rx = committed.subscribe();

@@ -253,6 +253,35 @@ impl Hub {
         metric_at(&self.url(""), name).await
     }
 
+    /// Waits until no message waits for its ack: after a restart, when the counters
+    /// start again, the strongest "done" a test can wait on.
+    pub async fn acked(&self) {
+        wait_for(60, "every message acked", || async {
+            self.metric("cityhub_acks_pending").await == 0.0
+        })
+        .await;
+    }
+
+    /// Waits until at least `messages` readings messages are committed, none waits for
+    /// its ack, and the alert rules have run on every commit: what the hub will do
+    /// with what it was sent is done, so a test can assert that something did not
+    /// happen without sleeping on it.
+    pub async fn settled(&self, messages: f64) {
+        wait_for(
+            120,
+            "the hub to commit, ack and evaluate what it was sent",
+            || async {
+                let committed = self.metric("cityhub_messages_committed_total").await;
+                let pending = self.metric("cityhub_acks_pending").await;
+                let batches = self.metric("cityhub_batch_rows_count").await;
+                let evaluated = self.metric("cityhub_alert_commits_evaluated_total").await;
+                let rules = self.metric("cityhub_alert_rules").await;
+                committed >= messages && pending == 0.0 && (rules == 0.0 || evaluated >= batches)
+            },
+        )
+        .await;
+    }
+
     /// The value of the series `name{labels}` (labels as the hub prints them, in
     /// order, e.g. `job="x",result="ok"`), when the hub has it.
     pub async fn metric_labelled(&self, name: &str, labels: &str) -> Option<f64> {
