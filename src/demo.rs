@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use cityhub_config::{ConnUrl, Settings};
+use cityhub_core::{ConnUrl, Settings};
 use cityhub_local::{free_port, is_root, server_bin, PrivatePostgres};
 use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, Progress, SimOptions};
 use std::path::{Path, PathBuf};
@@ -425,7 +425,7 @@ async fn show_progress(
 /// (the map would call it silent meanwhile).
 async fn register_fleet(
     settings: &Settings,
-    catalog: &cityhub_config::Catalog,
+    catalog: &cityhub_core::Catalog,
     seed: u64,
     spec: &FleetSpec,
 ) {
@@ -442,7 +442,7 @@ async fn register_fleet(
                     properties.insert("depth_mm".into(), depth.into());
                 }
                 Ok(cityhub_store::sensors::SensorRecord {
-                    id: cityhub_config::SensorId::parse(&s.id)?,
+                    id: cityhub_core::SensorId::parse(&s.id)?,
                     kind: s.kind.clone(),
                     name: Some(s.name.clone()),
                     location: None,

@@ -4,7 +4,7 @@ mod demo;
 mod sim_cmd;
 
 use anyhow::{Context, Result};
-use cityhub_config::{LogFormat, Settings};
+use cityhub_core::{LogFormat, Settings};
 use cityhub_store::Store;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -141,8 +141,8 @@ fn main() -> Result<()> {
         print!(
             "{}",
             match format {
-                ReferenceFormat::Toml => cityhub_config::reference::reference_toml(),
-                ReferenceFormat::Markdown => cityhub_config::reference::reference_markdown(),
+                ReferenceFormat::Toml => cityhub_core::reference::reference_toml(),
+                ReferenceFormat::Markdown => cityhub_core::reference::reference_markdown(),
             }
         );
         return Ok(());

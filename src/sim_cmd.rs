@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
-use cityhub_config::Settings;
+use cityhub_core::Settings;
 use cityhub_sim::{FaultRates, FleetSpec, Format, Pace, SimOptions};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -134,10 +134,10 @@ pub struct LoadArgs {
 }
 
 /// The configured broker connection (credentials and TLS included), at `--broker` when given.
-fn broker(settings: &Settings, arg: &Option<String>) -> cityhub_config::MqttSettings {
+fn broker(settings: &Settings, arg: &Option<String>) -> cityhub_core::MqttSettings {
     let mut m = settings.mqtt.clone();
     if let Some(url) = arg {
-        m.url = cityhub_config::ConnUrl::new(url.clone());
+        m.url = cityhub_core::ConnUrl::new(url.clone());
     }
     m
 }

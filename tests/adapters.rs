@@ -78,7 +78,7 @@ async fn chirpstack_and_the_things_stack_uplinks_end_to_end() {
         .any(|m| m.format == Format::Chirpstack && m.kind == "waste_bin"));
     assert!(msgs.iter().any(|m| m.format == Format::Ttn));
     // Register the bins with their depth (no position: the gateway's is a fallback).
-    let catalog = cityhub_config::Settings::builtin()
+    let catalog = cityhub_core::Settings::builtin()
         .unwrap()
         .catalog()
         .unwrap();

@@ -192,7 +192,7 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
     assert_eq!(open[0]["rule"], "waste_bin_fill_level_alarm");
     assert_eq!(open[0]["severity"], "critical");
     assert_eq!(open[0]["raised_value"], 85.0);
-    assert_eq!(open[0]["raised_at"], cityhub_config::time::rfc3339(min(10)));
+    assert_eq!(open[0]["raised_at"], cityhub_core::time::rfc3339(min(10)));
     publish(&broker, "bin-a1", min(40), json!({"fill_level": 40.0})).await;
     wait_for(30, "the cleared alert delivered", || {
         let got = got.clone();
@@ -230,7 +230,7 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
         (low["rule"].as_str(), low["severity"].as_str()),
         (Some("low_battery"), Some("warning"))
     );
-    assert_eq!(low["raised_at"], cityhub_config::time::rfc3339(min(61)));
+    assert_eq!(low["raised_at"], cityhub_core::time::rfc3339(min(61)));
     publish(&broker, "bin-b1", min(70), json!({"battery": 25.0})).await;
     hub.settled(9.0).await;
     assert_eq!(
@@ -431,7 +431,7 @@ async fn history(http: &reqwest::Client, hub: &Hub, sensor: &str) -> Vec<Value> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_match_the_faults_the_simulator_injected() {
     let (db, broker, hub) = open_hub("simalerts").await;
-    let catalog = cityhub_config::Settings::builtin()
+    let catalog = cityhub_core::Settings::builtin()
         .unwrap()
         .catalog()
         .unwrap();
@@ -525,7 +525,7 @@ async fn alerts_match_the_faults_the_simulator_injected() {
             .collect();
         let want_raised: Vec<String> = raised
             .iter()
-            .map(|t| cityhub_config::time::rfc3339(*t))
+            .map(|t| cityhub_core::time::rfc3339(*t))
             .collect();
         assert_eq!(got_raised, want_raised, "{bin}");
         assert_eq!(

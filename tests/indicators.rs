@@ -169,7 +169,7 @@ async fn a_simulated_fleet_s_indicators_match_what_the_simulator_did() {
         .sum();
     assert_eq!(city as usize, visible.len());
     // By waste stream, once the registry says which stream each bin takes.
-    let catalog = cityhub_config::Settings::builtin()
+    let catalog = cityhub_core::Settings::builtin()
         .unwrap()
         .catalog()
         .unwrap();
@@ -598,7 +598,7 @@ async fn lamp_energy_survives_a_meter_reset_and_fault_hours_follow_the_sun() {
     );
     // And the sun times behind it agree with the almanac: night (6° down) starts
     // at about 21:50 in Cremona on 2 June.
-    let l = cityhub_config::sun::DayLimits::new(day(2), 45.1335, 10.0245);
+    let l = cityhub_core::sun::DayLimits::new(day(2), 45.1335, 10.0245);
     let night_from = l.night.unwrap().1.with_timezone(&ROME);
     assert_eq!(night_from.format("%H").to_string(), "21");
 }

@@ -88,7 +88,7 @@ async fn operator_map_in_a_browser() {
     .await;
 
     // A day of a small fleet, up to now.
-    let catalog = cityhub_config::Settings::builtin()
+    let catalog = cityhub_core::Settings::builtin()
         .unwrap()
         .catalog()
         .unwrap();

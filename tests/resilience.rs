@@ -152,7 +152,7 @@ async fn every_field_of_a_dead_letter_is_bounded_and_ingestion_goes_on() {
         .iter()
         .map(|r| std::array::from_fn(|i| i64::from(r.get::<_, i32>(i))))
         .collect();
-    let settings = cityhub_config::Settings::builtin().unwrap();
+    let settings = cityhub_core::Settings::builtin().unwrap();
     let payload_max = settings.ingest.dead_letter_payload_bytes as i64;
     let reason_max = settings.ingest.dead_letter_reason_bytes as i64;
     let topic_max = cityhub_store::writer::DEAD_LETTER_TOPIC_BYTES as i64;

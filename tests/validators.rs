@@ -187,7 +187,7 @@ async fn outside_validators() {
     // A dataset per kind, and one per indicator of the mandate.
     assert_eq!(
         summary["datasets"],
-        4 + cityhub_config::indicators::INDICATORS.len(),
+        4 + cityhub_core::indicators::INDICATORS.len(),
         "{log}"
     );
     assert_eq!(d.code, 0, "{log}");

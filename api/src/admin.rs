@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use cityhub_config::GeoPoint;
+use cityhub_core::GeoPoint;
 use cityhub_store::query::{self, SensorFilter, SensorPut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -7,7 +7,7 @@ use crate::params::{parse_time, StrictQuery};
 use crate::{AppState, Operator};
 use axum::extract::{Path, State};
 use axum::Json;
-use cityhub_config::alerts::{NotifySettings, Severity};
+use cityhub_core::alerts::{NotifySettings, Severity};
 use cityhub_store::alerts::{Alert, AlertFilter};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub const MQTT_TARGET: &str = "mqtt:";
 pub fn alert_topic(kind: &str, sensor: &str) -> String {
     format!(
         "{}{kind}/{sensor}",
-        cityhub_config::alerts::ALERT_TOPIC_PREFIX
+        cityhub_core::alerts::ALERT_TOPIC_PREFIX
     )
 }
 

@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use cityhub_config::indicators::Indicator;
-use cityhub_config::Kind;
+use cityhub_core::indicators::Indicator;
+use cityhub_core::Kind;
 use cityhub_store::query::{self, KindExtent};
 use oxrdf::vocab::{rdf, xsd};
 use oxrdf::{Literal, NamedNode, NamedOrBlankNode, Term, Triple};
@@ -214,7 +214,7 @@ fn temporal(
 }
 
 /// An HVD category as the concept of the EU vocabulary it is.
-fn hvd_category(g: &mut Graph, c: cityhub_config::HvdCategory) -> ApiResult<NamedNode> {
+fn hvd_category(g: &mut Graph, c: cityhub_core::HvdCategory) -> ApiResult<NamedNode> {
     let node = iri(c.uri())?;
     g.typed(&node, &[v(SKOS, "Concept")]);
     g.add(&node, v(SKOS, "inScheme"), iri(HVD_SCHEME)?);

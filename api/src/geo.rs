@@ -69,7 +69,7 @@ pub struct FeatureCollection {
     /// ETag would otherwise change on every request.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "cityhub_config::time::serialize_opt"
+        serialize_with = "cityhub_core::time::serialize_opt"
     )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub time_stamp: Option<DateTime<Utc>>,
@@ -166,7 +166,7 @@ pub fn json_time(t: Option<DateTime<Utc>>) -> Value {
     t.map(|t| Value::String(rfc3339(t))).unwrap_or(Value::Null)
 }
 
-pub use cityhub_config::time::rfc3339;
+pub use cityhub_core::time::rfc3339;
 
 /// The newest change a set of sensors shows (for Last-Modified).
 pub fn last_modified(sensors: &[SensorView]) -> Option<DateTime<Utc>> {

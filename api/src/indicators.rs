@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{Datelike, Duration, NaiveDate, Utc};
-use cityhub_config::indicators::{Indicator, Period, INDICATORS};
+use cityhub_core::indicators::{Indicator, Period, INDICATORS};
 use cityhub_store::indicators::{self as ind, IndicatorQuery, IndicatorRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -239,7 +239,7 @@ pub async fn get(
         by_stream,
     };
     let rows = ind::compute(store, &s.catalog, cfg, indicator, &q).await?;
-    let stamp = |d: NaiveDate| cityhub_config::time::rfc3339(ind::local_instant(tz, d, 0));
+    let stamp = |d: NaiveDate| cityhub_core::time::rfc3339(ind::local_instant(tz, d, 0));
     if csv {
         return Ok(to_csv(indicator, &rows, &stamp));
     }

@@ -31,7 +31,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use cityhub_config::{Catalog, Settings};
+use cityhub_core::{Catalog, Settings};
 use cityhub_store::Store;
 use error::ApiError;
 use prometheus_client::registry::Registry;
@@ -120,7 +120,7 @@ pub struct Operator;
 /// The request's bearer token checked against `expected` (`what` names the token).
 fn bearer(
     parts: &Parts,
-    expected: Option<&cityhub_config::Secret>,
+    expected: Option<&cityhub_core::Secret>,
     what: &str,
 ) -> Result<(), ApiError> {
     let given = parts

@@ -16,7 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use cityhub_config::SensorId;
+use cityhub_core::SensorId;
 use cityhub_store::query::{self, Bucket, ReadingRow, ReadingsQuery};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -220,7 +220,7 @@ fn metric_name(store: &cityhub_store::Store, mid: i16) -> String {
 /// for a metric the kind does not have.
 fn resolve_metrics(
     store: &cityhub_store::Store,
-    kind: &cityhub_config::Kind,
+    kind: &cityhub_core::Kind,
     asked: Option<&str>,
 ) -> ApiResult<(Vec<i16>, Map<String, Value>)> {
     let kind_name = kind.name.as_str();

@@ -8,7 +8,7 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use cityhub_config::SensorId;
+use cityhub_core::SensorId;
 use cityhub_store::query::{self, SensorFilter};
 use serde::Deserialize;
 use utoipa::IntoParams;

@@ -19,8 +19,8 @@
 
 use chrono::{DateTime, Utc};
 use cityhub_api::alerts::Notifier;
-use cityhub_config::alerts::{AlertRule, Condition};
-use cityhub_config::sun;
+use cityhub_core::alerts::{AlertRule, Condition};
+use cityhub_core::sun;
 use cityhub_store::alerts::{Alert, Raise};
 use cityhub_store::{Committed, Store};
 use std::collections::{HashMap, HashSet};
@@ -488,7 +488,7 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn start(m: &cityhub_config::MqttSettings, cancel: CancellationToken) -> Option<Self> {
+    fn start(m: &cityhub_core::MqttSettings, cancel: CancellationToken) -> Option<Self> {
         let client_id = format!("{}-alerts", m.client_id);
         let mut o = match cityhub_mqtt::options(m, &client_id) {
             Ok(o) => o,
@@ -558,7 +558,7 @@ impl Publisher {
 /// POSTs one notification to its webhook, signed when the webhook has a secret.
 async fn post(
     http: &reqwest::Client,
-    hook: &cityhub_config::alerts::WebhookDef,
+    hook: &cityhub_core::alerts::WebhookDef,
     d: &cityhub_store::alerts::Delivery,
 ) -> Result<(), String> {
     let mut req = http
@@ -611,7 +611,7 @@ pub fn redacted(target: &str) -> String {
 pub async fn deliver(
     store: Store,
     notifier: Arc<Notifier>,
-    mqtt: cityhub_config::MqttSettings,
+    mqtt: cityhub_core::MqttSettings,
     metrics: AlertMetrics,
     cancel: CancellationToken,
 ) {
@@ -669,7 +669,7 @@ pub async fn deliver(
 enum Sender {
     Webhook {
         http: reqwest::Client,
-        hook: cityhub_config::alerts::WebhookDef,
+        hook: cityhub_core::alerts::WebhookDef,
     },
     Broker(Publisher),
 }

@@ -10,7 +10,7 @@ mod http;
 pub mod maintenance;
 mod uploads;
 
-use cityhub_config::Settings;
+use cityhub_core::Settings;
 use cityhub_store::Store;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("kind catalogue: {0}")]
-    Catalog(#[from] cityhub_config::kinds::CatalogError),
+    Catalog(#[from] cityhub_core::kinds::CatalogError),
     #[error("{0}")]
     Alerts(String),
     #[error("binding HTTP on {addr}: {source}")]
@@ -72,7 +72,7 @@ impl Hub {
 pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub, AppError> {
     let catalog = settings.catalog()?;
     let alert_rules =
-        cityhub_config::alerts::rules(&settings.alerts, &catalog).map_err(AppError::Alerts)?;
+        cityhub_core::alerts::rules(&settings.alerts, &catalog).map_err(AppError::Alerts)?;
     let listener = tokio::net::TcpListener::bind(&settings.http.addr)
         .await
         .map_err(|source| AppError::Bind {
@@ -176,7 +176,7 @@ async fn run_pipeline(
     state: &cityhub_api::AppState,
     metrics: cityhub_ingest::IngestMetrics,
     upkeep: maintenance::MaintenanceMetrics,
-    (alert_rules, alert_metrics): (Vec<cityhub_config::alerts::AlertRule>, alerts::AlertMetrics),
+    (alert_rules, alert_metrics): (Vec<cityhub_core::alerts::AlertRule>, alerts::AlertMetrics),
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(), AppError> {

@@ -4,8 +4,8 @@
 //! every hub refreshes the aggregate buckets its own late commits touched.
 
 use chrono::Utc;
-use cityhub_config::settings::StoreSettings;
-use cityhub_config::MaintenanceMode;
+use cityhub_core::settings::StoreSettings;
+use cityhub_core::MaintenanceMode;
 use cityhub_store::maintenance::{self, JobState, Report, SharedStatus, AGGREGATES, LEADER_LOCK};
 use cityhub_store::{Store, StoreError};
 use prometheus_client::encoding::EncodeLabelSet;

@@ -9,7 +9,7 @@ pub mod pipeline;
 pub use metrics::IngestMetrics;
 pub use pipeline::{HttpIngest, HttpOutcome, HttpRefused, HttpSubmission};
 
-use cityhub_config::Settings;
+use cityhub_core::Settings;
 use cityhub_store::{BatchWriter, Store, WriterLimits};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -168,7 +168,7 @@ impl IngestMetrics {
         m
     }
 
-    pub fn dead_letter(&self, reason: cityhub_config::RejectReason, n: u64) {
+    pub fn dead_letter(&self, reason: cityhub_core::RejectReason, n: u64) {
         self.dead_letters
             .get_or_create(&ReasonLabel {
                 reason: reason.code().to_owned(),

@@ -10,7 +10,7 @@
 use crate::metrics::IngestMetrics;
 use crate::IngestError;
 use chrono::Utc;
-use cityhub_config::Settings;
+use cityhub_core::Settings;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, MqttOptions};
@@ -158,7 +158,7 @@ pub async fn run_event_loop(
     tx: mpsc::UnboundedSender<Inbound>,
     connected: Arc<AtomicBool>,
     metrics: IngestMetrics,
-    mut backoff: cityhub_config::Backoff,
+    mut backoff: cityhub_core::Backoff,
     receive_maximum: u16,
     cancel: CancellationToken,
 ) {
@@ -202,7 +202,7 @@ pub async fn run_event_loop(
                 // without a timestamp.
                 let skip = p
                     .topic
-                    .starts_with(cityhub_config::alerts::ALERT_TOPIC_PREFIX.as_bytes())
+                    .starts_with(cityhub_core::alerts::ALERT_TOPIC_PREFIX.as_bytes())
                     || p.retain;
                 if p.retain {
                     metrics.retained_dropped.inc();

@@ -10,7 +10,7 @@ use crate::decode::Decoder;
 use crate::metrics::IngestMetrics;
 use crate::mqtt::{AckToken, Acker, Inbound};
 use bytes::Bytes;
-use cityhub_config::RejectReason;
+use cityhub_core::RejectReason;
 use cityhub_store::{
     BatchWriter, DeadLetter, LiveBatch, Observation, Source, Store, StoreError, WriteBatch,
     WriteOutcome,
@@ -440,7 +440,7 @@ pub async fn run_writer(
     mut rx: mpsc::Receiver<Batch>,
     acker: Acker,
     metrics: IngestMetrics,
-    mut backoff: cityhub_config::Backoff,
+    mut backoff: cityhub_core::Backoff,
     iso: Isolation,
     shutdown_grace: Duration,
     live: cityhub_store::Subscribers,

@@ -3,7 +3,7 @@
 //! simulators both connect through [`options`], so a broker the hub reaches is one
 //! the simulators reach too.
 
-use cityhub_config::{ConnUrl, MqttSettings};
+use cityhub_core::{ConnUrl, MqttSettings};
 use rumqttc::v5::MqttOptions;
 use rumqttc::{TlsConfiguration, Transport};
 use std::path::Path;

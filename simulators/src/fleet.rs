@@ -4,7 +4,7 @@
 
 use crate::sun;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc, Weekday};
-use cityhub_config::Catalog;
+use cityhub_core::Catalog;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::f64::consts::PI;

@@ -13,7 +13,7 @@ pub mod load;
 pub mod replay;
 pub mod sim;
 pub mod truth;
-pub use cityhub_config::sun;
+pub use cityhub_core::sun;
 
 pub use fleet::{FleetSpec, SimSensor, CREMONA};
 pub use formats::Format;
@@ -21,7 +21,7 @@ pub use rumqttc::v5::mqttbytes::QoS;
 pub use sim::{FaultRates, Report, SimMessage, SimOptions, Simulation};
 
 use chrono::{DateTime, Utc};
-use cityhub_config::{Catalog, MqttSettings};
+use cityhub_core::{Catalog, MqttSettings};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};

@@ -5,7 +5,7 @@
 use crate::fleet::{self, FleetSpec, SimSensor};
 use crate::formats::{encode, Format};
 use chrono::{DateTime, Duration, Utc};
-use cityhub_config::Catalog;
+use cityhub_core::Catalog;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;

@@ -1,7 +1,7 @@
 //! The simulated fleet behaves like the city's: checks over days of simulated time.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use cityhub_config::Settings;
+use cityhub_core::Settings;
 use cityhub_sim::fleet::LampFault;
 use cityhub_sim::{generate, sun, FaultRates, FleetSpec, Format, SimMessage, SimOptions};
 use std::collections::HashMap;

@@ -18,13 +18,13 @@ pub struct Alert {
     pub severity: String,
     pub state: String,
     pub threshold: f64,
-    #[serde(serialize_with = "cityhub_config::time::serialize")]
+    #[serde(serialize_with = "cityhub_core::time::serialize")]
     pub raised_at: DateTime<Utc>,
     pub raised_value: f64,
-    #[serde(serialize_with = "cityhub_config::time::serialize_opt")]
+    #[serde(serialize_with = "cityhub_core::time::serialize_opt")]
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub ack_note: Option<String>,
-    #[serde(serialize_with = "cityhub_config::time::serialize_opt")]
+    #[serde(serialize_with = "cityhub_core::time::serialize_opt")]
     pub cleared_at: Option<DateTime<Utc>>,
     pub cleared_value: Option<f64>,
 }

@@ -1,7 +1,7 @@
 //! Connections: one place that turns settings into a TLS-capable pool.
 
 use crate::error::StoreError;
-use cityhub_config::settings::DatabaseSettings;
+use cityhub_core::settings::DatabaseSettings;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -222,7 +222,7 @@ fn sized_pool(s: &DatabaseSettings, size: usize, wait: Duration) -> Result<Pool,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cityhub_config::ConnUrl;
+    use cityhub_core::ConnUrl;
 
     fn cfg(url: &str) -> (tokio_postgres::Config, CertCheck) {
         pg_config(&DatabaseSettings {

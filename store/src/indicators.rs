@@ -5,16 +5,16 @@
 //! noon): hourly rollups where hours suffice, the observations where the order of
 //! readings matters (fill-level drops, meter increments, time lit). The base rows
 //! are then summed into days, months or years, per sensor and for the city, by
-//! the indicator's own rule. `cityhub_config::indicators` describes each one.
+//! the indicator's own rule. `cityhub_core::indicators` describes each one.
 
 use crate::error::StoreError;
 use crate::Store;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
-use cityhub_config::indicators::{Indicator, IndicatorSettings, Method, Period};
-use cityhub_config::kinds::MapRule;
-use cityhub_config::sun::DayLimits;
-use cityhub_config::Catalog;
+use cityhub_core::indicators::{Indicator, IndicatorSettings, Method, Period};
+use cityhub_core::kinds::MapRule;
+use cityhub_core::sun::DayLimits;
+use cityhub_core::Catalog;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::types::ToSql;

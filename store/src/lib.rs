@@ -21,7 +21,7 @@ pub use writer::{
     WriteBatch, WriteOutcome, WriterLimits,
 };
 
-use cityhub_config::{Catalog, Settings};
+use cityhub_core::{Catalog, Settings};
 use deadpool_postgres::Pool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -54,13 +54,13 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-/// A derived metric resolved to metric ids (see `cityhub_config::DerivedDef`).
+/// A derived metric resolved to metric ids (see `cityhub_core::DerivedDef`).
 #[derive(Debug, Clone)]
 pub struct Derived {
     pub from: i16,
     pub target: i16,
     pub property: String,
-    pub formula: cityhub_config::Formula,
+    pub formula: cityhub_core::Formula,
 }
 
 struct Inner {
@@ -77,7 +77,7 @@ struct Inner {
     /// id -> (kind, metric), to name what `latest` and `observations` hold.
     metric_names: HashMap<i16, (String, String)>,
     retention_days: u32,
-    database: cityhub_config::settings::DatabaseSettings,
+    database: cityhub_core::settings::DatabaseSettings,
     /// Earliest reading time (µs since the epoch) committed since the late-refresh
     /// task last looked; `i64::MAX` when none.
     earliest_written: AtomicI64,

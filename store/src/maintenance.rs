@@ -8,7 +8,7 @@
 
 use crate::error::StoreError;
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use cityhub_config::MaintenanceMode;
+use cityhub_core::MaintenanceMode;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
@@ -30,17 +30,17 @@ pub struct Job {
     pub scheduled: bool,
     /// The scheduler's last run: `Success`, `Failed`, or none yet.
     pub last_status: Option<String>,
-    #[serde(serialize_with = "cityhub_config::time::serialize_opt")]
+    #[serde(serialize_with = "cityhub_core::time::serialize_opt")]
     pub last_run_started: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "cityhub_config::time::serialize_opt")]
+    #[serde(serialize_with = "cityhub_core::time::serialize_opt")]
     pub last_success: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "cityhub_config::time::serialize_opt")]
+    #[serde(serialize_with = "cityhub_core::time::serialize_opt")]
     pub next_start: Option<DateTime<Utc>>,
     pub total_failures: i64,
     /// The scheduler's error of its last run, when that run failed.
     pub last_error: Option<String>,
     /// The last time a hub ran it (`maintenance_runs`), and how that went.
-    #[serde(serialize_with = "cityhub_config::time::serialize_opt")]
+    #[serde(serialize_with = "cityhub_core::time::serialize_opt")]
     pub hub_ran_at: Option<DateTime<Utc>>,
     pub hub_error: Option<String>,
 }
@@ -121,7 +121,7 @@ pub struct Report {
     pub leader: bool,
     /// Worst state of any job.
     pub state: JobState,
-    #[serde(serialize_with = "cityhub_config::time::serialize")]
+    #[serde(serialize_with = "cityhub_core::time::serialize")]
     pub checked_at: DateTime<Utc>,
     pub jobs: Vec<JobReport>,
 }

@@ -5,7 +5,7 @@
 use crate::error::StoreError;
 use crate::Store;
 use chrono::{DateTime, TimeZone, Utc};
-use cityhub_config::{GeoPoint, SensorId};
+use cityhub_core::{GeoPoint, SensorId};
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::{Map, Value};
 use std::collections::HashMap;

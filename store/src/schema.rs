@@ -4,8 +4,8 @@
 
 use crate::error::StoreError;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use cityhub_config::settings::StoreSettings;
-use cityhub_config::TimescaleMode;
+use cityhub_core::settings::StoreSettings;
+use cityhub_core::TimescaleMode;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
@@ -242,7 +242,7 @@ async fn migrate_locked(
             .replace("{retention}", &retention)
             .replace("{compress_after}", &compress_after);
         // Each migration is one transaction, so a lost race rolls it back whole.
-        let mut backoff = cityhub_config::Backoff::new(100, 2000);
+        let mut backoff = cityhub_core::Backoff::new(100, 2000);
         let mut attempt = 0u32;
         loop {
             match apply(client, m, &specific).await {

@@ -2,7 +2,7 @@
 
 use crate::error::StoreError;
 use crate::Store;
-use cityhub_config::{Catalog, GeoPoint, SensorId};
+use cityhub_core::{Catalog, GeoPoint, SensorId};
 use serde_json::{Map, Value};
 
 /// One sensor as a registry file describes it.
@@ -245,7 +245,7 @@ pub async fn import(store: &Store, records: &[SensorRecord]) -> Result<ImportRep
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cityhub_config::Settings;
+    use cityhub_core::Settings;
 
     fn catalog() -> Catalog {
         let s = Settings::builtin().unwrap();

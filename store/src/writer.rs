@@ -8,7 +8,7 @@ use crate::schema::{ensure_partition, month_start};
 use crate::Store;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use cityhub_config::{GeoPoint, Name, Registration, RejectReason, SensorId};
+use cityhub_core::{GeoPoint, Name, Registration, RejectReason, SensorId};
 use deadpool_postgres::ClientWrapper as Client;
 use futures_util::pin_mut;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -114,9 +114,9 @@ impl Broker {
     }
 
     /// Connection settings for this broker (plain, anonymous).
-    pub fn mqtt(&self) -> cityhub_config::MqttSettings {
-        cityhub_config::MqttSettings {
-            url: cityhub_config::ConnUrl::new(self.url()),
+    pub fn mqtt(&self) -> cityhub_core::MqttSettings {
+        cityhub_core::MqttSettings {
+            url: cityhub_core::ConnUrl::new(self.url()),
             ..Default::default()
         }
     }

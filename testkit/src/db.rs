@@ -114,7 +114,7 @@ impl TestDb {
     #[cfg(feature = "hub")]
     pub async fn migrate(&self) -> Result<(), cityhub_store::StoreError> {
         let backend = timescaledb_mode();
-        let settings = cityhub_config::Settings::load_with_vars(
+        let settings = cityhub_core::Settings::load_with_vars(
             None,
             [
                 ("CITYHUB_DATABASE_URL", self.url.as_str()),

@@ -148,7 +148,7 @@ impl Hub {
             .iter()
             .find(|(k, _)| k == "CITYHUB_CONFIG")
             .map(|(_, v)| PathBuf::from(v));
-        let settings = cityhub_config::Settings::load_with_vars(
+        let settings = cityhub_core::Settings::load_with_vars(
             file.as_deref(),
             vars.iter()
                 .filter(|(k, _)| k != "CITYHUB_CONFIG")

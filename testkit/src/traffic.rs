@@ -53,7 +53,7 @@ pub fn sim_stream(
     formats: &[Format],
     faults: FaultRates,
 ) -> Vec<SimMessage> {
-    let catalog = cityhub_config::Settings::builtin()
+    let catalog = cityhub_core::Settings::builtin()
         .unwrap()
         .catalog()
         .unwrap();
@@ -168,7 +168,7 @@ pub fn fleet_messages(
     opts: &cityhub_sim::SimOptions,
     until: chrono::DateTime<chrono::Utc>,
 ) -> Vec<SimMessage> {
-    let catalog = cityhub_config::Settings::builtin()
+    let catalog = cityhub_core::Settings::builtin()
         .unwrap()
         .catalog()
         .unwrap();

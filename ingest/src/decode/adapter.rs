@@ -7,7 +7,7 @@
 use super::check::{parse_ts, type_name, Ctx};
 use super::{problem, Decoded, Decoder, Problem};
 use chrono::{DateTime, Utc};
-use cityhub_config::{units, AdapterDef, AdapterFormat, GeoPoint, Kind, RejectReason, SensorId};
+use cityhub_core::{units, AdapterDef, AdapterFormat, GeoPoint, Kind, RejectReason, SensorId};
 use serde_json::{Map, Value};
 
 /// Where a network's uplinks keep what the hub needs.
@@ -301,7 +301,7 @@ fn map_fields(
 #[cfg(test)]
 pub(super) mod testing {
     use super::super::Decoded;
-    use cityhub_config::AdapterDef;
+    use cityhub_core::AdapterDef;
 
     pub fn adapter(toml: &str) -> AdapterDef {
         toml::from_str(toml).unwrap()

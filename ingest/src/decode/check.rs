@@ -4,7 +4,7 @@
 
 use super::{Decoded, Limits, Reading};
 use chrono::{DateTime, TimeZone, Utc};
-use cityhub_config::{GeoPoint, Kind, RejectReason};
+use cityhub_core::{GeoPoint, Kind, RejectReason};
 use serde_json::Value;
 
 /// One message being decoded for one kind.

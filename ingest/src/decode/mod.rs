@@ -15,7 +15,7 @@ mod sensor_community;
 mod ttn;
 
 use chrono::{DateTime, Utc};
-use cityhub_config::{Catalog, GeoPoint, Kind, Name, RejectReason, SensorId};
+use cityhub_core::{Catalog, GeoPoint, Kind, Name, RejectReason, SensorId};
 use serde_json::Value;
 
 use check::{type_name, Ctx};
@@ -71,7 +71,7 @@ pub struct Limits {
 pub struct Decoder {
     catalog: Catalog,
     limits: Limits,
-    adapters: Vec<cityhub_config::AdapterDef>,
+    adapters: Vec<cityhub_core::AdapterDef>,
 }
 
 impl Decoder {
@@ -84,7 +84,7 @@ impl Decoder {
     }
 
     /// Adds the configured adapters; a topic matching an adapter's filter is read in its format.
-    pub fn with_adapters(mut self, adapters: Vec<cityhub_config::AdapterDef>) -> Self {
+    pub fn with_adapters(mut self, adapters: Vec<cityhub_core::AdapterDef>) -> Self {
         self.adapters = adapters;
         self
     }
@@ -217,7 +217,7 @@ fn topic_sensor(topic: &str) -> &str {
 pub(crate) mod testing {
     use super::{Decoded, Decoder, Limits};
     use chrono::{DateTime, TimeZone, Utc};
-    use cityhub_config::{AdapterDef, Settings};
+    use cityhub_core::{AdapterDef, Settings};
 
     /// Small limits, so oversize and too-old payloads are easy to make.
     pub fn decoder() -> Decoder {

@@ -2,7 +2,7 @@
 //! `{"readings": [{"ts": ..., "values": {...}}, ...]}` for several timestamps.
 
 use super::check::{is_non_finite_word, parse_ts, type_name, Ctx};
-use cityhub_config::RejectReason;
+use cityhub_core::RejectReason;
 use serde_json::{Map, Value};
 
 impl Ctx<'_> {

@@ -9,7 +9,7 @@
 //! instance's "Sensor Units" (5701) record, else from the object's definition.
 
 use super::check::{epoch_seconds, type_name, Ctx};
-use cityhub_config::{units, GeoPoint, RejectReason};
+use cityhub_core::{units, GeoPoint, RejectReason};
 use serde_json::{Map, Value};
 
 /// Times below 2^28 s are relative to now (RFC 8428 section 4.5.3).
@@ -535,7 +535,7 @@ mod tests {
 
     #[test]
     fn a_kinds_senml_names_map_concentrations_and_vendor_names() {
-        let mut s = cityhub_config::Settings::builtin().unwrap();
+        let mut s = cityhub_core::Settings::builtin().unwrap();
         let aq = s.kinds.get_mut("air_quality").unwrap();
         aq.senml_names.insert("3325/5700".into(), "no2".into());
         aq.senml_names.insert("3325/1/5700".into(), "o3".into());

@@ -4,7 +4,7 @@
 use super::adapter::{path, Network};
 use super::{problem, Decoded, Decoder};
 use chrono::{DateTime, Utc};
-use cityhub_config::{AdapterDef, AdapterFormat, RejectReason};
+use cityhub_core::{AdapterDef, AdapterFormat, RejectReason};
 use serde_json::{Map, Value};
 
 pub(super) const NETWORK: Network = Network {

@@ -1,4 +1,6 @@
-//! Typed settings and the sensor-kind catalogue shared by every cityhub crate.
+//! The domain core of cityhub, shared by every crate: typed settings and their
+//! generated reference, the sensor-kind catalogue, validated names and positions,
+//! units, reject reasons, alert rules, indicator definitions and the sun.
 
 pub mod adapters;
 pub mod alerts;

@@ -13,7 +13,7 @@ use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 /// The built-in kind catalogue (`config/kinds.toml`; README, Sensor kinds).
-pub const DEFAULT_KINDS: &str = include_str!("../kinds.toml");
+pub const DEFAULT_KINDS: &str = include_str!("../../config/kinds.toml");
 
 /// A default that is not zero (a constant; `None` would be a bug caught by any test).
 pub(crate) fn nz<N: TryInto<T>, T>(n: N) -> T {
