@@ -162,7 +162,8 @@ const LIT: &str = "
     WHERE r.time < $3
     GROUP BY 1, 2";
 
-/// Seconds lit by day or dark at night; the sun's limits come per UTC date in $8-$12.
+/// Seconds lit by day or dark at night; the sun's limits come per solar date (the
+/// UTC time shifted by the lamps' longitude, $13 seconds) in $8-$12.
 const FAULT: &str = "
     WITH r AS (
         SELECT o.sensor_id, o.time, o.value,
@@ -180,7 +181,7 @@ const FAULT: &str = "
                / 3600.0,
            count(*)::float8, 0::float8, NULL::text
     FROM r JOIN sensors s ON s.id = r.sensor_id
-    JOIN sun ON sun.d = (r.time AT TIME ZONE 'UTC')::date
+    JOIN sun ON sun.d = ((r.time AT TIME ZONE 'UTC') + $13::float8 * interval '1 second')::date
     WHERE r.time < $3
     GROUP BY 1, 2";
 
@@ -218,12 +219,12 @@ pub async fn compute(
         Method::LitHours | Method::FaultHours => lit_above,
         _ => 0.0,
     };
-    // The sun's limits per UTC date, for the fault query only.
-    let sun = if ind.compute == Method::FaultHours {
+    // The sun's limits per solar date, for the fault query only.
+    let (sun, solar_offset_s) = if ind.compute == Method::FaultHours {
         let (lat, lon) = lamp_position(store, ind.kind, q.sensor.as_deref()).await?;
-        SunTable::new(from, to, lat, lon)
+        (SunTable::new(from, to, lat, lon), lon * 240.0)
     } else {
-        SunTable::default()
+        (SunTable::default(), 0.0)
     };
     // $1-$5 are common; each query adds its own.
     let (sql, own): (&str, Vec<&(dyn ToSql + Sync)>) = match ind.compute {
@@ -242,6 +243,7 @@ pub async fn compute(
                 &sun.day_to,
                 &sun.night_to,
                 &sun.night_from,
+                &solar_offset_s,
             ],
         ),
         Method::Trips => (TRIPS, vec![]),
@@ -267,7 +269,7 @@ pub async fn compute(
     Ok(aggregate(ind, cfg, tz, q, &base))
 }
 
-/// Day and night limits of each UTC date around a range, as query arrays.
+/// Day and night limits of each solar date around a range, as query arrays.
 #[derive(Default)]
 struct SunTable {
     date: Vec<NaiveDate>,

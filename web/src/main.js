@@ -2,14 +2,12 @@
 // over /api/v1/stream, with a list of what needs action.
 import L from 'leaflet';
 import uPlot from 'uplot';
-import { getPosition } from 'suncalc';
-import { judge, actionItems, RateCounter } from './state.js';
+import { judge, actionItems, RateCounter, sunAltitude } from './state.js';
 import { initialLang, saveLang, strings, metricLabel, kindTitle, duration, number } from './i18n.js';
 import { AlertsPanel } from './alerts.js';
 import { renderIndicators } from './indicators.js';
 
 const DAY_MS = 24 * 3600 * 1000;
-const sunAltitude = (t, lat, lon) => getPosition(new Date(t), lat, lon).altitude;
 
 const app = {
   lang: initialLang(),

@@ -2,6 +2,16 @@
 // (config/kinds.toml, served by /api/v1/kinds). Pure functions: the browser and
 // the unit tests (web/tests/state.test.mjs) run the same code.
 
+import { getPosition } from 'suncalc';
+
+/**
+ * The sun's altitude in radians at `timeMs`, `lat`, `lon`. suncalc 2 gives degrees
+ * (refraction included); the limits below are radians.
+ */
+export function sunAltitude(timeMs, lat, lon) {
+  return (getPosition(new Date(timeMs), lat, lon).altitude * Math.PI) / 180;
+}
+
 /** The sun this far above the horizon is day; this far below, night (civil twilight). */
 export const DAY_ALTITUDE = (6 * Math.PI) / 180;
 export const NIGHT_ALTITUDE = (-6 * Math.PI) / 180;
