@@ -1,0 +1,48 @@
+// The map's shared state and helpers: the `app` object every part reads, `$`, `T`, JSON fetches.
+import { RateCounter } from './state.js';
+import { initialLang, strings } from './i18n.js';
+
+export const DAY_MS = 24 * 3600 * 1000;
+
+export const app = {
+  lang: initialLang(),
+  settings: null,
+  kinds: new Map(), // name -> kind from /api/v1/kinds
+  sensors: new Map(), // id -> { sensor, verdict, marker }
+  layers: new Map(), // kind -> L.LayerGroup
+  unplaced: 0,
+  rate: new RateCounter(),
+  map: null,
+  legend: null,
+  open: null, // { id, chart, el } of the open popup
+  history: null, // while the hub loads a history: how far (map/status.json)
+  // Above CANVAS_FROM sensors markers are drawn on one canvas (a region's 100,000 stay
+  // fluid); below, each is a focusable element. The list is the keyboard path either way.
+  canvas: false,
+  renderer: null,
+  hiddenStates: new Set(), // states filtered out in the legend
+};
+export const CANVAS_FROM = 2000;
+// For tests and for operators poking at the console.
+window.cityhub = app;
+
+export const $ = (id) => document.getElementById(id);
+export const T = () => strings(app.lang);
+
+export async function getJson(path) {
+  const r = await fetch(path, { headers: { Accept: 'application/json' } });
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
+export function toSensor(f) {
+  const p = f.properties || {};
+  return {
+    id: String(f.id),
+    kind: p.kind,
+    name: p.name || null,
+    coordinates: f.geometry && f.geometry.type === 'Point' ? f.geometry.coordinates : null,
+    last_seen: p.last_seen || null,
+    latest: p.latest || {},
+  };
+}
