@@ -206,59 +206,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     {
         ensure_map_built(&dir);
     }
-    let _pg = match &args.database_url {
-        Some(url) => {
-            settings.database.url = ConnUrl::new(url.clone());
-            None
-        }
-        None => {
-            let pg = DemoPostgres::start(&args.data_dir)?;
-            create_database(&pg.0.url("postgres"), "cityhub").await?;
-            settings.database.url = ConnUrl::new(pg.0.url("cityhub"));
-            Some(pg)
-        }
-    };
-    let broker = match &args.mqtt_url {
-        Some(u) => u.clone(),
-        None => start_embedded_broker()?,
-    };
-    settings.mqtt.url = ConnUrl::new(broker.clone());
-    if args.mqtt_url.is_none() {
-        // rumqttd sends a subscriber at most 100 unacked messages (a constant in its
-        // router), so a batch never fills and closes at its age: the history loaded at
-        // 1,650 messages/s with 50 ms, 5,300 with 10 ms, 9,800 with 2 ms (measured).
-        settings.ingest.batch_max_age_ms = settings.ingest.batch_max_age_ms.min(2);
-    }
-    // The embedded broker keeps no sessions across runs; a fresh client id per run is honest about that.
-    settings.mqtt.client_id = format!("cityhub-demo-{}", std::process::id());
-
+    let _pg = services(&mut settings, &args).await?;
     let catalog = settings.catalog()?;
-    let per_kind: Vec<(String, usize)> = cityhub_sim::fleet::BUILT_IN_KINDS
-        .iter()
-        .zip(args.fleet.iter().chain(std::iter::repeat(&0)))
-        .filter(|(k, n)| **n > 0 && catalog.get(k).is_some())
-        .map(|(k, n)| (k.to_string(), *n))
-        .collect();
-    let history = crate::sim_cmd::parse_duration(&args.history)
-        .with_context(|| format!("--history {}", args.history))?;
-    let progress = Arc::new(Progress::default());
-    let opts = SimOptions {
-        seed: args.seed,
-        start: Utc::now() - history.max(chrono::Duration::zero()),
-        fleet: FleetSpec {
-            per_kind,
-            lamp_fault_share: 0.05,
-        },
-        formats: vec![Format::Native, Format::Senml],
-        faults: FaultRates::default(),
-    };
-    let pace = Pace {
-        speedup: args.speedup.max(1.0),
-        rate: None,
-        duration: None,
-        count: None,
-        progress: Some(progress.clone()),
-    };
+    let (opts, pace, progress) = fleet_plan(&args, &catalog)?;
 
     let signal_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -281,7 +231,8 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         .await
         .context("the hub did not start")?;
     let addr = hub.addr;
-    // The embedded broker keeps nothing for absent subscribers: start the fleet once the hub listens.
+    // The embedded broker keeps nothing for absent subscribers: start the fleet once the
+    // hub is subscribed (the flag is set on the broker's SUBACK).
     while !hub
         .mqtt_connected
         .load(std::sync::atomic::Ordering::Relaxed)
@@ -291,7 +242,6 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // SUBACK
     let history_from = opts.start;
     let opts_fleet = opts.fleet.clone();
     let sim_cancel = cancel.clone();
@@ -308,20 +258,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         )
         .await
     });
-    // Written, not println!-ed: a reader that stops listening (`| head -1`) must not stop the demo.
-    let banner = format!(
-        "cityhub demo is running: http://{addr}/  (the operator map; Ctrl-C stops it)\n\
-         \x20 health:             http://{addr}/readyz\n\
-         \x20 API and its docs:   http://{addr}/api   (OpenAPI: http://{addr}/openapi.json)\n\
-         \x20 sensors (GeoJSON):  http://{addr}/api/v1/sensors   feeds: http://{addr}/feeds/waste_bin.csv\n\
-         \x20 OGC API - Features: http://{addr}/ogc   catalogue: http://{addr}/catalog.ttl\n\
-         \x20 live readings:      http://{addr}/api/v1/stream   metrics: http://{addr}/metrics\n"
-    );
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
-    }
+    print_banner(addr);
     let loading = show_progress(
         progress,
         history_from,
@@ -352,6 +289,86 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
     cancel.cancel();
     hub.stopped().await?;
     Ok(())
+}
+
+/// The demo's database and broker: the user's (`--database-url`, `--mqtt-url`) or its
+/// own (a private PostgreSQL cluster, the embedded broker), written into `settings`.
+async fn services(settings: &mut Settings, args: &DemoArgs) -> Result<Option<DemoPostgres>> {
+    let pg = match &args.database_url {
+        Some(url) => {
+            settings.database.url = ConnUrl::new(url.clone());
+            None
+        }
+        None => {
+            let pg = DemoPostgres::start(&args.data_dir)?;
+            create_database(&pg.0.url("postgres"), "cityhub").await?;
+            settings.database.url = ConnUrl::new(pg.0.url("cityhub"));
+            Some(pg)
+        }
+    };
+    let broker = match &args.mqtt_url {
+        Some(u) => u.clone(),
+        None => start_embedded_broker()?,
+    };
+    settings.mqtt.url = ConnUrl::new(broker.clone());
+    if args.mqtt_url.is_none() {
+        // rumqttd sends a subscriber at most 100 unacked messages (a constant in its
+        // router), so a batch never fills and closes at its age: the history loaded at
+        // 1,650 messages/s with 50 ms, 5,300 with 10 ms, 9,800 with 2 ms (measured).
+        settings.ingest.batch_max_age_ms = settings.ingest.batch_max_age_ms.min(2);
+    }
+    // The embedded broker keeps no sessions across runs; a fresh client id per run is honest about that.
+    settings.mqtt.client_id = format!("cityhub-demo-{}", std::process::id());
+    Ok(pg)
+}
+
+/// The simulated fleet: which sensors, from when, how fast.
+fn fleet_plan(
+    args: &DemoArgs,
+    catalog: &cityhub_core::Catalog,
+) -> Result<(SimOptions, Pace, Arc<Progress>)> {
+    let per_kind: Vec<(String, usize)> = cityhub_sim::fleet::BUILT_IN_KINDS
+        .iter()
+        .zip(args.fleet.iter().chain(std::iter::repeat(&0)))
+        .filter(|(k, n)| **n > 0 && catalog.get(k).is_some())
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+    let history = crate::sim_cmd::parse_duration(&args.history)
+        .with_context(|| format!("--history {}", args.history))?;
+    let progress = Arc::new(Progress::default());
+    let opts = SimOptions {
+        seed: args.seed,
+        start: Utc::now() - history.max(chrono::Duration::zero()),
+        fleet: FleetSpec {
+            per_kind,
+            lamp_fault_share: 0.05,
+        },
+        formats: vec![Format::Native, Format::Senml],
+        faults: FaultRates::default(),
+    };
+    let pace = Pace {
+        speedup: args.speedup.max(1.0),
+        rate: None,
+        duration: None,
+        count: None,
+        progress: Some(progress.clone()),
+    };
+    Ok((opts, pace, progress))
+}
+
+/// Written, not println!-ed: a reader that stops listening (`| head -1`) must not stop the demo.
+fn print_banner(addr: std::net::SocketAddr) {
+    let banner = format!(
+        "cityhub demo is running: http://{addr}/  (the operator map; Ctrl-C stops it)\n\
+         \x20 health:             http://{addr}/readyz\n\
+         \x20 API and its docs:   http://{addr}/api   (OpenAPI: http://{addr}/openapi.json)\n\
+         \x20 sensors (GeoJSON):  http://{addr}/api/v1/sensors   feeds: http://{addr}/feeds/waste_bin.csv\n\
+         \x20 OGC API - Features: http://{addr}/ogc   catalogue: http://{addr}/catalog.ttl\n\
+         \x20 live readings:      http://{addr}/api/v1/stream   metrics: http://{addr}/metrics\n"
+    );
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
 }
 
 /// While the history loads: a progress line on stderr (redrawn in place on a

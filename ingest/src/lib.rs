@@ -63,18 +63,18 @@ pub fn start(
     let (http_tx, http_rx) = mpsc::channel(256);
 
     let ms = |v: u64| Duration::from_millis(v);
-    tracker.spawn(mqtt::run_event_loop(
-        session.event_loop,
-        session.client,
-        session.epoch.clone(),
-        settings.subscription_filters(),
-        in_tx,
+    let event_loop = mqtt::EventLoopTask {
+        event_loop: session.event_loop,
+        client: session.client,
+        epoch: session.epoch.clone(),
+        filters: settings.subscription_filters(),
+        tx: in_tx,
         connected,
-        metrics.clone(),
-        settings.mqtt.reconnect_backoff(),
-        settings.mqtt.receive_maximum.get(),
-        cancel.clone(),
-    ));
+        metrics: metrics.clone(),
+        backoff: settings.mqtt.reconnect_backoff(),
+        receive_maximum: settings.mqtt.receive_maximum.get(),
+    };
+    tracker.spawn(event_loop.run(cancel.clone()));
     let ing = &settings.ingest;
     let limits = pipeline::BatchLimits {
         max_rows: ing.batch_max_rows.get(),
@@ -101,22 +101,23 @@ pub fn start(
             max_sensors: ing.max_sensors,
         },
     );
-    tracker.spawn(pipeline::run_writer(
+    let writer = pipeline::WriterTask {
         writer,
         store,
-        batch_rx,
-        session.acker,
+        acker: session.acker,
         metrics,
-        settings.ingest.retry_backoff(),
-        pipeline::Isolation {
+        backoff: settings.ingest.retry_backoff(),
+        iso: pipeline::Isolation {
             poison_after_attempts: ing.poison_after_attempts,
             reason_bytes: ing.dead_letter_reason_bytes,
         },
         // Retrying the open batch after SIGTERM: half the deadline, so the writer gives
         // up (and disconnects cleanly) before the app stops waiting for it.
-        Duration::from_secs(ing.shutdown_timeout_s.get()).max(Duration::from_secs(2)) / 2,
+        shutdown_grace: Duration::from_secs(ing.shutdown_timeout_s.get())
+            .max(Duration::from_secs(2))
+            / 2,
         live,
-        cancel,
-    ));
+    };
+    tracker.spawn(writer.run(batch_rx, cancel));
     Ok(HttpIngest { tx: http_tx })
 }

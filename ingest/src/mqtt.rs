@@ -147,42 +147,99 @@ pub fn session(settings: &Settings, metrics: &IngestMetrics) -> Result<Session, 
 /// overruns it, before it stops reading the socket.
 const WINDOW_OVERRUN: i64 = 32;
 
-/// Runs the event loop until the writer asks for DISCONNECT (after draining), or,
-/// once shutdown has begun, until the connection fails.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_event_loop(
-    mut event_loop: EventLoop,
-    client: AsyncClient,
-    epoch: Arc<Mutex<u64>>,
-    filters: Vec<String>,
-    tx: mpsc::UnboundedSender<Inbound>,
-    connected: Arc<AtomicBool>,
-    metrics: IngestMetrics,
-    mut backoff: cityhub_core::Backoff,
-    receive_maximum: u16,
-    cancel: CancellationToken,
-) {
-    let mut ever_connected = false;
-    let mut current = 0u64;
-    // Our own Receive Maximum, whatever the broker does. A broker that keeps to it sends
-    // nothing more while the window is full, so the loop keeps polling: pings go out and
-    // a long database outage does not cost the connection (and a redelivery of the
-    // whole window). Only a broker that overruns it (Mosquitto with an unlimited
-    // in-flight setting, on a resumed session) meets the hard stop: past
-    // [`WINDOW_OVERRUN`] more, the socket is not read until acks free room (TCP then
-    // holds the broker back). Acks still go out: they only need the request queue,
-    // which has room for twice the window, and are flushed as soon as polling resumes.
-    let window = i64::from(receive_maximum) + WINDOW_OVERRUN;
-    let mut overrun_logged = false;
-    // Receive times strictly increase (by at least 1 µs, PostgreSQL's resolution), so two
-    // messages without a timestamp from one sensor never share the receive time they get.
-    let mut last_received = Utc::now();
-    loop {
-        while metrics.acks_pending.get() >= window
+/// What the MQTT event loop task owns: the connection, where messages go, and its
+/// state across reconnects. [`EventLoopTask::run`] polls it until cancelled.
+pub struct EventLoopTask {
+    pub event_loop: EventLoop,
+    pub client: AsyncClient,
+    /// Bumped on every lost connection; acks of an older epoch are dropped.
+    pub epoch: Arc<Mutex<u64>>,
+    pub filters: Vec<String>,
+    pub tx: mpsc::UnboundedSender<Inbound>,
+    /// True while subscribed (readiness).
+    pub connected: Arc<AtomicBool>,
+    pub metrics: IngestMetrics,
+    pub backoff: cityhub_core::Backoff,
+    pub receive_maximum: u16,
+}
+
+/// The loop's state between events.
+struct LoopState {
+    ever_connected: bool,
+    current: u64,
+    window: i64,
+    overrun_logged: bool,
+    last_received: chrono::DateTime<Utc>,
+}
+
+impl EventLoopTask {
+    /// Runs the event loop until the writer asks for DISCONNECT (after draining), or,
+    /// once shutdown has begun, until the connection fails; each publish goes to the
+    /// batcher, and a lost connection is retried with backoff.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        // Our own Receive Maximum, whatever the broker does. A broker that keeps to it sends
+        // nothing more while the window is full, so the loop keeps polling: pings go out and
+        // a long database outage does not cost the connection (and a redelivery of the
+        // whole window). Only a broker that overruns it (Mosquitto with an unlimited
+        // in-flight setting, on a resumed session) meets the hard stop: past
+        // [`WINDOW_OVERRUN`] more, the socket is not read until acks free room (TCP then
+        // holds the broker back). Acks still go out: they only need the request queue,
+        // which has room for twice the window, and are flushed as soon as polling resumes.
+        let mut st = LoopState {
+            ever_connected: false,
+            current: 0,
+            window: i64::from(self.receive_maximum) + WINDOW_OVERRUN,
+            overrun_logged: false,
+            // Receive times strictly increase (by at least 1 µs, PostgreSQL's resolution), so
+            // two messages without a timestamp from one sensor never share the receive time.
+            last_received: Utc::now(),
+        };
+        loop {
+            Self::hold_while_overrun(&self.metrics, self.receive_maximum, &mut st, &cancel).await;
+            match self.event_loop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if cancel.is_cancelled() {
+                        continue; // not acked: the broker keeps it for our next session
+                    }
+                    self.received(p, &mut st);
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    self.connected_again(ack.session_present, &mut st)
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => self.subscribed(&ack.return_codes),
+                Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => {
+                    self.metrics.acks_queued.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    tracing::info!("Disconnected from the MQTT broker.");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !self.connection_lost(e, &mut st, &cancel).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.connected.store(false, Ordering::Relaxed);
+        self.metrics.mqtt_connected.set(0);
+    }
+
+    /// Past the window and its overrun, the socket is not read until acks free room.
+    /// (Not a method: the event loop is not `Sync`, so `&self` could not be held
+    /// across the wait.)
+    async fn hold_while_overrun(
+        metrics: &IngestMetrics,
+        receive_maximum: u16,
+        st: &mut LoopState,
+        cancel: &CancellationToken,
+    ) {
+        while metrics.acks_pending.get() >= st.window
             && metrics.acks_queued.load(Ordering::Relaxed) <= 0
             && !cancel.is_cancelled()
         {
-            if !std::mem::replace(&mut overrun_logged, true) {
+            if !std::mem::replace(&mut st.overrun_logged, true) {
                 tracing::warn!(receive_maximum, held = metrics.acks_pending.get(),
                     "The broker sends past the hub's Receive Maximum; not reading until acks free room (no pings meanwhile: set the broker's in-flight limit to mqtt.receive_maximum).");
             }
@@ -191,116 +248,110 @@ pub async fn run_event_loop(
                 _ = cancel.cancelled() => {}
             }
         }
-        match event_loop.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if cancel.is_cancelled() {
-                    continue; // not acked: the broker keeps it for our next session
-                }
-                // The hubs' own alert events (`notify.mqtt`) are output, not readings;
-                // a retained copy (a broker ignoring retain handling "never") is not a
-                // new reading: stored at each resubscription it would repeat a reading
-                // without a timestamp.
-                let skip = p
-                    .topic
-                    .starts_with(cityhub_core::alerts::ALERT_TOPIC_PREFIX.as_bytes())
-                    || p.retain;
-                if p.retain {
-                    metrics.retained_dropped.inc();
-                }
-                if !skip {
-                    metrics.messages_received.inc();
-                }
-                metrics.acks_pending.inc();
-                let now = Utc::now();
-                last_received = if now > last_received + chrono::Duration::microseconds(1) {
-                    now
-                } else {
-                    last_received + chrono::Duration::microseconds(1)
-                };
-                let m = Inbound {
-                    publish: p,
-                    epoch: current,
-                    received_at: last_received,
-                    skip,
-                };
-                if tx.send(m).is_err() {
-                    metrics.acks_pending.dec();
-                }
-            }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff.reset();
-                metrics.mqtt_connected.set(1);
-                if ever_connected {
-                    metrics.mqtt_reconnects.inc();
-                }
-                ever_connected = true;
-                tracing::info!(
-                    session_present = ack.session_present,
-                    epoch = current,
-                    "Connected to the MQTT broker."
-                );
-                // Retain handling 2 (MQTT 5): never send retained messages on subscribing.
-                let subs = filters.iter().map(|f| Filter {
-                    retain_forward_rule: RetainForwardRule::Never,
-                    ..Filter::new(f.clone(), QoS::AtLeastOnce)
-                });
-                if let Err(e) = client.try_subscribe_many(subs) {
-                    tracing::error!(error = %e, "Could not queue the subscription request.");
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let failed: Vec<_> = ack
-                    .return_codes
-                    .iter()
-                    .filter(|c| {
-                        !matches!(
-                            c,
-                            rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
-                        )
-                    })
-                    .collect();
-                if failed.is_empty() {
-                    // Ready only now: before the SUBACK the broker may drop what it gets for us.
-                    connected.store(true, Ordering::Relaxed);
-                    tracing::info!(filters = ?filters, "Subscribed.");
-                } else {
-                    tracing::error!(codes = ?failed, filters = ?filters, "The broker refused a subscription.");
-                }
-            }
-            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => {
-                metrics.acks_queued.fetch_sub(1, Ordering::Relaxed);
-            }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                tracing::info!("Disconnected from the MQTT broker.");
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                {
-                    let mut ep = epoch.lock().expect("epoch lock");
-                    *ep += 1;
-                    current = *ep;
-                    // poll() already moved unsent acks out; acks queued since belong to the old
-                    // connection too. Clearing again under the lock drops them.
-                    event_loop.clean();
-                    metrics.acks_queued.store(0, Ordering::Relaxed);
-                }
-                connected.store(false, Ordering::Relaxed);
-                metrics.mqtt_connected.set(0);
-                metrics.mqtt_connection_errors.inc();
-                if cancel.is_cancelled() {
-                    tracing::info!(error = %e, "MQTT connection ended during shutdown.");
-                    break;
-                }
-                let delay = backoff.next_pause();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost; reconnecting.");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => {}
-                }
-            }
+    }
+
+    fn received(&self, p: Publish, st: &mut LoopState) {
+        // The hubs' own alert events (`notify.mqtt`) are output, not readings; a retained
+        // copy (a broker ignoring retain handling "never") is not a new reading: stored at
+        // each resubscription it would repeat a reading without a timestamp.
+        let skip = p
+            .topic
+            .starts_with(cityhub_core::alerts::ALERT_TOPIC_PREFIX.as_bytes())
+            || p.retain;
+        if p.retain {
+            self.metrics.retained_dropped.inc();
+        }
+        if !skip {
+            self.metrics.messages_received.inc();
+        }
+        self.metrics.acks_pending.inc();
+        let now = Utc::now();
+        st.last_received = if now > st.last_received + chrono::Duration::microseconds(1) {
+            now
+        } else {
+            st.last_received + chrono::Duration::microseconds(1)
+        };
+        let m = Inbound {
+            publish: p,
+            epoch: st.current,
+            received_at: st.last_received,
+            skip,
+        };
+        if self.tx.send(m).is_err() {
+            self.metrics.acks_pending.dec();
         }
     }
-    connected.store(false, Ordering::Relaxed);
-    metrics.mqtt_connected.set(0);
+
+    fn connected_again(&mut self, session_present: bool, st: &mut LoopState) {
+        self.backoff.reset();
+        self.metrics.mqtt_connected.set(1);
+        if st.ever_connected {
+            self.metrics.mqtt_reconnects.inc();
+        }
+        st.ever_connected = true;
+        tracing::info!(
+            session_present,
+            epoch = st.current,
+            "Connected to the MQTT broker."
+        );
+        // Retain handling 2 (MQTT 5): never send retained messages on subscribing.
+        let subs = self.filters.iter().map(|f| Filter {
+            retain_forward_rule: RetainForwardRule::Never,
+            ..Filter::new(f.clone(), QoS::AtLeastOnce)
+        });
+        if let Err(e) = self.client.try_subscribe_many(subs) {
+            tracing::error!(error = %e, "Could not queue the subscription request.");
+        }
+    }
+
+    fn subscribed(&self, codes: &[rumqttc::v5::mqttbytes::v5::SubscribeReasonCode]) {
+        let failed: Vec<_> = codes
+            .iter()
+            .filter(|c| {
+                !matches!(
+                    c,
+                    rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                )
+            })
+            .collect();
+        if failed.is_empty() {
+            // Ready only now: before the SUBACK the broker may drop what it gets for us.
+            self.connected.store(true, Ordering::Relaxed);
+            tracing::info!(filters = ?self.filters, "Subscribed.");
+        } else {
+            tracing::error!(codes = ?failed, filters = ?self.filters, "The broker refused a subscription.");
+        }
+    }
+
+    /// A lost connection starts a new epoch and waits to reconnect; false: shutting down.
+    async fn connection_lost(
+        &mut self,
+        e: rumqttc::v5::ConnectionError,
+        st: &mut LoopState,
+        cancel: &CancellationToken,
+    ) -> bool {
+        {
+            let mut ep = self.epoch.lock().expect("epoch lock");
+            *ep += 1;
+            st.current = *ep;
+            // poll() already moved unsent acks out; acks queued since belong to the old
+            // connection too. Clearing again under the lock drops them.
+            self.event_loop.clean();
+            self.metrics.acks_queued.store(0, Ordering::Relaxed);
+        }
+        self.connected.store(false, Ordering::Relaxed);
+        self.metrics.mqtt_connected.set(0);
+        self.metrics.mqtt_connection_errors.inc();
+        if cancel.is_cancelled() {
+            tracing::info!(error = %e, "MQTT connection ended during shutdown.");
+            return false;
+        }
+        let delay = self.backoff.next_pause();
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost; reconnecting.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => {}
+        }
+        true
+    }
 }

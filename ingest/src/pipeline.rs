@@ -432,135 +432,177 @@ async fn is_fault(e: &StoreError, store: &Store, iso: Isolation, attempts: u32) 
             && store.ping().await.is_ok())
 }
 
-/// Commits batches in order; acks each batch's messages after its commit.
-#[allow(clippy::too_many_arguments)] // one task's whole wiring, passed once at start
-pub async fn run_writer(
-    mut writer: BatchWriter,
-    store: Store,
-    mut rx: mpsc::Receiver<Batch>,
-    acker: Acker,
-    metrics: IngestMetrics,
-    mut backoff: cityhub_core::Backoff,
-    iso: Isolation,
-    shutdown_grace: Duration,
-    live: cityhub_store::Subscribers,
-    cancel: CancellationToken,
-) {
-    let mut deadline: Option<Instant> = None;
-    'batches: while let Some(mut batch) = rx.recv().await {
-        if batch.reply.as_ref().is_some_and(|(r, _)| r.is_closed()) {
-            // The HTTP client stopped waiting (and was told to send again): storing it now
-            // would store it twice.
-            continue;
+/// What the writer task owns: it commits each batch in one transaction, retries
+/// with backoff, isolates messages the database refuses, and acks what committed.
+pub struct WriterTask {
+    pub writer: BatchWriter,
+    pub store: Store,
+    pub acker: Acker,
+    pub metrics: IngestMetrics,
+    pub backoff: cityhub_core::Backoff,
+    pub iso: Isolation,
+    /// After SIGTERM a failing batch is retried this long, then left unacked.
+    pub shutdown_grace: Duration,
+    pub live: cityhub_store::Subscribers,
+}
+
+/// How the attempts at one batch went so far.
+#[derive(Default)]
+struct Attempts {
+    count: u32,
+    lost_in_a_row: u32,
+    refused_once: bool,
+    isolated: bool,
+}
+
+impl WriterTask {
+    /// Commits batches until the channel closes or shutdown gives up on one.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>, cancel: CancellationToken) {
+        let mut deadline: Option<Instant> = None;
+        while let Some(batch) = rx.recv().await {
+            if batch.reply.as_ref().is_some_and(|(r, _)| r.is_closed()) {
+                // The HTTP client stopped waiting (and was told to send again): storing it now
+                // would store it twice.
+                continue;
+            }
+            if !self.commit(batch, &cancel, &mut deadline).await {
+                break;
+            }
         }
-        backoff.reset();
+        // Whatever is left (shutdown gave up) stays unacked.
+        while let Ok(b) = rx.try_recv() {
+            self.metrics.acks_pending.dec_by(b.acks.len() as i64);
+        }
+        self.acker.disconnect().await;
+    }
+
+    /// Commits one batch, retrying until it commits; false when shutdown gave up on it.
+    async fn commit(
+        &mut self,
+        mut batch: Batch,
+        cancel: &CancellationToken,
+        deadline: &mut Option<Instant>,
+    ) -> bool {
+        self.backoff.reset();
         let oldest = batch.write.sources.iter().map(|s| s.received_at).min();
-        let mut attempt = 0u32;
-        let mut lost_in_a_row = 0u32;
-        let mut refused_once = false;
-        writer.report_latest =
-            live.live.receiver_count() > 0 || live.committed.receiver_count() > 0;
-        let mut isolated = false;
+        let mut tries = Attempts::default();
+        self.writer.report_latest =
+            self.live.live.receiver_count() > 0 || self.live.committed.receiver_count() > 0;
         loop {
-            metrics.holding(oldest);
+            self.metrics.holding(oldest);
             let started = Instant::now();
-            let result = match writer.write(&batch.write).await {
-                Err(e) => {
-                    lost_in_a_row = if e.is_connection_lost() {
-                        lost_in_a_row + 1
-                    } else {
-                        0
-                    };
-                    // A data error is believed only when it repeats on a fresh session (the
-                    // writer reset itself): "no partition for row" after a partition was
-                    // dropped, for one, goes away by itself.
-                    let fault = if e.is_permanent() {
-                        std::mem::replace(&mut refused_once, true)
-                    } else {
-                        is_fault(&e, &store, iso, lost_in_a_row).await
-                    };
-                    if fault {
-                        tracing::warn!(error = %e, messages = batch.write.sources.len(),
-                            "The database refuses this batch; splitting it to find the messages at fault.");
-                        isolated = true;
-                        isolate(&mut writer, &batch.write, e, &store, iso).await
-                    } else {
-                        Err(e)
-                    }
-                }
-                ok => ok,
-            };
-            match result {
-                Ok(mut outcome) => {
-                    let latest: LiveBatch = Arc::new(std::mem::take(&mut outcome.latest));
-                    if !latest.is_empty() {
-                        // Nobody listening is not an error: the stream is best effort.
-                        let _ = live.live.send(latest.clone());
-                    }
-                    if live.committed.receiver_count() > 0 {
-                        // After an isolation some readings were refused: only the
-                        // latest values say what was stored.
-                        let readings = if isolated {
-                            Vec::new()
-                        } else {
-                            std::mem::take(&mut batch.write.observations)
-                        };
-                        let _ = live
-                            .committed
-                            .send(Arc::new(cityhub_store::Committed { readings, latest }));
-                    }
-                    metrics
-                        .commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    metrics.batch_rows.observe(batch.rows as f64);
-                    metrics.rows_committed.inc_by(outcome.inserted);
-                    metrics.rows_duplicate.inc_by(outcome.duplicates);
-                    metrics.messages_unstorable.inc_by(outcome.unstorable);
-                    for (code, n) in &outcome.dead_letters {
-                        metrics.dead_letter(*code, *n);
-                    }
-                    metrics
-                        .messages_committed
-                        .inc_by((batch.acks.len() - batch.skipped) as u64);
-                    if attempt > 0 {
-                        tracing::info!(attempts = attempt + 1, "Batch committed after retries.");
-                    }
-                    acker.ack(&batch.acks).await;
-                    metrics.holding(None);
-                    if let Some((reply, outcome)) = batch.reply.take() {
-                        let _ = reply.send(Ok(outcome));
-                    }
-                    break;
+            match self.write_or_isolate(&batch, &mut tries).await {
+                Ok(outcome) => {
+                    self.committed(&mut batch, outcome, started, &tries).await;
+                    return true;
                 }
                 Err(e) => {
-                    attempt += 1;
-                    metrics.db_retries.inc();
+                    tries.count += 1;
+                    self.metrics.db_retries.inc();
                     if let Some((reply, _)) = batch.reply.take() {
                         // Not committed: the HTTP client is told to retry; nothing to keep.
                         tracing::warn!(error = %e, "HTTP submission not committed; answered 503.");
                         let _ = reply.send(Err(HttpRefused));
-                        break;
+                        return true;
                     }
                     if cancel.is_cancelled() {
-                        let d = *deadline.get_or_insert_with(|| Instant::now() + shutdown_grace);
+                        let d =
+                            *deadline.get_or_insert_with(|| Instant::now() + self.shutdown_grace);
                         if Instant::now() >= d {
                             tracing::warn!(error = %e, messages = batch.acks.len(),
                                 "Shutdown grace period over; leaving uncommitted messages unacked for redelivery.");
-                            metrics.acks_pending.dec_by(batch.acks.len() as i64);
-                            break 'batches;
+                            self.metrics.acks_pending.dec_by(batch.acks.len() as i64);
+                            return false;
                         }
                     }
-                    let delay = backoff.next_pause();
-                    tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64,
+                    let delay = self.backoff.next_pause();
+                    tracing::warn!(error = %e, attempt = tries.count, retry_in_ms = delay.as_millis() as u64,
                         "Batch commit failed; retrying.");
                     tokio::time::sleep(delay).await;
                 }
             }
         }
     }
-    // Whatever is left (shutdown gave up) stays unacked.
-    while let Ok(b) = rx.try_recv() {
-        metrics.acks_pending.dec_by(b.acks.len() as i64);
+
+    /// One attempt; a batch the database refuses is split to find the messages at fault.
+    async fn write_or_isolate(
+        &mut self,
+        batch: &Batch,
+        tries: &mut Attempts,
+    ) -> Result<WriteOutcome, StoreError> {
+        let e = match self.writer.write(&batch.write).await {
+            Err(e) => e,
+            ok => return ok,
+        };
+        tries.lost_in_a_row = if e.is_connection_lost() {
+            tries.lost_in_a_row + 1
+        } else {
+            0
+        };
+        // A data error is believed only when it repeats on a fresh session (the writer
+        // reset itself): "no partition for row" after a partition was dropped, for one,
+        // goes away by itself.
+        let fault = if e.is_permanent() {
+            std::mem::replace(&mut tries.refused_once, true)
+        } else {
+            is_fault(&e, &self.store, self.iso, tries.lost_in_a_row).await
+        };
+        if !fault {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, messages = batch.write.sources.len(),
+            "The database refuses this batch; splitting it to find the messages at fault.");
+        tries.isolated = true;
+        isolate(&mut self.writer, &batch.write, e, &self.store, self.iso).await
     }
-    acker.disconnect().await;
+
+    /// After the commit: the live stream and the alert engine hear of it, the metrics
+    /// count it, the messages are acked, an HTTP upload gets its answer.
+    async fn committed(
+        &mut self,
+        batch: &mut Batch,
+        mut outcome: WriteOutcome,
+        started: Instant,
+        tries: &Attempts,
+    ) {
+        let (metrics, live) = (&self.metrics, &self.live);
+        let latest: LiveBatch = Arc::new(std::mem::take(&mut outcome.latest));
+        if !latest.is_empty() {
+            // Nobody listening is not an error: the stream is best effort.
+            let _ = live.live.send(latest.clone());
+        }
+        if live.committed.receiver_count() > 0 {
+            // After an isolation some readings were refused: only the latest values say
+            // what was stored.
+            let readings = if tries.isolated {
+                Vec::new()
+            } else {
+                std::mem::take(&mut batch.write.observations)
+            };
+            let _ = live
+                .committed
+                .send(Arc::new(cityhub_store::Committed { readings, latest }));
+        }
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_rows.observe(batch.rows as f64);
+        metrics.rows_committed.inc_by(outcome.inserted);
+        metrics.rows_duplicate.inc_by(outcome.duplicates);
+        metrics.messages_unstorable.inc_by(outcome.unstorable);
+        for (code, n) in &outcome.dead_letters {
+            metrics.dead_letter(*code, *n);
+        }
+        metrics
+            .messages_committed
+            .inc_by((batch.acks.len() - batch.skipped) as u64);
+        if tries.count > 0 {
+            tracing::info!(attempts = tries.count + 1, "Batch committed after retries.");
+        }
+        self.acker.ack(&batch.acks).await;
+        self.metrics.holding(None);
+        if let Some((reply, outcome)) = batch.reply.take() {
+            let _ = reply.send(Ok(outcome));
+        }
+    }
 }

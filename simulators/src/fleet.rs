@@ -308,6 +308,18 @@ pub fn build(seed: u64, spec: &FleetSpec, catalog: &Catalog) -> Result<Vec<SimSe
     Ok(out)
 }
 
+/// When and where a sensor reports, for its model's physics.
+struct Moment<'a> {
+    prev: DateTime<Utc>,
+    t: DateTime<Utc>,
+    /// Hours since the previous report.
+    dt_h: f64,
+    w: &'a Weather,
+    lat: f64,
+    lon: f64,
+    activity: f64,
+}
+
 /// The day's weather, the same for the whole city and every run with one seed.
 #[derive(Debug, Clone, Copy)]
 pub struct Weather {
@@ -398,8 +410,15 @@ impl SimSensor {
         rng: &mut SmallRng,
     ) -> Vec<(String, f64)> {
         let w = weather(seed, t.date_naive());
-        let dt_h = (t - prev).num_milliseconds().max(0) as f64 / 3_600_000.0;
-        let (lat, lon, activity) = (self.lat, self.lon, self.activity);
+        let m = Moment {
+            prev,
+            t,
+            dt_h: (t - prev).num_milliseconds().max(0) as f64 / 3_600_000.0,
+            w: &w,
+            lat: self.lat,
+            lon: self.lon,
+            activity: self.activity,
+        };
         self.event = None;
         match &mut self.model {
             Model::Bin {
@@ -410,128 +429,22 @@ impl SimSensor {
                 battery,
                 ..
             } => {
-                // Collection rounds: every `round_days` days at `round_minute` after midnight UTC.
-                let mut collected = false;
-                let mut day = prev.date_naive();
-                while day <= t.date_naive() {
-                    if (day.num_days_from_ce() as u32).is_multiple_of(*round_days) {
-                        let at = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
-                            + Duration::minutes(i64::from(*round_minute));
-                        if at > prev && at <= t {
-                            collected = true;
-                        }
-                    }
-                    day = day.succ_opt().expect("date in range");
-                }
-                let busy = 0.4 + traffic(t);
-                let before = round2(*fill);
-                if collected {
-                    *fill = rng.gen_range(0.0..3.0);
-                }
-                *fill = (*fill + *rate * busy * dt_h * rng.gen_range(0.6..1.4)).clamp(0.0, 100.0);
-                if collected {
-                    self.event = Some(Event::Collection {
-                        before,
-                        after: round2(*fill),
-                    });
-                }
-                *battery = (*battery - 0.0015 * dt_h * 24.0 * rng.gen_range(0.5..1.5)).max(0.0);
-                vec![
-                    ("fill_level".into(), round2(*fill)),
-                    (
-                        "temperature".into(),
-                        round2(temperature(t, &w) + 1.5 + gaussian(rng) * 0.3),
-                    ),
-                    ("battery".into(), round2(*battery)),
-                ]
+                let (values, event) =
+                    Self::bin(&m, rng, fill, *rate, *round_days, *round_minute, battery);
+                self.event = event;
+                values
             }
             Model::Lamp {
                 rated_w,
                 energy_kwh,
                 fault,
             } => {
-                let dark = sun::is_dark(t, lat, lon);
-                let on = match fault {
-                    Some(LampFault::DayBurner) => true,
-                    Some(LampFault::Dark) => false,
-                    _ => dark,
-                };
-                let local_h = (t.hour() + 1) % 24;
-                let dimming = if !on {
-                    0.0
-                } else if (0..5).contains(&local_h) || local_h == 23 {
-                    50.0
-                } else {
-                    100.0
-                };
-                let mut power = *rated_w * dimming / 100.0;
-                if on {
-                    power *= 1.0 + gaussian(rng) * 0.01;
-                    if *fault == Some(LampFault::Flicker) {
-                        power = *rated_w * rng.gen_range(0.0..1.0);
-                    }
-                }
-                let power = round2(power.max(0.0));
-                *energy_kwh += power * dt_h / 1000.0;
-                self.event = Some(Event::Energy(power * dt_h / 1000.0));
-                vec![
-                    ("power".into(), power),
-                    ("energy".into(), (*energy_kwh * 1000.0).round() / 1000.0),
-                    ("dimming".into(), dimming),
-                ]
+                let (values, event) = Self::lamp(&m, rng, *rated_w, energy_kwh, *fault);
+                self.event = event;
+                values
             }
-            Model::Bike { base } => {
-                let mut lambda = *base * traffic(t) * if w.rain { 0.45 } else { 1.0 };
-                if matches!(t.month(), 12 | 1 | 2) {
-                    lambda *= 0.7;
-                }
-                let h = (t.hour() + 1) % 24;
-                let (share_in, share_out) = if h < 13 { (0.65, 0.35) } else { (0.35, 0.65) };
-                vec![
-                    ("count_in".into(), poisson(rng, lambda * share_in)),
-                    ("count_out".into(), poisson(rng, lambda * share_out)),
-                    ("interval_s".into(), 900.0),
-                ]
-            }
-            Model::Air { bias } => {
-                let month = t.month();
-                let season = match month {
-                    12 | 1 | 2 => 42.0,
-                    3 | 10 | 11 => 30.0,
-                    4 | 5 | 9 => 22.0,
-                    _ => 17.0,
-                };
-                let tr = traffic(t);
-                let rain = if w.rain { 0.6 } else { 1.0 };
-                let pm10 = (season
-                    * *bias
-                    * w.stagnation
-                    * rain
-                    * (0.75 + 0.35 * tr)
-                    * (1.0 + 0.08 * gaussian(rng)))
-                .max(2.0);
-                let pm25 = pm10 * rng.gen_range(0.62..0.75);
-                let no2 = ((18.0 + 38.0 * tr * activity)
-                    * if month <= 2 || month == 12 { 1.25 } else { 1.0 }
-                    + 4.0 * gaussian(rng))
-                .max(1.0);
-                let temp = temperature(t, &w);
-                let sunny = if sun::is_dark(t, lat, lon) { 0.0 } else { 1.0 };
-                let o3 = (10.0 + sunny * (temp.max(0.0) * 3.2) - 0.25 * no2 + 5.0 * gaussian(rng))
-                    .max(1.0);
-                let humidity = (95.0 - 2.2 * (temp - 2.0).max(0.0)
-                    + if w.rain { 10.0 } else { 0.0 }
-                    + 3.0 * gaussian(rng))
-                .clamp(15.0, 100.0);
-                vec![
-                    ("pm10".into(), round2(pm10)),
-                    ("pm2_5".into(), round2(pm25)),
-                    ("no2".into(), round2(no2)),
-                    ("o3".into(), round2(o3)),
-                    ("temperature".into(), round2(temp)),
-                    ("humidity".into(), round2(humidity)),
-                ]
-            }
+            Model::Bike { base } => Self::bike(&m, rng, *base),
+            Model::Air { bias } => Self::air(&m, rng, *bias),
             Model::Generic { metrics, values } => metrics
                 .iter()
                 .zip(values.iter_mut())
@@ -542,6 +455,154 @@ impl SimSensor {
                 })
                 .collect(),
         }
+    }
+
+    /// A bin fills with the street's traffic and is emptied on its collection rounds.
+    #[allow(clippy::too_many_arguments)]
+    fn bin(
+        m: &Moment,
+        rng: &mut SmallRng,
+        fill: &mut f64,
+        rate: f64,
+        round_days: u32,
+        round_minute: u32,
+        battery: &mut f64,
+    ) -> (Vec<(String, f64)>, Option<Event>) {
+        let (prev, t, dt_h, w) = (m.prev, m.t, m.dt_h, m.w);
+        let mut event = None;
+        // Collection rounds: every `round_days` days at `round_minute` after midnight UTC.
+        let mut collected = false;
+        let mut day = prev.date_naive();
+        while day <= t.date_naive() {
+            if (day.num_days_from_ce() as u32).is_multiple_of(round_days) {
+                let at = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+                    + Duration::minutes(i64::from(round_minute));
+                if at > prev && at <= t {
+                    collected = true;
+                }
+            }
+            day = day.succ_opt().expect("date in range");
+        }
+        let busy = 0.4 + traffic(t);
+        let before = round2(*fill);
+        if collected {
+            *fill = rng.gen_range(0.0..3.0);
+        }
+        *fill = (*fill + rate * busy * dt_h * rng.gen_range(0.6..1.4)).clamp(0.0, 100.0);
+        if collected {
+            event = Some(Event::Collection {
+                before,
+                after: round2(*fill),
+            });
+        }
+        *battery = (*battery - 0.0015 * dt_h * 24.0 * rng.gen_range(0.5..1.5)).max(0.0);
+        let values = vec![
+            ("fill_level".into(), round2(*fill)),
+            (
+                "temperature".into(),
+                round2(temperature(t, w) + 1.5 + gaussian(rng) * 0.3),
+            ),
+            ("battery".into(), round2(*battery)),
+        ];
+        (values, event)
+    }
+
+    /// A lamp is lit while it is dark (dimmed late at night), unless it is faulty.
+    fn lamp(
+        m: &Moment,
+        rng: &mut SmallRng,
+        rated_w: f64,
+        energy_kwh: &mut f64,
+        fault: Option<LampFault>,
+    ) -> (Vec<(String, f64)>, Option<Event>) {
+        let (t, dt_h, lat, lon) = (m.t, m.dt_h, m.lat, m.lon);
+        let dark = sun::is_dark(t, lat, lon);
+        let on = match fault {
+            Some(LampFault::DayBurner) => true,
+            Some(LampFault::Dark) => false,
+            _ => dark,
+        };
+        let local_h = (t.hour() + 1) % 24;
+        let dimming = if !on {
+            0.0
+        } else if (0..5).contains(&local_h) || local_h == 23 {
+            50.0
+        } else {
+            100.0
+        };
+        let mut power = rated_w * dimming / 100.0;
+        if on {
+            power *= 1.0 + gaussian(rng) * 0.01;
+            if fault == Some(LampFault::Flicker) {
+                power = rated_w * rng.gen_range(0.0..1.0);
+            }
+        }
+        let power = round2(power.max(0.0));
+        *energy_kwh += power * dt_h / 1000.0;
+        let event = Some(Event::Energy(power * dt_h / 1000.0));
+        let values = vec![
+            ("power".into(), power),
+            ("energy".into(), (*energy_kwh * 1000.0).round() / 1000.0),
+            ("dimming".into(), dimming),
+        ];
+        (values, event)
+    }
+
+    /// Bicycles pass with the traffic, fewer in rain and winter.
+    fn bike(m: &Moment, rng: &mut SmallRng, base: f64) -> Vec<(String, f64)> {
+        let (t, w) = (m.t, m.w);
+        let mut lambda = base * traffic(t) * if w.rain { 0.45 } else { 1.0 };
+        if matches!(t.month(), 12 | 1 | 2) {
+            lambda *= 0.7;
+        }
+        let h = (t.hour() + 1) % 24;
+        let (share_in, share_out) = if h < 13 { (0.65, 0.35) } else { (0.35, 0.65) };
+        vec![
+            ("count_in".into(), poisson(rng, lambda * share_in)),
+            ("count_out".into(), poisson(rng, lambda * share_out)),
+            ("interval_s".into(), 900.0),
+        ]
+    }
+
+    /// Pollutants follow the season, the weather and the traffic.
+    fn air(m: &Moment, rng: &mut SmallRng, bias: f64) -> Vec<(String, f64)> {
+        let (t, w, lat, lon, activity) = (m.t, m.w, m.lat, m.lon, m.activity);
+        let month = t.month();
+        let season = match month {
+            12 | 1 | 2 => 42.0,
+            3 | 10 | 11 => 30.0,
+            4 | 5 | 9 => 22.0,
+            _ => 17.0,
+        };
+        let tr = traffic(t);
+        let rain = if w.rain { 0.6 } else { 1.0 };
+        let pm10 = (season
+            * bias
+            * w.stagnation
+            * rain
+            * (0.75 + 0.35 * tr)
+            * (1.0 + 0.08 * gaussian(rng)))
+        .max(2.0);
+        let pm25 = pm10 * rng.gen_range(0.62..0.75);
+        let no2 = ((18.0 + 38.0 * tr * activity)
+            * if month <= 2 || month == 12 { 1.25 } else { 1.0 }
+            + 4.0 * gaussian(rng))
+        .max(1.0);
+        let temp = temperature(t, w);
+        let sunny = if sun::is_dark(t, lat, lon) { 0.0 } else { 1.0 };
+        let o3 = (10.0 + sunny * (temp.max(0.0) * 3.2) - 0.25 * no2 + 5.0 * gaussian(rng)).max(1.0);
+        let humidity = (95.0 - 2.2 * (temp - 2.0).max(0.0)
+            + if w.rain { 10.0 } else { 0.0 }
+            + 3.0 * gaussian(rng))
+        .clamp(15.0, 100.0);
+        vec![
+            ("pm10".into(), round2(pm10)),
+            ("pm2_5".into(), round2(pm25)),
+            ("no2".into(), round2(no2)),
+            ("o3".into(), round2(o3)),
+            ("temperature".into(), round2(temp)),
+            ("humidity".into(), round2(humidity)),
+        ]
     }
 
     /// The bin's registered depth (for adapters that report distance).
