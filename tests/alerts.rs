@@ -140,18 +140,9 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
     let http = reqwest::Client::new();
     // Node-RED's view: the alert events on the broker.
     let sub_out = dir.join("alerts.mqtt");
-    let mut sub = std::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-v",
-            "-t",
-            "cityhub/v1/alerts/#",
-        ])
+    let mut sub = broker
+        .client("mosquitto_sub")
+        .args(["-v", "-t", "cityhub/v1/alerts/#"])
         .stdout(std::fs::File::create(&sub_out).unwrap())
         .spawn()
         .unwrap();

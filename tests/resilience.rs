@@ -462,17 +462,9 @@ mod process {
         let db = TestDb::new().await;
         let broker = Broker::start();
         let mut hub = Hub::start(&db, &broker, "retained", &[]).await;
-        let out = std::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.port.to_string(),
-                "-q",
-                "1",
-                "-r",
-            ])
-            .args(["-t", "cityhub/v1/waste_bin/bin-retained"])
+        let out = broker
+            .client("mosquitto_pub")
+            .args(["-r", "-t", "cityhub/v1/waste_bin/bin-retained"])
             .args(["-m", r#"{"values":{"fill_level":42}}"#])
             .output()
             .unwrap();

@@ -76,21 +76,9 @@ fn mosquitto_pub_output(
     topic: &str,
     payload: &str,
 ) -> std::process::Output {
-    Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "--cafile",
-            &pki.path("ca.crt"),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            payload,
-        ])
+    broker
+        .client("mosquitto_pub")
+        .args(["--cafile", &pki.path("ca.crt"), "-t", topic, "-m", payload])
         .args(auth)
         .output()
         .unwrap()

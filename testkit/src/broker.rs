@@ -24,6 +24,14 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// `mosquitto_pub` or `mosquitto_sub` pointed at this broker, QoS 1: the clients
+    /// people use, for tests that check what a stock client sees or sends.
+    pub fn client(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(program);
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1"]);
+        c
+    }
+
     pub fn start() -> Self {
         Self::start_with(|port| format!("listener {port} 127.0.0.1"))
     }
