@@ -814,6 +814,83 @@ async fn rate_limit_answers_429() {
     );
 }
 
+/// The page discount of the rate limit goes to the paging links the hub gives, not to
+/// any `offset=` a client writes: 30 pages of two bins by the `next` links fit a burst
+/// of six requests (each page after the first a tenth), the same 30 written by hand do not. Before the
+/// links were signed, the hand-written ones were as cheap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_hubs_own_paging_links_are_cheap() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    // Two hubs, each its own bucket: one to follow its links, one to be asked by hand.
+    let limits = [
+        ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "1"),
+        ("CITYHUB_HTTP_RATE_LIMIT_BURST", "6"),
+    ];
+    let hub = Hub::start_in_process(&db, &broker, "signed-pages", &limits).await;
+    let other = Hub::start_in_process(&db, &broker, "forged-pages", &limits).await;
+    let items: Vec<(String, Vec<u8>)> = (0..60)
+        .map(|i| {
+            (
+                format!("cityhub/v1/waste_bin/page-{i:02}"),
+                br#"{"values":{"fill_level":10},"location":{"lat":45.13,"lon":10.02}}"#.to_vec(),
+            )
+        })
+        .collect();
+    publish_raw(&broker, &items).await;
+    // Health checks and metrics cost nothing: waiting on them leaves the buckets full.
+    hub.settled(60.0).await;
+    for _ in 0..20 {
+        assert_eq!(
+            reqwest::get(other.url("/readyz")).await.unwrap().status(),
+            200
+        );
+    }
+    let http = reqwest::Client::new();
+    let mut url = hub.url("/ogc/collections/waste_bin/items?limit=2");
+    let mut seen = HashSet::new();
+    let mut pages = 0;
+    loop {
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "page {pages} by the hub's own link: {url}");
+        let fc: Value = r.json().await.unwrap();
+        pages += 1;
+        for id in ids(&fc) {
+            assert!(seen.insert(id.clone()), "{id} twice");
+        }
+        match fc["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["rel"] == "next")
+        {
+            Some(next) => url = next["href"].as_str().unwrap().to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen.len()), (30, 60));
+    // The same pages by hand, from the other hub's full bucket.
+    let mut refused = 0;
+    for page in 0..30 {
+        let u = other.url(&format!(
+            "/ogc/collections/waste_bin/items?limit=2&offset={}",
+            page * 2
+        ));
+        refused += usize::from(http.get(u).send().await.unwrap().status() == 429);
+    }
+    assert!(
+        refused >= 20,
+        "hand-written offsets: {refused} of 30 refused"
+    );
+    // A signature that does not match is no discount either, and no error.
+    let r = http
+        .get(other.url("/ogc/collections/waste_bin/items?limit=2&offset=2&page_sig=00"))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 200 | 429), "{}", r.status());
+}
+
 /// Behind a trusted proxy each client has its own rate-limit bucket, named by
 /// `X-Forwarded-For`; from anyone else the header is ignored (one bucket per peer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ mod kinds;
 pub mod live;
 pub mod oas30;
 mod ogc;
+pub mod pages;
 pub mod params;
 mod ratelimit;
 mod readings;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub indicator_slots: Arc<tokio::sync::Semaphore>,
     /// Long downloads running per client (as the rate limit keys clients).
     pub downloads: readings::Downloads,
+    /// Signs the paging links this hub gives, for the rate limit's page discount.
+    pub pages: Arc<pages::PageSigner>,
 }
 
 /// How far the loading of a simulated history has got.
@@ -304,6 +307,12 @@ pub fn router(state: AppState) -> Router {
             ratelimit::limit,
         ));
     }
+    // Outside the rate limit, which reads what it marks; always on, so that no
+    // handler sees `page_sig`.
+    app = app.layer(axum::middleware::from_fn_with_state(
+        state.pages.clone(),
+        pages::check,
+    ));
     app.layer(tower_http::compression::CompressionLayer::new().gzip(true))
         // Open data: any origin may read; admin calls authenticate by token, not cookies.
         .layer(

@@ -341,7 +341,10 @@ pub async fn items(
     if let Some(d) = &p.datetime {
         q.push(format!("datetime={}", enc(d)));
     }
-    let page = |off: u64| format!("{path}?{}&offset={off}", q.join("&"));
+    let page = |off: u64| {
+        s.pages
+            .sign(&format!("{path}?{}&offset={off}", q.join("&")))
+    };
     fc.links
         .push(Link::new("self", page(offset), GEOJSON, "This page"));
     if offset + (rows.len() as u64) < matched as u64 {

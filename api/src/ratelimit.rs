@@ -3,7 +3,8 @@
 //! page costs a tenth: standard clients page by what they are told or by their
 //! own small default (GDAL's OAPIF driver asks for 10 items a page, whatever the
 //! server allows), and a layer of a few thousand features must not be cut off
-//! half-way by a limit meant for scrapers. A big page costs a whole request.
+//! half-way by a limit meant for scrapers. A big page costs a whole request, and so
+//! does a page the hub did not link to itself (`pages`: the links are signed).
 
 use crate::error::ErrorBody;
 use axum::extract::{ConnectInfo, Request, State};
@@ -70,7 +71,9 @@ fn cost(req: &Request) -> u32 {
             .find(|(n, _)| n == k)
             .map(|(_, v)| v)
     };
-    let continued = get("cursor").is_some() || get("offset").is_some_and(|o| o != "0");
+    // Only a link the hub signed is a continuation (`pages`): a `cursor=` written by
+    // hand is a request like any other.
+    let continued = req.extensions().get::<crate::pages::SignedPage>().is_some();
     let small = get("limit")
         .and_then(|l| l.parse::<u64>().ok())
         .is_some_and(|l| l <= SMALL_PAGE);
@@ -98,6 +101,11 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
 /// client's bucket is empty. The client is `ConnectInfo`, which the server sets
 /// (through trusted proxies' `X-Forwarded-For` only).
 pub async fn limit(State(l): State<Arc<Limiter>>, req: Request, next: Next) -> Response {
+    // Health checks and metrics are the operators' own: a load balancer's probes or a
+    // scraper must never be refused, nor spend the budget of clients behind its address.
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -134,6 +142,16 @@ mod tests {
         )
     }
 
+    /// The cost of a request that came by a link the hub signed.
+    fn signed(uri: &str) -> u32 {
+        let mut r = Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        r.extensions_mut().insert(crate::pages::SignedPage);
+        cost(&r)
+    }
+
     #[test]
     fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
         let k = |s: &str| client_key(s.parse().unwrap()).to_string();
@@ -145,24 +163,35 @@ mod tests {
     }
 
     #[test]
-    fn small_continuation_pages_are_cheap() {
+    fn small_signed_continuation_pages_are_cheap() {
         assert_eq!(
-            c("/ogc/collections/waste_bin/items?limit=10&offset=10"),
+            signed("/ogc/collections/waste_bin/items?limit=10&offset=10"),
             PAGE
         );
-        assert_eq!(c("/api/v1/sensors?limit=50&cursor=abc"), PAGE);
-        assert_eq!(c("/api/v1/sensors/x/readings?limit=100&cursor=abc"), PAGE);
-        // First pages, big pages and everything else cost a request.
-        assert_eq!(c("/ogc/collections/waste_bin/items?limit=10"), REQUEST);
+        assert_eq!(signed("/api/v1/sensors?limit=50&cursor=abc"), PAGE);
         assert_eq!(
-            c("/ogc/collections/waste_bin/items?limit=10&offset=0"),
+            signed("/api/v1/sensors/x/readings?limit=100&cursor=abc"),
+            PAGE
+        );
+        // A cursor or an offset the hub did not sign costs a request.
+        assert_eq!(
+            c("/ogc/collections/waste_bin/items?limit=10&offset=10"),
+            REQUEST
+        );
+        assert_eq!(c("/api/v1/sensors?limit=50&cursor=abc"), REQUEST);
+        assert_eq!(
+            c("/api/v1/sensors/x/readings?limit=100&cursor=abc"),
+            REQUEST
+        );
+        // Big pages and everything else cost a request, signed or not.
+        assert_eq!(
+            signed("/ogc/collections/waste_bin/items?limit=5000&offset=5000"),
             REQUEST
         );
         assert_eq!(
-            c("/ogc/collections/waste_bin/items?limit=5000&offset=5000"),
+            signed("/ogc/collections/waste_bin/items?offset=10"),
             REQUEST
         );
-        assert_eq!(c("/ogc/collections/waste_bin/items?offset=10"), REQUEST);
-        assert_eq!(c("/catalog?offset=10&limit=1"), REQUEST);
+        assert_eq!(signed("/catalog?offset=10&limit=1"), REQUEST);
     }
 }

@@ -185,7 +185,7 @@ pub async fn readings(
         ));
     }
     let rows = query::readings(&store, &q).await?;
-    let links = page_links(&base, &id, &p, &q, &rows, limit);
+    let links = page_links(&s.pages, &base, &id, &p, &q, &rows, limit);
     let body = Readings {
         sensor: id.to_string(),
         kind: kind_name,
@@ -275,6 +275,7 @@ fn time_range(p: &ReadingsParams, bucket: Bucket) -> ApiResult<(DateTime<Utc>, D
 
 /// `self`, and `next` with a keyset cursor when the page is full.
 fn page_links(
+    pages: &crate::pages::PageSigner,
     base: &BaseUrl,
     id: &SensorId,
     p: &ReadingsParams,
@@ -310,7 +311,7 @@ fn page_links(
             let c = format!("{}.{}", last.time.timestamp_micros(), last.metric_id);
             links.push(geo::Link::new(
                 "next",
-                format!("{path}?{}&cursor={}", params.join("&"), enc(&c)),
+                pages.sign(&format!("{path}?{}&cursor={}", params.join("&"), enc(&c))),
                 "application/json",
                 "next page",
             ));

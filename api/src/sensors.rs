@@ -85,7 +85,7 @@ pub async fn list(
                     }
                     links.push(Link::new(
                         "next",
-                        format!("{}/api/v1/sensors?{q}", base.0),
+                        s.pages.sign(&format!("{}/api/v1/sensors?{q}", base.0)),
                         GEOJSON,
                         "Next page",
                     ));

@@ -119,6 +119,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
             cityhub_api::indicators::MAX_CONCURRENT,
         )),
         downloads: Default::default(),
+        pages: Default::default(),
     };
     let history = state.history.clone();
     let messages_committed = metrics.messages_committed.clone();
