@@ -537,17 +537,22 @@ mod process {
         ];
         let mut hub = Hub::start(&db, &broker, "slowloris", &env).await;
         let port = hub.http_port;
-        let slow_client = move || async move {
+        // `started` hears when the first byte is out: the request is under way.
+        let slow_client = move |started: Option<tokio::sync::oneshot::Sender<()>>| async move {
             let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .unwrap();
             let (mut read, mut write) = s.into_split();
             let writer = tokio::spawn(async move {
+                let mut started = started;
                 for b in
                     b"POST /ingest/sensor-community HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
                 {
                     if write.write_all(&[*b]).await.is_err() {
                         break;
+                    }
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(());
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -558,15 +563,16 @@ mod process {
             writer.abort();
         };
         let t = Instant::now();
-        tokio::time::timeout(Duration::from_secs(15), slow_client())
+        tokio::time::timeout(Duration::from_secs(15), slow_client(None))
             .await
             .expect("the server never closed a connection whose head never ended");
         let cut = t.elapsed();
         eprintln!("slow client: cut off after {cut:?}");
         assert!(cut >= Duration::from_secs(2), "closed too early: {cut:?}");
 
-        let held = tokio::spawn(slow_client());
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (tx, started) = tokio::sync::oneshot::channel();
+        let held = tokio::spawn(slow_client(Some(tx)));
+        started.await.expect("the slow client started its request");
         let t = Instant::now();
         let exited = tokio::task::block_in_place(|| hub.terminate_within(Duration::from_secs(20)));
         eprintln!(
