@@ -102,13 +102,10 @@ async fn chirpstack_and_the_things_stack_uplinks_end_to_end() {
         ],
     );
 
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "lorawan",
-        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "lorawan")
+        .file(conf.to_str().unwrap())
+        .start()
+        .await;
     publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
     let derived = msgs
@@ -170,13 +167,10 @@ async fn sensor_community_over_mqtt_and_http() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let conf = config_file("sc");
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "sc",
-        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "sc")
+        .file(conf.to_str().unwrap())
+        .start()
+        .await;
     let msgs: Vec<_> = sim_stream(
         43,
         2,

@@ -59,10 +59,16 @@ async fn assert_agree(hub: &Hub, db: &TestDb, sensor: &str, min_hours: usize) {
 /// A hub with `extra` settings, whose sensor `s` reported every 10 minutes for the
 /// last 3 hours, and the policies run once: the aggregates are materialized up to an
 /// hour (a day) ago, so older rows from now on land below their watermarks.
-async fn materialized(s: &str, extra: &[(&str, &str)]) -> (TestDb, Broker, Hub) {
+async fn materialized(s: &str, late_refresh_s: u64) -> (TestDb, Broker, Hub) {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, s, extra).await;
+    let hub = Hub::build(&db, &broker, s)
+        .set(move |c| {
+            c.store.maintenance = cityhub_core::MaintenanceMode::Timescaledb;
+            c.store.late_refresh_s = late_refresh_s;
+        })
+        .start()
+        .await;
     let recent = series(
         s,
         Duration::hours(3),
@@ -78,14 +84,7 @@ async fn materialized(s: &str, extra: &[(&str, &str)]) -> (TestDb, Broker, Hub) 
 async fn a_backfill_older_than_every_refresh_window_is_in_hourly_and_daily_answers() {
     // Only the policies refresh here: the hub runs no job and no late refresh.
     let s = "aq-backfill";
-    let (db, broker, hub) = materialized(
-        s,
-        &[
-            ("CITYHUB_STORE_MAINTENANCE", "timescaledb"),
-            ("CITYHUB_STORE_LATE_REFRESH_S", "86400"),
-        ],
-    )
-    .await;
+    let (db, broker, hub) = materialized(s, 86400).await;
     // 20 days of history arrive, as after an outage or an import.
     let history = series(
         s,
@@ -116,14 +115,7 @@ async fn a_backfill_older_than_every_refresh_window_is_in_hourly_and_daily_answe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_readings_reach_hourly_and_daily_answers_without_waiting_for_a_policy() {
     let s = "aq-late";
-    let (db, broker, hub) = materialized(
-        s,
-        &[
-            ("CITYHUB_STORE_MAINTENANCE", "timescaledb"),
-            ("CITYHUB_STORE_LATE_REFRESH_S", "1"),
-        ],
-    )
-    .await;
+    let (db, broker, hub) = materialized(s, 1).await;
     let timescale = is_timescale(&db).await;
     // Below both watermarks, and no policy runs again in this test.
     let late = series(
@@ -191,12 +183,18 @@ async fn failing_jobs_are_reported_and_one_elected_hub_runs_them() {
     .await
     .unwrap();
     let broker = Broker::start();
-    let env = [
-        ("CITYHUB_STORE_MAINTENANCE", "hub"),
-        ("CITYHUB_STORE_MAINTENANCE_INTERVAL_S", "1"),
-    ];
-    let a = Hub::start_in_process(&db, &broker, "maint-a", &env).await;
-    let b = Hub::start_in_process(&db, &broker, "maint-b", &env).await;
+    let elected = |s: &mut cityhub_core::Settings| {
+        s.store.maintenance = cityhub_core::MaintenanceMode::Hub;
+        s.store.maintenance_interval_s = 1;
+    };
+    let a = Hub::build(&db, &broker, "maint-a")
+        .set(elected)
+        .start()
+        .await;
+    let b = Hub::build(&db, &broker, "maint-b")
+        .set(elected)
+        .start()
+        .await;
 
     wait_for(
         60,
@@ -282,16 +280,11 @@ async fn rollups_read_only_their_buckets_count_each_reading_once_and_take_late_o
     let db = TestDb::new().await;
     let broker = Broker::start();
     // The policies refresh here (TimescaleDB), as in the backfill test.
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        s,
-        &[
-            ("CITYHUB_STORE_MAINTENANCE", "timescaledb"),
-            ("CITYHUB_STORE_LATE_REFRESH_S", "86400"),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, s)
+        .set(|s| s.store.maintenance = cityhub_core::MaintenanceMode::Timescaledb)
+        .set(|s| s.store.late_refresh_s = 86400)
+        .start()
+        .await;
     // Four months of readings: four monthly partitions on plain PostgreSQL.
     let history = series(s, Duration::days(100), Duration::zero(), Duration::hours(3));
     publish(&broker, &db, &history).await;

@@ -130,13 +130,10 @@ async fn a_bin_past_its_alarm_raises_one_alert_signed_to_a_webhook_and_clears_be
     let dir = std::env::temp_dir().join(unique("alerts"));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = config(&dir, port, "");
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "alerts",
-        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "alerts")
+        .file(conf.to_str().unwrap())
+        .start()
+        .await;
     let http = reqwest::Client::new();
     // Node-RED's view: the alert events on the broker.
     let sub_out = dir.join("alerts.mqtt");
@@ -302,16 +299,11 @@ async fn acknowledging_needs_the_operator_token() {
     let dir = std::env::temp_dir().join(unique("alerts_ack"));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = config(&dir, port, "");
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "alerts-ack",
-        &[
-            ("CITYHUB_CONFIG", conf.to_str().unwrap()),
-            ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "alerts-ack")
+        .file(conf.to_str().unwrap())
+        .admin_token(TOKEN)
+        .start()
+        .await;
     let http = reqwest::Client::new();
     // A live-stream client of the bins: it gets the alert events too.
     let stream = Arc::new(Mutex::new(String::new()));
@@ -550,13 +542,10 @@ metrics = { level = { unit = "%", min = 0, max = 100 } }
 "#,
     )
     .unwrap();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "silence",
-        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "silence")
+        .file(conf.to_str().unwrap())
+        .start()
+        .await;
     let http = reqwest::Client::new();
     let beacon = |v: f64| {
         (
@@ -603,13 +592,10 @@ metrics = { level = { unit = "%", min = 0, max = 100 } }
 async fn a_flapping_sensor_raises_once_per_reraise_interval() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let _hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "flap",
-        &[("CITYHUB_ALERTS_RERAISE_AFTER_S", "3600")],
-    )
-    .await;
+    let _hub = Hub::build(&db, &broker, "flap")
+        .set(|s| s.alerts.reraise_after_s = 3600)
+        .start()
+        .await;
     let t0 = chrono::Utc::now() - chrono::Duration::minutes(300);
     let fill = |i: i64| if i % 2 == 0 { 90.0 } else { 10.0 };
     let items: Vec<(String, Vec<u8>)> = (0..200)
@@ -687,7 +673,7 @@ async fn old_alerts_and_delivered_notifications_are_deleted() {
         .await
         .unwrap();
     let broker = Broker::start();
-    let _hub = Hub::start_in_process(&db, &broker, "retention", &[]).await;
+    let _hub = Hub::build(&db, &broker, "retention").start().await;
     wait_for(30, "the retention run at start", || async {
         db.count("SELECT count(*) FROM alerts").await == 3
             && db.count("SELECT count(*) FROM alert_outbox").await == 1
@@ -759,13 +745,10 @@ secret = "{SECRET}"
         ),
     )
     .unwrap();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "hooks",
-        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "hooks")
+        .file(conf.to_str().unwrap())
+        .start()
+        .await;
     // Ten bins past their alarm, then each back below warn: 20 events per webhook.
     let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
     for b in 0..10 {

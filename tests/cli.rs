@@ -230,13 +230,10 @@ metrics = { level = { unit = "cm", min = -500, max = 1500 } }
 
     // The configured kind ingests end to end with no code change.
     let broker = Broker::start();
-    let _hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "newkind",
-        &[("CITYHUB_CONFIG", conf.to_str().unwrap())],
-    )
-    .await;
+    let _hub = Hub::build(&db, &broker, "newkind")
+        .file(conf.to_str().unwrap())
+        .start()
+        .await;
     publish_raw(
         &broker,
         &[

@@ -47,13 +47,10 @@ async fn all_stored_once(db: &TestDb, hub: &Hub, msgs: &[cityhub_sim::SimMessage
 async fn broker_restarted_mid_stream() {
     let db = TestDb::new().await;
     let mut broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "broker-restart",
-        &[("CITYHUB_INGEST_BATCH_MAX_ROWS", "500")],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "broker-restart")
+        .set(|s| s.ingest.batch_max_rows = std::num::NonZeroUsize::new(500).unwrap())
+        .start()
+        .await;
     let msgs = stream_started(&db, &broker, 51).await;
     broker.restart();
     hub.wait_ready().await;
@@ -66,7 +63,7 @@ async fn broker_restarted_mid_stream() {
 async fn database_read_only_then_restored() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "read-only", &[]).await;
+    let hub = Hub::build(&db, &broker, "read-only").start().await;
     let admin = db.admin().await;
     admin
         .batch_execute(&format!(
@@ -112,7 +109,7 @@ async fn database_read_only_then_restored() {
 async fn flood_of_malformed_and_oversized_payloads_among_valid_traffic() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "flood", &[]).await;
+    let hub = Hub::build(&db, &broker, "flood").start().await;
     let valid = sim_stream(54, 10, 3000, &[Format::Native], FaultRates::default());
     let big = vec![b'{'; 100 * 1024];
     let mut items: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -159,13 +156,10 @@ async fn postgres_restarted_mid_stream() {
         .expect("a private PostgreSQL cluster (Debian package postgresql)");
     let db = TestDb::on(&pg.url("postgres")).await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "pg-restart",
-        &[("CITYHUB_INGEST_BATCH_MAX_ROWS", "500")],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "pg-restart")
+        .set(|s| s.ingest.batch_max_rows = std::num::NonZeroUsize::new(500).unwrap())
+        .start()
+        .await;
     let msgs = stream_started(&db, &broker, 54).await;
     pg.stop().unwrap();
     // While the server is down the broker keeps taking messages, and the hub
@@ -195,13 +189,10 @@ async fn postgres_restarted_mid_stream() {
 async fn a_full_window_during_a_long_lock_keeps_the_session() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "keepalive",
-        &[("CITYHUB_MQTT_KEEP_ALIVE_S", "5")],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "keepalive")
+        .set(|s| s.mqtt.keep_alive_s = 5)
+        .start()
+        .await;
     let lock = db.lock("observations_data").await;
     let items: Vec<(String, Vec<u8>)> = (0..6000)
         .map(|i| {

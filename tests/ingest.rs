@@ -51,7 +51,7 @@ async fn assert_exact(db: &TestDb, msgs: &[cityhub_sim::SimMessage]) {
 async fn every_kind_native_and_senml_lands_exactly() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "exact", &[]).await;
+    let hub = Hub::build(&db, &broker, "exact").start().await;
     // Two sensors per kind take the formats in turn, so every kind is exercised
     // in native JSON and in SenML.
     let native = sim_stream(
@@ -140,7 +140,7 @@ async fn every_kind_native_and_senml_lands_exactly() {
 async fn redelivery_stores_nothing_twice() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "redeliver", &[]).await;
+    let hub = Hub::build(&db, &broker, "redeliver").start().await;
     let msgs = sim_stream(3, 5, 80, &[Format::Native], FaultRates::default());
     publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
@@ -166,7 +166,7 @@ async fn redelivery_stores_nothing_twice() {
 async fn bad_input_becomes_dead_letters_and_the_pipeline_goes_on() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "bad", &[]).await;
+    let hub = Hub::build(&db, &broker, "bad").start().await;
     let now = Utc::now();
     let ts = (now - Duration::minutes(5)).to_rfc3339();
     let future = (now + Duration::hours(2)).to_rfc3339();
@@ -372,7 +372,7 @@ fn stream(seed: u64, per_kind: usize, rounds: usize) -> Vec<cityhub_sim::SimMess
 async fn database_connections_killed_mid_stream_lose_nothing() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "pgterm", &[]).await;
+    let hub = Hub::build(&db, &broker, "pgterm").start().await;
     let msgs = stream(12, 25, 100); // 10,000 messages
     let want = expected_rows(&msgs);
     let publisher = publish_in_background(&broker, &msgs);
@@ -412,9 +412,9 @@ async fn database_connections_killed_mid_stream_lose_nothing() {
 async fn two_hubs_in_a_share_group_split_the_stream() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let group = [("CITYHUB_MQTT_SHARE_GROUP", "cityhub")];
-    let a = Hub::start_in_process(&db, &broker, "share-a", &group).await;
-    let b = Hub::start_in_process(&db, &broker, "share-b", &group).await;
+    let group = |s: &mut cityhub_core::Settings| s.mqtt.share_group = "cityhub".into();
+    let a = Hub::build(&db, &broker, "share-a").set(group).start().await;
+    let b = Hub::build(&db, &broker, "share-b").set(group).start().await;
     let msgs = stream(13, 25, 40); // 4,000 messages
     let want = expected_rows(&msgs);
     publish_in_background(&broker, &msgs).await.unwrap();
@@ -447,7 +447,7 @@ async fn two_hubs_in_a_share_group_split_the_stream() {
 async fn simulator_report_and_database_agree_with_faults() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let _hub = Hub::start_in_process(&db, &broker, "faults", &[]).await;
+    let _hub = Hub::build(&db, &broker, "faults").start().await;
     let faults = FaultRates::parse(
         "malformed=0.03,out_of_range=0.03,unknown_kind=0.03,duplicate=0.05,out_of_order=0.05,burst=0.02",
     )
@@ -498,7 +498,7 @@ async fn simulator_report_and_database_agree_with_faults() {
 async fn stored_values_come_back_bit_for_bit() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let _hub = Hub::start_in_process(&db, &broker, "bits", &[]).await;
+    let _hub = Hub::build(&db, &broker, "bits").start().await;
     // (value, stored as thousandths?)
     let values: [(f64, bool); 14] = [
         (21.37, true),
@@ -604,7 +604,7 @@ async fn dead_letters(db: &TestDb, code: &str) -> i64 {
 async fn every_message_of_a_sensor_under_another_kind_is_a_dead_letter() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let _hub = Hub::start_in_process(&db, &broker, "mismatch", &[]).await;
+    let _hub = Hub::build(&db, &broker, "mismatch").start().await;
     publish_raw(&broker, &[reading("waste_bin", "mix-1", 40.0, 60)]).await;
     wait_for(30, "the bin registered", || async {
         db.observations().await == 1
@@ -632,16 +632,11 @@ async fn every_message_of_a_sensor_under_another_kind_is_a_dead_letter() {
 async fn registration_known_stores_registered_sensors_only() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "known",
-        &[
-            ("CITYHUB_INGEST_REGISTRATION", "known"),
-            ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "known")
+        .set(|s| s.ingest.registration = cityhub_core::Registration::Known)
+        .admin_token(TOKEN)
+        .start()
+        .await;
     let put = reqwest::Client::new()
         .put(hub.url("/api/v1/sensors/bin-known"))
         .bearer_auth(TOKEN)
@@ -680,8 +675,10 @@ async fn registration_known_stores_registered_sensors_only() {
 async fn max_sensors_caps_what_readings_register() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let _hub =
-        Hub::start_in_process(&db, &broker, "cap", &[("CITYHUB_INGEST_MAX_SENSORS", "5")]).await;
+    let _hub = Hub::build(&db, &broker, "cap")
+        .set(|s| s.ingest.max_sensors = 5)
+        .start()
+        .await;
     let first: Vec<_> = (0..8)
         .map(|i| reading("waste_bin", &format!("cap-{i}"), 30.0, 60))
         .collect();
@@ -724,7 +721,7 @@ async fn open_registration_is_bounded_by_default() {
     db.migrate().await.unwrap();
     db.register_bins(50_000, i32::MAX).await;
     let broker = Broker::start();
-    let _hub = Hub::start_in_process(&db, &broker, "default-cap", &[]).await;
+    let _hub = Hub::build(&db, &broker, "default-cap").start().await;
     let before = db.observations().await;
     publish_raw(
         &broker,

@@ -79,16 +79,11 @@ hvd_category = "mobility"
         &[("CITYHUB_DATABASE_URL", &db.url)],
     );
     db.register_bins(5000, 100).await;
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "interop",
-        &[
-            ("CITYHUB_CONFIG", conf.to_str().unwrap()),
-            ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "interop")
+        .file(conf.to_str().unwrap())
+        .admin_token(TOKEN)
+        .start()
+        .await;
     feed(&db, &broker, 5, 3, 400).await;
     (db, broker, hub, dir)
 }
@@ -287,7 +282,7 @@ async fn owslib_gdal_pandas_and_harvesters_read_the_open_data() {
 async fn an_sse_client_resumes_with_last_event_id_and_misses_nothing() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "sse", &[]).await;
+    let hub = Hub::build(&db, &broker, "sse").start().await;
     let port = broker.port.to_string();
     let out = run_ok(
         "sse",
@@ -308,7 +303,7 @@ async fn an_sse_client_resumes_with_last_event_id_and_misses_nothing() {
 async fn lwm2m_senml_packs_from_paho_land_by_ipso_object() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "lwm2m", &[]).await;
+    let hub = Hub::build(&db, &broker, "lwm2m").start().await;
     let port = broker.port.to_string();
     run_ok("lwm2m", python("lwm2m_publish.py", &["127.0.0.1", &port])).await;
     let want = [
@@ -355,7 +350,7 @@ async fn lwm2m_senml_packs_from_paho_land_by_ipso_object() {
 async fn a_read_only_role_reads_the_readings_views_as_the_api_answers() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "reader", &[]).await;
+    let hub = Hub::build(&db, &broker, "reader").start().await;
     feed(&db, &broker, 9, 2, 300).await;
     let role = unique("grafana").to_lowercase().replace('-', "_");
     let out = cli_ok(

@@ -74,18 +74,13 @@ async fn operator_map_in_a_browser() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let dist = web_dir().join("dist");
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "map",
-        &[
-            ("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN),
-            ("CITYHUB_HTTP_OPERATOR_TOKEN", OPERATOR),
-            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
-            ("CITYHUB_HTTP_WEB_DIR", dist.to_str().unwrap()),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "map")
+        .admin_token(TOKEN)
+        .operator_token(OPERATOR)
+        .set(|s| s.http.rate_limit_per_s = 0)
+        .web_dir(&dist)
+        .start()
+        .await;
 
     // A day of a small fleet, up to now.
     let catalog = cityhub_core::Settings::builtin()
@@ -256,19 +251,11 @@ async fn map_page_and_assets() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let dist = web_dir().join("dist");
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "map-assets",
-        &[
-            ("CITYHUB_HTTP_WEB_DIR", dist.to_str().unwrap()),
-            (
-                "CITYHUB_HTTP_TILE_URL",
-                "https://tiles.example.org/{z}/{x}/{y}.png",
-            ),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "map-assets")
+        .web_dir(&dist)
+        .set(|s| s.http.tile_url = "https://tiles.example.org/{z}/{x}/{y}.png".into())
+        .start()
+        .await;
     let page = reqwest::get(hub.url("/")).await.unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"]
@@ -322,13 +309,10 @@ async fn map_page_and_assets() {
     // No built map: the page says how to build it, and the API still answers.
     let empty = std::env::temp_dir().join(unique("cityhub_no_map"));
     std::fs::create_dir_all(&empty).unwrap();
-    let hub2 = Hub::start_in_process(
-        &db,
-        &broker,
-        "map-missing",
-        &[("CITYHUB_HTTP_WEB_DIR", empty.to_str().unwrap())],
-    )
-    .await;
+    let hub2 = Hub::build(&db, &broker, "map-missing")
+        .web_dir(&empty)
+        .start()
+        .await;
     let r = reqwest::get(hub2.url("/")).await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("npm --prefix web ci"));
@@ -347,19 +331,11 @@ async fn a_hundred_thousand_sensors_on_a_canvas_with_the_list_and_popups_working
     require_web_tools();
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "map-100k",
-        &[
-            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
-            (
-                "CITYHUB_HTTP_WEB_DIR",
-                web_dir().join("dist").to_str().unwrap(),
-            ),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "map-100k")
+        .set(|s| s.http.rate_limit_per_s = 0)
+        .web_dir(web_dir().join("dist"))
+        .start()
+        .await;
     db.register_bins(100_000, 1_000).await;
     let out = tokio::process::Command::new("node")
         .arg("tests/fleet.e2e.mjs")

@@ -764,16 +764,11 @@ async fn admin_catalogue_docs_and_live_stream() {
 async fn rate_limit_answers_429() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "ratelimit",
-        &[
-            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "2"),
-            ("CITYHUB_HTTP_RATE_LIMIT_BURST", "5"),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "ratelimit")
+        .set(|s| s.http.rate_limit_per_s = 2)
+        .set(|s| s.http.rate_limit_burst = 5)
+        .start()
+        .await;
     let http = reqwest::Client::new();
     let mut codes = Vec::new();
     for _ in 0..20 {
@@ -823,12 +818,18 @@ async fn only_the_hubs_own_paging_links_are_cheap() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     // Two hubs, each its own bucket: one to follow its links, one to be asked by hand.
-    let limits = [
-        ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "1"),
-        ("CITYHUB_HTTP_RATE_LIMIT_BURST", "6"),
-    ];
-    let hub = Hub::start_in_process(&db, &broker, "signed-pages", &limits).await;
-    let other = Hub::start_in_process(&db, &broker, "forged-pages", &limits).await;
+    let limits = |s: &mut cityhub_core::Settings| {
+        s.http.rate_limit_per_s = 1;
+        s.http.rate_limit_burst = 6;
+    };
+    let hub = Hub::build(&db, &broker, "signed-pages")
+        .set(limits)
+        .start()
+        .await;
+    let other = Hub::build(&db, &broker, "forged-pages")
+        .set(limits)
+        .start()
+        .await;
     let items: Vec<(String, Vec<u8>)> = (0..60)
         .map(|i| {
             (
@@ -897,14 +898,16 @@ async fn only_the_hubs_own_paging_links_are_cheap() {
 async fn trusted_proxies_name_the_client_for_rate_limits_and_nobody_else_does() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let limits = [
-        ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "1"),
-        ("CITYHUB_HTTP_RATE_LIMIT_BURST", "2"),
-    ];
-    let mut behind = limits.to_vec();
-    behind.push(("CITYHUB_HTTP_TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#));
-    let proxied = Hub::start_in_process(&db, &broker, "proxied", &behind).await;
-    let direct = Hub::start_in_process(&db, &broker, "direct", &limits).await;
+    let limits = |s: &mut cityhub_core::Settings| {
+        s.http.rate_limit_per_s = 1;
+        s.http.rate_limit_burst = 2;
+    };
+    let proxied = Hub::build(&db, &broker, "proxied")
+        .set(limits)
+        .set(|s| s.http.trusted_proxies = vec!["127.0.0.0/8".to_owned().try_into().unwrap()])
+        .start()
+        .await;
+    let direct = Hub::build(&db, &broker, "direct").set(limits).start().await;
     let http = reqwest::Client::new();
     let get = |hub: &Hub, client: &str| {
         http.get(hub.url("/api/v1/kinds"))

@@ -12,7 +12,7 @@ async fn uci_air_quality_replay_lands_completely() {
         .join("tests/fixtures/uci-air-quality/AirQualityUCI.csv");
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "replay", &[]).await;
+    let hub = Hub::build(&db, &broker, "replay").start().await;
     let out = cli_ok(
         &[
             "sim",
@@ -110,7 +110,7 @@ async fn a_replay_report_tells_what_the_hub_stored_not_what_the_broker_took() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let elsewhere = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "replay-elsewhere", &[]).await;
+    let hub = Hub::build(&db, &broker, "replay-elsewhere").start().await;
     let dir = std::env::temp_dir().join(unique("replay_small"));
     std::fs::create_dir_all(&dir).unwrap();
     let csv = dir.join("series.csv");

@@ -28,13 +28,10 @@ async fn a_message_the_database_refuses_is_isolated_and_the_rest_flows() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     // Batches of many messages, so the poison shares its batch with good ones.
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "poison",
-        &[("CITYHUB_INGEST_BATCH_MAX_AGE_MS", "500")],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "poison")
+        .set(|s| s.ingest.batch_max_age_ms = 500)
+        .start()
+        .await;
     db.client()
         .await
         .batch_execute(
@@ -94,7 +91,7 @@ async fn a_message_the_database_refuses_is_isolated_and_the_rest_flows() {
 async fn every_field_of_a_dead_letter_is_bounded_and_ingestion_goes_on() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(&db, &broker, "longtopic", &[]).await;
+    let hub = Hub::build(&db, &broker, "longtopic").start().await;
     // Random letters: a repeating pattern compresses into the index and hides the limit.
     let long: String = (0..6000)
         .map(|_| (b'a' + rand::random::<u8>() % 26) as char)
@@ -178,13 +175,10 @@ async fn every_field_of_a_dead_letter_is_bounded_and_ingestion_goes_on() {
     // The admin API says how long the topic was.
     let token = "long-topic-admin-token-0123456789";
     drop(hub);
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "longtopic2",
-        &[("CITYHUB_HTTP_ADMIN_TOKEN", token)],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "longtopic2")
+        .admin_token(token)
+        .start()
+        .await;
     let page: serde_json::Value = reqwest::Client::new()
         .get(hub.url("/api/v1/dead-letters?limit=10"))
         .bearer_auth(token)
@@ -213,13 +207,10 @@ async fn every_field_of_a_dead_letter_is_bounded_and_ingestion_goes_on() {
 async fn a_message_refused_even_as_a_dead_letter_is_counted_and_the_rest_flows() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "unstorable",
-        &[("CITYHUB_INGEST_BATCH_MAX_AGE_MS", "500")],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "unstorable")
+        .set(|s| s.ingest.batch_max_age_ms = 500)
+        .start()
+        .await;
     db.client()
         .await
         .batch_execute(
@@ -268,13 +259,10 @@ async fn a_message_refused_even_as_a_dead_letter_is_counted_and_the_rest_flows()
 async fn a_corrupt_bin_depth_does_not_stop_ingestion() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "depth",
-        &[("CITYHUB_HTTP_ADMIN_TOKEN", TOKEN)],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "depth")
+        .admin_token(TOKEN)
+        .start()
+        .await;
     let http = reqwest::Client::new();
     let put = |depth: serde_json::Value| {
         http.put(hub.url("/api/v1/sensors/bin-deep"))
@@ -315,8 +303,10 @@ async fn a_corrupt_bin_depth_does_not_stop_ingestion() {
 async fn an_upload_answered_503_is_never_stored() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let env = [("CITYHUB_HTTP_UPLOAD_TIMEOUT_S", "2")];
-    let hub = Hub::start_in_process(&db, &broker, "upload-claim", &env).await;
+    let hub = Hub::build(&db, &broker, "upload-claim")
+        .set(|s| s.http.upload_timeout_s = std::num::NonZeroU64::new(2).unwrap())
+        .start()
+        .await;
     let body = r#"{"esp8266id":"4242","sensordatavalues":[{"value_type":"SDS_P1","value":"12.5"},{"value_type":"PMS_P1","value":"12.5"}]}"#;
     let post = || {
         reqwest::Client::new()

@@ -62,16 +62,11 @@ async fn stalled_download(port: u16, request: String) -> (String, tokio::net::Tc
 async fn ninety_stalled_downloads_starve_neither_listings_nor_feeds_nor_readiness() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "slow-csv",
-        &[
-            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
-            ("CITYHUB_HTTP_STREAM_SEND_TIMEOUT_S", "120"),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "slow-csv")
+        .set(|s| s.http.rate_limit_per_s = 0)
+        .set(|s| s.http.stream_send_timeout_s = 120)
+        .start()
+        .await;
     let now = bin_with_a_long_series(&db, &broker, "slow-1").await;
 
     // Ninety clients ask for the whole series, read the first kilobyte, and stop.
@@ -137,13 +132,10 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "fleet-pages",
-        &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "fleet-pages")
+        .set(|s| s.http.rate_limit_per_s = 0)
+        .start()
+        .await;
     db.register_bins(2_500, i32::MAX).await;
     let http = reqwest::Client::new();
     let all: serde_json::Value = http
@@ -264,17 +256,12 @@ async fn read_until(r: &mut reqwest::Response, needle: &str, secs: u64) -> Strin
 async fn one_address_holds_at_most_half_the_download_slots() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "dl-cap",
-        &[
-            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
-            ("CITYHUB_HTTP_STREAM_SEND_TIMEOUT_S", "120"),
-            ("CITYHUB_HTTP_TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#),
-        ],
-    )
-    .await;
+    let hub = Hub::build(&db, &broker, "dl-cap")
+        .set(|s| s.http.rate_limit_per_s = 0)
+        .set(|s| s.http.stream_send_timeout_s = 120)
+        .set(|s| s.http.trusted_proxies = vec!["127.0.0.0/8".to_owned().try_into().unwrap()])
+        .start()
+        .await;
     let now = bin_with_a_long_series(&db, &broker, "dl-1").await;
     let from = (now - chrono::Duration::days(10)).format("%Y-%m-%dT%H:%M:%SZ");
     let start = |client: &'static str| {

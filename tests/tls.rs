@@ -189,18 +189,21 @@ async fn mqtts_with_a_client_certificate() {
     });
     let db = TestDb::new().await;
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
-    let _hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "tls-cert",
-        &[
-            ("CITYHUB_MQTT_URL", &url),
-            ("CITYHUB_MQTT_CA_FILE", &pki.path("ca.crt")),
-            ("CITYHUB_MQTT_CLIENT_CERT_FILE", &pki.path("client.crt")),
-            ("CITYHUB_MQTT_CLIENT_KEY_FILE", &pki.path("client.key")),
-        ],
-    )
-    .await;
+    let (ca, cert, key) = (
+        pki.path("ca.crt"),
+        pki.path("client.crt"),
+        pki.path("client.key"),
+    );
+    let hub_url = url.clone();
+    let _hub = Hub::build(&db, &broker, "tls-cert")
+        .set(move |s| {
+            s.mqtt.url = cityhub_core::ConnUrl::new(hub_url);
+            s.mqtt.ca_file = Some(ca.into());
+            s.mqtt.client_cert_file = Some(cert.into());
+            s.mqtt.client_key_file = Some(key.into());
+        })
+        .start()
+        .await;
     assert_anonymous_refused(&broker, &pki);
     mosquitto_pub(
         &broker,
@@ -255,13 +258,11 @@ async fn postgres_over_tls_and_a_refused_certificate() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     let tls_url = db.url.replace("sslmode=disable", "sslmode=require");
-    let _hub = Hub::start_in_process(
-        &db,
-        &broker,
-        "pg-tls",
-        &[("CITYHUB_DATABASE_URL", &tls_url)],
-    )
-    .await;
+    let url = tls_url.clone();
+    let _hub = Hub::build(&db, &broker, "pg-tls")
+        .set(move |s| s.database.url = cityhub_core::ConnUrl::new(url))
+        .start()
+        .await;
     let encrypted = db
         .count("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'cityhub' AND a.datname = current_database() AND s.ssl")
         .await;

@@ -752,6 +752,11 @@ impl Settings {
         Ok(())
     }
 
+    /// Checks settings changed in code (a test's), as loading checks a file's.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+
     /// The validated kind catalogue.
     pub fn catalog(&self) -> Result<Catalog, CatalogError> {
         Catalog::from_defs(&self.kinds)

@@ -128,33 +128,47 @@ impl Hub {
         hub
     }
 
-    /// The hub as a library call ([`cityhub_app::start`]) on a runtime and thread of
-    /// its own, with `extra` given as `CITYHUB_...` settings and `CITYHUB_CONFIG` as
-    /// its file (never read from the process environment, which tests share). Ready
-    /// when this returns. Tests use it unless they kill, signal, restart or weigh the
-    /// hub.
+    /// A hub in this process, its settings typed: `Hub::build(&db, &broker, "id")
+    /// .set(|s| s.ingest.max_sensors = 5).start().await`. Tests use it unless they
+    /// kill, signal, restart or weigh the hub (then [`Hub::start`], a process
+    /// configured as an operator would, by file and `CITYHUB_*` variables).
+    pub fn build<'a>(db: &'a TestDb, broker: &'a Broker, client_id: &str) -> HubBuilder<'a> {
+        HubBuilder {
+            db,
+            broker,
+            client_id: client_id.to_owned(),
+            file: None,
+            vars: Vec::new(),
+            edits: Vec::new(),
+        }
+    }
+
+    /// [`Hub::build`] with `extra` given as `CITYHUB_...` pairs and `CITYHUB_CONFIG` as
+    /// the file, for settings shared with a process hub of the same test.
     pub async fn start_in_process(
         db: &TestDb,
         broker: &Broker,
         client_id: &str,
         extra: &[(&str, &str)],
     ) -> Self {
-        let mut vars = base_env(db, broker, client_id);
-        vars.push(("CITYHUB_HTTP_ADDR".into(), "127.0.0.1:0".into()));
-        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        last_wins(&mut vars);
-        // `CITYHUB_CONFIG` names the file, as it does for the binary.
-        let file = vars
+        let file = extra
             .iter()
-            .find(|(k, _)| k == "CITYHUB_CONFIG")
+            .find(|(k, _)| *k == "CITYHUB_CONFIG")
             .map(|(_, v)| PathBuf::from(v));
-        let settings = cityhub_core::Settings::load_with_vars(
-            file.as_deref(),
-            vars.iter()
-                .filter(|(k, _)| k != "CITYHUB_CONFIG")
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
-        .expect("test hub settings");
+        let vars: Vec<(String, String)> = extra
+            .iter()
+            .filter(|(k, _)| *k != "CITYHUB_CONFIG")
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut b = Self::build(db, broker, client_id);
+        b.file = file;
+        b.vars(vars).start().await
+    }
+
+    /// Runs `settings` in-process ([`cityhub_app::start`] on a runtime and thread of
+    /// its own, never reading the process environment, which tests share); ready when
+    /// this returns.
+    async fn run_in_process(settings: cityhub_core::Settings, client_id: &str) -> Self {
         let log = artifacts_dir().join(format!("{}.log", unique(client_id)));
         let dispatch = log_to(&log);
         let cancel = CancellationToken::new();
@@ -399,6 +413,78 @@ pub async fn metric_at(base: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+type Edit = Box<dyn FnOnce(&mut cityhub_core::Settings) + Send>;
+
+/// The settings of an in-process test hub ([`Hub::build`]): its database, broker, client
+/// id and backend, a file when given, then the test's own changes, checked as the
+/// binary checks a configuration.
+pub struct HubBuilder<'a> {
+    db: &'a TestDb,
+    broker: &'a Broker,
+    client_id: String,
+    file: Option<PathBuf>,
+    vars: Vec<(String, String)>,
+    edits: Vec<Edit>,
+}
+
+impl HubBuilder<'_> {
+    /// A configuration file, as `--config` gives one (for what only a file says:
+    /// kinds, adapters, alert rules, webhooks).
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Changes the settings (after the file).
+    pub fn set(mut self, f: impl FnOnce(&mut cityhub_core::Settings) + Send + 'static) -> Self {
+        self.edits.push(Box::new(f));
+        self
+    }
+
+    /// The bearer token of the admin API.
+    pub fn admin_token(self, token: &str) -> Self {
+        let t = cityhub_core::Secret::new(token);
+        self.set(move |s| s.http.admin_token = Some(t))
+    }
+
+    /// The bearer token of operator calls.
+    pub fn operator_token(self, token: &str) -> Self {
+        let t = cityhub_core::Secret::new(token);
+        self.set(move |s| s.http.operator_token = Some(t))
+    }
+
+    /// A built operator map to serve instead of the compiled one.
+    pub fn web_dir(self, dir: impl Into<PathBuf>) -> Self {
+        let d = dir.into();
+        self.set(move |s| s.http.web_dir = Some(d))
+    }
+
+    /// `CITYHUB_...` pairs, read as the binary reads its environment (before the
+    /// typed changes).
+    fn vars(mut self, vars: Vec<(String, String)>) -> Self {
+        self.vars.extend(vars);
+        self
+    }
+
+    /// The hub, started in this process and ready.
+    pub async fn start(self) -> Hub {
+        let mut vars = base_env(self.db, self.broker, &self.client_id);
+        vars.push(("CITYHUB_HTTP_ADDR".into(), "127.0.0.1:0".into()));
+        vars.extend(self.vars);
+        last_wins(&mut vars);
+        let mut settings = cityhub_core::Settings::load_with_vars(
+            self.file.as_deref(),
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .expect("test hub settings");
+        for edit in self.edits {
+            edit(&mut settings);
+        }
+        settings.check().expect("test hub settings");
+        Hub::run_in_process(settings, &self.client_id).await
+    }
 }
 
 /// Runs the `cityhub` CLI in the temp folder with `env` (and no `CITYHUB_CONFIG`

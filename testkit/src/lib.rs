@@ -21,7 +21,7 @@ pub use broker::Broker;
 pub use cityhub_local::{free_port, is_root, server_bin, PrivatePostgres};
 pub use db::{admin_url, test_preload, timescaledb_mode, TableLock, TestDb};
 #[cfg(feature = "hub")]
-pub use hub::{cli, cli_ok, hub_bin, metric_at, wait_for, Hub};
+pub use hub::{cli, cli_ok, hub_bin, metric_at, wait_for, Hub, HubBuilder};
 #[cfg(feature = "hub")]
 pub use traffic::*;
 
