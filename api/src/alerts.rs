@@ -1,92 +1,16 @@
 //! Alerts over HTTP: `GET /api/v1/alerts` (public, like the map) and
-//! `POST /api/v1/alerts/{id}/ack` (operator token); and the [`Notifier`] that
-//! turns an alert change into the webhook bodies the outbox keeps.
+//! `POST /api/v1/alerts/{id}/ack` (operator token). The rules are in
+//! `cityhub_core::alerts`, the engine and delivery in `cityhub_app::alerts`, the
+//! alerts, their outbox and the `Notifier` in `cityhub_store::alerts`.
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::params::{parse_time, StrictQuery};
 use crate::{AppState, Operator};
 use axum::extract::{Path, State};
 use axum::Json;
-use cityhub_core::alerts::{NotifySettings, Severity};
-use cityhub_store::alerts::{Alert, AlertFilter};
+use cityhub_store::alerts::{event_json, Alert, AlertFilter};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
-
-/// Outbox targets that are MQTT topics start with this.
-pub const MQTT_TARGET: &str = "mqtt:";
-
-/// Where an alert event is published on the broker. Ingestion ignores this
-/// branch of `cityhub/v1/`, so the hub never reads its own alerts as readings.
-pub fn alert_topic(kind: &str, sensor: &str) -> String {
-    format!(
-        "{}{kind}/{sensor}",
-        cityhub_core::alerts::ALERT_TOPIC_PREFIX
-    )
-}
-
-/// Builds the notifications of an alert change, and wakes the delivery task.
-pub struct Notifier {
-    settings: NotifySettings,
-    pub wake: tokio::sync::Notify,
-}
-
-/// The body every receiver gets. `event_id` (`{alert id}-{event}`) is the same in
-/// every retry: a receiver deduplicates on it.
-#[derive(Debug, Serialize)]
-struct Body<'a> {
-    event_id: String,
-    event: &'a str,
-    alert: &'a Alert,
-}
-
-/// An alert event as every receiver gets it (webhooks, the broker, the stream).
-pub fn event_json(a: &Alert, event: &str) -> String {
-    serde_json::to_string(&Body {
-        event_id: format!("{}-{event}", a.id),
-        event,
-        alert: a,
-    })
-    .unwrap_or_default()
-}
-
-impl Notifier {
-    pub fn new(settings: NotifySettings) -> Arc<Self> {
-        Arc::new(Self {
-            settings,
-            wake: tokio::sync::Notify::new(),
-        })
-    }
-
-    pub fn settings(&self) -> &NotifySettings {
-        &self.settings
-    }
-
-    /// (target, body) for each webhook that wants this alert (its URL), and the
-    /// broker (`mqtt:` and the topic) when `notify.mqtt` is on.
-    pub fn bodies(&self, a: &Alert, event: &str) -> Vec<(String, String)> {
-        let severity = match a.severity.as_str() {
-            "info" => Severity::Info,
-            "critical" => Severity::Critical,
-            _ => Severity::Warning,
-        };
-        let mut targets: Vec<String> = self
-            .settings
-            .webhooks
-            .iter()
-            .filter(|w| w.wants(&a.kind, severity))
-            .map(|w| w.url.to_string())
-            .collect();
-        if self.settings.mqtt {
-            targets.push(format!("{MQTT_TARGET}{}", alert_topic(&a.kind, &a.sensor)));
-        }
-        if targets.is_empty() {
-            return Vec::new();
-        }
-        let body = event_json(a, event);
-        targets.into_iter().map(|t| (t, body.clone())).collect()
-    }
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -74,7 +74,7 @@ pub struct AppState {
     /// Where the operator map comes from ([`web::map_source`]).
     pub map: web::MapSource,
     /// Alert notifications: builds the outbox rows, wakes the delivery task.
-    pub notifier: Arc<alerts::Notifier>,
+    pub notifier: Arc<cityhub_store::alerts::Notifier>,
     /// Indicator computations running at once ([`indicators::MAX_CONCURRENT`]): each
     /// can scan a fleet's years, so more would take the pool and the cores.
     pub indicator_slots: Arc<tokio::sync::Semaphore>,

@@ -18,9 +18,9 @@
 //! `notify.max_backoff_s`: at least once, across restarts and receiver outages.
 
 use chrono::{DateTime, Utc};
-use cityhub_api::alerts::Notifier;
 use cityhub_core::alerts::{AlertRule, Condition};
 use cityhub_core::sun;
+use cityhub_store::alerts::Notifier;
 use cityhub_store::alerts::{Alert, Raise};
 use cityhub_store::{Committed, Store};
 use std::collections::{HashMap, HashSet};
@@ -162,7 +162,7 @@ impl Engine {
         self.live.alert(
             &a.kind,
             &a.sensor,
-            cityhub_api::alerts::event_json(a, event),
+            cityhub_store::alerts::event_json(a, event),
         );
         self.notifier.wake.notify_one();
     }
@@ -590,7 +590,7 @@ async fn post(
 /// A target as logs may show it: a webhook's scheme and host only (its path or query
 /// may carry a secret, as Slack's and Teams' hooks do); a broker topic as it is.
 pub fn redacted(target: &str) -> String {
-    if target.starts_with(cityhub_api::alerts::MQTT_TARGET) {
+    if target.starts_with(cityhub_store::alerts::MQTT_TARGET) {
         return target.to_owned();
     }
     match reqwest::Url::parse(target) {
@@ -655,7 +655,7 @@ pub async fn deliver(
         tasks.spawn(worker(
             store.clone(),
             notifier.clone(),
-            cityhub_api::alerts::MQTT_TARGET.to_owned(),
+            cityhub_store::alerts::MQTT_TARGET.to_owned(),
             Sender::Broker(p),
             metrics.clone(),
             cancel.clone(),
@@ -685,7 +685,7 @@ impl Sender {
             Sender::Broker(p) => {
                 let topic = d
                     .target
-                    .strip_prefix(cityhub_api::alerts::MQTT_TARGET)
+                    .strip_prefix(cityhub_store::alerts::MQTT_TARGET)
                     .unwrap_or(&d.target);
                 p.publish(topic, &d.body, timeout).await
             }

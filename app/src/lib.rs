@@ -114,7 +114,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         history: Default::default(),
         snapshot,
         map: cityhub_api::web::map_source(settings.http.web_dir.as_deref()),
-        notifier: cityhub_api::alerts::Notifier::new(settings.notify.clone()),
+        notifier: cityhub_store::alerts::Notifier::new(settings.notify.clone()),
         indicator_slots: Arc::new(tokio::sync::Semaphore::new(
             cityhub_api::indicators::MAX_CONCURRENT,
         )),
