@@ -179,12 +179,7 @@ impl<'a> Walker<'a> {
                 continue;
             }
             if let Some(inner) = self.struct_of(prop) {
-                let (h, p) = if sub.get("items").is_some() {
-                    (format!("[[{child}]]"), child.clone())
-                } else {
-                    let name = singular(key);
-                    (format!("[{child}.<{name}>]"), format!("{child}.<{name}>"))
-                };
+                let (h, p) = repeated(&child, key, sub.get("items").is_some());
                 nested.push((h, p, inner, doc_or(prop, inner)));
                 continue;
             }
@@ -273,6 +268,17 @@ fn doc_or(outer: &Value, inner: &Value) -> String {
     }
 }
 
+/// The header and path of a table that repeats: `[[path]]` for a list of tables,
+/// `[path.<name>]` for tables keyed by a name.
+fn repeated(path: &str, key: &str, list: bool) -> (String, String) {
+    if list {
+        (format!("[[{path}]]"), path.to_owned())
+    } else {
+        let one = singular(key);
+        (format!("[{path}.<{one}>]"), format!("{path}.<{one}>"))
+    }
+}
+
 fn singular(key: &str) -> &str {
     match key {
         "kinds" => "kind",
@@ -321,13 +327,7 @@ fn sections() -> Vec<Section> {
                 }
             }
         } else if let Some(inner) = w.struct_of(prop) {
-            let s = w.non_null(prop);
-            let (h, p) = if s.get("items").is_some() {
-                (format!("[[{name}]]"), name.clone())
-            } else {
-                let one = singular(name);
-                (format!("[{name}.<{one}>]"), format!("{name}.<{one}>"))
-            };
+            let (h, p) = repeated(name, name, w.non_null(prop).get("items").is_some());
             let at = w.sections.len();
             w.table(h, &p, inner, None, true);
             let d = doc(prop);
