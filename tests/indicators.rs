@@ -10,12 +10,56 @@ use std::collections::BTreeMap;
 
 const ROME: chrono_tz::Tz = chrono_tz::Europe::Rome;
 
-async fn get(http: &reqwest::Client, hub: &Hub, path: &str) -> Value {
-    let r = http.get(hub.url(path)).send().await.unwrap();
+async fn get_url(http: &reqwest::Client, url: &str) -> Value {
+    let r = http.get(url).send().await.unwrap();
     let status = r.status();
     let body = r.text().await.unwrap();
-    assert!(status.is_success(), "{path}: {status} {body}");
+    assert!(status.is_success(), "{url}: {status} {body}");
     serde_json::from_str(&body).unwrap()
+}
+
+/// An indicator's city rows (the default answer) and every sensor's rows (asked for
+/// with `rows=sensors`, three sensors a page, by following the `next` links) in one
+/// answer. Each sensor's rows come on one page only.
+async fn get(http: &reqwest::Client, hub: &Hub, path: &str) -> Value {
+    let mut v = get_url(http, &hub.url(path)).await;
+    if !path.starts_with("/api/v1/indicators/") || path.contains("sensor=") {
+        return v;
+    }
+    let mut rows = v["rows"].as_array().unwrap().clone();
+    assert!(
+        rows.iter().all(|r| r["sensor"].is_null()),
+        "{path}: the default answer holds the city's rows only"
+    );
+    let sep = if path.contains('?') { '&' } else { '?' };
+    // Streams add city rows; sensor rows carry their stream anyway.
+    let sensors_path = path.replace("&by=stream", "");
+    let mut next = Some(hub.url(&format!("{sensors_path}{sep}rows=sensors&limit=3")));
+    let mut paged: std::collections::BTreeSet<String> = Default::default();
+    while let Some(url) = next {
+        let page = get_url(http, &url).await;
+        let here: std::collections::BTreeSet<String> = page["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["sensor"].as_str().expect("sensor rows only").to_owned())
+            .collect();
+        assert!(here.len() <= 3, "{url}: {here:?}");
+        assert!(
+            paged.is_disjoint(&here),
+            "{url}: {here:?} came on an earlier page too"
+        );
+        paged.extend(here);
+        rows.extend(page["rows"].as_array().unwrap().iter().cloned());
+        next = page["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["rel"] == "next")
+            .map(|l| l["href"].as_str().unwrap().to_owned());
+    }
+    v["rows"] = Value::Array(rows);
+    v
 }
 
 /// (sensor, local day) -> value of the sensor rows.
@@ -441,6 +485,27 @@ async fn pm10_exceedance_days_count_valid_days_above_the_limit_by_calendar_year(
         ),
         ("/api/v1/indicators/pm10_exceedance_days?sensor=nobody", 404),
         ("/api/v1/indicators/pm10_exceedance_days?colour=red", 400),
+        ("/api/v1/indicators/pm10_exceedance_days?rows=all", 400),
+        (
+            "/api/v1/indicators/pm10_exceedance_days?rows=sensors&limit=0",
+            400,
+        ),
+        (
+            "/api/v1/indicators/pm10_exceedance_days?rows=sensors&limit=1001",
+            400,
+        ),
+        (
+            "/api/v1/indicators/pm10_exceedance_days?cursor=aq-hand",
+            400,
+        ),
+        (
+            "/api/v1/indicators/pm10_exceedance_days?rows=city&sensor=aq-hand",
+            400,
+        ),
+        (
+            "/api/v1/indicators/bin_collections?rows=sensors&by=stream",
+            400,
+        ),
         ("/api/v1/indicators/happiness", 404),
     ] {
         let r = http.get(hub.url(q)).send().await.unwrap();
@@ -648,4 +713,120 @@ async fn indicator_computations_are_bounded_and_the_rest_of_the_api_answers() {
         let r = r.await.unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     }
+}
+
+/// A query may not hold a pool connection for long: past `database.statement_timeout_s`
+/// PostgreSQL cancels it and the client is told 503 with Retry-After. An answer over
+/// finished days is kept and served again without reading the table. Before, the
+/// request waited for the lock as long as it was held, and every repeat computed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_query_is_cancelled_and_finished_days_are_served_from_the_cache() {
+    let f = fixture(&[("CITYHUB_DATABASE_STATEMENT_TIMEOUT_S", "1")]).await;
+    let past = "/api/v1/indicators/bin_collections?period=day&from=2024-01-01&to=2024-03-01";
+    let first = f.json(past).await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    let lock = f.db.lock("observations_data").await;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(40))
+        .build()
+        .unwrap();
+    // The same question: the kept answer, though the readings are locked.
+    let again: Value = http
+        .get(f.hub.url(past))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, first.1);
+    // Another: it waits on the lock until the timeout cancels it.
+    let r = http
+        .get(
+            f.hub
+                .url("/api/v1/indicators/bin_collections?period=day&from=2024-03-01&to=2024-04-01"),
+        )
+        .send()
+        .await
+        .expect("answered before the lock is released");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap()
+            .contains("took longer"),
+        "{body}"
+    );
+    let sensor: String =
+        f.db.client()
+            .await
+            .query_one(
+                "SELECT external_id FROM sensors WHERE kind = 'waste_bin' LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    let r = http
+        .get(f.hub.url(&format!("/api/v1/sensors/{sensor}/readings")))
+        .send()
+        .await
+        .expect("answered before the lock is released");
+    assert_eq!(r.status(), 503);
+    lock.release().await;
+    let r = f.get(&format!("/api/v1/sensors/{sensor}/readings")).await;
+    assert_eq!(r.status(), 200);
+}
+
+/// An indicator is priced in the client's rate limit by the sensor-days it reads
+/// (`SENSOR_DAYS_PER_REQUEST` a request, at most the whole burst): three years of 300
+/// bins by day take the whole burst of 30, and another such request waits until the
+/// bucket refills (30 s at one request a second). Before, each cost one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indicator_costs_the_rate_limit_in_proportion_to_its_work() {
+    let f = fixture(&[
+        ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "1"),
+        ("CITYHUB_HTTP_RATE_LIMIT_BURST", "30"),
+    ])
+    .await;
+    f.db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO sensors (external_id, kind)
+             SELECT 'bin-more-' || g, 'waste_bin' FROM generate_series(1, 300) g",
+        )
+        .await
+        .unwrap();
+    let years = "/api/v1/indicators/bin_collections?period=day&from=2023-01-01&to=2025-12-31";
+    let r = f.get(years).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Three other years: the bucket is empty, so even the request's own share waits.
+    let other = "/api/v1/indicators/bin_collections?period=day&from=2022-01-01&to=2024-12-31";
+    let r = f.get(other).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    // Paid for as a request, the work is not: most of the burst is still to refill.
+    let r = f.get(other).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 10, "Retry-After {wait}");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap()
+            .contains("sensor-days"),
+        "{body}"
+    );
 }

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// Every connection for this kind of request is taken (long downloads).
     #[error("{0}")]
     Busy(String),
+    /// The client's rate limit cannot pay for this request now.
+    #[error("{what}; retry in {wait_s} s")]
+    TooManyRequests { wait_s: u64, what: String },
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -56,11 +59,12 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             ApiError::NotReady | ApiError::Busy(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
             ApiError::Store(StoreError::KindConflict { .. }) => (StatusCode::CONFLICT, "Conflict"),
-            ApiError::Store(e) if e.is_connection_lost() => {
+            ApiError::Store(e) if e.is_connection_lost() || e.is_timeout() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
             ApiError::Store(_) | ApiError::Internal(_) => {
@@ -72,6 +76,10 @@ impl IntoResponse for ApiError {
             (_, StatusCode::INTERNAL_SERVER_ERROR) => {
                 tracing::error!(error = %self, "Request failed.");
                 "internal error; it has been logged".to_owned()
+            }
+            (ApiError::Store(e), _) if e.is_timeout() => {
+                tracing::warn!(error = %self, "Request failed: its query ran past the statement timeout.");
+                "the query took longer than this hub allows; ask for less (a shorter range, fewer sensors) or try again later".to_owned()
             }
             (ApiError::Store(_), _) => {
                 tracing::warn!(error = %self, "Request failed: database unavailable.");
@@ -87,6 +95,11 @@ impl IntoResponse for ApiError {
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 h.insert(header::RETRY_AFTER, "5".parse().unwrap());
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                if let ApiError::TooManyRequests { wait_s, .. } = &self {
+                    h.insert(header::RETRY_AFTER, header::HeaderValue::from(*wait_s));
+                }
             }
             _ => {}
         }

@@ -78,6 +78,8 @@ pub struct AppState {
     /// Indicator computations running at once ([`indicators::MAX_CONCURRENT`]): each
     /// can scan a fleet's years, so more would take the pool and the cores.
     pub indicator_slots: Arc<tokio::sync::Semaphore>,
+    /// Indicator answers over finished days.
+    pub indicator_cache: indicators::Cache,
     /// Long downloads running per client (as the rate limit keys clients).
     pub downloads: readings::Downloads,
     /// Signs the paging links this hub gives, for the rate limit's page discount.

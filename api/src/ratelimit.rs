@@ -29,6 +29,43 @@ const SMALL_PAGE: u64 = 100;
 
 pub struct Limiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Requests the bucket holds.
+    burst: u32,
+}
+
+/// The client's bucket, for a handler that learns what a request costs only once it
+/// has read it (an indicator over years of a fleet): it charges the rest itself.
+#[derive(Clone)]
+pub struct Charge {
+    limiter: Arc<Limiter>,
+    key: IpAddr,
+}
+
+impl Charge {
+    /// Charges a request that costs `requests` in all (at most the whole burst, so any
+    /// request can be paid for by waiting): the one the middleware took, and the rest
+    /// now. When the bucket cannot pay now, the seconds to wait, and nothing is taken.
+    pub fn take(&self, requests: u64) -> Result<(), u64> {
+        let requests = u32::try_from(requests)
+            .unwrap_or(u32::MAX)
+            .min(self.limiter.burst)
+            .saturating_sub(1);
+        let Some(n) = NonZeroU32::new(requests.saturating_mul(REQUEST)) else {
+            return Ok(());
+        };
+        match self.limiter.limiter.check_key_n(&self.key, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(wait_s(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )),
+            Err(_) => Err(1),
+        }
+    }
+}
+
+/// Whole seconds, at least one, for `Retry-After`.
+fn wait_s(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl Limiter {
@@ -39,6 +76,7 @@ impl Limiter {
         let quota = Quota::per_second(cells(per_s)).allow_burst(cells(burst));
         let me = Arc::new(Self {
             limiter: RateLimiter::keyed(quota),
+            burst: burst.max(1),
         });
         let weak = Arc::downgrade(&me);
         let stop = shutdown.clone();
@@ -100,7 +138,7 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
 /// The middleware: 429 with `Retry-After` (whole seconds, at least one) when the
 /// client's bucket is empty. The client is `ConnectInfo`, which the server sets
 /// (through trusted proxies' `X-Forwarded-For` only).
-pub async fn limit(State(l): State<Arc<Limiter>>, req: Request, next: Next) -> Response {
+pub async fn limit(State(l): State<Arc<Limiter>>, mut req: Request, next: Next) -> Response {
     // Health checks and metrics are the operators' own: a load balancer's probes or a
     // scraper must never be refused, nor spend the budget of clients behind its address.
     if matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
@@ -112,12 +150,18 @@ pub async fn limit(State(l): State<Arc<Limiter>>, req: Request, next: Next) -> R
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| client_key(c.0.ip()));
     let n = NonZeroU32::new(cost(&req)).expect("costs are non-zero");
     let wait = match l.limiter.check_key_n(&ip, n) {
-        Ok(Ok(())) => return next.run(req).await,
+        Ok(Ok(())) => {
+            req.extensions_mut().insert(Charge {
+                limiter: l.clone(),
+                key: ip,
+            });
+            return next.run(req).await;
+        }
         Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
         // More than the whole burst: cannot happen with these costs; refuse plainly.
         Err(_) => Duration::from_secs(1),
     };
-    let wait = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let wait = wait_s(wait);
     let body = ErrorBody {
         code: "TooManyRequests",
         description: format!("too many requests from this address; retry in {wait} s"),

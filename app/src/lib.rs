@@ -118,6 +118,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         indicator_slots: Arc::new(tokio::sync::Semaphore::new(
             cityhub_api::indicators::MAX_CONCURRENT,
         )),
+        indicator_cache: cityhub_api::indicators::Cache::new(settings.indicators.cache_s),
         downloads: Default::default(),
         pages: Default::default(),
     };

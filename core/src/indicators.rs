@@ -21,6 +21,9 @@ pub struct IndicatorSettings {
     pub overflow_at: f64,
     /// A day's mean is valid with at least this share of its hours (Directive 2008/50/EC: 75 %).
     pub min_day_coverage: f64,
+    /// Seconds an answer over finished days is kept and served again without computing
+    /// it (late readings for those days show after this). 0: compute every request.
+    pub cache_s: u64,
 }
 
 impl Default for IndicatorSettings {
@@ -31,6 +34,7 @@ impl Default for IndicatorSettings {
             full_at: 80.0,
             overflow_at: 95.0,
             min_day_coverage: 0.75,
+            cache_s: 600,
         }
     }
 }

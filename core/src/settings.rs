@@ -156,6 +156,11 @@ pub struct DatabaseSettings {
     pub stream_pool_size: usize,
     /// Seconds to wait for a connection to the database before trying again.
     pub connect_timeout_s: u64,
+    /// Seconds a query of the API, the alert engine or the registry may run before
+    /// PostgreSQL cancels it (the request is answered 503), so that no request can hold a
+    /// connection of the pool for long. 0: no limit. The writer has its own
+    /// (`ingest.statement_timeout_ms`); upkeep, migrations and CSV downloads have none.
+    pub statement_timeout_s: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -168,6 +173,7 @@ impl Default for DatabaseSettings {
             pool_size: 8,
             stream_pool_size: 4,
             connect_timeout_s: 5,
+            statement_timeout_s: 30,
         }
     }
 }

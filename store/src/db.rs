@@ -192,17 +192,33 @@ pub fn pool(s: &DatabaseSettings) -> Result<Pool, StoreError> {
         s,
         s.pool_size.max(2),
         Duration::from_secs(s.connect_timeout_s),
+        s.statement_timeout_s,
     )
 }
 
 /// The pool of long downloads: a caller that finds it full is told so within a
 /// second (503), instead of queueing behind slow clients.
 pub fn stream_pool(s: &DatabaseSettings) -> Result<Pool, StoreError> {
-    sized_pool(s, s.stream_pool_size.max(1), Duration::from_secs(1))
+    sized_pool(s, s.stream_pool_size.max(1), Duration::from_secs(1), 0)
 }
 
-fn sized_pool(s: &DatabaseSettings, size: usize, wait: Duration) -> Result<Pool, StoreError> {
-    let (cfg, check) = pg_config(s)?;
+/// A pool whose sessions cancel a statement after `statement_timeout_s` (0: never),
+/// set at connect time so that no query can forget it; a session that needs longer
+/// (the writer, migrations) sets its own.
+fn sized_pool(
+    s: &DatabaseSettings,
+    size: usize,
+    wait: Duration,
+    statement_timeout_s: u64,
+) -> Result<Pool, StoreError> {
+    let (mut cfg, check) = pg_config(s)?;
+    if statement_timeout_s > 0 {
+        let options = format!(
+            "{} -c statement_timeout={statement_timeout_s}s",
+            cfg.get_options().unwrap_or_default()
+        );
+        cfg.options(options.trim());
+    }
     let mgr = Manager::from_config(
         cfg,
         tls(s, check)?,

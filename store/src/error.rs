@@ -39,6 +39,12 @@ impl StoreError {
 }
 
 impl StoreError {
+    /// True when PostgreSQL cancelled the statement: it ran past the session's
+    /// `statement_timeout` (SQLSTATE 57014).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, StoreError::Db(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED))
+    }
+
     /// True when the data, not the database's state, is at fault (data exceptions,
     /// integrity violations, program limits): retrying the same rows fails again,
     /// so the batch must be split to find the message at fault.

@@ -6,6 +6,11 @@
 //! readings matters (fill-level drops, meter increments, time lit). The base rows
 //! are then summed into days, months or years, per sensor and for the city, by
 //! the indicator's own rule. `cityhub_core::indicators` describes each one.
+//!
+//! The base rows come ordered by sensor and are folded as they arrive, on a
+//! blocking thread: only one sensor's days are held at a time, so a city's years
+//! of days cost the memory of the rows answered, not of the rows read. The rows
+//! answered are the city's, or those of the sensors named (a page of them).
 
 use crate::error::StoreError;
 use crate::Store;
@@ -15,15 +20,16 @@ use cityhub_core::indicators::{Indicator, IndicatorSettings, Method, Period};
 use cityhub_core::kinds::MapRule;
 use cityhub_core::sun::DayLimits;
 use cityhub_core::Catalog;
+use futures_util::TryStreamExt;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use tokio_postgres::types::ToSql;
 
 /// What to compute.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IndicatorQuery {
-    /// One sensor only (no city rows).
-    pub sensor: Option<String>,
+    /// These sensors' own rows (a page of them, or one); `None`: the city's rows.
+    pub sensors: Option<Vec<String>>,
     /// First local day, aligned to the period's start.
     pub from: NaiveDate,
     /// Local day after the last, aligned to a period's start.
@@ -101,8 +107,9 @@ const HOURLY: &str = "
            (count(*) FILTER (WHERE h.avg >= $6::float8))::float8, NULL::text
     FROM obs_hourly h JOIN sensors s ON s.id = h.sensor_id
     WHERE h.metric_id = ANY($1) AND h.bucket >= $2 AND h.bucket < $3
-      AND ($5::text IS NULL OR s.external_id = $5)
-    GROUP BY 1, 2";
+      AND ($5::text[] IS NULL OR s.external_id = ANY($5))
+    GROUP BY 1, 2
+    ORDER BY 1, 2";
 
 /// Trips: the hourly means times their counts are the hours' sums.
 const TRIPS: &str = "
@@ -110,8 +117,9 @@ const TRIPS: &str = "
            round(sum(h.avg * h.count))::float8, count(*)::float8, 0::float8, NULL::text
     FROM obs_hourly h JOIN sensors s ON s.id = h.sensor_id
     WHERE h.metric_id = ANY($1) AND h.bucket >= $2 AND h.bucket < $3
-      AND ($5::text IS NULL OR s.external_id = $5)
-    GROUP BY 1, 2";
+      AND ($5::text[] IS NULL OR s.external_id = ANY($5))
+    GROUP BY 1, 2
+    ORDER BY 1, 2";
 
 /// Collections: a drop of at least $7 points from the reading before (looked for
 /// up to two days before the range). a: collections, b: sum of the fill before,
@@ -122,13 +130,14 @@ const COLLECTIONS: &str = "
                lag(o.value) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS prev
         FROM observations o JOIN sensors s ON s.id = o.sensor_id
         WHERE o.metric_id = ANY($1) AND o.time >= $2::timestamptz - interval '2 days' AND o.time < $3
-          AND ($5::text IS NULL OR s.external_id = $5))
+          AND ($5::text[] IS NULL OR s.external_id = ANY($5)))
     SELECT s.external_id, (f.time AT TIME ZONE $4::text)::date, count(*)::float8,
            sum(f.prev)::float8, (count(*) FILTER (WHERE f.prev >= $6::float8))::float8,
            s.properties->>'stream'
     FROM f JOIN sensors s ON s.id = f.sensor_id
     WHERE f.time >= $2 AND f.prev - f.value >= $7::float8
-    GROUP BY 1, 2, 6";
+    GROUP BY 1, 2, 6
+    ORDER BY 1, 2";
 
 /// Meter increments, night by night (a night is dated by its evening; $2 and $3
 /// are noons). A meter that went back was reset: its new value is the increment.
@@ -138,13 +147,14 @@ const ENERGY: &str = "
                lag(o.value) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS prev
         FROM observations o JOIN sensors s ON s.id = o.sensor_id
         WHERE o.metric_id = ANY($1) AND o.time >= $2::timestamptz - interval '2 days' AND o.time < $3
-          AND ($5::text IS NULL OR s.external_id = $5))
+          AND ($5::text[] IS NULL OR s.external_id = ANY($5)))
     SELECT s.external_id, ((e.time AT TIME ZONE $4::text) - interval '12 hours')::date,
            sum(CASE WHEN e.value >= e.prev THEN e.value - e.prev ELSE e.value END)::float8,
            count(*)::float8, 0::float8, NULL::text
     FROM e JOIN sensors s ON s.id = e.sensor_id
     WHERE e.time >= $2 AND e.prev IS NOT NULL
-    GROUP BY 1, 2";
+    GROUP BY 1, 2
+    ORDER BY 1, 2";
 
 /// Seconds lit, from each reading to the next (at most $7 s), night by night.
 const LIT: &str = "
@@ -153,14 +163,15 @@ const LIT: &str = "
                lead(o.time) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS next
         FROM observations o JOIN sensors s ON s.id = o.sensor_id
         WHERE o.metric_id = ANY($1) AND o.time >= $2 AND o.time < $3::timestamptz + interval '1 day'
-          AND ($5::text IS NULL OR s.external_id = $5))
+          AND ($5::text[] IS NULL OR s.external_id = ANY($5)))
     SELECT s.external_id, ((r.time AT TIME ZONE $4::text) - interval '12 hours')::date,
            coalesce(sum(least(extract(epoch FROM r.next - r.time)::float8, $7::float8))
                     FILTER (WHERE r.value > $6), 0)::float8 / 3600.0,
            count(*)::float8, 0::float8, NULL::text
     FROM r JOIN sensors s ON s.id = r.sensor_id
     WHERE r.time < $3
-    GROUP BY 1, 2";
+    GROUP BY 1, 2
+    ORDER BY 1, 2";
 
 /// Seconds lit by day or dark at night; the sun's limits come per solar date (the
 /// UTC time shifted by the lamps' longitude, $13 seconds) in $8-$12.
@@ -170,7 +181,7 @@ const FAULT: &str = "
                lead(o.time) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS next
         FROM observations o JOIN sensors s ON s.id = o.sensor_id
         WHERE o.metric_id = ANY($1) AND o.time >= $2 AND o.time < $3::timestamptz + interval '1 day'
-          AND ($5::text IS NULL OR s.external_id = $5)),
+          AND ($5::text[] IS NULL OR s.external_id = ANY($5))),
     sun AS (SELECT * FROM unnest($8::date[], $9::timestamptz[], $10::timestamptz[],
                                  $11::timestamptz[], $12::timestamptz[])
             AS u(d, day_from, day_to, night_to, night_from))
@@ -183,14 +194,15 @@ const FAULT: &str = "
     FROM r JOIN sensors s ON s.id = r.sensor_id
     JOIN sun ON sun.d = ((r.time AT TIME ZONE 'UTC') + $13::float8 * interval '1 second')::date
     WHERE r.time < $3
-    GROUP BY 1, 2";
+    GROUP BY 1, 2
+    ORDER BY 1, 2";
 
 /// Computes `ind` over `q` (see the module doc).
 pub async fn compute(
     store: &Store,
     catalog: &Catalog,
     cfg: &IndicatorSettings,
-    ind: &Indicator,
+    ind: &'static Indicator,
     q: &IndicatorQuery,
 ) -> Result<Vec<IndicatorRow>, StoreError> {
     let tz = cfg.tz().map_err(StoreError::Config)?;
@@ -221,7 +233,7 @@ pub async fn compute(
     };
     // The sun's limits per solar date, for the fault query only.
     let (sun, solar_offset_s) = if ind.compute == Method::FaultHours {
-        let (lat, lon) = lamp_position(store, ind.kind, q.sensor.as_deref()).await?;
+        let (lat, lon) = lamp_position(store, ind.kind, q.sensors.as_deref()).await?;
         (SunTable::new(from, to, lat, lon), lon * 240.0)
     } else {
         (SunTable::default(), 0.0)
@@ -251,22 +263,68 @@ pub async fn compute(
             (HOURLY, vec![&threshold])
         }
     };
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&metric_ids, &from, &to, &tzname, &q.sensor];
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&metric_ids, &from, &to, &tzname, &q.sensors];
     params.extend(own);
-    let rows = c.query(sql, &params).await?;
-    let base: Vec<Base> = rows
-        .iter()
-        .map(|r| Base {
+    let rows = c
+        .query_raw(sql, params.iter().map(|p| *p as &dyn ToSql))
+        .await?;
+    futures_util::pin_mut!(rows);
+    // The fold runs on a blocking thread, fed row by row: a long range over a big
+    // fleet never holds an async worker.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Base>(1024);
+    let mut fold = Fold::new(ind, cfg, tz, q.clone());
+    let folder = tokio::task::spawn_blocking(move || {
+        while let Some(b) = rx.blocking_recv() {
+            fold.push(b);
+        }
+        fold.finish()
+    });
+    while let Some(r) = rows.try_next().await? {
+        let b = Base {
             sensor: r.get(0),
             day: r.get(1),
             a: r.get::<_, Option<f64>>(2).unwrap_or(0.0),
             b: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
             c: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
             stream: r.get(5),
-        })
-        .filter(|b| b.day >= q.from && b.day < q.to)
-        .collect();
-    Ok(aggregate(ind, cfg, tz, q, &base))
+        };
+        if b.day >= q.from && b.day < q.to && tx.send(b).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    folder
+        .await
+        .map_err(|e| StoreError::Config(format!("indicator fold failed: {e}")))
+}
+
+/// Up to `limit` sensors of `kind` after `after` (in id order): a page of sensor rows.
+pub async fn sensor_page(
+    store: &Store,
+    kind: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    let c = store.pool().get().await?;
+    let rows = c
+        .query(
+            "SELECT external_id FROM sensors WHERE kind = $1
+               AND ($2::text IS NULL OR external_id > $2)
+             ORDER BY external_id LIMIT $3",
+            &[&kind, &after, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Sensors of `kind`: what a city row's computation reads across.
+pub async fn sensor_count(store: &Store, kind: &str) -> Result<u64, StoreError> {
+    let c = store.pool().get().await?;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sensors WHERE kind = $1", &[&kind])
+        .await?
+        .get(0);
+    Ok(n.max(0) as u64)
 }
 
 /// Day and night limits of each solar date around a range, as query arrays.
@@ -305,14 +363,15 @@ impl SunTable {
 async fn lamp_position(
     store: &Store,
     kind: &str,
-    sensor: Option<&str>,
+    sensors: Option<&[String]>,
 ) -> Result<(f64, f64), StoreError> {
     let c = store.pool().get().await?;
     let r = c
         .query_one(
             "SELECT avg(lat)::float8, avg(lon)::float8 FROM sensors
-             WHERE kind = $1 AND lat IS NOT NULL AND ($2::text IS NULL OR external_id = $2)",
-            &[&kind, &sensor],
+             WHERE kind = $1 AND lat IS NOT NULL
+               AND ($2::text[] IS NULL OR external_id = ANY($2))",
+            &[&kind, &sensors],
         )
         .await?;
     Ok((
@@ -334,7 +393,8 @@ struct Acc {
     exceed_2030: u32,
     weekday: (f64, u32),
     weekend: (f64, u32),
-    sensors: BTreeSet<String>,
+    /// Sensors counted in a city row.
+    sensors: usize,
     /// The bin's waste stream (its `stream` property).
     stream: Option<String>,
 }
@@ -352,7 +412,7 @@ impl Acc {
             exceed_2030: 0,
             weekday: (0.0, 0),
             weekend: (0.0, 0),
-            sensors: BTreeSet::new(),
+            sensors: 0,
             stream: None,
         }
     }
@@ -363,118 +423,227 @@ fn day_mean(b: &Base, min_hours: f64) -> Option<f64> {
     (b.b >= min_hours && b.b > 0.0).then(|| b.a / b.b)
 }
 
-fn aggregate(
-    ind: &Indicator,
-    cfg: &IndicatorSettings,
-    tz: Tz,
-    q: &IndicatorQuery,
-    base: &[Base],
-) -> Vec<IndicatorRow> {
-    let min_hours = cfg.min_day_hours() as f64;
-    let (limit, limit_2030) = ind
-        .target
-        .map(|t| (t.value, t.value_2030.unwrap_or(t.value)))
-        .unwrap_or((f64::INFINITY, f64::INFINITY));
-    // The daily limit of PM10 (50 µg/m³) is what its days are counted against.
-    let (day_limit, day_limit_2030) = match ind.compute {
-        Method::ExceedanceDays => (50.0, 45.0),
-        _ => (limit, limit_2030),
-    };
-    let mean_method = matches!(ind.compute, Method::DailyMean | Method::ExceedanceDays);
-    // Per (period, sensor) accumulators; the city is built from days for the
-    // daily-mean methods, and from sensors' period values otherwise.
-    let mut per: BTreeMap<(NaiveDate, String), Acc> = BTreeMap::new();
-    // City per day: (sum of valid means, valid stations, any above, any above 2030).
-    let mut city_days: BTreeMap<NaiveDate, (f64, u32, bool, bool)> = BTreeMap::new();
-    for b in base {
-        let p = period_start(q.period, b.day);
-        let acc = per.entry((p, b.sensor.clone())).or_insert_with(Acc::new);
-        acc.a += b.a;
-        acc.b += b.b;
-        acc.c += b.c;
-        acc.days += 1;
-        acc.sensors.insert(b.sensor.clone());
-        let weekend = matches!(b.day.weekday(), Weekday::Sat | Weekday::Sun);
-        let w = if weekend {
-            &mut acc.weekend
-        } else {
-            &mut acc.weekday
-        };
-        w.0 += b.a;
-        w.1 += 1;
-        let cd = city_days.entry(b.day).or_insert((0.0, 0, false, false));
-        if mean_method {
-            if let Some(m) = day_mean(b, min_hours) {
-                acc.valid_days += 1;
-                acc.means += m;
-                acc.exceed += u32::from(m > day_limit);
-                acc.exceed_2030 += u32::from(m > day_limit_2030);
-                cd.0 += m;
-                cd.1 += 1;
-                cd.2 |= m > day_limit;
-                cd.3 |= m > day_limit_2030;
-            }
-        }
-        if b.stream.is_some() {
-            acc.stream.clone_from(&b.stream);
-        }
-    }
-    let mut out = Vec::new();
-    let mut prev: BTreeMap<String, (NaiveDate, f64)> = BTreeMap::new();
-    for ((p, sensor), acc) in &per {
-        let mut extra = Map::new();
-        let value = value_of(ind, q.period, *p, tz, acc, &mut extra);
-        if ind.compute == Method::Trips && q.period != Period::Day {
-            if let (Some((pp, pv)), Some(v)) = (prev.get(sensor), value) {
-                if next_period(q.period, *pp) == *p && *pv > 0.0 {
-                    extra.insert("change_pct".into(), json!(round((v / pv - 1.0) * 100.0, 2)));
+/// How days are judged for the daily-mean methods.
+#[derive(Clone, Copy)]
+struct Limits {
+    min_hours: f64,
+    day: f64,
+    day_2030: f64,
+    mean_method: bool,
+}
+
+/// The city's sums (or one waste stream's), built sensor by sensor.
+#[derive(Default)]
+struct City {
+    by_period: BTreeMap<NaiveDate, Acc>,
+    /// Per day: (sum of valid means, valid stations, any above, any above 2030).
+    days: BTreeMap<NaiveDate, (f64, u32, bool, bool)>,
+    /// Per day: the sensors' `a` summed (weekday and weekend means).
+    daily: BTreeMap<NaiveDate, f64>,
+}
+
+impl City {
+    /// Adds one sensor: its base rows and its per-period sums.
+    fn add(
+        &mut self,
+        ind: &Indicator,
+        l: Limits,
+        period: Period,
+        rows: &[Base],
+        per: &BTreeMap<NaiveDate, Acc>,
+    ) {
+        match ind.compute {
+            Method::DailyMean | Method::ExceedanceDays => {
+                // The city's day: the mean of its stations' valid means; above when
+                // any station was above.
+                for b in rows {
+                    let cd = self.days.entry(b.day).or_insert((0.0, 0, false, false));
+                    if let Some(m) = day_mean(b, l.min_hours) {
+                        cd.0 += m;
+                        cd.1 += 1;
+                        cd.2 |= m > l.day;
+                        cd.3 |= m > l.day_2030;
+                    }
                 }
             }
-            if let Some(v) = value {
-                prev.insert(sensor.clone(), (*p, v));
+            Method::PeriodMean => {
+                // The city: mean of the stations' period means.
+                for (p, acc) in per {
+                    if acc.b > 0.0 {
+                        let c = self.by_period.entry(*p).or_insert_with(Acc::new);
+                        c.means += acc.a / acc.b;
+                        c.valid_days += 1;
+                        c.b += acc.b;
+                        c.sensors += 1;
+                    }
+                }
+            }
+            _ => {
+                for b in rows {
+                    let acc = self
+                        .by_period
+                        .entry(period_start(period, b.day))
+                        .or_insert_with(Acc::new);
+                    acc.a += b.a;
+                    acc.b += b.b;
+                    acc.c += b.c;
+                    *self.daily.entry(b.day).or_default() += b.a;
+                }
+                for p in per.keys() {
+                    if let Some(acc) = self.by_period.get_mut(p) {
+                        acc.sensors += 1;
+                    }
+                }
             }
         }
-        if let Some(s) = &acc.stream {
-            extra.insert("stream".into(), json!(s));
+    }
+}
+
+/// Folds base rows, which come ordered by sensor, into the rows asked for.
+struct Fold {
+    ind: &'static Indicator,
+    q: IndicatorQuery,
+    tz: Tz,
+    limits: Limits,
+    /// The current sensor's base rows.
+    current: Vec<Base>,
+    out: Vec<IndicatorRow>,
+    city: City,
+    streams: BTreeMap<String, City>,
+}
+
+impl Fold {
+    fn new(ind: &'static Indicator, cfg: &IndicatorSettings, tz: Tz, q: IndicatorQuery) -> Self {
+        let (limit, limit_2030) = ind
+            .target
+            .map(|t| (t.value, t.value_2030.unwrap_or(t.value)))
+            .unwrap_or((f64::INFINITY, f64::INFINITY));
+        // The daily limit of PM10 (50 µg/m³) is what its days are counted against.
+        let (day, day_2030) = match ind.compute {
+            Method::ExceedanceDays => (50.0, 45.0),
+            _ => (limit, limit_2030),
+        };
+        Self {
+            ind,
+            q,
+            tz,
+            limits: Limits {
+                min_hours: cfg.min_day_hours() as f64,
+                day,
+                day_2030,
+                mean_method: matches!(ind.compute, Method::DailyMean | Method::ExceedanceDays),
+            },
+            current: Vec::new(),
+            out: Vec::new(),
+            city: City::default(),
+            streams: BTreeMap::new(),
         }
-        out.push(IndicatorRow {
-            period_start: *p,
-            sensor: Some(sensor.clone()),
-            value,
-            extra,
+    }
+
+    fn push(&mut self, b: Base) {
+        if self.current.last().is_some_and(|c| c.sensor != b.sensor) {
+            self.flush();
+        }
+        self.current.push(b);
+    }
+
+    /// Ends the current sensor: its rows when asked for, else its share of the city's.
+    fn flush(&mut self) {
+        let rows = std::mem::take(&mut self.current);
+        let Some(first) = rows.first() else {
+            return;
+        };
+        let (ind, l, period) = (self.ind, self.limits, self.q.period);
+        let mut per: BTreeMap<NaiveDate, Acc> = BTreeMap::new();
+        for b in &rows {
+            let acc = per
+                .entry(period_start(period, b.day))
+                .or_insert_with(Acc::new);
+            acc.a += b.a;
+            acc.b += b.b;
+            acc.c += b.c;
+            acc.days += 1;
+            let w = if matches!(b.day.weekday(), Weekday::Sat | Weekday::Sun) {
+                &mut acc.weekend
+            } else {
+                &mut acc.weekday
+            };
+            w.0 += b.a;
+            w.1 += 1;
+            if l.mean_method {
+                if let Some(m) = day_mean(b, l.min_hours) {
+                    acc.valid_days += 1;
+                    acc.means += m;
+                    acc.exceed += u32::from(m > l.day);
+                    acc.exceed_2030 += u32::from(m > l.day_2030);
+                }
+            }
+            if b.stream.is_some() {
+                acc.stream.clone_from(&b.stream);
+            }
+        }
+        if self.q.sensors.is_none() {
+            self.city.add(ind, l, period, &rows, &per);
+            if let (true, "waste_bin", Some(s)) = (self.q.by_stream, ind.kind, &first.stream) {
+                self.streams
+                    .entry(s.clone())
+                    .or_default()
+                    .add(ind, l, period, &rows, &per);
+            }
+            return;
+        }
+        let sensor = &first.sensor;
+        let mut prev: Option<(NaiveDate, f64)> = None;
+        for (p, acc) in &per {
+            let mut extra = Map::new();
+            let value = value_of(ind, period, *p, self.tz, acc, &mut extra);
+            if ind.compute == Method::Trips && period != Period::Day {
+                if let (Some((pp, pv)), Some(v)) = (prev, value) {
+                    if next_period(period, pp) == *p && pv > 0.0 {
+                        extra.insert("change_pct".into(), json!(round((v / pv - 1.0) * 100.0, 2)));
+                    }
+                }
+                if let Some(v) = value {
+                    prev = Some((*p, v));
+                }
+            }
+            if let Some(s) = &acc.stream {
+                extra.insert("stream".into(), json!(s));
+            }
+            self.out.push(IndicatorRow {
+                period_start: *p,
+                sensor: Some(sensor.clone()),
+                value,
+                extra,
+            });
+        }
+    }
+
+    fn finish(mut self) -> Vec<IndicatorRow> {
+        self.flush();
+        let mut out = std::mem::take(&mut self.out);
+        if self.q.sensors.is_none() {
+            let (ind, q, tz) = (self.ind, &self.q, self.tz);
+            out.extend(city_rows(
+                ind,
+                q.period,
+                tz,
+                std::mem::take(&mut self.city),
+                None,
+            ));
+            for (s, c) in std::mem::take(&mut self.streams) {
+                out.extend(city_rows(ind, q.period, tz, c, Some(&s)));
+            }
+        }
+        out.sort_by(|x, y| {
+            (x.period_start, x.sensor.is_some(), &x.sensor).cmp(&(
+                y.period_start,
+                y.sensor.is_some(),
+                &y.sensor,
+            ))
         });
+        out
     }
-    if q.sensor.is_none() {
-        out.extend(city_rows(ind, q, tz, base, &per, &city_days, None));
-        if q.by_stream && ind.kind == "waste_bin" {
-            let streams: BTreeSet<&str> = base.iter().filter_map(|b| b.stream.as_deref()).collect();
-            for s in streams {
-                let sub: Vec<Base> = base
-                    .iter()
-                    .filter(|b| b.stream.as_deref() == Some(s))
-                    .cloned()
-                    .collect();
-                let per_s: BTreeMap<(NaiveDate, String), Acc> = BTreeMap::new();
-                out.extend(city_rows(
-                    ind,
-                    q,
-                    tz,
-                    &sub,
-                    &per_s,
-                    &BTreeMap::new(),
-                    Some(s),
-                ));
-            }
-        }
-    }
-    out.sort_by(|x, y| {
-        (x.period_start, x.sensor.is_some(), &x.sensor).cmp(&(
-            y.period_start,
-            y.sensor.is_some(),
-            &y.sensor,
-        ))
-    });
-    out
 }
 
 /// Hours in the period starting at `p` (local clock changes included).
@@ -542,59 +711,37 @@ fn value_of(
 /// The city's rows (all sensors, or one waste stream).
 fn city_rows(
     ind: &Indicator,
-    q: &IndicatorQuery,
+    period: Period,
     tz: Tz,
-    base: &[Base],
-    per: &BTreeMap<(NaiveDate, String), Acc>,
-    city_days: &BTreeMap<NaiveDate, (f64, u32, bool, bool)>,
+    city: City,
     stream: Option<&str>,
 ) -> Vec<IndicatorRow> {
-    let mut by_period: BTreeMap<NaiveDate, Acc> = BTreeMap::new();
+    let City {
+        mut by_period,
+        days,
+        daily,
+    } = city;
     match ind.compute {
         Method::DailyMean | Method::ExceedanceDays => {
-            // The city's day: the mean of its stations' valid means; above when any
-            // station was above.
-            for (day, (sum, n, above, above_2030)) in city_days {
+            for (day, (sum, n, above, above_2030)) in days {
                 let acc = by_period
-                    .entry(period_start(q.period, *day))
+                    .entry(period_start(period, day))
                     .or_insert_with(Acc::new);
-                if *n > 0 {
+                if n > 0 {
                     acc.valid_days += 1;
-                    acc.means += sum / f64::from(*n);
-                    acc.exceed += u32::from(*above);
-                    acc.exceed_2030 += u32::from(*above_2030);
-                    acc.b = acc.b.max(f64::from(*n));
+                    acc.means += sum / f64::from(n);
+                    acc.exceed += u32::from(above);
+                    acc.exceed_2030 += u32::from(above_2030);
+                    acc.b = acc.b.max(f64::from(n));
                 }
             }
         }
-        Method::PeriodMean => {
-            // The city: mean of the stations' period means.
-            for ((p, s), acc) in per {
-                if acc.b > 0.0 {
-                    let c = by_period.entry(*p).or_insert_with(Acc::new);
-                    c.means += acc.a / acc.b;
-                    c.valid_days += 1;
-                    c.b += acc.b;
-                    c.sensors.insert(s.clone());
-                }
-            }
-        }
+        Method::PeriodMean => {}
         _ => {
-            let mut daily: BTreeMap<NaiveDate, f64> = BTreeMap::new();
-            for b in base {
-                let acc = by_period
-                    .entry(period_start(q.period, b.day))
-                    .or_insert_with(Acc::new);
-                acc.a += b.a;
-                acc.b += b.b;
-                acc.c += b.c;
-                acc.sensors.insert(b.sensor.clone());
-                *daily.entry(b.day).or_default() += b.a;
-            }
             for (day, total) in daily {
-                let acc = by_period
-                    .get_mut(&period_start(q.period, day))
-                    .expect("period made above");
+                let Some(acc) = by_period.get_mut(&period_start(period, day)) else {
+                    continue;
+                };
                 acc.days += 1;
                 let w = if matches!(day.weekday(), Weekday::Sat | Weekday::Sun) {
                     &mut acc.weekend
@@ -613,7 +760,7 @@ fn city_rows(
         let value = match ind.compute {
             Method::DailyMean => {
                 extra.insert("valid_days".into(), json!(acc.valid_days));
-                if q.period == Period::Day {
+                if period == Period::Day {
                     extra.insert("stations".into(), json!(acc.b));
                 }
                 (acc.valid_days > 0).then(|| round(acc.means / f64::from(acc.valid_days), 3))
@@ -624,11 +771,11 @@ fn city_rows(
                 Some(f64::from(acc.exceed))
             }
             Method::PeriodMean => {
-                extra.insert("stations".into(), json!(acc.sensors.len()));
+                extra.insert("stations".into(), json!(acc.sensors));
                 (acc.valid_days > 0).then(|| round(acc.means / f64::from(acc.valid_days), 3))
             }
             Method::EnergyPerNight | Method::LitHours | Method::FaultHours => {
-                let lamps = acc.sensors.len();
+                let lamps = acc.sensors;
                 extra.insert("lamps".into(), json!(lamps));
                 if ind.compute == Method::EnergyPerNight && lamps > 0 {
                     extra.insert("per_lamp".into(), json!(round(acc.a / lamps as f64, 4)));
@@ -636,15 +783,15 @@ fn city_rows(
                 Some(round(acc.a, 4))
             }
             _ => {
-                let v = value_of(ind, q.period, p, tz, &acc, &mut extra);
+                let v = value_of(ind, period, p, tz, &acc, &mut extra);
                 if ind.kind == "waste_bin" {
-                    extra.insert("bins".into(), json!(acc.sensors.len()));
+                    extra.insert("bins".into(), json!(acc.sensors));
                 }
                 if ind.compute == Method::Trips {
-                    extra.insert("counters".into(), json!(acc.sensors.len()));
-                    if q.period != Period::Day {
+                    extra.insert("counters".into(), json!(acc.sensors));
+                    if period != Period::Day {
                         if let (Some((pp, pv)), Some(v)) = (prev, v) {
-                            if next_period(q.period, pp) == p && pv > 0.0 {
+                            if next_period(period, pp) == p && pv > 0.0 {
                                 extra.insert(
                                     "change_pct".into(),
                                     json!(round((v / pv - 1.0) * 100.0, 2)),

@@ -103,7 +103,10 @@ impl Store {
     pub async fn open(settings: &Settings, catalog: &Catalog) -> Result<Self, StoreError> {
         let pool = db::pool(&settings.database)?;
         let mut client = pool.get().await?;
+        // A migration may rewrite big tables: it is not held to the queries' timeout.
+        client.batch_execute("SET statement_timeout = 0").await?;
         let backend = schema::migrate(&mut client, &settings.store).await?;
+        client.batch_execute("RESET statement_timeout").await?;
         let metric_ids = sync_metrics(&client, catalog).await?;
         drop(client);
         let id = |k: &str, m: &str| metric_ids.get(k).and_then(|ms| ms.get(m)).copied();
