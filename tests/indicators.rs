@@ -51,12 +51,7 @@ async fn get(http: &reqwest::Client, hub: &Hub, path: &str) -> Value {
         );
         paged.extend(here);
         rows.extend(page["rows"].as_array().unwrap().iter().cloned());
-        next = page["links"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["rel"] == "next")
-            .map(|l| l["href"].as_str().unwrap().to_owned());
+        next = link(&page, "next");
     }
     v["rows"] = Value::Array(rows);
     v
@@ -759,16 +754,9 @@ async fn a_long_query_is_cancelled_and_finished_days_are_served_from_the_cache()
             .contains("took longer"),
         "{body}"
     );
-    let sensor: String =
-        f.db.client()
-            .await
-            .query_one(
-                "SELECT external_id FROM sensors WHERE kind = 'waste_bin' LIMIT 1",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+    let sensor =
+        f.db.text("SELECT external_id FROM sensors WHERE kind = 'waste_bin' LIMIT 1")
+            .await;
     let r = http
         .get(f.hub.url(&format!("/api/v1/sensors/{sensor}/readings")))
         .send()

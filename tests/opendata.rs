@@ -117,12 +117,7 @@ async fn sensors_kinds_and_readings() {
             assert_eq!(r["metric"], "fill_level");
             times.push(DateTime::parse_from_rfc3339(r["time"].as_str().unwrap()).unwrap());
         }
-        next = page["links"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["rel"] == "next")
-            .map(|l| l["href"].as_str().unwrap().to_owned());
+        next = link(&page, "next");
         pages += 1;
         assert!(pages < 1000);
     }
@@ -445,12 +440,7 @@ async fn ogc_api_features() {
             page["features"].as_array().unwrap().len()
         );
         seen.extend(ids(&page));
-        url = page["links"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["rel"] == "next")
-            .map(|l| l["href"].as_str().unwrap().to_owned());
+        url = link(&page, "next");
     }
     assert_eq!(seen.len() as i64, matched);
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len());
@@ -859,13 +849,8 @@ async fn only_the_hubs_own_paging_links_are_cheap() {
         for id in ids(&fc) {
             assert!(seen.insert(id.clone()), "{id} twice");
         }
-        match fc["links"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["rel"] == "next")
-        {
-            Some(next) => url = next["href"].as_str().unwrap().to_owned(),
+        match link(&fc, "next") {
+            Some(next) => url = next,
             None => break,
         }
     }

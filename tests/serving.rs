@@ -158,13 +158,8 @@ async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
         pages += 1;
         assert_eq!(page["numberMatched"], 2_500);
         paged.extend(page["features"].as_array().unwrap().iter().cloned());
-        let next = page["links"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["rel"] == "next");
-        match next {
-            Some(l) => url = l["href"].as_str().unwrap().to_owned(),
+        match link(&page, "next") {
+            Some(next) => url = next,
             None => break,
         }
     }

@@ -84,15 +84,8 @@ async fn outside_validators() {
 
     // 1. GeoJSON: the geojson package and shapely.
     let one =
-        f.db.client()
-            .await
-            .query_one(
-                "SELECT external_id FROM sensors WHERE kind = 'waste_bin' LIMIT 1",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, String>(0);
+        f.db.text("SELECT external_id FROM sensors WHERE kind = 'waste_bin' LIMIT 1")
+            .await;
     let mut urls: Vec<String> = vec![
         format!("{base}/api/v1/sensors"),
         format!("{base}/api/v1/sensors/{one}"),

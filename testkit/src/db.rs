@@ -109,6 +109,16 @@ impl TestDb {
             .get(0)
     }
 
+    /// The text in the first column of the first row `sql` returns.
+    pub async fn text(&self, sql: &str) -> String {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// Applies the hub's schema (as `cityhub migrate` does), for tools that write
     /// without a hub.
     #[cfg(feature = "hub")]

@@ -74,6 +74,16 @@ pub fn sim_stream(
     msgs
 }
 
+/// The `href` of a document's link with relation `rel` (`next`, `prev`, `self`),
+/// from its `links` array (OGC API, readings and indicator pages).
+pub fn link(doc: &serde_json::Value, rel: &str) -> Option<String> {
+    doc["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["rel"] == rel)
+        .map(|l| l["href"].as_str().expect("a link has an href").to_owned())
+}
+
 /// The admin token of [`fixture`] hubs.
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
