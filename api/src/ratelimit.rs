@@ -53,22 +53,23 @@ impl Charge {
         let Some(n) = NonZeroU32::new(requests.saturating_mul(REQUEST)) else {
             return Ok(());
         };
-        match self.limiter.limiter.check_key_n(&self.key, n) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(wait_s(
-                not_until.wait_time_from(DefaultClock::default().now()),
-            )),
-            Err(_) => Err(1),
-        }
+        self.limiter.take(&self.key, n)
     }
 }
 
-/// Whole seconds, at least one, for `Retry-After`.
-fn wait_s(d: Duration) -> u64 {
-    d.as_secs_f64().ceil().max(1.0) as u64
-}
-
 impl Limiter {
+    /// Takes `cells` from `key`'s bucket, or says in whole seconds (at least one, for
+    /// `Retry-After`) when it could; nothing is taken then.
+    fn take(&self, key: &IpAddr, cells: NonZeroU32) -> Result<(), u64> {
+        let wait = match self.limiter.check_key_n(key, cells) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
+            // More than the whole burst: the costs never ask it; refuse plainly.
+            Err(_) => Duration::from_secs(1),
+        };
+        Err(wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
     /// `per_s` requests a second with bursts of `burst`, per client address. The
     /// table of clients forgets idle ones every minute, until `shutdown`.
     pub fn new(per_s: u32, burst: u32, shutdown: &CancellationToken) -> Arc<Self> {
@@ -149,19 +150,13 @@ pub async fn limit(State(l): State<Arc<Limiter>>, mut req: Request, next: Next) 
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| client_key(c.0.ip()));
     let n = NonZeroU32::new(cost(&req)).expect("costs are non-zero");
-    let wait = match l.limiter.check_key_n(&ip, n) {
-        Ok(Ok(())) => {
-            req.extensions_mut().insert(Charge {
-                limiter: l.clone(),
-                key: ip,
-            });
-            return next.run(req).await;
-        }
-        Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
-        // More than the whole burst: cannot happen with these costs; refuse plainly.
-        Err(_) => Duration::from_secs(1),
+    let Err(wait) = l.take(&ip, n) else {
+        req.extensions_mut().insert(Charge {
+            limiter: l.clone(),
+            key: ip,
+        });
+        return next.run(req).await;
     };
-    let wait = wait_s(wait);
     let body = ErrorBody {
         code: "TooManyRequests",
         description: format!("too many requests from this address; retry in {wait} s"),
