@@ -8,7 +8,15 @@ use cityhub_core::{LogFormat, Settings};
 use cityhub_store::Store;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// jemalloc, purging in background threads: memory freed after a spike (a burst of
+/// uploads, large answers) goes back to the system within seconds, where glibc's
+/// per-thread arenas kept it for the life of the process.
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(
@@ -178,12 +186,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve => {
                 let cancel = CancellationToken::new();
-                let c = cancel.clone();
-                tokio::spawn(async move {
-                    shutdown_signal().await;
-                    tracing::info!("Shutdown requested; draining.");
-                    c.cancel();
-                });
+                watch_stop_signals(cancel.clone(), settings.ingest.shutdown_timeout_s.get())?;
                 match cityhub_app::serve(settings, cancel).await {
                     // Tasks still running hold nothing that is acked: leave at once.
                     Err(e @ cityhub_app::AppError::ShutdownDeadline(_)) => {
@@ -257,6 +260,44 @@ fn main() -> Result<()> {
             Command::Config { .. } => unreachable!("handled above"),
         }
     })
+}
+
+/// SIGTERM or SIGINT starts the drain; the process is gone within
+/// `ingest.shutdown_timeout_s` of it, so a supervisor whose stop timeout is that long
+/// never has to kill it. The watch runs on a thread of its own: neither hearing the
+/// signal nor the final exit waits for a busy runtime. A second signal exits at once.
+fn watch_stop_signals(cancel: CancellationToken, deadline_s: u64) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    // The app stops draining a second before the deadline and exits itself; this is
+    // the backstop, late enough to let it, early enough for the process to end in time.
+    let backstop = Duration::from_secs(deadline_s).saturating_sub(Duration::from_millis(250));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })?;
+    std::thread::Builder::new()
+        .name("stop-deadline".into())
+        .spawn(move || {
+            if rx.recv().is_err() {
+                return;
+            }
+            tracing::info!("Shutdown requested; draining.");
+            cancel.cancel();
+            let why = match rx.recv_timeout(backstop) {
+                Ok(_) => "a second stop signal",
+                Err(_) => "the shutdown deadline",
+            };
+            tracing::error!(deadline_s, "Exiting before the drain finished: {why}.");
+            std::process::exit(75);
+        })?;
+    Ok(())
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -8,25 +8,28 @@ use std::time::{Duration, Instant};
 
 /// `cityhub demo` run from the temp folder with `args` (it finds this checkout's
 /// built map beside its executable); returns the URL it printed and when.
-fn run_demo(
-    dir: &std::path::Path,
-    args: &[&str],
-) -> (String, std::process::Child, std::path::PathBuf, Instant) {
+fn run_demo(dir: &std::path::Path, args: &[&str]) -> (String, Demo, std::path::PathBuf, Instant) {
     let err = dir.with_extension("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cityhub"))
-        .args(["demo", "--data-dir", dir.to_str().unwrap()])
-        .args(args)
-        .current_dir(std::env::temp_dir())
-        .env_remove("CITYHUB_DATABASE_URL")
-        .env_remove("CITYHUB_MQTT_URL")
-        .env_remove("CITYHUB_CONFIG")
-        .env_remove("CITYHUB_HTTP_WEB_DIR")
-        .env_remove("RUST_LOG")
-        .env("CITYHUB_HTTP_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
+    let mut demo = Demo {
+        child: None,
+        pg: dir.join("pg"),
+    };
+    let child = demo.child.insert(
+        Command::new(env!("CARGO_BIN_EXE_cityhub"))
+            .args(["demo", "--data-dir", dir.to_str().unwrap()])
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .env_remove("CITYHUB_DATABASE_URL")
+            .env_remove("CITYHUB_MQTT_URL")
+            .env_remove("CITYHUB_CONFIG")
+            .env_remove("CITYHUB_HTTP_WEB_DIR")
+            .env_remove("RUST_LOG")
+            .env("CITYHUB_HTTP_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -47,7 +50,7 @@ fn run_demo(
                     .to_owned();
                 // Keep reading, as a terminal would.
                 std::thread::spawn(move || lines.for_each(drop));
-                return (base, child, err, Instant::now());
+                return (base, demo, err, Instant::now());
             }
             Some(_) => {}
             None => panic!(
@@ -58,8 +61,31 @@ fn run_demo(
     }
 }
 
+/// A running `cityhub demo`. Dropped without [`stop_demo`] (a failed assertion),
+/// it still stops the demo and then its PostgreSQL, which `pg_ctl` started outside
+/// the demo's process: a failing test must not leave servers behind.
+struct Demo {
+    child: Option<std::process::Child>,
+    pg: std::path::PathBuf,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            interrupt_and_wait(child);
+        }
+        // Still running after the demo is gone: immediate shutdown (SIGQUIT).
+        if let Ok(pid) = std::fs::read_to_string(self.pg.join("postmaster.pid")) {
+            if let Some(pid) = pid.lines().next() {
+                let _ = Command::new("kill").args(["-QUIT", pid]).status();
+            }
+        }
+    }
+}
+
 /// Ctrl-C to the demo, which must stop cleanly; its stderr.
-fn stop_demo(child: std::process::Child, err: &std::path::Path) -> String {
+fn stop_demo(mut demo: Demo, err: &std::path::Path) -> String {
+    let child = demo.child.take().expect("a running demo");
     assert!(
         interrupt_and_wait(child),
         "demo did not stop cleanly: {}",
@@ -98,7 +124,7 @@ fn interrupt_and_wait(mut child: std::process::Child) -> bool {
 async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
     let dir = demo_dir("demo");
     let small = ["--fleet", "20,20,2,2", "--history", "2h"];
-    let (base, child, err, _) = run_demo(&dir, &small);
+    let (base, demo, err, _) = run_demo(&dir, &small);
     cityhub_testkit::wait_for(60, "demo /readyz", || async {
         reqwest::get(format!("{base}/readyz"))
             .await
@@ -121,7 +147,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
         html.contains("map/main-") && html.contains("map/app-"),
         "{html}"
     );
-    let log = stop_demo(child, &err);
+    let log = stop_demo(demo, &err);
     assert!(
         log.contains("creating a private PostgreSQL cluster"),
         "{log}"
@@ -133,7 +159,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
     assert!(!log.contains(" INFO "), "{log}");
 
     // Second run: same folder, data kept.
-    let (base, child, err, _) = run_demo(&dir, &small);
+    let (base, demo, err, _) = run_demo(&dir, &small);
     cityhub_testkit::wait_for(60, "second demo /readyz", || async {
         reqwest::get(format!("{base}/readyz"))
             .await
@@ -141,7 +167,7 @@ async fn demo_runs_serves_and_stops_cleanly_then_reuses_its_data() {
             .unwrap_or(false)
     })
     .await;
-    let log = stop_demo(child, &err);
+    let log = stop_demo(demo, &err);
     assert!(log.contains("reusing the PostgreSQL cluster"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -176,7 +202,7 @@ async fn browser(base: &str, mode: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_history_loads_the_map_says_so_and_calls_nothing_silent() {
     let dir = demo_dir("demo_loading");
-    let (base, child, err, _) = run_demo(&dir, &["--history", "3d", "--speedup", "20000"]);
+    let (base, demo, err, _) = run_demo(&dir, &["--history", "3d", "--speedup", "20000"]);
     let seen = browser(&base, "loading").await;
     eprintln!("demo while loading: {seen}");
     assert!(
@@ -196,7 +222,7 @@ async fn while_the_history_loads_the_map_says_so_and_calls_nothing_silent() {
         .await
         .unwrap();
     assert!(status["history"]["messages"].is_u64(), "{status}");
-    let log = stop_demo(child, &err);
+    let log = stop_demo(demo, &err);
     assert!(log.contains("demo: loading history ["), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -210,7 +236,7 @@ async fn while_the_history_loads_the_map_says_so_and_calls_nothing_silent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_city_is_alive_soon_after_its_url() {
     let dir = demo_dir("demo_live");
-    let (base, child, err, printed) = run_demo(&dir, &[]);
+    let (base, demo, err, printed) = run_demo(&dir, &[]);
     let kinds: serde_json::Value = reqwest::get(format!("{base}/api/v1/kinds"))
         .await
         .unwrap()
@@ -289,7 +315,7 @@ async fn the_demo_city_is_alive_soon_after_its_url() {
         })
     })
     .await;
-    let log = stop_demo(child, &err);
+    let log = stop_demo(demo, &err);
     assert!(log.contains("history loaded in"), "{log}");
     assert!(log.contains("registered the fleet's names"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -132,7 +132,12 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         cancel.clone(),
     ));
 
-    let deadline = Duration::from_secs(settings.ingest.shutdown_timeout_s.get());
+    // A second before the deadline, so the process can still end within it.
+    let deadline_s = settings.ingest.shutdown_timeout_s.get();
+    let deadline = Duration::from_secs(deadline_s);
+    let deadline = deadline
+        .saturating_sub(Duration::from_secs(1))
+        .max(deadline / 2);
     let task = tokio::spawn(async move {
         let started = run_pipeline(
             &settings,
@@ -150,8 +155,8 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         tokio::select! {
             _ = tracker.wait() => {}
             _ = async { cancel.cancelled().await; tokio::time::sleep(deadline).await } => {
-                tracing::warn!(deadline_s = deadline.as_secs(), "Shutdown deadline passed; stopping now.");
-                return Err(AppError::ShutdownDeadline(deadline.as_secs()));
+                tracing::warn!(deadline_s, "Shutdown deadline passed; stopping now.");
+                return Err(AppError::ShutdownDeadline(deadline_s));
             }
         }
         tracing::info!("Stopped.");

@@ -462,8 +462,9 @@ pub struct IngestSettings {
     pub poison_after_attempts: u32,
     /// `/readyz` says not ready while a message has waited longer than this for its commit.
     pub max_unacked_age_s: u64,
-    /// After SIGTERM the hub drains for at most this long, then exits (code 75 when it
-    /// could not finish); what is not committed by then is not acked, so the broker
+    /// After SIGTERM or SIGINT the process is gone within this many seconds: it drains
+    /// until a second before, then exits (code 75 when it could not finish; a second
+    /// signal exits at once); what is not committed by then is not acked, so the broker
     /// delivers it again.
     pub shutdown_timeout_s: NonZeroU64,
     /// Who may add a sensor: anyone who publishes (`open`), or only the registry (`known`:
