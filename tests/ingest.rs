@@ -136,6 +136,55 @@ async fn every_kind_native_and_senml_lands_exactly() {
     assert_eq!(v, 2.5);
 }
 
+/// One PostgreSQL without standbys: the hub stays ready and says plainly that a
+/// failover could lose acknowledged readings. A `read_url` that reaches no standby
+/// (here, the primary itself) leaves the API reading from the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_is_reported_as_not_durable_on_failover_and_reads_fall_back() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let read_url = cityhub_core::ConnUrl::new(db.url.clone());
+    let hub = Hub::build(&db, &broker, "single-node")
+        .set(move |s| s.database.read_url = Some(read_url))
+        .start()
+        .await;
+    let msgs = sim_stream(5, 1, 20, &[Format::Native], FaultRates::default());
+    publish_sim(&broker, &msgs).await;
+    wait_for_rows(&db, expected_rows(&msgs), 30, "the readings").await;
+    let readyz = || async {
+        let r = reqwest::get(hub.url("/readyz")).await.unwrap();
+        assert_eq!(r.status(), 200, "a single node is a legitimate install");
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    wait_for(30, "the replication state", || async {
+        !readyz().await["replication"].is_null()
+    })
+    .await;
+    let ready = readyz().await;
+    let r = &ready["replication"];
+    assert_eq!(r["durable_on_failover"], false, "{ready}");
+    assert_eq!(r["standbys"], 0, "{ready}");
+    assert!(
+        r["warning"].as_str().unwrap().contains("single-node"),
+        "{ready}"
+    );
+    assert_eq!(r["reads"], "primary (no standby answers)", "{ready}");
+    assert_eq!(
+        hub.metric("cityhub_database_durable_on_failover").await,
+        0.0
+    );
+    let (sensor, from) = (
+        &msgs[0].sensor,
+        (msgs[0].time - Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+    );
+    let r = reqwest::get(hub.url(&format!("/api/v1/sensors/{sensor}/readings?from={from}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(!body["readings"].as_array().unwrap().is_empty(), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivery_stores_nothing_twice() {
     let db = TestDb::new().await;

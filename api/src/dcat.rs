@@ -917,7 +917,7 @@ async fn respond(
     syntax: Syntax,
     vary: bool,
 ) -> ApiResult<Response> {
-    let extents = query::kind_extents(s.store()?).await?;
+    let extents = query::kind_extents(&s.reader()?).await?;
     let g = build(s, base, &extents)?;
     let body = serialize(&g, syntax)?;
     let modified = extents.values().filter_map(|e| e.last).max();

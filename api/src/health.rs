@@ -64,6 +64,9 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     if let Some(m) = maintenance {
         body["maintenance"] = m;
     }
+    if let Some(r) = &*s.replication.read().unwrap_or_else(|p| p.into_inner()) {
+        body["replication"] = serde_json::to_value(r).unwrap_or_default();
+    }
     let code = if ready {
         StatusCode::OK
     } else {

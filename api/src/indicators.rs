@@ -307,7 +307,7 @@ pub async fn get(
             period.as_str()
         )));
     }
-    let store = s.store.get().ok_or(ApiError::NotReady)?;
+    let store = &s.reader()?;
     if let Some(sensor) = &p.sensor {
         match cityhub_store::query::sensor_key(store, sensor).await? {
             Some((_, k)) if k == indicator.kind => {}

@@ -67,6 +67,8 @@ pub struct AppState {
     pub oldest_unacked: Arc<std::sync::atomic::AtomicI64>,
     /// TimescaleDB jobs and late refreshes as the maintenance tasks last saw them.
     pub maintenance: cityhub_store::maintenance::SharedStatus,
+    /// Replication as the hub last saw it (see `cityhub_store::replication`).
+    pub replication: Arc<std::sync::RwLock<Option<cityhub_store::replication::Replication>>>,
     /// Set while a simulated history is being loaded (the demo), for the map's header.
     pub history: Arc<std::sync::RwLock<Option<HistoryLoad>>>,
     /// The sensors listing and feeds, kept in memory.
@@ -99,6 +101,13 @@ pub struct HistoryLoad {
 impl AppState {
     fn store(&self) -> Result<&Store, ApiError> {
         self.store.get().ok_or(ApiError::NotReady)
+    }
+
+    /// The store as the public API reads it: from `database.read_url`'s standbys when
+    /// set, so reads go on while the primary is down. What must show this hub's own
+    /// last commit (the listing snapshot, feeds, operator views) uses [`Self::store`].
+    fn reader(&self) -> Result<Store, ApiError> {
+        Ok(self.store()?.reader())
     }
 
     fn kind_names(&self) -> Vec<String> {

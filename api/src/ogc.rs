@@ -230,7 +230,7 @@ pub async fn collections(
     base: BaseUrl,
     _q: StrictQuery<OgcParams>,
 ) -> ApiResult<Json<Collections>> {
-    let extents = query::kind_extents(s.store()?).await?;
+    let extents = query::kind_extents(&s.reader()?).await?;
     let b = &base.0;
     Ok(Json(Collections {
         links: vec![Link::new(
@@ -259,7 +259,7 @@ pub async fn one_collection(
     _q: StrictQuery<OgcParams>,
 ) -> ApiResult<Json<Collection>> {
     known_kind(&s, &kind)?;
-    let extents = query::kind_extents(s.store()?).await?;
+    let extents = query::kind_extents(&s.reader()?).await?;
     Ok(Json(collection(&s, &base.0, &kind, extents.get(&kind))))
 }
 
@@ -322,7 +322,7 @@ pub async fn items(
         offset: offset as i64,
         ..Default::default()
     };
-    let store = s.store()?;
+    let store = &s.reader()?;
     let matched = query::count_sensors(store, &filter).await?;
     let rows = query::sensors(store, &filter).await?;
     let names: Vec<String> = metric_columns(&s, &kind)
@@ -391,7 +391,7 @@ pub async fn item(
 ) -> ApiResult<Response> {
     known_kind(&s, &kind)?;
     let rows = query::sensors(
-        s.store()?,
+        &s.reader()?,
         &SensorFilter {
             kinds: vec![kind.clone()],
             ids: Some(vec![id.clone()]),

@@ -128,7 +128,7 @@ pub async fn readings(
     StrictQuery(p): StrictQuery<ReadingsParams>,
 ) -> ApiResult<Response> {
     let id = sensor_id(&id)?;
-    let store = s.store()?.clone();
+    let store = s.reader()?;
     let Some((pk, kind_name)) = query::sensor_key(&store, id.as_str()).await? else {
         return Err(ApiError::NotFound(format!("no sensor {id:?}")));
     };
@@ -164,7 +164,7 @@ pub async fn readings(
         })?;
         // From the pool of long downloads: slow clients there never take the
         // connections of listings, feeds and readiness.
-        let client = store.stream_pool().get().await.map_err(|e| match e {
+        let client = store.download_client().await.map_err(|e| match e {
             cityhub_store::PoolError::Timeout(_) => {
                 ApiError::Busy("every download slot is taken; retry in a few seconds".into())
             }

@@ -120,7 +120,7 @@ pub async fn one(
 ) -> ApiResult<Response> {
     let id = sensor_id(&id)?;
     let rows = query::sensors(
-        s.store()?,
+        &s.reader()?,
         &SensorFilter {
             kinds: s.kind_names(),
             ids: Some(vec![id.to_string()]),

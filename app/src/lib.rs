@@ -8,6 +8,7 @@ pub use cityhub_api::HistoryLoad;
 pub mod alerts;
 mod http;
 pub mod maintenance;
+pub mod replication;
 mod uploads;
 
 use cityhub_core::Settings;
@@ -90,6 +91,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     let metrics = cityhub_ingest::IngestMetrics::register(&mut registry);
     let upkeep = maintenance::MaintenanceMetrics::register(&mut registry);
     let alert_metrics = alerts::AlertMetrics::register(&mut registry);
+    let replication_metrics = replication::ReplicationMetrics::register(&mut registry);
     let mqtt_connected = Arc::new(AtomicBool::new(false));
     let snapshot = cityhub_api::snapshot::Snapshot::new(
         Duration::from_secs(settings.http.snapshot_reload_s.max(1)),
@@ -111,6 +113,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         shutdown: cancel.clone(),
         oldest_unacked: metrics.oldest_unacked.clone(),
         maintenance: Default::default(),
+        replication: Default::default(),
         history: Default::default(),
         snapshot,
         map: cityhub_api::web::map_source(settings.http.web_dir.as_deref()),
@@ -143,7 +146,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
             &settings,
             &state,
             metrics,
-            upkeep,
+            (upkeep, replication_metrics),
             (alert_rules, alert_metrics),
             &tracker,
             &cancel,
@@ -182,7 +185,10 @@ async fn run_pipeline(
     settings: &Settings,
     state: &cityhub_api::AppState,
     metrics: cityhub_ingest::IngestMetrics,
-    upkeep: maintenance::MaintenanceMetrics,
+    (upkeep, replication_metrics): (
+        maintenance::MaintenanceMetrics,
+        replication::ReplicationMetrics,
+    ),
     (alert_rules, alert_metrics): (Vec<cityhub_core::alerts::AlertRule>, alerts::AlertMetrics),
     tracker: &TaskTracker,
     cancel: &CancellationToken,
@@ -208,6 +214,13 @@ async fn run_pipeline(
     };
     tracing::info!(backend = %store.backend(), "Storage ready.");
     let _ = state.store.set(store.clone());
+    tracker.spawn(replication::watch(
+        store.clone(),
+        replication::EVERY,
+        state.replication.clone(),
+        replication_metrics,
+        cancel.clone(),
+    ));
     let committed = tokio::sync::broadcast::channel(1024).0;
     alert_metrics.rules_in_force(alert_rules.len());
     if !alert_rules.is_empty() {

@@ -137,7 +137,16 @@ pub struct DatabaseSettings {
     /// (verify the chain, and the host name too). Several hosts
     /// (`postgres://a,b/db?target_session_attrs=read-write`) follow a failover.
     pub url: ConnUrl,
-    /// Overrides the URL's password.
+    /// Standbys the public API reads from (listings' queries, readings, feeds, OGC API,
+    /// indicators, CSV downloads), so it keeps answering while the primary is down or
+    /// busy: a libpq URL, several hosts allowed
+    /// (`postgres://standby-a,standby-b/cityhub`). Without `target_session_attrs` the hub
+    /// connects only to a standby (`read-only`), and reads from the primary while none
+    /// answers. Writes, alert state and the operator's views stay on `url`. Unset: every
+    /// read on `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_url: Option<ConnUrl>,
+    /// Overrides the URL's password (for `read_url` too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
     /// A file holding the password (Docker/Kubernetes secrets).
@@ -167,6 +176,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: ConnUrl::new("postgres://postgres@127.0.0.1:5432/cityhub"),
+            read_url: None,
             password: None,
             password_file: None,
             ca_file: None,

@@ -61,9 +61,19 @@ fn split_sslmode(url: &str) -> (String, Option<String>) {
 /// The tokio-postgres configuration from settings: URL, then password override,
 /// and how to check the server certificate.
 pub fn pg_config(s: &DatabaseSettings) -> Result<(tokio_postgres::Config, CertCheck), StoreError> {
-    let (url, mode) = split_sslmode(s.url.expose());
+    url_config(s, &s.url, "database.url")
+}
+
+/// [`pg_config`] for another URL of the same database (`read_url`), named `setting`
+/// in errors.
+fn url_config(
+    s: &DatabaseSettings,
+    conn: &cityhub_core::ConnUrl,
+    setting: &str,
+) -> Result<(tokio_postgres::Config, CertCheck), StoreError> {
+    let (url, mode) = split_sslmode(conn.expose());
     let mut cfg = tokio_postgres::Config::from_str(&url)
-        .map_err(|e| StoreError::Config(format!("database.url ({}): {e}", s.url.redacted())))?;
+        .map_err(|e| StoreError::Config(format!("{setting} ({}): {e}", conn.redacted())))?;
     let (ssl, mut check) = match mode.as_deref().unwrap_or("prefer") {
         "disable" => (SslMode::Disable, CertCheck::None),
         "allow" | "prefer" => (SslMode::Prefer, CertCheck::None),
@@ -71,7 +81,7 @@ pub fn pg_config(s: &DatabaseSettings) -> Result<(tokio_postgres::Config, CertCh
         "verify-ca" | "verify-full" => (SslMode::Require, CertCheck::Full),
         other => {
             return Err(StoreError::Config(format!(
-                "database.url: unknown sslmode {other:?}"
+                "{setting}: unknown sslmode {other:?}"
             )))
         }
     };
@@ -202,6 +212,38 @@ pub fn stream_pool(s: &DatabaseSettings) -> Result<Pool, StoreError> {
     sized_pool(s, s.stream_pool_size.max(1), Duration::from_secs(1), 0)
 }
 
+/// The pools on the standbys of `read_url` (queries, downloads), sized as those on
+/// the primary; `None` without one. A URL that does not say which servers it wants
+/// gets standbys only (`target_session_attrs=read-only`): the caller falls back to
+/// the primary when none answers.
+pub fn standby_pools(s: &DatabaseSettings) -> Result<Option<(Pool, Pool)>, StoreError> {
+    let Some(url) = &s.read_url else {
+        return Ok(None);
+    };
+    let config = || {
+        let (mut cfg, check) = url_config(s, url, "database.read_url")?;
+        if !url.expose().contains("target_session_attrs") {
+            cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadOnly);
+        }
+        Ok::<_, StoreError>((cfg, check))
+    };
+    let queries = build_pool(
+        s,
+        config()?,
+        s.pool_size.max(2),
+        Duration::from_secs(s.connect_timeout_s),
+        s.statement_timeout_s,
+    )?;
+    let downloads = build_pool(
+        s,
+        config()?,
+        s.stream_pool_size.max(1),
+        Duration::from_secs(1),
+        0,
+    )?;
+    Ok(Some((queries, downloads)))
+}
+
 /// A pool whose sessions cancel a statement after `statement_timeout_s` (0: never),
 /// set at connect time so that no query can forget it; a session that needs longer
 /// (the writer, migrations) sets its own.
@@ -211,7 +253,16 @@ fn sized_pool(
     wait: Duration,
     statement_timeout_s: u64,
 ) -> Result<Pool, StoreError> {
-    let (mut cfg, check) = pg_config(s)?;
+    build_pool(s, pg_config(s)?, size, wait, statement_timeout_s)
+}
+
+fn build_pool(
+    s: &DatabaseSettings,
+    (mut cfg, check): (tokio_postgres::Config, CertCheck),
+    size: usize,
+    wait: Duration,
+    statement_timeout_s: u64,
+) -> Result<Pool, StoreError> {
     if statement_timeout_s > 0 {
         let options = format!(
             "{} -c statement_timeout={statement_timeout_s}s",

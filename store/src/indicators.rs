@@ -224,7 +224,7 @@ pub async fn compute(
     let from = local_instant(tz, q.from, hour);
     let to = local_instant(tz, q.to, hour);
     let tzname = cfg.timezone.as_str();
-    let c = store.pool().get().await?;
+    let c = store.read_client().await?;
     let threshold = match ind.compute {
         Method::OverflowHours => cfg.overflow_at,
         Method::Collections | Method::FillAtCollection | Method::FullShare => cfg.full_at,
@@ -305,7 +305,7 @@ pub async fn sensor_page(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<String>, StoreError> {
-    let c = store.pool().get().await?;
+    let c = store.read_client().await?;
     let rows = c
         .query(
             "SELECT external_id FROM sensors WHERE kind = $1
@@ -319,7 +319,7 @@ pub async fn sensor_page(
 
 /// Sensors of `kind`: what a city row's computation reads across.
 pub async fn sensor_count(store: &Store, kind: &str) -> Result<u64, StoreError> {
-    let c = store.pool().get().await?;
+    let c = store.read_client().await?;
     let n: i64 = c
         .query_one("SELECT count(*) FROM sensors WHERE kind = $1", &[&kind])
         .await?
@@ -365,7 +365,7 @@ async fn lamp_position(
     kind: &str,
     sensors: Option<&[String]>,
 ) -> Result<(f64, f64), StoreError> {
-    let c = store.pool().get().await?;
+    let c = store.read_client().await?;
     let r = c
         .query_one(
             "SELECT avg(lat)::float8, avg(lon)::float8 FROM sensors

@@ -8,6 +8,7 @@ pub mod indicators;
 pub mod maintenance;
 pub mod query;
 pub mod reader;
+pub mod replication;
 pub mod rollups;
 pub mod schema;
 pub mod sensors;
@@ -52,6 +53,8 @@ pub struct Subscribers {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Reads go to `database.read_url`'s standbys ([`Store::reader`]).
+    on_standby: bool,
 }
 
 /// A derived metric resolved to metric ids (see `cityhub_core::DerivedDef`).
@@ -68,6 +71,8 @@ struct Inner {
     pool: Pool,
     /// Long downloads only (see `db::stream_pool`).
     streams: Pool,
+    /// The standbys of `database.read_url`, when set.
+    standbys: Option<replication::Standbys>,
     /// Readiness checks the database on this connection of its own, so a busy pool
     /// never reads as a database down.
     ping: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
@@ -135,6 +140,12 @@ impl Store {
                 derived,
                 pool,
                 streams: db::stream_pool(&settings.database)?,
+                standbys: db::standby_pools(&settings.database)?.map(|p| {
+                    replication::Standbys::new(
+                        p,
+                        std::time::Duration::from_secs(settings.database.connect_timeout_s.max(5)),
+                    )
+                }),
                 ping: tokio::sync::Mutex::new(None),
                 backend,
                 metric_ids,
@@ -144,6 +155,7 @@ impl Store {
                 changes: Default::default(),
                 changed: tokio::sync::Notify::new(),
             }),
+            on_standby: false,
         })
     }
 
@@ -247,11 +259,6 @@ impl Store {
     /// Returns once a change is noted (at once if one was noted since the last call).
     pub async fn changed(&self) {
         self.inner.changed.notified().await
-    }
-
-    /// The pool of long downloads.
-    pub fn stream_pool(&self) -> &Pool {
-        &self.inner.streams
     }
 
     /// Is the database answering? Asked on a connection of its own, within the

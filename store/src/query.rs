@@ -82,7 +82,7 @@ fn filter_params(f: &SensorFilter) -> [Box<dyn ToSql + Sync + Send>; 8] {
 
 /// Sensors matching `f`, ordered by id, each with its latest values.
 pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>, StoreError> {
-    let client = store.pool().get().await?;
+    let client = store.read_client().await?;
     let base = filter_params(f);
     let mut params: Vec<&(dyn ToSql + Sync)> = base.iter().map(|p| &**p as _).collect();
     params.push(&f.limit);
@@ -144,7 +144,7 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
 
 /// How many sensors match `f`, ignoring its limit and offset.
 pub async fn count_sensors(store: &Store, f: &SensorFilter) -> Result<i64, StoreError> {
-    let client = store.pool().get().await?;
+    let client = store.read_client().await?;
     let base = filter_params(f);
     let params: Vec<&(dyn ToSql + Sync)> = base.iter().map(|p| &**p as _).collect();
     Ok(client
@@ -158,7 +158,7 @@ pub async fn count_sensors(store: &Store, f: &SensorFilter) -> Result<i64, Store
 
 /// The database key and kind of a sensor.
 pub async fn sensor_key(store: &Store, id: &str) -> Result<Option<(i32, String)>, StoreError> {
-    let client = store.pool().get().await?;
+    let client = store.read_client().await?;
     Ok(client
         .query_opt(
             "SELECT id, kind FROM sensors WHERE external_id = $1",
@@ -305,7 +305,7 @@ fn to_row(r: &tokio_postgres::Row) -> ReadingRow {
 
 /// One page of readings (`q.limit` rows at most).
 pub async fn readings(store: &Store, q: &ReadingsQuery) -> Result<Vec<ReadingRow>, StoreError> {
-    let client = store.pool().get().await?;
+    let client = store.read_client().await?;
     let (lower, upper, after_t, after_m) = readings_bounds(q);
     let rows = client
         .query(
@@ -371,7 +371,7 @@ pub struct KindExtent {
 }
 
 pub async fn kind_extents(store: &Store) -> Result<HashMap<String, KindExtent>, StoreError> {
-    let client = store.pool().get().await?;
+    let client = store.read_client().await?;
     let rows = client
         .query(
             "SELECT kind, count(*), min(first_seen), max(last_seen),
@@ -431,7 +431,7 @@ pub async fn dead_letters(
     limit: i64,
     max_bytes: i64,
 ) -> Result<(Vec<DeadLetterRow>, bool), StoreError> {
-    let client = store.pool().get().await?;
+    let client = store.read_client().await?;
     let rows = client
         .query(
             "SELECT id, received_at, topic, payload, reason_code, reason, payload_bytes, reason_bytes, fetched, topic_bytes

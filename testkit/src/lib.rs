@@ -11,6 +11,8 @@ pub mod broker;
 pub mod db;
 #[cfg(feature = "hub")]
 pub mod hub;
+#[cfg(feature = "hub")]
+pub mod patroni;
 pub mod python;
 #[cfg(feature = "hub")]
 pub mod traffic;
@@ -22,6 +24,8 @@ pub use cityhub_local::{free_port, is_root, server_bin, PrivatePostgres};
 pub use db::{admin_url, test_preload, timescaledb_mode, TableLock, TestDb};
 #[cfg(feature = "hub")]
 pub use hub::{cli, cli_ok, hub_bin, metric_at, wait_for, Hub, HubBuilder};
+#[cfg(feature = "hub")]
+pub use patroni::Patroni;
 #[cfg(feature = "hub")]
 pub use traffic::*;
 
