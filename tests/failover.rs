@@ -225,14 +225,23 @@ async fn the_primary_and_a_hub_die_under_load_and_every_reading_is_stored_once()
         }
         sum
     };
-    eprintln!(
-        "failover: {} messages published, {expected} readings expected, {stored} stored, \
+    let figures = format!(
+        "failover ({}): {} messages published, {expected} readings expected, {stored} stored, \
          {twice} stored twice, {} lost; primary node {leader} -> node {new_leader}; \
          first commit {resumed:?} after the primary died, no commit for {stalled:?}; API answers {answers:?} \
          ({non_200} not 200); redelivered readings the hubs saw again: {redelivered}",
+        timescaledb_mode(),
         msgs.len(),
         (expected - stored).max(0),
     );
+    eprintln!("{figures}");
+    // Kept with the run's artifacts: a passing test's output is not shown.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(artifacts_dir().join("failover.txt"))
+        .unwrap();
+    std::io::Write::write_all(&mut log, format!("{figures}\n").as_bytes()).unwrap();
     assert_eq!(stored, expected, "readings stored");
     assert_eq!(twice, 0);
     assert_ne!(new_leader, leader, "Patroni promoted another node");
@@ -254,9 +263,11 @@ async fn the_primary_and_a_hub_die_under_load_and_every_reading_is_stored_once()
         "SELECT count(*) FROM (SELECT 1 FROM alert_outbox GROUP BY alert_id, event, target HAVING count(*) > 1) d",
     )
     .await;
-    eprintln!(
+    let figures = format!(
         "failover: {alerts} alerts, {raised_twice} raised twice, {notified_twice} notified twice"
     );
+    eprintln!("{figures}");
+    std::io::Write::write_all(&mut log, format!("{figures}\n").as_bytes()).unwrap();
     assert!(alerts > 0, "the fleet raises alerts");
     assert_eq!((raised_twice, notified_twice), (0, 0));
 

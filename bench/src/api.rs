@@ -82,12 +82,7 @@ pub async fn api_latency(admin: &str, rate: f64, window: Duration) -> Result<Api
     let load_day = now - chrono::Duration::days(20) - chrono::Duration::hours(1);
     let q = query_back_to_back(&base, &db, now, load_day, started + window).await?;
     let achieved = publisher.await??.messages_per_s;
-    let backend: String = db
-        .client()
-        .await
-        .query_one("SELECT value FROM cityhub_meta WHERE key = 'backend'", &[])
-        .await?
-        .get(0);
+    let backend = crate::setup::backend(&db).await?;
     Ok(ApiLatency {
         history_rows: history_rows().await,
         achieved,

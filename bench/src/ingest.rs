@@ -152,8 +152,13 @@ pub async fn baseline(
     let rows = db.observations().await as f64;
     let secs = started.elapsed().as_secs_f64();
     publisher.abort();
+    // A bridge that died (no paho in this Python, a failed connect) measured nothing.
+    let exited = bridge.try_wait()?;
     let _ = bridge.kill();
     let _ = bridge.wait();
+    if let Some(status) = exited {
+        anyhow::bail!("the bridge exited early ({status})");
+    }
     Ok((rows / 3.0 / secs, rows / secs))
 }
 
@@ -224,10 +229,7 @@ pub async fn freshness(admin: &str, rate: f64, window: Duration) -> Result<Fresh
     let (rss, cpu1) = (hub.rss_kib(), hub.cpu_seconds());
     let cpu_pct = (cpu1 - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
     let achieved = publisher.await??.messages_per_s;
-    let backend: String = c
-        .query_one("SELECT value FROM cityhub_meta WHERE key = 'backend'", &[])
-        .await?
-        .get(0);
+    let backend = crate::setup::backend(&db).await?;
     let size: i64 = if backend == "timescaledb" {
         c.batch_execute("SELECT compress_chunk(ch, if_not_compressed => true) FROM show_chunks('observations_data') ch").await?;
         c.query_one("SELECT hypertable_size('observations_data')", &[])

@@ -3,6 +3,7 @@
 //! measured in this run. See bench/run.
 
 mod api;
+mod capacity;
 mod ingest;
 mod map;
 mod setup;
@@ -33,11 +34,11 @@ struct Args {
     /// A second server, with TimescaleDB, for the storage rows (both backends in one run).
     #[arg(long, env = "CITYHUB_BENCH_TIMESCALE_URL")]
     timescale_pg: Option<String>,
-    /// Which parts to run: ingest, freshness, api, storage, map.
+    /// Which parts to run: ingest, freshness, api, storage, capacity, map.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,freshness,api,storage,map"
+        default_value = "ingest,freshness,api,storage,capacity,map"
     )]
     only: Vec<String>,
     /// Simulated days of the Cremona fleet for the storage rows.
@@ -324,6 +325,44 @@ async fn storage_rows(t: &mut Table, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The capacity model's inputs (docs/capacity.md) at a third of the hub's measured
+/// rate, on each server.
+async fn capacity_rows(t: &mut Table, args: &Args, window: Duration, best: f64) -> Result<()> {
+    for pg in std::iter::once(&args.pg).chain(args.timescale_pg.as_ref()) {
+        let c = capacity::measure(pg, best / 3.0, window).await?;
+        let at = format!(
+            "3-metric messages from 1,000 bins at {} msg/s ({} readings/s stored), a third of the flat-out rate (or of 10,000 without the ingest rows); {}",
+            fmt(c.rate),
+            fmt(c.rows_per_s),
+            c.backend
+        );
+        for (who, us) in [
+            ("the hub", c.hub_us),
+            ("Mosquitto", c.broker_us),
+            (
+                "PostgreSQL (backends and the server's writers)",
+                c.postgres_us,
+            ),
+        ] {
+            t.add(
+                &format!("capacity: CPU per reading, {who}, {}", c.backend),
+                us,
+                "µs",
+                at.clone(),
+            );
+        }
+        for (what, per_cpu_s, n, clients) in c.api {
+            t.add(
+                &format!("capacity: API {what}, per CPU second, {}", c.backend),
+                per_cpu_s,
+                "requests",
+                format!("{n} requests from {clients} clients back to back, ingestion stopped; CPU of the hub and PostgreSQL; {}", c.backend),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The table on stdout, and `target/bench/results.json`.
 fn report(t: &Table, hw: &str, window: Duration) -> Result<()> {
     println!(
@@ -371,6 +410,9 @@ async fn main() -> Result<()> {
     }
     if run("storage") {
         storage_rows(&mut table, &args).await?;
+    }
+    if run("capacity") {
+        capacity_rows(&mut table, &args, window, best).await?;
     }
     if run("map") {
         map_rows(&mut table, &args).await?;

@@ -64,6 +64,16 @@ pub async fn ensure_partitions(c: &tokio_postgres::Client) -> Result<()> {
     Ok(())
 }
 
+/// The backend the hub chose for `db` (`postgresql` or `timescaledb`).
+pub async fn backend(db: &TestDb) -> Result<String> {
+    Ok(db
+        .client()
+        .await
+        .query_one("SELECT value FROM cityhub_meta WHERE key = 'backend'", &[])
+        .await?
+        .get(0))
+}
+
 /// p50, p99 and the number of samples.
 pub fn percentiles(mut v: Vec<f64>) -> (f64, f64, usize) {
     v.sort_by(f64::total_cmp);

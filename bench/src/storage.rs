@@ -58,10 +58,7 @@ pub async fn fleet(admin: &str, days: u32) -> Result<Storage> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let c = db.client().await;
-    let backend: String = c
-        .query_one("SELECT value FROM cityhub_meta WHERE key = 'backend'", &[])
-        .await?
-        .get(0);
+    let backend = crate::setup::backend(&db).await?;
     let timescale = backend == "timescaledb";
     c.batch_execute("VACUUM ANALYZE observations_data").await?;
     let readings = db.observations().await;

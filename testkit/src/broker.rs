@@ -32,6 +32,11 @@ impl Broker {
         c
     }
 
+    /// The broker's process id (to weigh its CPU).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> Self {
         Self::start_with(|port| format!("listener {port} 127.0.0.1"))
     }
