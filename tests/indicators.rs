@@ -87,6 +87,23 @@ fn city_rows(v: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// A refusal to come back later: `status`, a Retry-After header (its seconds,
+/// returned) and a description that says `why`.
+async fn refused(r: reqwest::Response, status: u16, why: &str) -> u64 {
+    assert_eq!(r.status(), status);
+    let wait = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["description"].as_str().unwrap().contains(why),
+        "{body}"
+    );
+    wait
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_s_indicators_match_what_the_simulator_did() {
     let (db, broker, hub) = open_hub("indicators").await;
@@ -686,17 +703,7 @@ async fn indicator_computations_are_bounded_and_the_rest_of_the_api_answers() {
     .await;
     let (done, waiting): (Vec<_>, Vec<_>) = reqs.into_iter().partition(|r| r.is_finished());
     for r in done {
-        let r = r.await.unwrap();
-        assert_eq!(r.status(), 503);
-        assert!(r.headers().contains_key("retry-after"));
-        let body: Value = r.json().await.unwrap();
-        assert!(
-            body["description"]
-                .as_str()
-                .unwrap()
-                .contains("indicator computations"),
-            "{body}"
-        );
+        refused(r.await.unwrap(), 503, "indicator computations").await;
     }
     // The pool still serves what does not read the locked table.
     for path in ["/api/v1/alerts", "/readyz", "/api/v1/sensors"] {
@@ -744,16 +751,7 @@ async fn a_long_query_is_cancelled_and_finished_days_are_served_from_the_cache()
         .send()
         .await
         .expect("answered before the lock is released");
-    assert_eq!(r.status(), 503);
-    assert!(r.headers().contains_key("retry-after"));
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["description"]
-            .as_str()
-            .unwrap()
-            .contains("took longer"),
-        "{body}"
-    );
+    refused(r, 503, "took longer").await;
     let sensor =
         f.db.text("SELECT external_id FROM sensors WHERE kind = 'waste_bin' LIMIT 1")
             .await;
@@ -801,20 +799,6 @@ async fn an_indicator_costs_the_rate_limit_in_proportion_to_its_work() {
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
     // Paid for as a request, the work is not: most of the burst is still to refill.
-    let r = f.get(other).await;
-    assert_eq!(r.status(), 429);
-    let wait: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait = refused(f.get(other).await, 429, "sensor-days").await;
     assert!(wait >= 10, "Retry-After {wait}");
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["description"]
-            .as_str()
-            .unwrap()
-            .contains("sensor-days"),
-        "{body}"
-    );
 }

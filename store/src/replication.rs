@@ -65,27 +65,33 @@ impl Store {
     /// A connection to read with: on a standby for a [`Store::reader`] handle while
     /// one answers, else on the primary.
     pub async fn read_client(&self) -> Result<PooledClient, StoreError> {
-        if let Some(s) = self.standbys() {
-            match s.queries.get().await {
-                Ok(c) => return Ok(c),
-                Err(e) if unreachable(&e) => s.mark_down(&e),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(self.inner.pool.get().await?)
+        Ok(self
+            .preferring_standby(|s| &s.queries, &self.inner.pool)
+            .await?)
     }
 
     /// A connection for a long download, from the download pool of a standby (for
     /// a [`Store::reader`] handle while one answers) or of the primary.
     pub async fn download_client(&self) -> Result<PooledClient, PoolError> {
+        self.preferring_standby(|s| &s.downloads, &self.inner.streams)
+            .await
+    }
+
+    /// From the standbys' pool `standby` picks while they are usable, else from
+    /// `primary`; a standby that cannot be reached pauses them.
+    async fn preferring_standby(
+        &self,
+        standby: impl Fn(&Standbys) -> &Pool,
+        primary: &Pool,
+    ) -> Result<PooledClient, PoolError> {
         if let Some(s) = self.standbys() {
-            match s.downloads.get().await {
+            match standby(s).get().await {
                 Ok(c) => return Ok(c),
                 Err(e) if unreachable(&e) => s.mark_down(&e),
                 Err(e) => return Err(e),
             }
         }
-        self.inner.streams.get().await
+        primary.get().await
     }
 
     fn standbys(&self) -> Option<&Standbys> {

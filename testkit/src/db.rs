@@ -100,7 +100,8 @@ impl TestDb {
             .expect("connect to the test database")
     }
 
-    pub async fn count(&self, sql: &str) -> i64 {
+    /// The first column of the one row `sql` returns.
+    pub async fn value<T: for<'r> tokio_postgres::types::FromSql<'r>>(&self, sql: &str) -> T {
         self.client()
             .await
             .query_one(sql, &[])
@@ -109,14 +110,13 @@ impl TestDb {
             .get(0)
     }
 
-    /// The text in the first column of the first row `sql` returns.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.value(sql).await
+    }
+
+    /// The text in the first column of the one row `sql` returns.
     pub async fn text(&self, sql: &str) -> String {
-        self.client()
-            .await
-            .query_one(sql, &[])
-            .await
-            .unwrap()
-            .get(0)
+        self.value(sql).await
     }
 
     /// Applies the hub's schema (as `cityhub migrate` does), for tools that write
