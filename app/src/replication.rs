@@ -52,7 +52,8 @@ impl ReplicationMetrics {
     }
 }
 
-/// Looks every `every` until cancelled; logs when durability changes (and at the first look).
+/// Looks every `every` until cancelled; logs when durability changes (and at the first
+/// look), as a warning when standbys stream but a failover could lose acknowledged readings.
 pub async fn watch(
     store: Store,
     every: Duration,
@@ -69,6 +70,11 @@ pub async fn watch(
                 metrics.read_lag.set(r.read_lag_s.unwrap_or(0.0));
                 if last != Some(r.durable_on_failover) {
                     match &r.warning {
+                        // No standby at all is a single-node install, chosen on purpose (the
+                        // demo is one): said in /readyz, not as a warning in the log.
+                        Some(w) if r.standbys == 0 => {
+                            tracing::info!(synchronous_commit = %r.synchronous_commit, "Single node: {w}.")
+                        }
                         Some(w) => {
                             tracing::warn!(synchronous_commit = %r.synchronous_commit, synchronous_standby_names = %r.synchronous_standby_names, "Acknowledged readings could be lost on failover: {w}.")
                         }
