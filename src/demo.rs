@@ -437,6 +437,47 @@ async fn show_progress(
 }
 
 /// Registers the simulated fleet as a city would its sensor list: names, and each
+/// The demo fleet's entry in the public register: what each kind is for and who
+/// answers for it, as a city would fill it in (the offices are the demo's own).
+fn demo_register(kind: &str) -> cityhub_core::register::Register {
+    let (purpose, purpose_en, office) = match kind {
+        "waste_bin" => (
+            "Livello di riempimento dei cassonetti, per programmare i giri di raccolta",
+            "Fill level of waste bins, to plan collection rounds",
+            "Settore Ambiente (demo)",
+        ),
+        "streetlight" => (
+            "Consumo e stato dei lampioni, per la manutenzione e il risparmio energetico",
+            "Energy use and state of street lamps, for maintenance and energy saving",
+            "Settore Lavori Pubblici (demo)",
+        ),
+        "bike_counter" => (
+            "Conteggio dei passaggi in bicicletta, per la pianificazione della mobilità",
+            "Bicycle counts, for mobility planning",
+            "Settore Mobilità (demo)",
+        ),
+        "air_quality" => (
+            "Qualità dell'aria (PM10, PM2.5, NO2), per il piano ambientale",
+            "Air quality (PM10, PM2.5, NO2), for the environment plan",
+            "Settore Ambiente (demo)",
+        ),
+        _ => (
+            "Sensore della rete cittadina (demo)",
+            "City network sensor (demo)",
+            "Servizi informativi (demo)",
+        ),
+    };
+    cityhub_core::register::Register {
+        purpose: Some(purpose.into()),
+        purpose_en: Some(purpose_en.into()),
+        responsible: Some(office.into()),
+        contact: Some("opendata@example.org".into()),
+        personal_data: Some(false),
+        legal_basis: None,
+        public_space: Some(true),
+    }
+}
+
 /// bin's waste stream and depth (indicators by stream, fill from distance). Done
 /// once the history is in, so no sensor is registered before it first reports
 /// (the map would call it silent meanwhile).
@@ -464,11 +505,12 @@ async fn register_fleet(
                     name: Some(s.name.clone()),
                     location: None,
                     properties,
+                    register: demo_register(&s.kind),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let store = cityhub_store::Store::open(settings, catalog).await?;
-        Ok::<_, anyhow::Error>(cityhub_store::sensors::import(&store, &records).await?)
+        Ok::<_, anyhow::Error>(cityhub_store::sensors::import(&store, &records, "demo").await?)
     }
     .await;
     match result {

@@ -2,6 +2,7 @@
 
 mod demo;
 mod sim_cmd;
+mod trust_cmd;
 
 use anyhow::{Context, Result};
 use cityhub_core::{LogFormat, Settings};
@@ -49,6 +50,16 @@ enum Command {
     Sensors {
         #[command(subcommand)]
         command: SensorsCommand,
+    },
+    /// Device credentials: a broker client per device, passwords for HTTP uploads.
+    Devices {
+        #[command(subcommand)]
+        command: trust_cmd::DevicesCommand,
+    },
+    /// Named operator accounts with roles (viewer, operator, admin).
+    Operators {
+        #[command(subcommand)]
+        command: trust_cmd::OperatorsCommand,
     },
     /// TimescaleDB's jobs: their health, or run them now.
     Maintenance {
@@ -110,6 +121,18 @@ enum ConfigCommand {
 enum ReferenceFormat {
     Toml,
     Markdown,
+}
+
+/// How the audit trail names a change made from this command line.
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        ["SUDO_USER", "USER", "LOGNAME"]
+            .into_iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .find(|u| !u.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    )
 }
 
 fn load_settings(path: Option<&Path>) -> Result<Settings> {
@@ -213,12 +236,13 @@ fn main() -> Result<()> {
                 let catalog = settings.catalog()?;
                 let records = cityhub_store::sensors::parse(&text, &catalog)?;
                 let store = Store::open(&settings, &catalog).await?;
-                let r = cityhub_store::sensors::import(&store, &records).await?;
+                let r = cityhub_store::sensors::import(&store, &records, &cli_actor()).await?;
                 println!(
-                    "imported {} sensors: {} new, {} updated",
+                    "imported {} sensors: {} new, {} updated, {} unchanged",
                     records.len(),
                     r.inserted,
-                    r.updated
+                    r.updated,
+                    r.unchanged
                 );
                 Ok(())
             }
@@ -235,6 +259,12 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Command::Demo(args) => demo::run(settings, args).await,
+            Command::Devices { command } => {
+                trust_cmd::devices(&settings, &cli_actor(), command).await
+            }
+            Command::Operators { command } => {
+                trust_cmd::operators(&settings, &cli_actor(), command).await
+            }
             Command::Sim { command } => sim_cmd::run(&settings, command).await,
             Command::Maintenance { command } => {
                 let store = Store::open(&settings, &settings.catalog()?).await?;

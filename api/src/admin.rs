@@ -4,7 +4,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::geo::{self, sensor_feature, Feature, GEOJSON};
 use crate::params::{enc, page_limit, BaseUrl, StrictQuery};
 use crate::sensors::sensor_id;
-use crate::{Admin, AppState};
+use crate::{Admin, AppState, Operator, Viewer};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -62,7 +62,7 @@ const RESERVED: &[&str] = &["id", "kind", "name", "latest", "first_seen", "last_
         (status = 403, description = "Wrong token", body = ErrorBody),
         (status = 409, description = "Registered under another kind", body = ErrorBody)))]
 pub async fn put(
-    _: Admin,
+    Admin(caller): Admin,
     State(s): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -110,6 +110,8 @@ pub async fn put(
     if let Some(r) = props.keys().find(|k| RESERVED.contains(&k.as_str())) {
         return Err(ApiError::BadRequest(format!("properties.{r} is reserved")));
     }
+    let register = cityhub_core::register::Register::take_from(&mut props)
+        .map_err(|why| ApiError::BadRequest(format!("properties.{why}")))?;
     if let Some(Err(why)) = s.catalog.get(&kind).map(|k| k.check_properties(&props)) {
         return Err(ApiError::BadRequest(format!("properties.{why}")));
     }
@@ -126,10 +128,12 @@ pub async fn put(
             name,
             location,
             properties: props,
+            register,
         },
+        &caller.actor(),
     )
     .await?;
-    tracing::info!(sensor = %id, kind, created, "Sensor registered by an admin.");
+    tracing::info!(sensor = %id, kind, created, by = %caller.name, "Sensor registered by an admin.");
     let rows = query::sensors(
         store,
         &SensorFilter {
@@ -200,16 +204,16 @@ pub struct DeadLetterPage {
     pub links: Vec<geo::Link>,
 }
 
-/// Dead letters, newest first. Admin only.
+/// Dead letters, newest first. Any signed-in role.
 #[utoipa::path(get, path = "/api/v1/dead-letters", tag = "admin", params(DeadLetterParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
         (status = 400, description = "Bad parameter", body = ErrorBody),
         (status = 401, description = "No token", body = ErrorBody),
-        (status = 403, description = "Wrong token", body = ErrorBody)))]
+        (status = 403, description = "Wrong, disabled or expired token", body = ErrorBody)))]
 pub async fn dead_letters(
-    _: Admin,
+    _: Viewer,
     State(s): State<AppState>,
     base: BaseUrl,
     StrictQuery(p): StrictQuery<DeadLetterParams>,
@@ -264,4 +268,70 @@ pub async fn dead_letters(
             .collect(),
         links,
     }))
+}
+
+/// What an operator may change of a sensor: its service state, for the map and the feeds.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInput {
+    /// `active`, `maintenance` or `out_of_service`.
+    pub status: Option<String>,
+    /// What is being done (at most 500 characters); null clears it.
+    pub note: Option<String>,
+}
+
+/// The service states a sensor may be in.
+pub const SERVICE_STATES: &[&str] = &["active", "maintenance", "out_of_service"];
+
+/// Sets a sensor's service state and note (`service_status`, `service_note` among its
+/// attributes). Operators and admins.
+#[utoipa::path(patch, path = "/api/v1/sensors/{id}/service", tag = "admin",
+    params(("id" = String, Path, description = "Sensor id")),
+    request_body(content = ServiceInput, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changed; the sensor's attributes", body = Object),
+        (status = 400, description = "Bad state or note", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Not an operator or admin", body = ErrorBody),
+        (status = 404, description = "No such sensor", body = ErrorBody)))]
+pub async fn service(
+    Operator(caller): Operator,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let id = sensor_id(&id)?;
+    let input: ServiceInput =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+    if let Some(st) = &input.status {
+        if !SERVICE_STATES.contains(&st.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "status must be one of {}",
+                SERVICE_STATES.join(", ")
+            )));
+        }
+    }
+    if input
+        .note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 500 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::BadRequest(
+            "note must be at most 500 printable characters".into(),
+        ));
+    }
+    let mut set = Map::new();
+    if let Some(st) = input.status {
+        set.insert("service_status".into(), Value::String(st));
+    }
+    set.insert(
+        "service_note".into(),
+        input.note.map(Value::String).unwrap_or(Value::Null),
+    );
+    let props = query::set_service(s.store()?, &id, &set, &caller.actor())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no sensor {id}")))?;
+    tracing::info!(sensor = %id, by = %caller.name, "Service state changed.");
+    Ok(Json(props))
 }

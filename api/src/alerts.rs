@@ -107,7 +107,7 @@ pub struct Ack {
               (status = 409, description = "Not open (acknowledged or cleared)", body = ErrorBody)))]
 pub async fn ack(
     State(s): State<AppState>,
-    _op: Operator,
+    Operator(caller): Operator,
     Path(id): Path<i64>,
     body: Option<Json<Ack>>,
 ) -> ApiResult<Json<Alert>> {
@@ -118,9 +118,12 @@ pub async fn ack(
     let store = s.store.get().ok_or(ApiError::NotReady)?;
     let notifier = s.notifier.clone();
     let bodies = move |a: &Alert, e: &str| notifier.bodies(a, e);
-    match store.ack_alert(id, note.as_deref(), &bodies).await? {
+    match store
+        .ack_alert(id, note.as_deref(), &bodies, &caller.actor())
+        .await?
+    {
         Ok(a) => {
-            tracing::info!(alert = a.id, rule = %a.rule, "Alert acknowledged.");
+            tracing::info!(alert = a.id, rule = %a.rule, operator = %caller.name, "Alert acknowledged.");
             s.live
                 .alert(&a.kind, &a.sensor, event_json(&a, "acknowledged"));
             s.notifier.wake.notify_one();

@@ -63,7 +63,9 @@ impl IntoResponse for ApiError {
             ApiError::NotReady | ApiError::Busy(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
-            ApiError::Store(StoreError::KindConflict { .. }) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Store(StoreError::KindConflict { .. } | StoreError::Exists(_)) => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
             ApiError::Store(e) if e.is_connection_lost() || e.is_timeout() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
@@ -72,7 +74,9 @@ impl IntoResponse for ApiError {
             }
         };
         let description = match (&self, status) {
-            (ApiError::Store(StoreError::KindConflict { .. }), _) => self.to_string(),
+            (ApiError::Store(e @ (StoreError::KindConflict { .. } | StoreError::Exists(_))), _) => {
+                e.to_string()
+            }
             (_, StatusCode::INTERNAL_SERVER_ERROR) => {
                 tracing::error!(error = %self, "Request failed.");
                 "internal error; it has been logged".to_owned()

@@ -95,7 +95,7 @@ impl FeatureCollection {
     }
 }
 
-fn geometry(s: &SensorView) -> Option<Point> {
+pub(crate) fn geometry(s: &SensorView) -> Option<Point> {
     match (s.lon, s.lat) {
         (Some(lon), Some(lat)) => Some(Point {
             kind: "Point",
@@ -130,6 +130,9 @@ pub fn sensor_feature(s: &SensorView) -> Feature {
         latest.insert(l.metric.clone(), Value::Object(m));
     }
     p.insert("latest".into(), Value::Object(latest));
+    if !s.register.is_empty() {
+        p.insert("register".into(), Value::Object(s.register.clone()));
+    }
     Feature {
         kind: "Feature",
         id: s.id.clone(),

@@ -67,6 +67,25 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     if let Some(r) = &*s.replication.read().unwrap_or_else(|p| p.into_inner()) {
         body["replication"] = serde_json::to_value(r).unwrap_or_default();
     }
+    // What an operator should fix, though the hub serves and stores meanwhile.
+    let mut warnings = Vec::new();
+    if let (Some(store), true) = (s.store.get(), db_ok) {
+        let http = &s.settings.http;
+        if (http.admin_token.is_some() || http.operator_token.is_some())
+            && s.accounts.refresh(store).await.is_ok()
+            && s.accounts.exist()
+        {
+            warnings.push("bootstrap tokens (http.admin_token, http.operator_token) are still configured while operator accounts exist: remove them so every change is done by a named person".to_owned());
+        }
+        match store.register_gaps().await {
+            Ok(0) => {}
+            Ok(n) => warnings.push(format!("{n} sensors in public space lack a purpose or a responsible party in the public register")),
+            Err(e) => tracing::warn!(error = %e, "Readiness: register check failed."),
+        }
+    }
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
     let code = if ready {
         StatusCode::OK
     } else {

@@ -5,6 +5,8 @@
 
 mod admin;
 pub mod alerts;
+mod audit;
+pub mod auth;
 mod cache;
 mod dcat;
 mod docs;
@@ -21,13 +23,13 @@ pub mod pages;
 pub mod params;
 mod ratelimit;
 mod readings;
+mod register;
 mod sensors;
 pub mod snapshot;
 pub mod uploads;
 pub mod web;
 
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,6 +44,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{Any, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer as Set;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -86,6 +89,8 @@ pub struct AppState {
     pub downloads: readings::Downloads,
     /// Signs the paging links this hub gives, for the rate limit's page discount.
     pub pages: Arc<pages::PageSigner>,
+    /// Operator accounts, as last loaded ([`auth`]).
+    pub accounts: Arc<auth::Accounts>,
 }
 
 /// How far the loading of a simulated history has got.
@@ -125,66 +130,7 @@ impl AppState {
     }
 }
 
-/// Admin calls carry `Authorization: Bearer <http.admin_token>`.
-pub struct Admin;
-
-/// Operator calls (acknowledging alerts) carry `Authorization: Bearer <http.operator_token>`.
-pub struct Operator;
-
-/// The request's bearer token checked against `expected` (`what` names the token).
-fn bearer(
-    parts: &Parts,
-    expected: Option<&cityhub_core::Secret>,
-    what: &str,
-) -> Result<(), ApiError> {
-    let given = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let Some(given) = given else {
-        return Err(ApiError::Unauthorized);
-    };
-    let Some(expected) = expected else {
-        return Err(ApiError::Forbidden(format!(
-            "these calls are disabled: no http.{what}_token is configured"
-        )));
-    };
-    if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
-        Ok(())
-    } else {
-        tracing::warn!(path = %parts.uri.path(), token = what, "Call with a wrong token refused.");
-        Err(ApiError::Forbidden("the token is not valid".into()))
-    }
-}
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Self::Rejection> {
-        bearer(parts, s.settings.http.admin_token.as_ref(), "admin").map(|()| Admin)
-    }
-}
-
-impl FromRequestParts<AppState> for Operator {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Self::Rejection> {
-        bearer(parts, s.settings.http.operator_token.as_ref(), "operator").map(|()| Operator)
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
-}
+pub use auth::{Admin, Caller, Operator, Viewer};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -197,9 +143,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         (name = "sensors", description = "Sensors, latest values, time series, live stream"),
         (name = "open data", description = "Downloads and the DCAT-AP_IT catalogue"),
         (name = "OGC API - Features", description = "OGC API - Features - Part 1: Core, GeoJSON, OpenAPI 3.0"),
-        (name = "alerts", description = "Alerts: public list; acknowledging needs the operator token"),
+        (name = "alerts", description = "Alerts: public list; acknowledging needs an operator's token"),
         (name = "indicators", description = "The mandate's indicators, computed from the readings"),
-        (name = "admin", description = "Needs the admin bearer token"),
+        (name = "admin", description = "Needs an admin's token (or the bootstrap admin token)"),
+        (name = "accounts", description = "Who is signed in; operator accounts and the audit trail (admins)"),
         (name = "operations", description = "Health, readiness, metrics, ingestion over HTTP")
     )
 )]
@@ -217,12 +164,19 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sensors::one, admin::put))
         .routes(routes!(readings::readings))
         .routes(routes!(admin::dead_letters))
+        .routes(routes!(admin::service))
+        .routes(routes!(audit::me))
+        .routes(routes!(audit::audit))
+        .routes(routes!(audit::operators, audit::add_operator))
+        .routes(routes!(audit::disable_operator))
+        .routes(routes!(audit::rotate_operator))
         .routes(routes!(live::stream))
         .routes(routes!(alerts::list))
         .routes(routes!(alerts::ack))
         .routes(routes!(indicators::list))
         .routes(routes!(indicators::get))
         .routes(routes!(feeds::feed))
+        .routes(routes!(register::feed))
         .routes(routes!(ogc::landing))
         .routes(routes!(ogc::conformance))
         .routes(routes!(ogc::collections))
@@ -334,12 +288,25 @@ pub fn router(state: AppState) -> Router {
                 .expose_headers([header::ETAG, header::LAST_MODIFIED, header::RETRY_AFTER])
                 .max_age(Duration::from_secs(3600)),
         )
-        .layer(
-            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
-        )
+        // On every answer: no content sniffing, no referrer leaking a URL, no framing
+        // by other sites (clickjacking of the operator map). TLS, and so HSTS, is the
+        // reverse proxy's.
+        .layer(Set::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(Set::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(Set::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("SAMEORIGIN"),
+        ))
+        .layer(Set::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'self'"),
+        ))
         .with_state(state.clone())
 }
 

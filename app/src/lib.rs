@@ -6,6 +6,7 @@
 pub use cityhub_api::HistoryLoad;
 
 pub mod alerts;
+pub mod devices;
 mod http;
 pub mod maintenance;
 pub mod replication;
@@ -124,6 +125,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         indicator_cache: cityhub_api::indicators::Cache::new(settings.indicators.cache_s),
         downloads: Default::default(),
         pages: Default::default(),
+        accounts: Default::default(),
     };
     let history = state.history.clone();
     let messages_committed = metrics.messages_committed.clone();
@@ -134,6 +136,16 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         Arc::new(settings.http.trusted_proxy_nets()),
         cancel.clone(),
     ));
+
+    if settings.mqtt.dynamic_security {
+        let s = settings.clone();
+        tracker.spawn(async move {
+            match devices::grant_hub(&s).await {
+                Ok(()) => tracing::info!(role = devices::HUB_ROLE, "Broker: the hub may publish its alerts."),
+                Err(e) => tracing::warn!(error = %e, "Broker: could not grant the hub its topics; alerts over MQTT will be refused."),
+            }
+        });
+    }
 
     // A second before the deadline, so the process can still end within it.
     let deadline_s = settings.ingest.shutdown_timeout_s.get();
@@ -288,18 +300,20 @@ async fn run_pipeline(
             settings.alerts.retention_days,
             settings.alerts.outbox_retention_days,
         ),
+        settings.store.audit_retention_days,
         cancel.clone(),
     ));
     Ok(())
 }
 
 /// At start and hourly: on plain PostgreSQL, drop partitions past retention; on
-/// both backends, delete dead letters, cleared alerts and delivered notifications
-/// past theirs (`0` keeps them).
+/// both backends, delete dead letters, cleared alerts, delivered notifications and
+/// audit rows past theirs (`0` keeps them).
 async fn retention_job(
     store: Store,
     dead_letter_days: u32,
     (alert_days, outbox_days): (u32, u32),
+    audit_days: u32,
     cancel: CancellationToken,
 ) {
     loop {
@@ -327,6 +341,13 @@ async fn retention_job(
                 )
             }
             Err(e) => tracing::warn!(error = %e, "Alert retention failed; will retry."),
+        }
+        if audit_days > 0 {
+            match store.purge_audit(audit_days).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "Retention: deleted old audit rows."),
+                Err(e) => tracing::warn!(error = %e, "Audit retention failed; will retry."),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

@@ -5,10 +5,12 @@
 pub mod adapters;
 pub mod alerts;
 pub mod backoff;
+pub mod credentials;
 pub mod indicators;
 pub mod kinds;
 pub mod model;
 pub mod reference;
+pub mod register;
 pub mod reject;
 pub mod settings;
 pub mod sun;

@@ -196,6 +196,10 @@ pub struct MqttSettings {
     pub url: ConnUrl,
     /// Stable, so the broker keeps this hub's session (and queued messages) across restarts.
     pub client_id: String,
+    /// The broker runs Mosquitto's dynamic security plugin and `cityhub devices` keeps a
+    /// client per device on it; `username` must hold the plugin's admin role. The hub
+    /// then grants itself the topics it publishes (alerts) at start.
+    pub dynamic_security: bool,
     /// Empty: plain subscriptions. Set: `$share/<group>/<topic>` so several hubs split the stream.
     pub share_group: String,
     /// Topic filters of readings (`cityhub/v1/<kind>/<sensor_id>`); adapters add their own.
@@ -247,6 +251,7 @@ impl Default for MqttSettings {
         Self {
             url: ConnUrl::new("mqtt://127.0.0.1:1883"),
             client_id: "cityhub-ingest".into(),
+            dynamic_security: false,
             share_group: String::new(),
             topics: vec!["cityhub/v1/#".into()],
             username: None,
@@ -556,6 +561,8 @@ pub struct StoreSettings {
     /// Plain PostgreSQL: how often the hub folds the rollup deltas of committed batches
     /// into the hourly and daily tables (answers include unfolded deltas anyway).
     pub rollup_fold_ms: u64,
+    /// Days the audit trail (who changed what) is kept; 0 keeps it for ever.
+    pub audit_retention_days: u32,
 }
 
 impl HttpSettings {
@@ -594,6 +601,7 @@ impl Default for StoreSettings {
         Self {
             timescaledb: TimescaleMode::Auto,
             retention_days: 730,
+            audit_retention_days: 1095,
             compress_after_days: 7,
             maintenance: MaintenanceMode::Auto,
             maintenance_interval_s: 60,

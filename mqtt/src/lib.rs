@@ -3,6 +3,8 @@
 //! simulators both connect through [`options`], so a broker the hub reaches is one
 //! the simulators reach too.
 
+pub mod dynsec;
+
 use cityhub_core::{ConnUrl, MqttSettings};
 use rumqttc::v5::MqttOptions;
 use rumqttc::{TlsConfiguration, Transport};

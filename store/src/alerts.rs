@@ -201,6 +201,7 @@ impl Store {
             &[&rule, &sensor, &time, &value],
             "cleared",
             notify,
+            None,
         )
         .await
     }
@@ -212,6 +213,7 @@ impl Store {
         id: i64,
         note: Option<&str>,
         notify: Notify<'_>,
+        actor: &str,
     ) -> Result<Result<Alert, Option<String>>, StoreError> {
         let done = self
             .change(
@@ -220,6 +222,7 @@ impl Store {
                 &[&id, &note],
                 "acknowledged",
                 notify,
+                Some(actor),
             )
             .await?;
         if let Some(a) = done {
@@ -239,6 +242,7 @@ impl Store {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
         event: &str,
         notify: Notify<'_>,
+        actor: Option<&str>,
     ) -> Result<Option<Alert>, StoreError> {
         let mut c = self.pool().get().await?;
         let tx = c.transaction().await?;
@@ -250,6 +254,21 @@ impl Store {
         };
         let a = alert(&row);
         outbox(&tx, &a, event, notify).await?;
+        if let Some(actor) = actor {
+            let target = format!("alert:{}", a.id);
+            let before = serde_json::json!({"state": "open"});
+            let after = serde_json::json!({"state": a.state, "note": a.ack_note,
+                "rule": a.rule, "sensor": a.sensor});
+            crate::trust::audit(
+                &tx,
+                actor,
+                &format!("alert.{event}"),
+                &target,
+                Some(&before),
+                Some(&after),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(Some(a))
     }

@@ -21,6 +21,8 @@ pub enum StoreError {
     Import(String),
     #[error("sensor {sensor:?} is registered as kind {registered:?}; a sensor keeps its kind")]
     KindConflict { sensor: String, registered: String },
+    #[error("{0} already exists")]
+    Exists(String),
     #[error("the waiting client gave up before the commit; nothing was stored")]
     Abandoned,
     #[error("the database did not answer within {0} s")]

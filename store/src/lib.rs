@@ -12,6 +12,7 @@ pub mod replication;
 pub mod rollups;
 pub mod schema;
 pub mod sensors;
+pub mod trust;
 pub mod writer;
 
 pub use deadpool_postgres::{Object as PooledClient, PoolError};

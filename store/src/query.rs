@@ -45,6 +45,8 @@ pub struct SensorView {
     pub lon: Option<f64>,
     pub lat: Option<f64>,
     pub properties: Map<String, Value>,
+    /// Its public register entry (`cityhub_core::register::Register` as stored).
+    pub register: Map<String, Value>,
     pub first_seen: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
@@ -91,7 +93,7 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
         .query(
             &format!(
                 "SELECT s.id, s.external_id, s.kind, s.name, s.lon, s.lat, s.properties,
-                        s.first_seen, s.last_seen, s.updated_at
+                        s.first_seen, s.last_seen, s.updated_at, s.register
                  FROM sensors s WHERE {FILTER}
                  ORDER BY s.external_id LIMIT $9 OFFSET $10"
             ),
@@ -133,6 +135,10 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
                 lon: r.get(4),
                 lat: r.get(5),
                 properties,
+                register: match r.get::<_, Value>(10) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                },
                 first_seen: r.get(7),
                 last_seen: r.get(8),
                 updated_at: r.get(9),
@@ -483,21 +489,22 @@ pub struct SensorPut {
     pub name: Option<String>,
     pub location: Option<GeoPoint>,
     pub properties: Map<String, Value>,
+    pub register: cityhub_core::register::Register,
 }
 
 /// Registers or replaces a sensor; `Ok(true)` when it is new. A sensor keeps its kind
 /// for life (its history belongs to the kind's metrics): another kind is refused.
-pub async fn put_sensor(store: &Store, s: &SensorPut) -> Result<bool, StoreError> {
+pub async fn put_sensor(store: &Store, s: &SensorPut, actor: &str) -> Result<bool, StoreError> {
     let mut client = store.pool().get().await?;
     let tx = client.transaction().await?;
-    let existing: Option<String> = tx
+    let before: Option<(String, Value)> = tx
         .query_opt(
-            "SELECT kind FROM sensors WHERE external_id = $1 FOR UPDATE",
+            &format!("SELECT kind, {SENSOR_RECORD} FROM sensors WHERE external_id = $1 FOR UPDATE"),
             &[&s.id.as_str()],
         )
         .await?
-        .map(|r| r.get(0));
-    if let Some(k) = &existing {
+        .map(|r| (r.get(0), r.get(1)));
+    if let Some((k, _)) = &before {
         if *k != s.kind {
             return Err(StoreError::KindConflict {
                 sensor: s.id.to_string(),
@@ -507,18 +514,91 @@ pub async fn put_sensor(store: &Store, s: &SensorPut) -> Result<bool, StoreError
     }
     let props = Value::Object(s.properties.clone());
     let (lon, lat) = (s.location.map(|p| p.lon()), s.location.map(|p| p.lat()));
-    tx.execute(
-        "INSERT INTO sensors AS s (external_id, kind, name, lon, lat, properties)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (external_id) DO UPDATE SET name = excluded.name, lon = excluded.lon,
-             lat = excluded.lat, properties = excluded.properties, updated_at = now()",
-        &[&s.id.as_str(), &s.kind, &s.name, &lon, &lat, &props],
+    let register = serde_json::to_value(&s.register).unwrap_or_default();
+    let after: Value = tx
+        .query_one(
+            &format!(
+                "INSERT INTO sensors AS s (external_id, kind, name, lon, lat, properties, register)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (external_id) DO UPDATE SET name = excluded.name, lon = excluded.lon,
+                     lat = excluded.lat, properties = excluded.properties,
+                     register = excluded.register, updated_at = now()
+                 RETURNING {SENSOR_RECORD}"
+            ),
+            &[
+                &s.id.as_str(),
+                &s.kind,
+                &s.name,
+                &lon,
+                &lat,
+                &props,
+                &register,
+            ],
+        )
+        .await?
+        .get(0);
+    let before = before.map(|(_, b)| b);
+    let action = if before.is_some() {
+        "sensor.replace"
+    } else {
+        "sensor.register"
+    };
+    let target = format!("sensor:{}", s.id);
+    crate::trust::audit(&tx, actor, action, &target, before.as_ref(), Some(&after)).await?;
+    tx.commit().await?;
+    store.note_changed([s.id.as_str()]);
+    Ok(before.is_none())
+}
+
+/// Merges `set` into a sensor's attributes (a null removes one), audited; returns
+/// the attributes after, or None when there is no such sensor.
+pub async fn set_service(
+    store: &Store,
+    id: &SensorId,
+    set: &Map<String, Value>,
+    actor: &str,
+) -> Result<Option<Value>, StoreError> {
+    let mut client = store.pool().get().await?;
+    let tx = client.transaction().await?;
+    let Some(before) = tx
+        .query_opt(
+            &format!("SELECT {SENSOR_RECORD} FROM sensors WHERE external_id = $1 FOR UPDATE"),
+            &[&id.as_str()],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let before: Value = before.get(0);
+    let set = Value::Object(set.clone());
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE sensors SET properties = jsonb_strip_nulls(properties || $2), updated_at = now()
+                 WHERE external_id = $1 RETURNING {SENSOR_RECORD}, properties"
+            ),
+            &[&id.as_str(), &set],
+        )
+        .await?;
+    let after: Value = row.get(0);
+    let target = format!("sensor:{id}");
+    crate::trust::audit(
+        &tx,
+        actor,
+        "sensor.service",
+        &target,
+        Some(&before),
+        Some(&after),
     )
     .await?;
     tx.commit().await?;
-    store.note_changed([s.id.as_str()]);
-    Ok(existing.is_none())
+    store.note_changed([id.as_str()]);
+    Ok(Some(row.get(1)))
 }
+
+/// A sensor's registry record as JSON, for the audit trail's before and after.
+pub(crate) const SENSOR_RECORD: &str = "jsonb_build_object('kind', kind, 'name', name, \
+    'lon', lon, 'lat', lat, 'properties', properties, 'register', register)";
 
 #[cfg(test)]
 mod tests {

@@ -97,6 +97,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007", "reader_views"),
     migration!(8, "0008", "alerts"),
     migration!(9, "0009", "dead_letter_keys"),
+    migration!(10, "0010", "trust"),
 ];
 
 /// The newest schema version this build knows.

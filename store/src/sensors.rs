@@ -2,6 +2,7 @@
 
 use crate::error::StoreError;
 use crate::Store;
+use cityhub_core::register::Register;
 use cityhub_core::{Catalog, GeoPoint, SensorId};
 use serde_json::{Map, Value};
 
@@ -13,6 +14,8 @@ pub struct SensorRecord {
     pub name: Option<String>,
     pub location: Option<GeoPoint>,
     pub properties: Map<String, Value>,
+    /// Its entry in the public register (the file's register columns).
+    pub register: Register,
 }
 
 /// What an import did.
@@ -20,6 +23,8 @@ pub struct SensorRecord {
 pub struct ImportReport {
     pub inserted: u64,
     pub updated: u64,
+    /// Rows that matched the registry already (no audit row).
+    pub unchanged: u64,
 }
 
 /// Parses a GeoJSON FeatureCollection (when the text starts with `{`) or a CSV with
@@ -33,6 +38,13 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Vec<SensorRecord>, StoreEr
     };
     let mut errors = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut records = records;
+    for (i, r) in records.iter_mut().enumerate() {
+        match Register::take_from(&mut r.properties) {
+            Ok(reg) => r.register = reg,
+            Err(why) => errors.push(format!("sensor #{} ({}): {why}", i + 1, r.id)),
+        }
+    }
     for (i, r) in records.iter().enumerate() {
         match catalog.get(&r.kind) {
             None => errors.push(format!(
@@ -111,6 +123,7 @@ fn parse_geojson(text: &str) -> Result<Vec<SensorRecord>, StoreError> {
             name,
             location,
             properties: props,
+            register: Register::default(),
         });
     }
     Ok(out)
@@ -183,26 +196,38 @@ fn parse_csv(text: &str) -> Result<Vec<SensorRecord>, StoreError> {
             name: get(cn).map(str::to_owned),
             location,
             properties,
+            register: Register::default(),
         });
     }
     Ok(out)
 }
 
-/// Upserts the records in one transaction. A sensor already registered under
-/// another kind is an error (moving a sensor between kinds would orphan its history).
-pub async fn import(store: &Store, records: &[SensorRecord]) -> Result<ImportReport, StoreError> {
+/// Upserts the records in one transaction, each change in the audit trail as done
+/// by `actor`. A sensor already registered under another kind is an error (moving a
+/// sensor between kinds would orphan its history).
+pub async fn import(
+    store: &Store,
+    records: &[SensorRecord],
+    actor: &str,
+) -> Result<ImportReport, StoreError> {
+    use crate::query::SENSOR_RECORD;
     let mut client = store.pool().get().await?;
     let tx = client.transaction().await?;
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
     let existing = tx
         .query(
-            "SELECT external_id, kind FROM sensors WHERE external_id = ANY($1)",
+            &format!(
+                "SELECT external_id, kind, {SENSOR_RECORD} FROM sensors
+                 WHERE external_id = ANY($1) FOR UPDATE"
+            ),
             &[&ids],
         )
         .await?;
     let mut conflicts = Vec::new();
+    let mut before = std::collections::HashMap::new();
     for row in &existing {
         let (e, k): (&str, &str) = (row.get(0), row.get(1));
+        before.insert(e.to_owned(), row.get::<_, Value>(2));
         if let Some(r) = records.iter().find(|r| r.id.as_str() == e) {
             if r.kind != k {
                 conflicts.push(format!(
@@ -218,25 +243,35 @@ pub async fn import(store: &Store, records: &[SensorRecord]) -> Result<ImportRep
     let mut report = ImportReport::default();
     for r in records {
         let props = Value::Object(r.properties.clone());
+        let register = serde_json::to_value(&r.register).unwrap_or_default();
         let (lon, lat) = (r.location.map(|p| p.lon()), r.location.map(|p| p.lat()));
-        let inserted: bool = tx
+        let after: Value = tx
             .query_one(
-                "INSERT INTO sensors AS s (external_id, kind, name, lon, lat, properties)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (external_id) DO UPDATE SET
-                     name = coalesce(excluded.name, s.name), lon = coalesce(excluded.lon, s.lon),
-                     lat = coalesce(excluded.lat, s.lat), properties = s.properties || excluded.properties,
-                     updated_at = now()
-                 RETURNING (xmax = 0)",
-                &[&r.id.as_str(), &r.kind, &r.name, &lon, &lat, &props],
+                &format!(
+                    "INSERT INTO sensors AS s (external_id, kind, name, lon, lat, properties, register)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (external_id) DO UPDATE SET
+                         name = coalesce(excluded.name, s.name), lon = coalesce(excluded.lon, s.lon),
+                         lat = coalesce(excluded.lat, s.lat), properties = s.properties || excluded.properties,
+                         register = s.register || excluded.register, updated_at = now()
+                     RETURNING {SENSOR_RECORD}"
+                ),
+                &[&r.id.as_str(), &r.kind, &r.name, &lon, &lat, &props, &register],
             )
             .await?
             .get(0);
-        if inserted {
+        let old = before.get(r.id.as_str());
+        if old == Some(&after) {
+            report.unchanged += 1;
+            continue;
+        }
+        if old.is_none() {
             report.inserted += 1;
         } else {
             report.updated += 1;
         }
+        let target = format!("sensor:{}", r.id);
+        crate::trust::audit(&tx, actor, "sensor.import", &target, old, Some(&after)).await?;
     }
     tx.commit().await?;
     Ok(report)

@@ -21,6 +21,8 @@ pub struct Broker {
     pub port: u16,
     dir: PathBuf,
     child: Child,
+    /// Files made before the broker started (the dynamic security store), removed on drop.
+    extra: Option<PathBuf>,
 }
 
 impl Broker {
@@ -81,8 +83,53 @@ impl Broker {
         let path = dir.join("mosquitto.conf");
         std::fs::write(&path, conf).unwrap();
         let child = Self::spawn(&path, &dir);
-        let b = Self { port, dir, child };
+        let b = Self {
+            port,
+            dir,
+            child,
+            extra: None,
+        };
         b.wait_listening();
+        b
+    }
+
+    /// Mosquitto with its dynamic security plugin, no anonymous access, and one client,
+    /// `admin` with `password`, holding the plugin's admin role (as `mosquitto_ctrl
+    /// dynsec init` makes it): what a production broker managed by the hub looks like.
+    pub fn start_dynsec(admin: &str, password: &str) -> Self {
+        let files = std::env::temp_dir().join(unique("cityhub_dynsec"));
+        std::fs::create_dir_all(&files).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let store = files.join("dynamic-security.json");
+        let out = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&store)
+            .args([admin, password])
+            .output()
+            .expect("mosquitto_ctrl must be installed (Debian's mosquitto-clients)");
+        assert!(
+            out.status.success(),
+            "mosquitto_ctrl dynsec init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The broker drops to its own user and rewrites the file on every change.
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let plugin = [
+            "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+            "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+            "/usr/lib/mosquitto_dynamic_security.so",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("Mosquitto's dynamic security plugin (Debian's mosquitto package ships it)");
+        let store_path = store.display().to_string();
+        let mut b = Self::start_with(move |port| {
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {store_path}"
+            )
+        });
+        b.extra = Some(files);
         b
     }
 
@@ -145,5 +192,8 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(d) = &self.extra {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
