@@ -867,3 +867,137 @@ async fn the_register_is_open_data_and_its_gaps_are_reported() {
     );
     drop(hub);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_carry_the_devices_password_once_devices_exist() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "trust-uploads").start().await;
+    let http = reqwest::Client::new();
+    let url = hub.url("/ingest/sensor-community");
+    let body = |chip: &str, pm10: &str| {
+        format!(
+            r#"{{"esp8266id":"{chip}","sensordatavalues":[{{"value_type":"SDS_P1","value":"{pm10}"}},{{"value_type":"SDS_P2","value":"4.00"}}]}}"#
+        )
+    };
+    let post = |chip: &'static str, auth: Option<(&str, &str)>, payload: String| {
+        let mut r = http
+            .post(&url)
+            .header("X-Sensor", format!("esp8266-{chip}"))
+            .body(payload);
+        if let Some((u, p)) = auth {
+            r = r.basic_auth(u, Some(p));
+        }
+        r.send()
+    };
+    // No device credential exists yet: uploads are open (ingest.upload_auth = "auto").
+    assert_eq!(
+        post("4242", None, body("4242", "10.00"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // An oversize upload keeps only a small prefix as its dead letter.
+    let big = format!(
+        "{{\"esp8266id\":\"4242\",\"pad\":\"{}\"}}",
+        "x".repeat(100_000)
+    );
+    let big_len = big.len() as i32;
+    assert_eq!(post("4242", None, big).await.unwrap().status(), 422);
+    let (kept, total): (i32, i32) = {
+        let r = db
+            .client()
+            .await
+            .query_one(
+                "SELECT octet_length(payload), payload_bytes FROM dead_letters WHERE reason_code = 'oversize'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((kept, total), (256, big_len));
+
+    let mode = timescaledb_mode();
+    let e: Vec<(&str, &str)> = vec![
+        ("CITYHUB_DATABASE_URL", db.url.as_str()),
+        ("CITYHUB_STORE_TIMESCALEDB", &mode),
+    ];
+    let kind = db
+        .text("SELECT kind FROM sensors WHERE external_id = 'sc-4242'")
+        .await;
+    let out = cli_ok(
+        &["devices", "provision", "sc-4242", "--kind", &kind, "--json"],
+        &e,
+    );
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let password = issued["password"].as_str().unwrap().to_owned();
+    let dead_before = db.count("SELECT count(*) FROM dead_letters").await;
+
+    // Now a device password is asked for.
+    let r = post("4242", None, body("4242", "11.00")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    assert_eq!(
+        post(
+            "4242",
+            Some(("sc-4242", "wrong-password")),
+            body("4242", "12.00")
+        )
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
+    let r = post("4242", Some(("sc-4242", &password)), body("4242", "13.00"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Its password does not let it send for another sensor (a registered one, or a new one).
+    let r = post("111", Some(("sc-4242", &password)), body("111", "66.00"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let why: Value = r.json().await.unwrap();
+    assert!(why["error"].as_str().unwrap().contains("sc-111"), "{why}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM sensors WHERE external_id = 'sc-111'")
+            .await,
+        0
+    );
+    // Refused uploads leave no dead letters (they were each 16 KiB before).
+    assert_eq!(
+        db.count("SELECT count(*) FROM dead_letters").await,
+        dead_before
+    );
+
+    // Revoked: refused.
+    cli_ok(&["devices", "revoke", "sc-4242"], &e);
+    assert_eq!(
+        post("4242", Some(("sc-4242", &password)), body("4242", "14.00"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let pm10: Vec<f64> = db
+        .client()
+        .await
+        .query(
+            "SELECT o.value FROM observations o JOIN sensors s ON s.id = o.sensor_id
+             JOIN metrics m ON m.id = o.metric_id WHERE s.external_id = 'sc-4242' AND m.name = 'pm10'
+             ORDER BY o.time",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pm10, vec![10.0, 13.0]);
+    drop(hub);
+}

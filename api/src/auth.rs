@@ -279,3 +279,145 @@ role_extractor!(
     Role::Admin,
     "An admin: the registry, accounts, the audit trail."
 );
+
+/// Device passwords checked once per password (Argon2 is slow on purpose), then
+/// remembered by SHA-256 while the stored hash is the same.
+#[derive(Default)]
+pub struct DeviceSecrets {
+    /// device name -> (stored hash, digest of the password that matched it)
+    verified: Mutex<HashMap<String, (String, [u8; 32])>>,
+}
+
+fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+fn upload_refusal(status: axum::http::StatusCode, why: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut r = (status, axum::Json(serde_json::json!({ "error": why }))).into_response();
+    if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("60"),
+        );
+    }
+    if status == axum::http::StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Basic realm=\"cityhub uploads\""),
+        );
+    }
+    r
+}
+
+/// The device an HTTP upload signs in as (basic auth: its sensor id and password), as
+/// `ingest.upload_auth` asks: Err is the answer to send (401) when a password is
+/// needed and missing or wrong. Nothing is stored and no dead letter kept then.
+pub async fn upload_device(
+    s: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<String>, axum::response::Response> {
+    use axum::http::StatusCode;
+    use cityhub_core::settings::UploadAuth;
+    let mode = s.settings.ingest.upload_auth;
+    let store = s.store.get();
+    let Some((user, password)) = basic_credentials(headers) else {
+        let needed = match (mode, store) {
+            (UploadAuth::Open, _) => false,
+            (UploadAuth::Device, _) => true,
+            (UploadAuth::Auto, Some(store)) => match store.devices_exist().await {
+                Ok(exist) => exist,
+                // Not known now: the device should send again later, not give up.
+                Err(e) => {
+                    tracing::warn!(error = %e, "Upload: device check failed.");
+                    return Err(upload_refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "storage is unavailable; send the data again later",
+                    ));
+                }
+            },
+            (UploadAuth::Auto, None) => {
+                return Err(upload_refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage is not available yet; send the data again later",
+                ))
+            }
+        };
+        return if needed {
+            Err(upload_refusal(
+                StatusCode::UNAUTHORIZED,
+                "this hub takes uploads from provisioned devices only: send the sensor id and its password (HTTP basic auth)",
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let Some(store) = store else {
+        return Err(upload_refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage is not available yet",
+        ));
+    };
+    let hash = match store.device_secret(&user).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "Upload: device check failed.");
+            return Err(upload_refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage is unavailable; send the data again later",
+            ));
+        }
+    };
+    let wrong = || {
+        tracing::warn!(device = %user, "Upload with a wrong or revoked device password refused.");
+        upload_refusal(
+            StatusCode::UNAUTHORIZED,
+            "the device name or password is wrong, or the device is revoked",
+        )
+    };
+    let Some(hash) = hash else {
+        return Err(wrong());
+    };
+    let d = digest(&password);
+    let known = s
+        .device_secrets
+        .verified
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&user)
+        .filter(|(h, _)| *h == hash)
+        .map(|(_, k)| *k);
+    let ok = match known {
+        Some(k) => credentials::constant_time_eq(&k, &d),
+        None => {
+            let h = hash.clone();
+            let ok = tokio::task::spawn_blocking(move || credentials::verify(&password, &h))
+                .await
+                .unwrap_or(false);
+            if ok {
+                s.device_secrets
+                    .verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(user.clone(), (hash, d));
+            }
+            ok
+        }
+    };
+    if ok {
+        Ok(Some(user))
+    } else {
+        Err(wrong())
+    }
+}

@@ -91,6 +91,8 @@ pub struct AppState {
     pub pages: Arc<pages::PageSigner>,
     /// Operator accounts, as last loaded ([`auth`]).
     pub accounts: Arc<auth::Accounts>,
+    /// Device passwords already checked, for HTTP uploads.
+    pub device_secrets: Arc<auth::DeviceSecrets>,
 }
 
 /// How far the loading of a simulated history has got.

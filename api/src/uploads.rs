@@ -27,6 +27,8 @@ pub struct Upload {
     pub received_at: DateTime<Utc>,
     /// Where it came from, for dead letters.
     pub source: &'static str,
+    /// The device whose password it carried: it may send only its own readings.
+    pub device: Option<String>,
 }
 
 /// What a committed upload did.
@@ -36,6 +38,9 @@ pub struct UploadOutcome {
     pub stored: usize,
     /// Why parts were refused (they are dead letters now).
     pub rejected: Vec<String>,
+    /// Set when the signed-in device may not send this upload (nothing was stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forbidden: Option<String>,
 }
 
 /// Not committed: the client should send it again later.
@@ -71,6 +76,8 @@ fn unavailable() -> Response {
                  description = "`{\"esp8266id\": ..., \"sensordatavalues\": [{\"value_type\": \"SDS_P1\", \"value\": \"12.3\"}]}`"),
     params(("X-Sensor" = Option<String>, Header, description = "`esp8266-<chip id>`")),
     responses((status = 200, description = "Stored", body = Object),
+              (status = 401, description = "A device password is required (HTTP basic auth: the sensor id and its password), or it is wrong", body = Object),
+              (status = 403, description = "The device may not send for this sensor", body = Object),
               (status = 422, description = "Nothing valid in it", body = Object),
               (status = 503, description = "Not stored; send again later", body = Object),
               (status = 413, description = "Too large", body = ErrorBody)))]
@@ -82,6 +89,10 @@ pub async fn ingest_sensor_community(
     let Some(uploads) = s.uploads.get() else {
         return unavailable();
     };
+    let device = match crate::auth::upload_device(&s, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     let x_sensor = headers
         .get("x-sensor")
         .and_then(|v| v.to_str().ok())
@@ -91,9 +102,18 @@ pub async fn ingest_sensor_community(
         x_sensor,
         received_at: chrono::Utc::now(),
         source: SENSOR_COMMUNITY_SOURCE,
+        device,
     };
     let wait = Duration::from_secs(s.settings.http.upload_timeout_s.get());
     match uploads.submit(upload, wait).await {
+        Ok(UploadOutcome {
+            forbidden: Some(why),
+            ..
+        }) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": why, "stored": 0 })),
+        )
+            .into_response(),
         Ok(outcome) if outcome.stored == 0 && !outcome.rejected.is_empty() => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({ "error": outcome.rejected.join("; "), "stored": 0 })),

@@ -126,6 +126,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         downloads: Default::default(),
         pages: Default::default(),
         accounts: Default::default(),
+        device_secrets: Default::default(),
     };
     let history = state.history.clone();
     let messages_committed = metrics.messages_committed.clone();

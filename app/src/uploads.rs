@@ -25,6 +25,7 @@ impl Uploads for IngestUploads {
                     x_sensor: u.x_sensor,
                     received_at: u.received_at,
                     source: u.source.to_owned(),
+                    device: u.device,
                     claim: claim.clone(),
                     reply,
                 })
@@ -43,6 +44,7 @@ impl Uploads for IngestUploads {
                 Ok(Ok(o)) => Ok(UploadOutcome {
                     stored: o.stored,
                     rejected: o.rejected,
+                    forbidden: o.forbidden,
                 }),
                 _ => Err(UploadRefused),
             }

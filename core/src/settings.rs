@@ -449,6 +449,8 @@ pub struct IngestSettings {
     pub batch_max_age_ms: u64,
     /// Larger payloads become dead letters (`oversize`).
     pub max_payload_bytes: usize,
+    /// Whether HTTP uploads need the device's password: `auto`, `device` or `open`.
+    pub upload_auth: UploadAuth,
     /// Readings timestamped further ahead than this become dead letters.
     pub max_future_s: i64,
     /// First pause before retrying a failed commit, doubled on each failure...
@@ -507,6 +509,7 @@ impl Default for IngestSettings {
             batch_max_rows: nz(5000),
             batch_max_age_ms: 50,
             max_payload_bytes: 64 * 1024,
+            upload_auth: UploadAuth::Auto,
             max_future_s: 600,
             retry_min_ms: 100,
             retry_max_ms: 10_000,
@@ -570,6 +573,20 @@ impl HttpSettings {
     pub fn trusted_proxy_nets(&self) -> Vec<ipnet::IpNet> {
         self.trusted_proxies.iter().map(|n| n.0).collect()
     }
+}
+
+/// Whether HTTP uploads must carry a device's password (HTTP basic auth, user name =
+/// the sensor id, as `cityhub devices provision` issued it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadAuth {
+    /// Required once any device credential exists (a hub with none stays open).
+    #[default]
+    Auto,
+    /// Always required.
+    Device,
+    /// Never asked (a closed network).
+    Open,
 }
 
 /// Whether readings may register new sensors.

@@ -61,6 +61,8 @@ pub struct HttpSubmission {
     pub received_at: chrono::DateTime<chrono::Utc>,
     /// Where it came from (the route), as the topic of its dead letters.
     pub source: String,
+    /// The device whose password the upload carried: it may send only its own readings.
+    pub device: Option<String>,
     /// Claimed by the writer before COMMIT, or abandoned by the client's deadline.
     pub claim: cityhub_store::Claim,
     pub reply: oneshot::Sender<Result<HttpOutcome, HttpRefused>>,
@@ -73,6 +75,9 @@ pub struct HttpOutcome {
     pub stored: usize,
     /// Why parts were refused (they are dead letters now).
     pub rejected: Vec<String>,
+    /// Set when the signed-in device may not send this upload (nothing was stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forbidden: Option<String>,
 }
 
 /// The submission was not committed; the client should send it again later.
@@ -168,13 +173,28 @@ impl Batcher {
         self.add_decoded(batch, topic, payload, m.received_at, &d);
     }
 
-    /// A batch of its own for one HTTP submission.
-    fn http_batch(&self, s: HttpSubmission) -> Batch {
+    /// A batch of its own for one HTTP submission; None when it was answered at once
+    /// (an authenticated device sending for another sensor: nothing is stored, and no
+    /// dead letter is kept for it).
+    fn http_batch(&self, s: HttpSubmission) -> Option<Batch> {
         let d = self.decoder.decode_sensor_community_http(
             &s.payload,
             s.x_sensor.as_deref(),
             s.received_at,
         );
+        if let Some(device) = &s.device {
+            let sensor = d.sensor.as_ref().map(|(id, _)| id.as_str());
+            if sensor != Some(device.as_str()) {
+                let _ = s.reply.send(Ok(HttpOutcome {
+                    forbidden: Some(format!(
+                        "signed in as device {device:?}, but the upload is for {}",
+                        sensor.map_or("no sensor".to_owned(), |s| format!("{s:?}"))
+                    )),
+                    ..Default::default()
+                }));
+                return None;
+            }
+        }
         let mut batch = Batch::new();
         // Two value types of one metric (SDS_P1 and PMS_P1) at one time are one row.
         let rows: std::collections::HashSet<_> =
@@ -186,11 +206,12 @@ impl Batcher {
                 .iter()
                 .map(|p| cityhub_store::truncate(p.reason.clone(), self.limits.reason_bytes))
                 .collect(),
+            forbidden: None,
         };
         self.add_decoded(&mut batch, s.source, s.payload, s.received_at, &d);
         batch.reply = Some((s.reply, outcome));
         batch.write.claim = Some(s.claim);
-        batch
+        Some(batch)
     }
 
     fn add_decoded(
@@ -252,7 +273,10 @@ impl Batcher {
                 _ = cancel.cancelled() => break,
                 s = http_rx.recv(), if !http_rx.is_closed() => {
                     if let Some(s) = s {
-                        if tx.send(self.http_batch(s)).await.is_err() {
+                        let Some(batch) = self.http_batch(s) else {
+                            continue;
+                        };
+                        if tx.send(batch).await.is_err() {
                             break;
                         }
                     }

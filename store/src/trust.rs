@@ -402,6 +402,18 @@ impl Store {
         Ok(row.as_ref().map(device))
     }
 
+    /// Whether any device holds a credential that is not revoked.
+    pub async fn devices_exist(&self) -> Result<bool, StoreError> {
+        let c = self.pool().get().await?;
+        let row = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM devices WHERE revoked_at IS NULL)",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// The password hash of the device that sends as `name`, unless revoked.
     pub async fn device_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
         let c = self.pool().get().await?;
