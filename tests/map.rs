@@ -154,7 +154,11 @@ async fn operator_map_in_a_browser() {
         .put(hub.url("/api/v1/sensors/map-bin-never"))
         .bearer_auth(TOKEN)
         .json(&json!({"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon - 0.002, lat]},
-                      "properties": {"kind": "waste_bin", "name": "Via Solferino"}}))
+                      "properties": {"kind": "waste_bin", "name": "Via Solferino",
+                          "purpose": "Livello di riempimento per i giri di raccolta",
+                          "purpose_en": "Fill level for collection rounds",
+                          "responsible": "Comune di Cremona, Settore Ambiente",
+                          "contact": "ambiente@comune.cremona.it", "personal_data": false}}))
         .send()
         .await
         .unwrap();

@@ -177,10 +177,10 @@ async fn outside_validators() {
         serde_json::from_str(d.out.trim()).unwrap_or_else(|_| panic!("{log}"));
     assert_eq!(summary["mandatory_conforms"], true, "{log}");
     assert_eq!(summary["syntaxes_agree"], true, "{log}");
-    // A dataset per kind, and one per indicator of the mandate.
+    // A dataset per kind, one per indicator of the mandate, and the sensor register.
     assert_eq!(
         summary["datasets"],
-        4 + cityhub_core::indicators::INDICATORS.len(),
+        4 + cityhub_core::indicators::INDICATORS.len() + 1,
         "{log}"
     );
     assert_eq!(d.code, 0, "{log}");

@@ -254,7 +254,103 @@ fn build(s: &AppState, base: &str, extents: &HashMap<String, KindExtent>) -> Api
         let ext = extents.get(ind.kind).cloned().unwrap_or_default();
         indicator_dataset(&mut g, &sh, base, ind, &ext, s)?;
     }
+    register_dataset(&mut g, &sh, base, extents, s)?;
     Ok(g)
+}
+
+/// The public sensor register: every sensor's purpose, responsible party, personal
+/// data and legal basis, as GeoJSON and CSV.
+fn register_dataset(
+    g: &mut Graph,
+    sh: &Shared,
+    base: &str,
+    extents: &HashMap<String, KindExtent>,
+    s: &AppState,
+) -> ApiResult<()> {
+    let c = &s.settings.catalog;
+    let ds = iri(&format!("{base}/catalog/register"))?;
+    g.add(&sh.catalog, v(DCAT, "dataset"), ds.clone());
+    g.typed(&ds, &[v(DCAT, "Dataset"), v(DCATAPIT, "Dataset")]);
+    g.plain(
+        &ds,
+        v(DCT, "identifier"),
+        &format!("{}:register", c.publisher_ipa),
+    );
+    g.text(&ds, v(DCT, "title"), "Registro pubblico dei sensori", "it");
+    g.text(&ds, v(DCT, "title"), "Public sensor register", "en");
+    g.text(
+        &ds,
+        v(DCT, "description"),
+        "Per ogni sensore della città: a cosa serve, chi ne risponde e come contattarlo, cosa misura, se può raccogliere dati personali e su quale base giuridica (GDPR), per quanto tempo se ne conservano le letture.",
+        "it",
+    );
+    g.text(
+        &ds,
+        v(DCT, "description"),
+        "For every sensor of the city: what it is for, who answers for it and how to reach them, what it measures, whether it can capture personal data and on what legal basis (GDPR), how long its readings are kept.",
+        "en",
+    );
+    let theme = theme_node(g, &sh.themes, "GOVE")?;
+    g.add(&ds, v(DCAT, "theme"), theme);
+    g.add(&ds, v(DCT, "accrualPeriodicity"), sh.frequency.clone());
+    g.add(&ds, v(DCT, "publisher"), sh.publisher.clone());
+    g.add(&ds, v(DCT, "rightsHolder"), sh.holder.clone());
+    g.add(&ds, v(DCAT, "contactPoint"), sh.contact.clone());
+    let last = extents.values().filter_map(|e| e.last).max();
+    g.date(&ds, v(DCT, "modified"), last.unwrap_or(sh.now));
+    if let Some(first) = extents.values().filter_map(|e| e.first).min() {
+        g.date(&ds, v(DCT, "issued"), first);
+    }
+    for l in &c.languages {
+        g.add(&ds, v(DCT, "language"), iri(&format!("{EU}language/{l}"))?);
+    }
+    for kw in ["sensor register", "registro sensori", "GDPR", "trasparenza"] {
+        g.plain(&ds, v(DCAT, "keyword"), kw);
+    }
+    let landing = iri(&format!("{base}/register/sensors.geojson"))?;
+    g.add(&ds, v(DCAT, "landingPage"), landing.clone());
+    g.typed(&landing, &[v(FOAF, "Document")]);
+    spatial(
+        g,
+        &ds,
+        s,
+        base,
+        None,
+        &format!("{base}/catalog/register#area"),
+    )?;
+    for (suffix, format, media, what_it, what_en) in [
+        (
+            "geojson",
+            "GEOJSON",
+            "application/geo+json",
+            "GeoJSON",
+            "GeoJSON",
+        ),
+        ("csv", "CSV", "text/csv", "CSV", "CSV"),
+    ] {
+        distribution(
+            g,
+            sh,
+            &ds,
+            &Dist {
+                node: &format!("{base}/catalog/register/{suffix}"),
+                url: &format!("{base}/register/sensors.{suffix}"),
+                download: true,
+                format,
+                media,
+                title: (
+                    &format!("Registro dei sensori ({what_it})"),
+                    &format!("Sensor register ({what_en})"),
+                ),
+                description: (
+                    &format!("Una riga per sensore: scopo, responsabile, contatto, grandezze misurate, dati personali e base giuridica, conservazione ({what_it})."),
+                    &format!("One row per sensor: purpose, responsible party, contact, what it measures, personal data and legal basis, retention ({what_en})."),
+                ),
+                modified: last.unwrap_or(sh.now),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// The catalogue, its publisher, rights holder, contact point, licence, concepts and

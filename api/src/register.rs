@@ -91,7 +91,7 @@ fn cell(v: &Value) -> String {
 }
 
 /// The public sensor register (every sensor), as GeoJSON or CSV by the extension.
-#[utoipa::path(get, path = "/register/{file}", tag = "open data",
+#[utoipa::path(get, path = "/register/{file}", tag = "open data", operation_id = "sensor_register",
     params(("file" = String, Path, description = "`sensors.geojson` or `sensors.csv`", example = "sensors.geojson")),
     responses(
         (status = 200, description = "The register: purpose, responsible party and contact, what each sensor measures, personal data and its legal basis, retention",

@@ -40,6 +40,30 @@ export class AlertsPanel {
     this.token = savedToken();
     this.acking = null; // the id whose note form is open
     this.message = '';
+    this.who = null; // { name, role } of the saved token, from GET /api/v1/me
+    this.whoAmI();
+  }
+
+  /** Who the saved token signs in as; a refused token is forgotten. */
+  async whoAmI() {
+    if (!this.token) {
+      this.who = null;
+      return;
+    }
+    try {
+      const r = await fetch('api/v1/me', { headers: { Accept: 'application/json', Authorization: `Bearer ${this.token}` } });
+      if (r.status === 401 || r.status === 403) {
+        this.token = '';
+        saveToken('');
+        this.who = null;
+        this.message = this.d.T().tokenRefused;
+      } else if (r.ok) {
+        this.who = await r.json();
+      }
+    } catch (e) {
+      console.warn('me', e);
+    }
+    this.render();
   }
 
   async load() {
@@ -144,7 +168,8 @@ export class AlertsPanel {
     $('alerts-empty').textContent = t.noAlerts;
     $('alerts-message').hidden = !this.message;
     $('alerts-message').textContent = this.message;
-    $('operator-summary').textContent = this.token ? t.operatorOn : t.operator;
+    $('operator-summary').textContent = this.who ? t.signedIn(this.who.name, t.roles[this.who.role] || this.who.role) : this.token ? t.operatorOn : t.operator;
+    $('operator-summary').dataset.who = this.who ? this.who.name : '';
     $('operator-label').textContent = t.operatorToken;
     $('operator-save').textContent = this.token ? t.forget : t.save;
     $('operator-token').hidden = !!this.token;
@@ -164,7 +189,9 @@ export class AlertsPanel {
       saveToken(this.token);
       this.message = '';
       this.acking = null;
+      this.who = null;
       this.render();
+      this.whoAmI();
     });
   }
 }

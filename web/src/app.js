@@ -44,5 +44,6 @@ export function toSensor(f) {
     coordinates: f.geometry && f.geometry.type === 'Point' ? f.geometry.coordinates : null,
     last_seen: p.last_seen || null,
     latest: p.latest || {},
+    register: p.register || null,
   };
 }

@@ -33,6 +33,25 @@ export function valuesTable(entry, now) {
   return el('table', {}, el('tbody', {}, ...rows));
 }
 
+/** "What is this sensor?": its entry in the public register, in the page's language. */
+export function registerSection(r) {
+  if (!r) return null;
+  const t = T();
+  const purpose = app.lang === 'en' ? r.purpose_en || r.purpose : r.purpose || r.purpose_en;
+  const rows = [
+    [t.purpose, purpose],
+    [t.responsible, r.responsible],
+    [t.contact, r.contact],
+    [t.personalData, r.personal_data ? t.capturesPersonal(r.legal_basis || '?') : t.noPersonal],
+  ].filter(([, v]) => v);
+  return el(
+    'details',
+    { class: 'register' },
+    el('summary', {}, t.whatIs),
+    el('dl', {}, ...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
+  );
+}
+
 export function popupContent(entry) {
   const now = Date.now();
   const kind = app.kinds.get(entry.sensor.kind);
@@ -45,6 +64,12 @@ export function popupContent(entry) {
     el('p', { class: `verdict v-${entry.verdict.state}` }, verdictText(entry)),
     el('div', { class: 'values' }, valuesTable(entry, now)),
   );
+  const reg = registerSection(entry.sensor.register);
+  if (reg) {
+    box.append(reg);
+    // Opening it makes the popup taller: let Leaflet size and pan it again.
+    reg.addEventListener('toggle', () => entry.marker && entry.marker.getPopup() && entry.marker.getPopup().update());
+  }
   const metric = entry.verdict.metric;
   if (metric) {
     box.append(

@@ -157,6 +157,25 @@ try {
   step(`popup of ${simBin.id}: ${rows.length} values, chart of ${points} points`);
   await page.evaluate(() => window.cityhub.map.closePopup());
 
+  // ---- the public register: "what is this sensor?" in the popup ----------------
+  await page.evaluate(() => {
+    const e = window.cityhub.sensors.get('map-bin-never');
+    window.cityhub.map.setView(e.marker.getLatLng(), 17, { animate: false });
+    e.marker.openPopup();
+  });
+  const reg = page.locator('.leaflet-popup .popup[data-sensor="map-bin-never"] details.register');
+  await reg.waitFor();
+  assert.equal(await reg.locator('summary').textContent(), 'What is this sensor?');
+  await reg.locator('summary').click();
+  const regText = await reg.locator('dl').textContent();
+  assert.match(regText, /Fill level for collection rounds/);
+  assert.match(regText, /Settore Ambiente/);
+  assert.match(regText, /none captured/);
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: `${SHOTS}/3b-popup-register.png` });
+  await page.evaluate(() => window.cityhub.map.closePopup());
+  step('the popup says what the sensor is for and who answers for it');
+
   // ---- live: the harness publishes, the marker turns red without a reload -----
   const before = await page.$eval(`.leaflet-marker-icon[data-sensor="${LIVE_SENSOR}"]`, (e) => e.dataset.state);
   const rateBefore = Number(await page.textContent('#rate-n'));
@@ -194,18 +213,19 @@ try {
   assert.match(await page.textContent('#alerts-title'), new RegExp(`^Alerts \\(${open.length}\\)$`));
   assert.equal(await page.locator('#alerts button.ack-open').count(), 0, 'no acknowledge without the operator token');
   const worst = open.find((a) => a.sensor === 'map-bin-worst');
-  // A wrong token is refused, and says so.
+  // A wrong token is refused as soon as it is given, says so, and is not kept.
   await page.click('#operator-summary');
   await page.fill('#operator-token', 'not-the-operator-token');
   await page.click('#operator-save');
-  await page.click(`#alerts li[data-alert="${worst.id}"] button.ack-open`);
-  await page.fill(`#alerts li[data-alert="${worst.id}"] form.ack input`, 'crew sent');
-  await page.click(`#alerts li[data-alert="${worst.id}"] form.ack button`);
   await page.waitForSelector('#alerts-message:not([hidden])');
   assert.match(await page.textContent('#alerts-message'), /refused/);
-  await page.click('#operator-save'); // forget it
+  await page.waitForSelector('#operator-token:not([hidden])');
+  assert.equal(await page.locator('#alerts button.ack-open').count(), 0, 'a refused token is forgotten');
   await page.fill('#operator-token', OPERATOR_TOKEN);
   await page.click('#operator-save');
+  // The map says who is signed in.
+  await page.waitForSelector('#operator-summary[data-who="bootstrap-operator"]', { timeout: 10_000 });
+  assert.equal(await page.textContent('#operator-summary'), 'Signed in as bootstrap-operator (operator)');
   await page.click(`#alerts li[data-alert="${worst.id}"] button.ack-open`);
   await page.fill(`#alerts li[data-alert="${worst.id}"] form.ack input`, 'crew sent');
   await page.click(`#alerts li[data-alert="${worst.id}"] form.ack button`);
@@ -273,6 +293,15 @@ try {
   await tp.tap('#actions button[data-sensor="map-bin-worst"]');
   await tp.waitForSelector('.leaflet-popup .popup[data-sensor="map-bin-worst"]');
   assert.match(await tp.textContent('.leaflet-popup .verdict'), /limite/);
+  await tp.evaluate(() => {
+    const e = window.cityhub.sensors.get('map-bin-never');
+    e.marker.openPopup();
+  });
+  await tp.waitForSelector('.leaflet-popup .popup[data-sensor="map-bin-never"] details.register');
+  assert.equal(await tp.textContent('.leaflet-popup details.register summary'), 'Che cos’è questo sensore?');
+  assert.match(await tp.textContent('.leaflet-popup details.register dl'), /Livello di riempimento/);
+  await tp.evaluate(() => window.cityhub.sensors.get('map-bin-worst').marker.openPopup());
+  await tp.waitForSelector('.leaflet-popup .popup[data-sensor="map-bin-worst"]');
   await tp.waitForTimeout(400);
   await tp.screenshot({ path: `${SHOTS}/6-tablet-popup.png` });
   // Switch back to English by the header button.
