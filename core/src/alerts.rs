@@ -145,6 +145,9 @@ pub struct WebhookDef {
     /// Signs each body with HMAC-SHA256 (`X-Cityhub-Signature-256: sha256=<hex>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<Secret>,
+    /// File holding the secret, read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 impl WebhookDef {
@@ -345,6 +348,7 @@ mod tests {
             kinds: vec!["waste_bin".into()],
             severities: vec![Severity::Critical],
             secret: None,
+            secret_file: None,
         };
         assert!(w.wants("waste_bin", Severity::Critical));
         assert!(!w.wants("air_quality", Severity::Critical));

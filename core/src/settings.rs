@@ -739,6 +739,11 @@ impl Settings {
         if let Some(p) = &self.http.operator_token_file {
             self.http.operator_token = Some(read_secret(p)?);
         }
+        for w in &mut self.notify.webhooks {
+            if let Some(p) = &w.secret_file {
+                w.secret = Some(read_secret(p)?);
+            }
+        }
         Ok(())
     }
 
@@ -1142,14 +1147,25 @@ mod tests {
     fn secrets_from_files_are_hidden() {
         Jail::expect_with(|jail| {
             jail.create_file("pw", "s3cret\n")?;
+            jail.create_file("hook", "h00ksecret\n")?;
+            jail.create_file(
+                "c.toml",
+                "[[notify.webhooks]]\nurl = \"https://example.org/hook\"\nsecret_file = \"hook\"\n",
+            )?;
             jail.set_env("CITYHUB_MQTT_PASSWORD_FILE", "pw");
             jail.set_env("CITYHUB_DATABASE_PASSWORD", "dbpass");
-            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let s = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.mqtt.password.as_ref().unwrap().expose(), "s3cret");
+            assert_eq!(
+                s.notify.webhooks[0].secret.as_ref().unwrap().expose(),
+                "h00ksecret"
+            );
             assert_eq!(s.database.password.as_ref().unwrap().expose(), "dbpass");
             let printed = s.to_redacted_toml();
             assert!(
-                !printed.contains("s3cret") && !printed.contains("dbpass"),
+                !printed.contains("s3cret")
+                    && !printed.contains("dbpass")
+                    && !printed.contains("h00ksecret"),
                 "{printed}"
             );
             assert!(!format!("{s:?}").contains("s3cret"));
