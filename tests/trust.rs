@@ -1001,3 +1001,65 @@ async fn uploads_carry_the_devices_password_once_devices_exist() {
     assert_eq!(pm10, vec![10.0, 13.0]);
     drop(hub);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_operator_has_a_rate_limit_bucket_of_its_own() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "trust-ratelimit")
+        .admin_token(BOOTSTRAP)
+        .set(|s| {
+            s.http.rate_limit_per_s = 1;
+            s.http.rate_limit_burst = 3;
+        })
+        .start()
+        .await;
+    let http = reqwest::Client::new();
+    let r: Value = add(
+        &http,
+        &hub,
+        BOOTSTRAP,
+        json!({"name": "carla", "role": "viewer"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let carla = r["token"].as_str().unwrap().to_owned();
+    let me = || http.get(hub.url("/api/v1/me")).bearer_auth(&carla).send();
+    // Her first call is checked (and paid for by the address); later ones are hers.
+    assert_eq!(me().await.unwrap().status(), 200);
+    // The public from the same address empties the address's bucket...
+    let mut refused = false;
+    for _ in 0..30 {
+        if reqwest::get(hub.url("/api/v1/kinds"))
+            .await
+            .unwrap()
+            .status()
+            == 429
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the address's bucket never ran out");
+    // ...and she still gets in, on her own bucket, until she empties it herself.
+    assert_eq!(me().await.unwrap().status(), 200);
+    let mut why = None;
+    for _ in 0..30 {
+        let r = me().await.unwrap();
+        if r.status() == 429 {
+            why = Some(r.json::<Value>().await.unwrap());
+            break;
+        }
+    }
+    let why = why.expect("her own bucket never ran out");
+    assert!(
+        why["description"]
+            .as_str()
+            .unwrap()
+            .contains("this operator"),
+        "{why}"
+    );
+    drop(hub);
+}

@@ -267,6 +267,7 @@ pub fn router(state: AppState) -> Router {
         let limiter = ratelimit::Limiter::new(
             http.rate_limit_per_s,
             http.rate_limit_burst,
+            state.accounts.clone(),
             &state.shutdown,
         );
         app = app.layer(axum::middleware::from_fn_with_state(

@@ -27,10 +27,20 @@ const PAGE: u32 = 1;
 /// A continuation page is small at or below this many items.
 const SMALL_PAGE: u64 = 100;
 
+/// Whose bucket a request takes from: a signed-in operator's own, or its address's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Addr(IpAddr),
+    /// An operator whose token this hub has verified: people behind one city-hall
+    /// address (NAT) do not share, nor spend, the public's budget.
+    Operator(String),
+}
+
 pub struct Limiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: DefaultKeyedRateLimiter<Key>,
     /// Requests the bucket holds.
     burst: u32,
+    accounts: Arc<crate::auth::Accounts>,
 }
 
 /// The client's bucket, for a handler that learns what a request costs only once it
@@ -38,7 +48,7 @@ pub struct Limiter {
 #[derive(Clone)]
 pub struct Charge {
     limiter: Arc<Limiter>,
-    key: IpAddr,
+    key: Key,
 }
 
 impl Charge {
@@ -60,7 +70,7 @@ impl Charge {
 impl Limiter {
     /// Takes `cells` from `key`'s bucket, or says in whole seconds (at least one, for
     /// `Retry-After`) when it could; nothing is taken then.
-    fn take(&self, key: &IpAddr, cells: NonZeroU32) -> Result<(), u64> {
+    fn take(&self, key: &Key, cells: NonZeroU32) -> Result<(), u64> {
         let wait = match self.limiter.check_key_n(key, cells) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
@@ -72,12 +82,18 @@ impl Limiter {
 
     /// `per_s` requests a second with bursts of `burst`, per client address. The
     /// table of clients forgets idle ones every minute, until `shutdown`.
-    pub fn new(per_s: u32, burst: u32, shutdown: &CancellationToken) -> Arc<Self> {
+    pub fn new(
+        per_s: u32,
+        burst: u32,
+        accounts: Arc<crate::auth::Accounts>,
+        shutdown: &CancellationToken,
+    ) -> Arc<Self> {
         let cells = |n: u32| NonZeroU32::new(n.max(1).saturating_mul(REQUEST)).expect("non-zero");
         let quota = Quota::per_second(cells(per_s)).allow_burst(cells(burst));
         let me = Arc::new(Self {
             limiter: RateLimiter::keyed(quota),
             burst: burst.max(1),
+            accounts,
         });
         let weak = Arc::downgrade(&me);
         let stop = shutdown.clone();
@@ -145,21 +161,29 @@ pub async fn limit(State(l): State<Arc<Limiter>>, mut req: Request, next: Next) 
     if matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
         return next.run(req).await;
     }
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| client_key(c.0.ip()));
+    let key = match crate::auth::bearer_token(req.headers()).and_then(|t| l.accounts.known(t)) {
+        Some(operator) => Key::Operator(operator),
+        None => Key::Addr(
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| client_key(c.0.ip())),
+        ),
+    };
     let n = NonZeroU32::new(cost(&req)).expect("costs are non-zero");
-    let Err(wait) = l.take(&ip, n) else {
+    let Err(wait) = l.take(&key, n) else {
         req.extensions_mut().insert(Charge {
             limiter: l.clone(),
-            key: ip,
+            key,
         });
         return next.run(req).await;
     };
+    let who = match key {
+        Key::Addr(_) => "this address",
+        Key::Operator(_) => "this operator",
+    };
     let body = ErrorBody {
         code: "TooManyRequests",
-        description: format!("too many requests from this address; retry in {wait} s"),
+        description: format!("too many requests from {who}; retry in {wait} s"),
     };
     let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
