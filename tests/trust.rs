@@ -388,6 +388,25 @@ async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl, token: &st
         .unwrap()
 }
 
+/// What `GET /api/v1/me` answers `token`.
+async fn me_status(http: &reqwest::Client, hub: &Hub, token: &str) -> u16 {
+    http.get(hub.url("/api/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Adds an account as `admin` and returns its token.
+async fn token_of(http: &reqwest::Client, hub: &Hub, admin: &str, body: Value) -> String {
+    let r = add(http, hub, admin, body).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
 async fn add(http: &reqwest::Client, hub: &Hub, token: &str, body: Value) -> reqwest::Response {
     http.post(hub.url("/api/v1/operators"))
         .bearer_auth(token)
@@ -421,17 +440,13 @@ async fn each_endpoint_answers_each_role_as_the_role_allows() {
         tokens.push((role.into(), Some(v["token"].as_str().unwrap().to_owned())));
     }
     // A disabled account, an expired one, a made-up token of the right shape, a wrong bootstrap.
-    let r: Value = add(
+    let gone = token_of(
         &http,
         &hub,
         BOOTSTRAP,
         json!({"name": "gone", "role": "admin"}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let gone = r["token"].as_str().unwrap().to_owned();
+    .await;
     let d = http
         .post(hub.url("/api/v1/operators/gone/disable"))
         .bearer_auth(BOOTSTRAP)
@@ -439,17 +454,13 @@ async fn each_endpoint_answers_each_role_as_the_role_allows() {
         .await
         .unwrap();
     assert_eq!(d.status(), 200);
-    let r: Value = add(
+    let expired = token_of(
         &http,
         &hub,
         BOOTSTRAP,
         json!({"name": "expired", "role": "admin", "expires_at": "2020-01-01T00:00:00Z"}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let expired = r["token"].as_str().unwrap().to_owned();
+    .await;
     let admin = tokens[3].1.clone().unwrap();
     let forged = format!("{}xx", &admin[..admin.len() - 2]);
     tokens.push(("disabled".into(), Some(gone)));
@@ -559,28 +570,20 @@ async fn every_change_is_in_the_audit_trail_with_who_and_the_values_before_and_a
         .start()
         .await;
     let http = reqwest::Client::new();
-    let alice: Value = add(
+    let alice = token_of(
         &http,
         &hub,
         BOOTSTRAP,
         json!({"name": "alice", "role": "admin"}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let alice = alice["token"].as_str().unwrap().to_owned();
-    let bob: Value = add(
+    .await;
+    let bob = token_of(
         &http,
         &hub,
         &alice,
         json!({"name": "bob", "role": "operator"}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let bob = bob["token"].as_str().unwrap().to_owned();
+    .await;
     let put = |body: Value| {
         http.put(hub.url("/api/v1/sensors/bin-au"))
             .bearer_auth(&alice)
@@ -633,24 +636,10 @@ async fn every_change_is_in_the_audit_trail_with_who_and_the_values_before_and_a
     // The old token stops working within the accounts' refresh, the new one works.
     wait_for(10, "bob's old token to stop working", || {
         let (http, hub, bob) = (&http, &hub, &bob);
-        async move {
-            http.get(hub.url("/api/v1/me"))
-                .bearer_auth(bob)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 403
-        }
+        async move { me_status(http, hub, bob).await == 403 }
     })
     .await;
-    let r = http
-        .get(hub.url("/api/v1/me"))
-        .bearer_auth(&new_bob)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(me_status(&http, &hub, &new_bob).await, 200);
     let r = http
         .post(hub.url("/api/v1/operators/bob/disable"))
         .bearer_auth(&alice)
@@ -660,15 +649,7 @@ async fn every_change_is_in_the_audit_trail_with_who_and_the_values_before_and_a
     assert_eq!(r.status(), 200);
     wait_for(10, "bob's disabled token to stop working", || {
         let (http, hub, t) = (&http, &hub, &new_bob);
-        async move {
-            http.get(hub.url("/api/v1/me"))
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 403
-        }
+        async move { me_status(http, hub, t).await == 403 }
     })
     .await;
     // An import from the command line.
@@ -1015,17 +996,13 @@ async fn a_signed_in_operator_has_a_rate_limit_bucket_of_its_own() {
         .start()
         .await;
     let http = reqwest::Client::new();
-    let r: Value = add(
+    let carla = token_of(
         &http,
         &hub,
         BOOTSTRAP,
         json!({"name": "carla", "role": "viewer"}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let carla = r["token"].as_str().unwrap().to_owned();
+    .await;
     let me = || http.get(hub.url("/api/v1/me")).bearer_auth(&carla).send();
     // Her first call is checked (and paid for by the address); later ones are hers.
     assert_eq!(me().await.unwrap().status(), 200);
