@@ -335,8 +335,14 @@ async fn bad_input_becomes_dead_letters_and_the_pipeline_goes_on() {
             got_reason.contains(reason),
             "{topic}: {got_reason:?} lacks {reason:?}"
         );
-        // The raw payload, up to ingest.dead_letter_payload_bytes (16 KiB), and its length.
-        let kept = payload.len().min(16 * 1024);
+        // The raw payload, up to ingest.dead_letter_payload_bytes (16 KiB), and its length;
+        // of an oversize payload only its first bytes (OVERSIZE_PREFIX_BYTES).
+        let limit = if *code == "oversize" {
+            cityhub_store::writer::OVERSIZE_PREFIX_BYTES
+        } else {
+            16 * 1024
+        };
+        let kept = payload.len().min(limit);
         assert_eq!(got_payload, payload[..kept], "{topic}: raw payload kept");
         let full: i32 = rows[0].get(3);
         assert_eq!(full as usize, payload.len(), "{topic}: payload length");
