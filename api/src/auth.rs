@@ -76,6 +76,20 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Whether a credential whose SHA-256 is `d` and whose secret part is `secret` matches
+/// the Argon2 `hash`: by `remembered`, the digest of the one that matched this hash
+/// before, when there is one (no other can match the same hash); else by Argon2, on a
+/// blocking thread because it is slow on purpose.
+async fn matches(d: &[u8; 32], secret: &str, hash: &str, remembered: Option<[u8; 32]>) -> bool {
+    if let Some(k) = remembered {
+        return credentials::constant_time_eq(&k, d);
+    }
+    let (secret, hash) = (secret.to_owned(), hash.to_owned());
+    tokio::task::spawn_blocking(move || credentials::verify(&secret, &hash))
+        .await
+        .unwrap_or(false)
+}
+
 impl Accounts {
     /// Whether accounts existed when last loaded.
     pub fn exist(&self) -> bool {
@@ -156,19 +170,10 @@ impl Accounts {
         }
         let d = digest(text);
         let known = *entry.verified.lock().unwrap_or_else(|p| p.into_inner());
-        let ok = match known {
-            Some(k) => credentials::constant_time_eq(&k, &d),
-            None => false,
-        } || {
-            let (secret, hash) = (token.secret.clone(), entry.account.token_hash.clone());
-            let ok = tokio::task::spawn_blocking(move || credentials::verify(&secret, &hash))
-                .await
-                .unwrap_or(false);
-            if ok {
-                *entry.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
-            }
-            ok
-        };
+        let ok = matches(&d, &token.secret, &entry.account.token_hash, known).await;
+        if ok && known.is_none() {
+            *entry.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+        }
         Ok(ok.then(|| Caller {
             name: entry.account.name.clone(),
             role: entry.account.role,
@@ -398,23 +403,14 @@ pub async fn upload_device(
         .get(&user)
         .filter(|(h, _)| *h == hash)
         .map(|(_, k)| *k);
-    let ok = match known {
-        Some(k) => credentials::constant_time_eq(&k, &d),
-        None => {
-            let h = hash.clone();
-            let ok = tokio::task::spawn_blocking(move || credentials::verify(&password, &h))
-                .await
-                .unwrap_or(false);
-            if ok {
-                s.device_secrets
-                    .verified
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(user.clone(), (hash, d));
-            }
-            ok
-        }
-    };
+    let ok = matches(&d, &password, &hash, known).await;
+    if ok && known.is_none() {
+        s.device_secrets
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.clone(), (hash, d));
+    }
     if ok {
         Ok(Some(user))
     } else {
