@@ -1040,3 +1040,88 @@ async fn a_signed_in_operator_has_a_rate_limit_bucket_of_its_own() {
     );
     drop(hub);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_are_kept_as_dead_letters_only_up_to_each_clients_budget() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "trust-dead-budget")
+        .set(|s| s.ingest.upload_dead_letters_per_hour = 3)
+        .start()
+        .await;
+    let http = reqwest::Client::new();
+    let url = hub.url("/ingest/sensor-community");
+    // Nothing valid in it: a PM10 value that is not a number.
+    let bad =
+        r#"{"esp8266id":"77","sensordatavalues":[{"value_type":"SDS_P1","value":"not-a-number"}]}"#;
+    let post = |auth: Option<(&str, &str)>| {
+        let mut r = http.post(&url).header("X-Sensor", "esp8266-77").body(bad);
+        if let Some((u, p)) = auth {
+            r = r.basic_auth(u, Some(p));
+        }
+        r.send()
+    };
+    let dead = || db.count("SELECT count(*) FROM dead_letters");
+    // The address's budget: three kept, then answered as refused but not kept.
+    let mut notes = Vec::new();
+    for _ in 0..6 {
+        let r = post(None).await.unwrap();
+        assert_eq!(r.status(), 422);
+        let body: Value = r.json().await.unwrap();
+        notes.push(body["dead_letter"].as_str().map(str::to_owned));
+    }
+    assert_eq!(dead().await, 3);
+    assert!(notes[..3].iter().all(Option::is_none), "{notes:?}");
+    assert!(
+        notes[3..]
+            .iter()
+            .all(|n| n.as_deref().is_some_and(|n| n.contains("not kept"))),
+        "{notes:?}"
+    );
+    let metrics = reqwest::get(hub.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cityhub_dead_letters_not_kept_total 3"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("not_kept"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // A device that signs in has a budget of its own, not its address's.
+    let mode = timescaledb_mode();
+    let e: Vec<(&str, &str)> = vec![
+        ("CITYHUB_DATABASE_URL", db.url.as_str()),
+        ("CITYHUB_STORE_TIMESCALEDB", &mode),
+    ];
+    let issued: Value = serde_json::from_slice(
+        &cli_ok(
+            &[
+                "devices",
+                "provision",
+                "sc-77",
+                "--kind",
+                "air_quality",
+                "--json",
+            ],
+            &e,
+        )
+        .stdout,
+    )
+    .unwrap();
+    let password = issued["password"].as_str().unwrap().to_owned();
+    for kept in [true, true, true, false] {
+        let r = post(Some(("sc-77", &password))).await.unwrap();
+        assert_eq!(r.status(), 422);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body.get("dead_letter").is_none(), kept, "{body}");
+    }
+    assert_eq!(dead().await, 6);
+    drop(hub);
+}

@@ -5,13 +5,15 @@
 use crate::error::ErrorBody;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -29,6 +31,9 @@ pub struct Upload {
     pub source: &'static str,
     /// The device whose password it carried: it may send only its own readings.
     pub device: Option<String>,
+    /// Whose budget of kept dead letters a refusal takes from: the device, else the
+    /// client's address.
+    pub origin: String,
 }
 
 /// What a committed upload did.
@@ -41,6 +46,9 @@ pub struct UploadOutcome {
     /// Set when the signed-in device may not send this upload (nothing was stored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forbidden: Option<String>,
+    /// Set when the refused parts were not kept as a dead letter, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
 }
 
 /// Not committed: the client should send it again later.
@@ -83,6 +91,7 @@ fn unavailable() -> Response {
               (status = 413, description = "Too large", body = ErrorBody)))]
 pub async fn ingest_sensor_community(
     State(s): State<AppState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -97,12 +106,20 @@ pub async fn ingest_sensor_community(
         .get("x-sensor")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let origin = match (&device, client) {
+        (Some(d), _) => format!("device:{d}"),
+        (None, Some(Extension(ConnectInfo(a)))) => {
+            format!("address:{}", crate::ratelimit::client_key(a.ip()))
+        }
+        (None, None) => "address:unknown".to_owned(),
+    };
     let upload = Upload {
         payload: body,
         x_sensor,
         received_at: chrono::Utc::now(),
         source: SENSOR_COMMUNITY_SOURCE,
         device,
+        origin,
     };
     let wait = Duration::from_secs(s.settings.http.upload_timeout_s.get());
     match uploads.submit(upload, wait).await {
@@ -114,11 +131,13 @@ pub async fn ingest_sensor_community(
             Json(json!({ "error": why, "stored": 0 })),
         )
             .into_response(),
-        Ok(outcome) if outcome.stored == 0 && !outcome.rejected.is_empty() => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "error": outcome.rejected.join("; "), "stored": 0 })),
-        )
-            .into_response(),
+        Ok(outcome) if outcome.stored == 0 && !outcome.rejected.is_empty() => {
+            let mut body = json!({ "error": outcome.rejected.join("; "), "stored": 0 });
+            if let Some(why) = outcome.dead_letter {
+                body["dead_letter"] = why.into();
+            }
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+        }
         Ok(outcome) => (StatusCode::OK, Json(outcome)).into_response(),
         _ => unavailable(),
     }

@@ -26,6 +26,7 @@ impl Uploads for IngestUploads {
                     received_at: u.received_at,
                     source: u.source.to_owned(),
                     device: u.device,
+                    origin: u.origin,
                     claim: claim.clone(),
                     reply,
                 })
@@ -45,6 +46,7 @@ impl Uploads for IngestUploads {
                     stored: o.stored,
                     rejected: o.rejected,
                     forbidden: o.forbidden,
+                    dead_letter: o.dead_letter,
                 }),
                 _ => Err(UploadRefused),
             }

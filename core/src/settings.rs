@@ -451,6 +451,10 @@ pub struct IngestSettings {
     pub max_payload_bytes: usize,
     /// Whether HTTP uploads need the device's password: `auto`, `device` or `open`.
     pub upload_auth: UploadAuth,
+    /// Refused HTTP uploads kept as dead letters per hour from one client (its device
+    /// when it signed in, else its address); past it they are answered 422 but not
+    /// kept, so one client cannot fill the disk with its refusals. 0 keeps none.
+    pub upload_dead_letters_per_hour: u32,
     /// Readings timestamped further ahead than this become dead letters.
     pub max_future_s: i64,
     /// First pause before retrying a failed commit, doubled on each failure...
@@ -510,6 +514,7 @@ impl Default for IngestSettings {
             batch_max_age_ms: 50,
             max_payload_bytes: 64 * 1024,
             upload_auth: UploadAuth::Auto,
+            upload_dead_letters_per_hour: 60,
             max_future_s: 600,
             retry_min_ms: 100,
             retry_max_ms: 10_000,

@@ -82,6 +82,7 @@ pub fn start(
         max_bytes: ing.batch_max_bytes.get(),
         max_age: ms(ing.batch_max_age_ms),
         reason_bytes: ing.dead_letter_reason_bytes,
+        upload_dead_letters_per_hour: ing.upload_dead_letters_per_hour,
     };
     let batcher = pipeline::Batcher::new(
         decoder,

@@ -22,6 +22,8 @@ pub struct IngestMetrics {
     pub rows_duplicate: Counter,
     /// Messages the database refused even as a bare dead letter (acked, not stored).
     pub messages_unstorable: Counter,
+    /// Refused HTTP uploads past their client's hourly budget: answered, not kept.
+    pub dead_letters_not_kept: Counter,
     pub batch_rows: Histogram,
     pub commit_seconds: Histogram,
     pub acks_pending: Gauge,
@@ -64,6 +66,7 @@ impl IngestMetrics {
             rows_committed: Counter::default(),
             rows_duplicate: Counter::default(),
             messages_unstorable: Counter::default(),
+            dead_letters_not_kept: Counter::default(),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             acks_pending: Gauge::default(),
@@ -119,6 +122,11 @@ impl IngestMetrics {
             "messages_unstorable",
             "Messages the database refused even as a bare dead letter: acknowledged, not stored, logged",
             m.messages_unstorable.clone(),
+        );
+        r.register(
+            "dead_letters_not_kept",
+            "Refused HTTP uploads not kept as dead letters: their client had used its hourly budget (ingest.upload_dead_letters_per_hour)",
+            m.dead_letters_not_kept.clone(),
         );
         r.register(
             "batch_rows",

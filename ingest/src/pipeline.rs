@@ -63,6 +63,9 @@ pub struct HttpSubmission {
     pub source: String,
     /// The device whose password the upload carried: it may send only its own readings.
     pub device: Option<String>,
+    /// Whose budget of kept dead letters a refusal takes from: the device when it
+    /// signed in, else the client's address.
+    pub origin: String,
     /// Claimed by the writer before COMMIT, or abandoned by the client's deadline.
     pub claim: cityhub_store::Claim,
     pub reply: oneshot::Sender<Result<HttpOutcome, HttpRefused>>,
@@ -78,6 +81,9 @@ pub struct HttpOutcome {
     /// Set when the signed-in device may not send this upload (nothing was stored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forbidden: Option<String>,
+    /// Set when the refused parts were not kept as a dead letter, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
 }
 
 /// The submission was not committed; the client should send it again later.
@@ -106,6 +112,8 @@ pub struct BatchLimits {
     pub max_bytes: usize,
     pub max_age: Duration,
     pub reason_bytes: usize,
+    /// Dead letters kept per hour per HTTP client (`ingest.upload_dead_letters_per_hour`).
+    pub upload_dead_letters_per_hour: u32,
 }
 
 impl BatchLimits {
@@ -122,6 +130,8 @@ pub struct Batcher {
     limits: BatchLimits,
     /// The broker connection now; messages of an older one are dropped unstored.
     epoch: Arc<std::sync::Mutex<u64>>,
+    /// Each HTTP client's budget of kept dead letters; None keeps none.
+    upload_dead_letters: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl Batcher {
@@ -132,13 +142,28 @@ impl Batcher {
         limits: BatchLimits,
         epoch: Arc<std::sync::Mutex<u64>>,
     ) -> Self {
+        let upload_dead_letters = std::num::NonZeroU32::new(limits.upload_dead_letters_per_hour)
+            .map(|n| governor::RateLimiter::keyed(governor::Quota::per_hour(n).allow_burst(n)));
         Self {
             decoder,
             store,
             metrics,
             limits,
             epoch,
+            upload_dead_letters,
         }
+    }
+
+    /// Whether `origin` may have one more dead letter kept now. Clients that have not
+    /// refused anything lately are forgotten once the table grows large.
+    fn dead_letter_allowed(&self, origin: &str) -> bool {
+        let Some(budget) = &self.upload_dead_letters else {
+            return false;
+        };
+        if budget.len() > 10_000 {
+            budget.retain_recent();
+        }
+        budget.check_key(&origin.to_owned()).is_ok()
     }
 
     /// A message of a connection that is gone: its ack could not be sent, and the
@@ -170,7 +195,7 @@ impl Batcher {
         let d = self.decoder.decode(&topic, &payload, m.received_at);
         self.metrics.records_ignored.inc_by(u64::from(d.ignored));
         batch.acks.push(AckToken::of(&m));
-        self.add_decoded(batch, topic, payload, m.received_at, &d);
+        self.add_decoded(batch, topic, payload, m.received_at, &d, true);
     }
 
     /// A batch of its own for one HTTP submission; None when it was answered at once
@@ -199,7 +224,7 @@ impl Batcher {
         // Two value types of one metric (SDS_P1 and PMS_P1) at one time are one row.
         let rows: std::collections::HashSet<_> =
             d.readings.iter().map(|r| (&r.metric, r.time)).collect();
-        let outcome = HttpOutcome {
+        let mut outcome = HttpOutcome {
             stored: rows.len(),
             rejected: d
                 .problems
@@ -207,8 +232,17 @@ impl Batcher {
                 .map(|p| cityhub_store::truncate(p.reason.clone(), self.limits.reason_bytes))
                 .collect(),
             forbidden: None,
+            dead_letter: None,
         };
-        self.add_decoded(&mut batch, s.source, s.payload, s.received_at, &d);
+        let keep = d.problems.is_empty() || self.dead_letter_allowed(&s.origin);
+        if !keep {
+            self.metrics.dead_letters_not_kept.inc();
+            outcome.dead_letter = Some(format!(
+                "not kept: more than {} refused uploads an hour from this client",
+                self.limits.upload_dead_letters_per_hour
+            ));
+        }
+        self.add_decoded(&mut batch, s.source, s.payload, s.received_at, &d, keep);
         batch.reply = Some((s.reply, outcome));
         batch.write.claim = Some(s.claim);
         Some(batch)
@@ -221,6 +255,7 @@ impl Batcher {
         payload: Bytes,
         received_at: chrono::DateTime<chrono::Utc>,
         d: &crate::decode::Decoded,
+        keep_dead_letter: bool,
     ) {
         let source = batch.write.sources.len() as u32;
         batch.bytes += payload.len();
@@ -249,7 +284,7 @@ impl Batcher {
             }
             batch.rows += d.readings.len();
         }
-        if let Some(first) = d.problems.first() {
+        if let Some(first) = d.problems.first().filter(|_| keep_dead_letter) {
             let (reason, full) = joined_reasons(&d.problems, self.limits.reason_bytes);
             let mut dl = DeadLetter::new(source, first.code, reason, self.limits.reason_bytes);
             dl.reason_bytes = full;
