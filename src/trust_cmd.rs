@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use cityhub_app::devices::{Devices, Issued};
 use cityhub_core::credentials::{self, Role, Token};
 use cityhub_core::Settings;
+use cityhub_store::trust::DeviceAuth;
 use cityhub_store::Store;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -26,7 +27,12 @@ pub enum DevicesCommand {
         /// A CSV file with the columns id,kind.
         #[arg(long, conflicts_with = "ids")]
         csv: Option<PathBuf>,
-        /// One JSON object per device: {"id", "username", "password", "topics"}.
+        /// The devices sign in with a client certificate whose CN is the sensor id (an
+        /// mqtts listener with `use_identity_as_username`), not a password.
+        #[arg(long)]
+        certificate: bool,
+        /// One JSON object per device: {"id", "username", "password", "topics"}
+        /// ({"certificate_cn"} instead of the password with --certificate).
         #[arg(long)]
         json: bool,
     },
@@ -38,7 +44,8 @@ pub enum DevicesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// A new password for a device (the old one stops working).
+    /// A new password for a device (the old one stops working); a revoked certificate
+    /// device is let in again.
     Rotate {
         id: String,
         #[arg(long)]
@@ -93,13 +100,12 @@ fn print_issued(i: &Issued, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(i)?);
     } else {
-        println!(
-            "{}: username {} password {} (shown once) may publish {}",
-            i.id,
-            i.username,
-            i.password,
-            i.topics.join(", ")
-        );
+        let credential = match (&i.password, &i.certificate_cn) {
+            (Some(p), _) => format!("username {} password {p} (shown once)", i.username),
+            (None, Some(cn)) => format!("client certificate CN {cn}"),
+            (None, None) => format!("username {}", i.username),
+        };
+        println!("{}: {credential} may publish {}", i.id, i.topics.join(", "));
     }
     Ok(())
 }
@@ -114,9 +120,10 @@ pub async fn devices(settings: &Settings, actor: &str, command: DevicesCommand) 
         } else {
             for d in list {
                 println!(
-                    "{:<32} {:<14} {:<8} {}",
+                    "{:<32} {:<14} {:<11} {:<8} {}",
                     d.name,
                     d.kind.as_deref().unwrap_or("integration"),
+                    d.auth.as_str(),
                     if d.revoked_at.is_some() {
                         "revoked"
                     } else {
@@ -138,8 +145,14 @@ pub async fn devices(settings: &Settings, actor: &str, command: DevicesCommand) 
                 kind,
                 from_registry,
                 csv,
+                certificate,
                 json,
             } => {
+                let auth = if certificate {
+                    DeviceAuth::Certificate
+                } else {
+                    DeviceAuth::Password
+                };
                 let todo: Vec<(String, String)> = if from_registry {
                     devices.unprovisioned(kind.as_deref()).await?
                 } else if let Some(path) = csv {
@@ -155,7 +168,7 @@ pub async fn devices(settings: &Settings, actor: &str, command: DevicesCommand) 
                 };
                 for (id, kind) in &todo {
                     let issued = devices
-                        .provision(id, kind)
+                        .provision(id, kind, auth)
                         .await
                         .with_context(|| format!("provisioning {id}"))?;
                     print_issued(&issued, json)?;

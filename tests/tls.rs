@@ -24,29 +24,35 @@ impl Pki {
         )
         .unwrap();
         std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        let sh = |cmd: &str| {
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .current_dir(&dir)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{cmd}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=cityhub test CA' \
+        let pki = Self { dir };
+        pki.sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=cityhub test CA' \
             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign");
-        for (name, cn) in [("server", "localhost"), ("client", "cityhub-hub")] {
-            sh(&format!(
-                "openssl req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj '/CN={cn}' && \
-                 openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2 -extfile {name}.ext"
-            ));
-        }
-        sh("chmod 755 . && chmod 644 *");
-        Self { dir }
+        pki.issue("server", "localhost", "server");
+        pki.issue("client", "cityhub-hub", "client");
+        pki
+    }
+
+    fn sh(&self, cmd: &str) {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `name.crt` and `name.key`: a certificate for `cn` with the extensions of `ext.ext`.
+    fn issue(&self, name: &str, cn: &str, ext: &str) {
+        self.sh(&format!(
+            "openssl req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj '/CN={cn}' && \
+             openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2 -extfile {ext}.ext && \
+             chmod 755 . && chmod 644 *"
+        ));
     }
     fn path(&self, f: &str) -> String {
         self.dir.join(f).to_str().unwrap().to_owned()
@@ -66,6 +72,36 @@ fn tls_listener(pki: &Pki, port: u16, extra: &str) -> String {
         pki.path("server.crt"),
         pki.path("server.key")
     )
+}
+
+/// A listener that takes each client certificate's CN as the user name.
+const CN_AS_USERNAME: &str = "require_certificate true\nuse_identity_as_username true";
+
+/// How the hub reaches a mutual-TLS broker: its URL, the CA and the hub's certificate
+/// (CN cityhub-hub).
+struct MutualTls {
+    url: String,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl MutualTls {
+    fn of(pki: &Pki, broker: &Broker) -> Self {
+        Self {
+            url: format!("mqtts://127.0.0.1:{}", broker.port),
+            ca: pki.path("ca.crt"),
+            cert: pki.path("client.crt"),
+            key: pki.path("client.key"),
+        }
+    }
+
+    fn apply(&self, s: &mut cityhub_core::Settings) {
+        s.mqtt.url = cityhub_core::ConnUrl::new(self.url.clone());
+        s.mqtt.ca_file = Some(self.ca.clone().into());
+        s.mqtt.client_cert_file = Some(self.cert.clone().into());
+        s.mqtt.client_key_file = Some(self.key.clone().into());
+    }
 }
 
 /// Runs `mosquitto_pub` against the TLS listener with `auth` options.
@@ -184,24 +220,14 @@ async fn mqtts_with_a_client_certificate() {
         tls_listener(
             &pki,
             port,
-            "require_certificate true\nuse_identity_as_username true\nallow_anonymous false",
+            &format!("{CN_AS_USERNAME}\nallow_anonymous false"),
         )
     });
     let db = TestDb::new().await;
-    let url = format!("mqtts://127.0.0.1:{}", broker.port);
-    let (ca, cert, key) = (
-        pki.path("ca.crt"),
-        pki.path("client.crt"),
-        pki.path("client.key"),
-    );
-    let hub_url = url.clone();
+    let tls = MutualTls::of(&pki, &broker);
+    let url = tls.url.clone();
     let _hub = Hub::build(&db, &broker, "tls-cert")
-        .set(move |s| {
-            s.mqtt.url = cityhub_core::ConnUrl::new(hub_url);
-            s.mqtt.ca_file = Some(ca.into());
-            s.mqtt.client_cert_file = Some(cert.into());
-            s.mqtt.client_key_file = Some(key.into());
-        })
+        .set(move |s| tls.apply(s))
         .start()
         .await;
     assert_anonymous_refused(&broker, &pki);
@@ -309,4 +335,145 @@ fn secret_files_are_not_printed() {
     assert!(out.status.success());
     assert!(text.contains("password = \"***\""), "{text}");
     assert!(!text.contains("pg-secret-value"));
+}
+
+/// Readings stored for `sensor`.
+async fn stored_for(db: &TestDb, sensor: &str) -> usize {
+    db.values_of(sensor).await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_a_client_certificate_publishes_only_its_own_topic_until_revoked() {
+    let pki = Pki::new();
+    pki.issue("bin1", "tls-bin-1", "client");
+    pki.issue("bin2", "tls-bin-2", "client");
+    // The hub's certificate (CN cityhub-hub) is the plugin's admin.
+    let broker = Broker::start_dynsec_with("cityhub-hub", "not-used-by-certificates", |port| {
+        tls_listener(&pki, port, CN_AS_USERNAME)
+    });
+    let db = TestDb::new().await;
+    let tls = MutualTls::of(&pki, &broker);
+    let (url, ca, cert, key) = (
+        tls.url.clone(),
+        tls.ca.clone(),
+        tls.cert.clone(),
+        tls.key.clone(),
+    );
+    let _hub = Hub::build(&db, &broker, "tls-devices")
+        .set(move |s| {
+            tls.apply(s);
+            s.mqtt.username = Some("cityhub-hub".into());
+            s.mqtt.dynamic_security = true;
+        })
+        .start()
+        .await;
+    let mode = timescaledb_mode();
+    let env = [
+        ("CITYHUB_DATABASE_URL", db.url.as_str()),
+        ("CITYHUB_STORE_TIMESCALEDB", mode.as_str()),
+        ("CITYHUB_MQTT_URL", url.as_str()),
+        ("CITYHUB_MQTT_CA_FILE", ca.as_str()),
+        ("CITYHUB_MQTT_CLIENT_CERT_FILE", cert.as_str()),
+        ("CITYHUB_MQTT_CLIENT_KEY_FILE", key.as_str()),
+        ("CITYHUB_MQTT_USERNAME", "cityhub-hub"),
+        ("CITYHUB_MQTT_DYNAMIC_SECURITY", "true"),
+    ];
+    let out = cli_ok(
+        &[
+            "devices",
+            "provision",
+            "tls-bin-1",
+            "--kind",
+            "waste_bin",
+            "--certificate",
+            "--json",
+        ],
+        &env,
+    );
+    let issued: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(issued["certificate_cn"], "tls-bin-1", "{issued}");
+    assert!(issued.get("password").is_none(), "{issued}");
+
+    let as_bin = |n: u8| {
+        [
+            "--cert".to_owned(),
+            pki.path(&format!("bin{n}.crt")),
+            "--key".to_owned(),
+            pki.path(&format!("bin{n}.key")),
+        ]
+    };
+    let (bin1, bin2) = (as_bin(1), as_bin(2));
+    let (bin1, bin2): (Vec<&str>, Vec<&str>) = (
+        bin1.iter().map(String::as_str).collect(),
+        bin2.iter().map(String::as_str).collect(),
+    );
+    let own = "cityhub/v1/waste_bin/tls-bin-1";
+    let other = "cityhub/v1/waste_bin/tls-bin-2";
+    mosquitto_pub(&broker, &pki, &bin1, own, &reading(10.0));
+    wait_for(30, "the certificate device's reading", || async {
+        stored_for(&db, "tls-bin-1").await == 1
+    })
+    .await;
+    // Its certificate does not let it publish another device's topic, nor does a
+    // certificate of the same CA whose CN was never provisioned.
+    let _ = mosquitto_pub_output(&broker, &pki, &bin1, other, &reading(66.0));
+    let _ = mosquitto_pub_output(&broker, &pki, &bin2, other, &reading(67.0));
+    mosquitto_pub(&broker, &pki, &bin1, own, &reading(11.0));
+    wait_for(30, "the device's second reading", || async {
+        stored_for(&db, "tls-bin-1").await == 2
+    })
+    .await;
+    assert_eq!(stored_for(&db, "tls-bin-2").await, 0);
+
+    // Revoked while connected: disconnected, and what it publishes then is refused.
+    let mut held = broker
+        .client("mosquitto_pub")
+        .args(["--cafile", &ca, "-t", own, "-l"])
+        .args(&bin1)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = held.stdin.take().unwrap();
+    use std::io::Write;
+    writeln!(stdin, "{}", reading(12.0)).unwrap();
+    wait_for(30, "the held connection's reading", || async {
+        stored_for(&db, "tls-bin-1").await == 3
+    })
+    .await;
+    cli_ok(&["devices", "revoke", "tls-bin-1"], &env);
+    let log = broker.dir().join("mosquitto.log");
+    wait_for(
+        30,
+        "the broker to disconnect the revoked device",
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("disconnected by administrative action")
+        },
+    )
+    .await;
+    let _ = writeln!(stdin, "{}", reading(13.0));
+    let _ = mosquitto_pub_output(&broker, &pki, &bin1, own, &reading(14.0));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let _ = held.kill();
+    let _ = held.wait();
+    let list = cli_ok(&["devices", "list", "--json"], &env);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["auth"], "certificate", "{list}");
+    assert!(list[0]["revoked_at"].is_string(), "{list}");
+
+    // Let in again (`rotate`): its certificate works again, and nothing it sent while
+    // revoked was stored.
+    cli_ok(&["devices", "rotate", "tls-bin-1"], &env);
+    mosquitto_pub(&broker, &pki, &bin1, own, &reading(15.0));
+    wait_for(30, "the reinstated device's reading", || async {
+        stored_for(&db, "tls-bin-1").await >= 4
+    })
+    .await;
+    assert_eq!(
+        db.values_of("tls-bin-1").await,
+        vec![10.0, 11.0, 12.0, 15.0]
+    );
 }

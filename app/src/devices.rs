@@ -7,7 +7,7 @@
 use cityhub_core::credentials;
 use cityhub_core::{Catalog, SensorId, Settings};
 use cityhub_mqtt::dynsec::{Acl, DynSec, DynSecError};
-use cityhub_store::trust::{DeviceInfo, NewDevice};
+use cityhub_store::trust::{DeviceAuth, DeviceInfo, NewDevice};
 use cityhub_store::{Store, StoreError};
 use serde::Serialize;
 
@@ -28,10 +28,19 @@ pub enum DeviceError {
 pub struct Issued {
     pub id: String,
     pub username: String,
-    pub password: String,
+    /// None for a device that signs in with a client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The CN its client certificate must carry, for one that signs in by certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_cn: Option<String>,
     /// What the client may publish on.
     pub topics: Vec<String>,
 }
+
+/// A certificate device's stored secret: not an Argon2 hash, so no password matches it
+/// (and `device_secret` never hands it out).
+const NO_PASSWORD: &str = "!certificate";
 
 /// The role a device's or integration's broker client holds.
 pub fn role_of(name: &str) -> String {
@@ -74,8 +83,14 @@ impl<'a> Devices<'a> {
     }
 
     /// A client for sensor `id` of `kind`, which may publish `cityhub/v1/<kind>/<id>`
-    /// (native JSON or SenML; the sensor is the topic's, never the payload's).
-    pub async fn provision(&self, id: &str, kind: &str) -> Result<Issued, DeviceError> {
+    /// (native JSON or SenML; the sensor is the topic's, never the payload's). With
+    /// [`DeviceAuth::Certificate`] it signs in by a client certificate whose CN is `id`.
+    pub async fn provision(
+        &self,
+        id: &str,
+        kind: &str,
+        auth: DeviceAuth,
+    ) -> Result<Issued, DeviceError> {
         let id = SensorId::parse(id).map_err(|e| DeviceError::Invalid(e.to_string()))?;
         if self.catalog.get(kind).is_none() {
             return Err(DeviceError::Invalid(format!(
@@ -87,8 +102,14 @@ impl<'a> Devices<'a> {
                     .join(", ")
             )));
         }
+        if auth == DeviceAuth::Certificate && self.broker.is_none() {
+            return Err(DeviceError::Invalid(
+                "a certificate device signs in to the broker only: set mqtt.dynamic_security"
+                    .into(),
+            ));
+        }
         let topics = vec![format!("cityhub/v1/{kind}/{id}")];
-        self.create(id.as_str(), Some(kind), topics).await
+        self.create(id.as_str(), Some(kind), topics, auth).await
     }
 
     /// A network server's integration client, which may publish its adapter's topic.
@@ -110,7 +131,8 @@ impl<'a> Devices<'a> {
                 ))
             })?;
         let name = format!("integration-{}", a.name);
-        self.create(&name, None, vec![a.topic()]).await
+        self.create(&name, None, vec![a.topic()], DeviceAuth::Password)
+            .await
     }
 
     async fn create(
@@ -118,6 +140,7 @@ impl<'a> Devices<'a> {
         name: &str,
         kind: Option<&str>,
         topics: Vec<String>,
+        auth: DeviceAuth,
     ) -> Result<Issued, DeviceError> {
         if self.store.device(name).await?.is_some() {
             return Err(StoreError::Exists(format!(
@@ -125,7 +148,7 @@ impl<'a> Devices<'a> {
             ))
             .into());
         }
-        let password = credentials::device_password();
+        let password = (auth == DeviceAuth::Password).then(credentials::device_password);
         let role = role_of(name);
         if let Some(b) = &self.broker {
             let acls: Vec<Acl> = topics
@@ -139,7 +162,7 @@ impl<'a> Devices<'a> {
             b.ensure_role(&role, &acls).await?;
             b.create_client(
                 name,
-                &password,
+                password.as_deref(),
                 &role,
                 &format!("cityhub {}", kind.unwrap_or("integration")),
             )
@@ -154,8 +177,11 @@ impl<'a> Devices<'a> {
                     kind: kind.map(str::to_owned),
                     username: name.to_owned(),
                     topics: topics.clone(),
-                    secret_hash: credentials::hash(&password),
+                    secret_hash: password
+                        .as_deref()
+                        .map_or_else(|| NO_PASSWORD.to_owned(), credentials::hash),
                     on_broker: self.broker.is_some(),
+                    auth,
                 },
             )
             .await;
@@ -174,18 +200,24 @@ impl<'a> Devices<'a> {
         Ok(Issued {
             id: name.to_owned(),
             username: name.to_owned(),
+            certificate_cn: password.is_none().then(|| name.to_owned()),
             password,
             topics,
         })
     }
 
     /// A new password (the old one stops working; a revoked device is enabled again).
+    /// A certificate device has no password: a revoked one is let in again (a new
+    /// certificate with the same CN is the city's CA's to issue).
     pub async fn rotate(&self, name: &str) -> Result<Issued, DeviceError> {
         let d = self
             .store
             .device(name)
             .await?
             .ok_or_else(|| DeviceError::NotFound(name.into()))?;
+        if d.auth == DeviceAuth::Certificate {
+            return self.reinstate(d).await;
+        }
         let password = credentials::device_password();
         if let (Some(b), true) = (&self.broker, d.on_broker) {
             b.set_password(&d.username, &password).await?;
@@ -200,7 +232,37 @@ impl<'a> Devices<'a> {
         Ok(Issued {
             id: d.name,
             username: d.username,
-            password,
+            password: Some(password),
+            certificate_cn: None,
+            topics: d.topics,
+        })
+    }
+
+    async fn reinstate(&self, d: DeviceInfo) -> Result<Issued, DeviceError> {
+        if d.revoked_at.is_none() {
+            return Err(DeviceError::Invalid(format!(
+                "device {:?} signs in with a client certificate (CN {:?}) and has no password: \
+                 give it a new certificate; `revoke` cuts it off",
+                d.name, d.username
+            )));
+        }
+        if let (Some(b), true) = (&self.broker, d.on_broker) {
+            let role = role_of(&d.name);
+            let text = format!("cityhub {}", d.kind.as_deref().unwrap_or("integration"));
+            match b.create_client(&d.username, None, &role, &text).await {
+                Err(e) if e.already_exists() => {}
+                other => other?,
+            }
+        }
+        self.store
+            .rotate_device(&self.actor, &d.name, NO_PASSWORD)
+            .await?;
+        tracing::info!(device = %d.name, "Certificate device let in again.");
+        Ok(Issued {
+            certificate_cn: Some(d.username.clone()),
+            id: d.name,
+            username: d.username,
+            password: None,
             topics: d.topics,
         })
     }
@@ -214,7 +276,10 @@ impl<'a> Devices<'a> {
             .await?
             .ok_or_else(|| DeviceError::NotFound(name.into()))?;
         if let (Some(b), true) = (&self.broker, d.on_broker) {
-            b.disable(&d.username).await?;
+            match d.auth {
+                DeviceAuth::Password => b.disable(&d.username).await?,
+                DeviceAuth::Certificate => b.delete_client(&d.username).await?,
+            }
         }
         let d = self
             .store

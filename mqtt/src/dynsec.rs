@@ -200,18 +200,21 @@ impl DynSec {
     }
 
     /// Creates a client with a password and one role.
+    /// A client with `role`; without a password it can only sign in by a client
+    /// certificate whose CN is `username`.
     pub async fn create_client(
         &self,
         username: &str,
-        password: &str,
+        password: Option<&str>,
         role: &str,
         text_name: &str,
     ) -> Result<(), DynSecError> {
-        self.command(json!({"command": "createClient", "username": username,
-            "password": password, "textname": text_name,
-            "roles": [{"rolename": role, "priority": -1}]}))
-            .await
-            .map(|_| ())
+        let mut cmd = json!({"command": "createClient", "username": username,
+            "textname": text_name, "roles": [{"rolename": role, "priority": -1}]});
+        if let Some(p) = password {
+            cmd["password"] = json!(p);
+        }
+        self.command(cmd).await.map(|_| ())
     }
 
     /// Gives `username` a role (kept when it has it).
@@ -248,10 +251,23 @@ impl DynSec {
 
     /// Deletes a client and a role (undoing a half-done provisioning); missing ones are fine.
     pub async fn delete(&self, username: &str, role: &str) -> Result<(), DynSecError> {
-        for c in [
+        self.delete_all(&[
             json!({"command": "deleteClient", "username": username}),
             json!({"command": "deleteRole", "rolename": role}),
-        ] {
+        ])
+        .await
+    }
+
+    /// Deletes a client, disconnecting it (a missing one is fine). A client that signs
+    /// in by certificate is let in by TLS alone, so disabling would not stop it: with
+    /// no client of its name left, every publish of its next connections is refused.
+    pub async fn delete_client(&self, username: &str) -> Result<(), DynSecError> {
+        self.delete_all(&[json!({"command": "deleteClient", "username": username})])
+            .await
+    }
+
+    async fn delete_all(&self, commands: &[Value]) -> Result<(), DynSecError> {
+        for c in commands.iter().cloned() {
             match self.command(c).await {
                 Err(DynSecError::Command { error, .. }) if error.contains("not found") => {}
                 other => {

@@ -98,6 +98,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008", "alerts"),
     migration!(9, "0009", "dead_letter_keys"),
     migration!(10, "0010", "trust"),
+    migration!(11, "0011", "device_certificates"),
 ];
 
 /// The newest schema version this build knows.

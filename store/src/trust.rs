@@ -57,6 +57,7 @@ pub struct DeviceInfo {
     pub username: String,
     pub topics: Vec<String>,
     pub on_broker: bool,
+    pub auth: DeviceAuth,
     pub provisioned_at: DateTime<Utc>,
     pub rotated_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -71,6 +72,27 @@ pub struct NewDevice {
     pub topics: Vec<String>,
     pub secret_hash: String,
     pub on_broker: bool,
+    pub auth: DeviceAuth,
+}
+
+/// How a device signs in to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceAuth {
+    /// A password (the same one signs its HTTP uploads).
+    Password,
+    /// A client certificate whose CN is its username (`use_identity_as_username` on an
+    /// mqtts listener); it has no password.
+    Certificate,
+}
+
+impl DeviceAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::Certificate => "certificate",
+        }
+    }
 }
 
 /// One audit row.
@@ -129,7 +151,7 @@ fn operator(r: &tokio_postgres::Row) -> OperatorInfo {
 }
 
 const DEVICE_COLUMNS: &str =
-    "name, kind, username, topics, on_broker, provisioned_at, rotated_at, revoked_at";
+    "name, kind, username, topics, on_broker, provisioned_at, rotated_at, revoked_at, auth";
 
 fn device(r: &tokio_postgres::Row) -> DeviceInfo {
     DeviceInfo {
@@ -141,6 +163,10 @@ fn device(r: &tokio_postgres::Row) -> DeviceInfo {
         provisioned_at: r.get(5),
         rotated_at: r.get(6),
         revoked_at: r.get(7),
+        auth: match r.get::<_, &str>(8) {
+            "certificate" => DeviceAuth::Certificate,
+            _ => DeviceAuth::Password,
+        },
     }
 }
 
@@ -350,8 +376,8 @@ impl Store {
         let row = tx
             .query_opt(
                 &format!(
-                    "INSERT INTO devices (name, kind, username, topics, secret_hash, on_broker)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
+                    "INSERT INTO devices (name, kind, username, topics, secret_hash, on_broker, auth)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING
                      RETURNING {DEVICE_COLUMNS}"
                 ),
                 &[
@@ -361,6 +387,7 @@ impl Store {
                     &d.topics,
                     &d.secret_hash,
                     &d.on_broker,
+                    &d.auth.as_str(),
                 ],
             )
             .await?
@@ -414,12 +441,14 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// The password hash of the device that sends as `name`, unless revoked.
+    /// The password hash of the device that sends as `name`, unless revoked or it signs
+    /// in with a certificate (it has no password).
     pub async fn device_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
         let c = self.pool().get().await?;
         let row = c
             .query_opt(
-                "SELECT secret_hash FROM devices WHERE name = $1 AND revoked_at IS NULL",
+                "SELECT secret_hash FROM devices
+                 WHERE name = $1 AND revoked_at IS NULL AND auth = 'password'",
                 &[&name],
             )
             .await?;

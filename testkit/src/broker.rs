@@ -97,6 +97,15 @@ impl Broker {
     /// `admin` with `password`, holding the plugin's admin role (as `mosquitto_ctrl
     /// dynsec init` makes it): what a production broker managed by the hub looks like.
     pub fn start_dynsec(admin: &str, password: &str) -> Self {
+        Self::start_dynsec_with(admin, password, |port| format!("listener {port} 127.0.0.1"))
+    }
+
+    /// [`Broker::start_dynsec`] on the listener `listener(port)` gives (TLS, say).
+    pub fn start_dynsec_with(
+        admin: &str,
+        password: &str,
+        listener: impl Fn(u16) -> String,
+    ) -> Self {
         let files = std::env::temp_dir().join(unique("cityhub_dynsec"));
         std::fs::create_dir_all(&files).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -126,7 +135,8 @@ impl Broker {
         let store_path = store.display().to_string();
         let mut b = Self::start_with(move |port| {
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {store_path}"
+                "{}\nallow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {store_path}",
+                listener(port)
             )
         });
         b.extra = Some(files);

@@ -154,6 +154,22 @@ impl TestDb {
         self.count("SELECT count(*) FROM observations").await
     }
 
+    /// Every value stored for sensor `external_id`, oldest first.
+    pub async fn values_of(&self, external_id: &str) -> Vec<f64> {
+        self.client()
+            .await
+            .query(
+                "SELECT o.value FROM observations o JOIN sensors s ON s.id = o.sensor_id
+                 WHERE s.external_id = $1 ORDER BY o.time, o.metric_id",
+                &[&external_id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// A region's fleet straight into the registry: `n` waste bins `bin-000001`... on
     /// a grid of 1,000 per row from (9.9, 45.1), each with a latest value of every
     /// metric a minute old; every `alarm_every`th bin 95 % full, the rest 42.5 %.
