@@ -228,6 +228,8 @@ fn hvd_category(g: &mut Graph, c: cityhub_core::HvdCategory) -> ApiResult<NamedN
 struct Shared {
     catalog: NamedNode,
     service: NamedNode,
+    /// The SensorThings API, a second data service of every dataset.
+    sta: NamedNode,
     publisher: NamedNode,
     holder: NamedNode,
     contact: NamedNode,
@@ -347,6 +349,7 @@ fn register_dataset(
                     &format!("One row per sensor: purpose, responsible party, contact, what it measures, personal data and legal basis, retention ({what_en})."),
                 ),
                 modified: last.unwrap_or(sh.now),
+                service: None,
             },
         )?;
     }
@@ -396,6 +399,7 @@ fn catalog_node(
 
     let sh = Shared {
         service: iri(&format!("{base}/ogc"))?,
+        sta: iri(&format!("{base}{}", crate::sta::PREFIX))?,
         catalog,
         publisher,
         holder,
@@ -410,7 +414,30 @@ fn catalog_node(
     if s.catalog.iter().any(|k| k.def.hvd_category.is_some()) {
         g.typed(&sh.hvd_law, &[v(ELI, "LegalResource")]);
     }
-    data_service(g, &sh, base)?;
+    data_service(
+        g,
+        &sh,
+        base,
+        &sh.service,
+        (
+            "OGC API - Features dei sensori urbani",
+            "OGC API - Features of the urban sensors",
+        ),
+        "OGC API - Features",
+        crate::ogc::CONFORMANCE[0],
+    )?;
+    data_service(
+        g,
+        &sh,
+        base,
+        &sh.sta,
+        (
+            "OGC SensorThings API dei sensori urbani: Things, Datastreams e Observations",
+            "OGC SensorThings API of the urban sensors: Things, Datastreams and Observations",
+        ),
+        "OGC SensorThings API",
+        crate::sta::CONFORMANCE[0],
+    )?;
     g.add(&sh.catalog, v(DCT, "license"), sh.licence.clone());
     let all = extents
         .values()
@@ -433,6 +460,7 @@ fn catalog_node(
         g.date(&sh.catalog, v(DCT, "issued"), first);
     }
     g.add(&sh.catalog, v(DCAT, "service"), sh.service.clone());
+    g.add(&sh.catalog, v(DCAT, "service"), sh.sta.clone());
     Ok(sh)
 }
 
@@ -492,24 +520,22 @@ fn licence(g: &mut Graph, s: &AppState) -> ApiResult<NamedNode> {
     Ok(licence)
 }
 
-/// The OGC API as a data service every dataset is served by.
-fn data_service(g: &mut Graph, sh: &Shared, base: &str) -> ApiResult<()> {
-    let (service, contact, licence, publisher) =
-        (&sh.service, &sh.contact, &sh.licence, &sh.publisher);
-    // The OGC API as a data service every dataset is served by.
+/// An API (OGC API - Features, SensorThings) as a data service every dataset is
+/// served by: its endpoint, titles (Italian, English), keyword and standard.
+#[allow(clippy::too_many_arguments)]
+fn data_service(
+    g: &mut Graph,
+    sh: &Shared,
+    base: &str,
+    service: &NamedNode,
+    title: (&str, &str),
+    keyword: &str,
+    standard: &str,
+) -> ApiResult<()> {
+    let (contact, licence, publisher) = (&sh.contact, &sh.licence, &sh.publisher);
     g.typed(service, &[v(DCAT, "DataService")]);
-    g.text(
-        service,
-        v(DCT, "title"),
-        "OGC API - Features dei sensori urbani",
-        "it",
-    );
-    g.text(
-        service,
-        v(DCT, "title"),
-        "OGC API - Features of the urban sensors",
-        "en",
-    );
+    g.text(service, v(DCT, "title"), title.0, "it");
+    g.text(service, v(DCT, "title"), title.1, "en");
     g.add(service, v(DCAT, "endpointURL"), service.clone());
     let openapi = iri(&format!("{base}/openapi.json"))?;
     g.add(service, v(DCAT, "endpointDescription"), openapi.clone());
@@ -519,11 +545,11 @@ fn data_service(g: &mut Graph, sh: &Shared, base: &str) -> ApiResult<()> {
     // DCAT-AP's range shapes want both typed, even as plain resources.
     g.typed(service, &[v(RDFS, "Resource")]);
     g.add(service, v(DCAT, "contactPoint"), contact.clone());
-    g.plain(service, v(DCAT, "keyword"), "OGC API - Features");
+    g.plain(service, v(DCAT, "keyword"), keyword);
     g.typed(&openapi, &[v(RDFS, "Resource")]);
-    let ogc_core = iri(crate::ogc::CONFORMANCE[0])?;
-    g.add(service, v(DCT, "conformsTo"), ogc_core.clone());
-    g.typed(&ogc_core, &[v(DCT, "Standard")]);
+    let standard = iri(standard)?;
+    g.add(service, v(DCT, "conformsTo"), standard.clone());
+    g.typed(&standard, &[v(DCT, "Standard")]);
     g.add(service, v(DCT, "license"), licence.clone());
     g.add(service, v(DCT, "publisher"), publisher.clone());
     Ok(())
@@ -554,7 +580,9 @@ fn dataset(
     );
     let ds = iri(&format!("{base}/catalog/dataset/{k}"))?;
     g.add(catalog, v(DCAT, "dataset"), ds.clone());
-    g.add(service, v(DCAT, "servesDataset"), ds.clone());
+    for service in [service, &sh.sta] {
+        g.add(service, v(DCAT, "servesDataset"), ds.clone());
+    }
     g.typed(&ds, &[v(DCAT, "Dataset"), v(DCATAPIT, "Dataset")]);
     g.plain(
         &ds,
@@ -590,6 +618,7 @@ fn dataset(
     g.text(&ds, v(DCT, "description"), &desc_en, "en");
     let theme = theme_node(g, themes, &def.theme)?;
     g.add(&ds, v(DCAT, "theme"), theme.clone());
+    g.add(&sh.sta, v(DCAT, "theme"), theme.clone());
     g.add(service, v(DCAT, "theme"), theme);
     g.add(&ds, v(DCT, "accrualPeriodicity"), frequency.clone());
     g.add(&ds, v(DCT, "publisher"), publisher.clone());
@@ -630,13 +659,15 @@ fn dataset(
         g.add(&ds, v(DCATAP, "applicableLegislation"), sh.hvd_law.clone());
         let cat = hvd_category(g, hvd)?;
         g.add(&ds, v(DCATAP, "hvdCategory"), cat.clone());
-        g.add(service, v(DCATAP, "hvdCategory"), cat);
-        // The API serves a high-value dataset, so it is under the regulation too.
-        g.add(
-            service,
-            v(DCATAP, "applicableLegislation"),
-            sh.hvd_law.clone(),
-        );
+        // The APIs serve a high-value dataset, so they are under the regulation too.
+        for service in [service, &sh.sta] {
+            g.add(service, v(DCATAP, "hvdCategory"), cat.clone());
+            g.add(
+                service,
+                v(DCATAP, "applicableLegislation"),
+                sh.hvd_law.clone(),
+            );
+        }
     }
 
     distributions(g, sh, base, kind, ext, &ds)
@@ -788,6 +819,7 @@ fn indicator_dataset(
                     ),
                 ),
                 modified: ext.last.unwrap_or(sh.now),
+                service: None,
             },
         )?;
     }
@@ -833,8 +865,21 @@ fn distributions(
             "Sensors through OGC API - Features",
             false,
         ),
+        (
+            "sta",
+            format!(
+                "{base}{}/Datastreams?$filter=Thing/properties/kind%20eq%20'{k}'",
+                crate::sta::PREFIX
+            ),
+            "JSON",
+            "application/json",
+            "Serie di misure e letture tramite OGC SensorThings API",
+            "Datastreams and their observations through OGC SensorThings API",
+            false,
+        ),
     ];
     for (suffix, url, format, media, title_it, title_en, download) in dists {
+        let service = (suffix == "sta").then_some(&sh.sta);
         let d = distribution(
             g,
             sh,
@@ -854,6 +899,7 @@ fn distributions(
                     &format!("{title_en}: {}", def.title),
                 ),
                 modified: ext.last.unwrap_or(sh.now),
+                service,
             },
         )?;
         if def.hvd_category.is_some() {
@@ -876,6 +922,8 @@ struct Dist<'a> {
     title: (&'a str, &'a str),
     description: (&'a str, &'a str),
     modified: DateTime<Utc>,
+    /// The service it is accessed through, when not the OGC API.
+    service: Option<&'a NamedNode>,
 }
 
 /// Adds `d` to `ds`: access, format, media type, licence, titles, availability.
@@ -892,7 +940,11 @@ fn distribution(g: &mut Graph, sh: &Shared, ds: &NamedNode, d: &Dist) -> ApiResu
     if d.download {
         g.add(&node, v(DCAT, "downloadURL"), access);
     } else {
-        g.add(&node, v(DCAT, "accessService"), sh.service.clone());
+        g.add(
+            &node,
+            v(DCAT, "accessService"),
+            d.service.unwrap_or(&sh.service).clone(),
+        );
     }
     let fmt = iri(&format!("{EU}file-type/{}", d.format))?;
     g.add(&node, v(DCT, "format"), fmt.clone());

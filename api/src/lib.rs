@@ -26,6 +26,7 @@ mod readings;
 mod register;
 mod sensors;
 pub mod snapshot;
+pub mod sta;
 pub mod uploads;
 pub mod web;
 
@@ -141,10 +142,12 @@ pub use auth::{Admin, Caller, Operator, Viewer};
         description = "Open data of a city's sensor networks: GeoJSON feeds, time series, OGC API - Features, a DCAT-AP_IT catalogue and a live stream. Errors are JSON `{code, description}`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
+    paths(sta::landing, sta::resource),
     tags(
         (name = "sensors", description = "Sensors, latest values, time series, live stream"),
         (name = "open data", description = "Downloads and the DCAT-AP_IT catalogue"),
         (name = "OGC API - Features", description = "OGC API - Features - Part 1: Core, GeoJSON, OpenAPI 3.0"),
+        (name = "SensorThings API", description = "OGC SensorThings API 1.1 Part 1: Sensing, read-only: Things, Locations, HistoricalLocations, Datastreams, Sensors, ObservedProperties, Observations, FeaturesOfInterest, with $filter, $expand, $select, $orderby, $top, $skip, $count and $resultFormat=dataArray"),
         (name = "alerts", description = "Alerts: public list; acknowledging needs an operator's token"),
         (name = "indicators", description = "The mandate's indicators, computed from the readings"),
         (name = "admin", description = "Needs an admin's token (or the bootstrap admin token)"),
@@ -190,6 +193,9 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(dcat::catalog_ttl))
         .routes(routes!(dcat::catalog_rdf))
         .split_for_parts();
+    let router = router
+        .route(sta::PREFIX, get(sta::landing))
+        .route(&format!("{}/{{*path}}", sta::PREFIX), get(sta::resource));
     if let Some(c) = api.components.as_mut() {
         c.add_security_scheme(
             "bearer",

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod indicators;
 pub mod kinds;
 pub mod model;
+pub mod odata;
 pub mod reference;
 pub mod register;
 pub mod reject;

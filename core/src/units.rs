@@ -192,3 +192,53 @@ mod tests {
         assert!(convert(1.0, "furlong", "mm").is_err());
     }
 }
+
+/// The UCUM code of a unit the catalogue uses (SensorThings' `unitOfMeasurement`
+/// names its units in UCUM); None for one UCUM has no code for.
+pub fn ucum(unit: &str) -> Option<&'static str> {
+    Some(match unit {
+        "%" | "%RH" | "%EL" => "%",
+        "°C" | "Cel" | "degC" => "Cel",
+        "K" => "K",
+        "°F" | "degF" => "[degF]",
+        "W" => "W",
+        "kW" => "kW",
+        "kWh" => "kW.h",
+        "Wh" => "W.h",
+        "mm" => "mm",
+        "cm" => "cm",
+        "m" => "m",
+        "s" => "s",
+        "min" => "min",
+        "h" => "h",
+        "µg/m³" | "ug/m3" => "ug/m3",
+        "mg/m³" | "mg/m3" => "mg/m3",
+        "ppm" => "[ppm]",
+        "ppb" => "[ppb]",
+        "hPa" => "hPa",
+        "Pa" => "Pa",
+        "V" => "V",
+        "A" => "A",
+        "lx" => "lx",
+        "dB" | "dBA" | "dB(A)" => "dB",
+        "m/s" => "m/s",
+        "km/h" => "km/h",
+        "l" | "L" => "L",
+        "m³" | "m3" => "m3",
+        "count" => "{count}",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod ucum_tests {
+    #[test]
+    fn every_unit_of_the_built_in_kinds_has_a_ucum_code() {
+        let catalog = crate::Settings::load(None).unwrap().catalog().unwrap();
+        for k in catalog.iter() {
+            for (m, d) in &k.metrics {
+                assert!(super::ucum(&d.unit).is_some(), "{}.{m}: {}", k.name, d.unit);
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub mod replication;
 pub mod rollups;
 pub mod schema;
 pub mod sensors;
+pub mod sta;
 pub mod trust;
 pub mod writer;
 

@@ -1,0 +1,311 @@
+//! OGC SensorThings API 1.1 (`/sta/v1.1`) over a small known fleet: the resource
+//! paths, query options, links and paging of OGC 18-088, each answer checked.
+
+use cityhub_testkit::*;
+use serde_json::{json, Value};
+
+/// Two waste bins with a position and an air-quality station, with known readings:
+/// bin-a's fill levels 10, 20, ..., 60 one minute apart ending at 10:05 UTC today.
+async fn fleet(broker: &Broker, db: &TestDb) -> chrono::DateTime<chrono::Utc> {
+    let day = chrono::Utc::now().date_naive() - chrono::Days::new(1);
+    let t0 = day.and_hms_opt(10, 0, 0).unwrap().and_utc();
+    let mut items = Vec::new();
+    for i in 0..6 {
+        let t = t0 + chrono::Duration::minutes(i);
+        items.push((
+            "cityhub/v1/waste_bin/bin-a".to_owned(),
+            json!({"ts": t.to_rfc3339(), "values": {"fill_level": 10.0 * (i + 1) as f64, "battery": 90},
+                   "location": {"lat": 45.1335, "lon": 10.0255}})
+            .to_string()
+            .into_bytes(),
+        ));
+    }
+    items.push((
+        "cityhub/v1/waste_bin/bin-b".to_owned(),
+        json!({"ts": t0.to_rfc3339(), "values": {"fill_level": 95.0},
+               "location": {"lat": 45.20, "lon": 10.10}})
+        .to_string()
+        .into_bytes(),
+    ));
+    items.push((
+        "cityhub/v1/air_quality/aq-1".to_owned(),
+        json!({"ts": t0.to_rfc3339(), "values": {"pm10": 31.5, "no2": 40.0}})
+            .to_string()
+            .into_bytes(),
+    ));
+    publish_raw(broker, &items).await;
+    wait_for(30, "the fleet's readings", || async {
+        db.observations().await >= 6 * 2 + 1 + 2
+    })
+    .await;
+    t0
+}
+
+/// The results of a collection of Observations, in order.
+fn results(v: &Value) -> Vec<f64> {
+    v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["result"].as_f64().unwrap())
+        .collect()
+}
+
+struct Sta {
+    http: reqwest::Client,
+    root: String,
+}
+
+impl Sta {
+    /// GETs `path` (under /sta/v1.1) and returns the status and JSON body.
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.root)
+        };
+        let r = self.http.get(&url).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    async fn ok(&self, path: &str) -> Value {
+        let (s, v) = self.get(path).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        v
+    }
+
+    async fn refused(&self, path: &str) -> String {
+        let (s, v) = self.get(path).await;
+        assert_eq!(s, 400, "{path}: {v}");
+        v["message"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensorthings_paths_options_and_links() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "sta").start().await;
+    let t0 = fleet(&broker, &db).await;
+    let sta = Sta {
+        http: reqwest::Client::new(),
+        root: hub.url("/sta/v1.1"),
+    };
+
+    // 1. The service root lists the eight entity sets and the conformance classes.
+    let root = sta.ok("").await;
+    assert_eq!(root["value"].as_array().unwrap().len(), 8, "{root}");
+    assert!(root["serverSettings"]["conformance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c.as_str().unwrap().ends_with("/req/request-data")));
+
+    // 2. Things, with @iot.count, links and properties from the registry.
+    let things = sta.ok("/Things?$count=true&$orderby=name").await;
+    assert_eq!(things["@iot.count"], 3, "{things}");
+    let names: Vec<&str> = things["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["aq-1", "bin-a", "bin-b"]);
+    let bin_a = &things["value"][1];
+    let id = bin_a["@iot.id"].as_i64().unwrap();
+    assert_eq!(bin_a["properties"]["kind"], "waste_bin");
+    assert_eq!(bin_a["@iot.selfLink"], format!("{}/Things({id})", sta.root));
+    assert_eq!(
+        bin_a["Datastreams@iot.navigationLink"],
+        format!("{}/Things({id})/Datastreams", sta.root)
+    );
+
+    // 3. One entity, a property and its raw $value.
+    let one = sta.ok(&format!("/Things({id})")).await;
+    assert_eq!(one["name"], "bin-a");
+    assert_eq!(
+        sta.ok(&format!("/Things({id})/name")).await,
+        json!({"name": "bin-a"})
+    );
+    let raw = sta
+        .http
+        .get(format!("{}/Things({id})/name/$value", sta.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.text().await.unwrap(), "bin-a");
+
+    // 4. Navigation: its Datastreams (fill_level, battery), Location, and back.
+    let ds = sta
+        .ok(&format!("/Things({id})/Datastreams?$orderby=name"))
+        .await;
+    let streams = ds["value"].as_array().unwrap();
+    assert_eq!(streams.len(), 2, "{ds}");
+    let fill = streams
+        .iter()
+        .find(|d| d["properties"]["metric"] == "fill_level")
+        .unwrap();
+    let fill_id = fill["@iot.id"].as_i64().unwrap();
+    assert_eq!(fill["unitOfMeasurement"]["symbol"], "%");
+    assert_eq!(
+        fill["unitOfMeasurement"]["definition"],
+        "http://unitsofmeasure.org/ucum.html#%"
+    );
+    assert_eq!(
+        fill["observationType"],
+        "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+    );
+    let first = t0.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let last = (t0 + chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    assert_eq!(fill["phenomenonTime"], format!("{first}/{last}"), "{fill}");
+    assert_eq!(
+        fill["observedArea"]["coordinates"],
+        json!([10.0255, 45.1335])
+    );
+    let locs = sta.ok(&format!("/Things({id})/Locations")).await;
+    assert_eq!(locs["value"][0]["location"]["type"], "Point");
+    let thing = sta.ok(&format!("/Datastreams({fill_id})/Thing")).await;
+    assert_eq!(thing["@iot.id"], id);
+    let op = sta
+        .ok(&format!("/Datastreams({fill_id})/ObservedProperty"))
+        .await;
+    assert_eq!(op["name"], "fill_level");
+    let sensor = sta.ok(&format!("/Datastreams({fill_id})/Sensor")).await;
+    assert_eq!(sensor["properties"]["kind"], "waste_bin");
+    let chained = sta
+        .ok(&format!("/Datastreams({fill_id})/Thing/Locations"))
+        .await;
+    assert_eq!(chained["value"].as_array().unwrap().len(), 1);
+
+    // 5. Observations of a Datastream: paging with nextLink, $filter on result and time.
+    let obs = sta
+        .ok(&format!(
+            "/Datastreams({fill_id})/Observations?$top=4&$count=true"
+        ))
+        .await;
+    assert_eq!(obs["@iot.count"], 6);
+    assert_eq!(obs["value"].as_array().unwrap().len(), 4);
+    let first_page = results(&obs);
+    assert_eq!(first_page, [10.0, 20.0, 30.0, 40.0]);
+    let next = obs["@iot.nextLink"].as_str().unwrap().to_owned();
+    let rest = sta.ok(&next).await;
+    assert_eq!(rest["value"].as_array().unwrap().len(), 2, "{rest}");
+    assert!(rest.get("@iot.nextLink").is_none());
+    let f = sta
+        .ok(&format!(
+            "/Datastreams({fill_id})/Observations?$filter=result ge 30 and result lt 60&$orderby=result desc"
+        ))
+        .await;
+    let r: Vec<f64> = results(&f);
+    assert_eq!(r, [50.0, 40.0, 30.0]);
+    let since =
+        (t0 + chrono::Duration::minutes(4)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let f = sta
+        .ok(&format!(
+            "/Datastreams({fill_id})/Observations?$filter=phenomenonTime ge {since}"
+        ))
+        .await;
+    assert_eq!(f["value"].as_array().unwrap().len(), 2, "{f}");
+    // Arithmetic and functions.
+    let f = sta
+        .ok(&format!("/Datastreams({fill_id})/Observations?$filter=result mod 20 eq 0 and minute(phenomenonTime) ge 2"))
+        .await;
+    let r: Vec<f64> = results(&f);
+    assert_eq!(r, [40.0, 60.0]);
+
+    // 6. One Observation by its id, and its navigation.
+    let o_id = obs["value"][0]["@iot.id"].as_str().unwrap().to_owned();
+    let o = sta.ok(&format!("/Observations('{o_id}')")).await;
+    assert_eq!(o["result"], 10.0);
+    let o_ds = sta.ok(&format!("/Observations('{o_id}')/Datastream")).await;
+    assert_eq!(o_ds["@iot.id"], fill_id);
+    let foi = sta
+        .ok(&format!("/Observations('{o_id}')/FeatureOfInterest"))
+        .await;
+    assert_eq!(foi["feature"]["coordinates"], json!([10.0255, 45.1335]));
+
+    // 7. Observations filtered across Datastreams by navigation paths.
+    let f = sta
+        .ok("/Observations?$filter=Datastream/Thing/name eq 'bin-b'")
+        .await;
+    assert_eq!(f["value"].as_array().unwrap().len(), 1, "{f}");
+    assert_eq!(f["value"][0]["result"], 95.0);
+    let f = sta
+        .ok(&format!(
+            "/Observations?$filter=Datastream/id eq {fill_id} and result gt 50"
+        ))
+        .await;
+    assert_eq!(f["value"][0]["result"], 60.0);
+    let f = sta
+        .ok("/Datastreams?$filter=ObservedProperty/name eq 'pm10'")
+        .await;
+    assert_eq!(f["value"].as_array().unwrap().len(), 1, "{f}");
+
+    // 8. Geo: within a polygon around bin-a, and by distance (degrees, as FROST).
+    let f = sta
+        .ok("/Locations?$filter=st_within(location, geography'POLYGON((10 45.1, 10.05 45.1, 10.05 45.15, 10 45.15, 10 45.1))')")
+        .await;
+    assert_eq!(f["value"].as_array().unwrap().len(), 1, "{f}");
+    let f = sta
+        .ok("/Things?$filter=geo.distance(Locations/location, geography'POINT(10.10 45.20)') lt 0.01")
+        .await;
+    assert_eq!(f["value"].as_array().unwrap().len(), 1, "{f}");
+    assert_eq!(f["value"][0]["name"], "bin-b");
+
+    // 9. $expand with nested options, and $select.
+    let e = sta
+        .ok(&format!(
+            "/Things({id})?$select=name&$expand=Datastreams($select=name;$filter=ObservedProperty/name eq 'fill_level';$expand=Observations($orderby=phenomenonTime desc;$top=1;$select=result))"
+        ))
+        .await;
+    assert_eq!(e["name"], "bin-a");
+    assert!(e.get("properties").is_none(), "{e}");
+    let streams = e["Datastreams"].as_array().unwrap();
+    assert_eq!(streams.len(), 1, "{e}");
+    let latest = streams[0]["Observations"][0].as_object().unwrap();
+    assert_eq!(latest.len(), 1, "{e}");
+    assert_eq!(latest["result"].as_f64(), Some(60.0));
+    let e = sta
+        .ok("/Datastreams?$expand=Thing,ObservedProperty&$top=1")
+        .await;
+    assert!(e["value"][0]["Thing"]["name"].is_string(), "{e}");
+    assert!(e["value"][0]["ObservedProperty"]["name"].is_string(), "{e}");
+
+    // 10. dataArray.
+    let d = sta
+        .ok(&format!("/Datastreams({fill_id})/Observations?$resultFormat=dataArray&$select=id,phenomenonTime,result"))
+        .await;
+    assert_eq!(
+        d["value"][0]["components"],
+        json!(["id", "phenomenonTime", "result"])
+    );
+    assert_eq!(d["value"][0]["dataArray@iot.count"], 6);
+    assert_eq!(d["value"][0]["dataArray"][5][2], 60.0);
+    assert_eq!(
+        d["value"][0]["Datastream@iot.navigationLink"],
+        format!("{}/Datastreams({fill_id})", sta.root)
+    );
+
+    // 11. What cannot be served is refused, saying why; what does not exist is 404.
+    for (path, why) in [
+        ("/Things?$filter=name eq", "ends too early"),
+        ("/Things?$filter=name gt 3", "compare"),
+        ("/Things?$bogus=1", "unknown query option"),
+        (
+            "/Things?$filter=st_touches(Locations/location, geography'POINT(1 2)')",
+            "not served",
+        ),
+        ("/Observations?$filter=parameters/x eq 1", "parameters"),
+    ] {
+        let message = sta.refused(path).await;
+        assert!(message.contains(why), "{path}: {message}");
+    }
+    assert!(sta.refused("/Things(abc)").await.contains("integers"));
+    assert_eq!(sta.get("/Things(999999)").await.0, 404);
+    assert_eq!(sta.get("/Nothings").await.0, 404);
+}
