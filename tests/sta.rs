@@ -308,4 +308,21 @@ async fn sensorthings_paths_options_and_links() {
     assert!(sta.refused("/Things(abc)").await.contains("integers"));
     assert_eq!(sta.get("/Things(999999)").await.0, 404);
     assert_eq!(sta.get("/Nothings").await.0, 404);
+    drop(hub);
+
+    // An answer holds at most http.sta_max_entities, expansions included.
+    let small = Hub::build(&db, &broker, "sta-small")
+        .set(|s| s.http.sta_max_entities = std::num::NonZeroU32::new(10).unwrap())
+        .start()
+        .await;
+    let sta = Sta {
+        http: reqwest::Client::new(),
+        root: small.url("/sta/v1.1"),
+    };
+    let fits = sta.ok("/Things?$expand=Datastreams").await;
+    assert_eq!(fits["value"].as_array().unwrap().len(), 3);
+    let message = sta
+        .refused("/Things?$expand=Datastreams($expand=Observations)")
+        .await;
+    assert!(message.contains("more than 10 entities"), "{message}");
 }

@@ -443,6 +443,7 @@ fn shape<'a>(
     set: Set,
     rows: &'a mut [Map<String, Value>],
     o: &'a Options,
+    held: &'a std::sync::atomic::AtomicUsize,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StaFailure>> + Send + 'a>> {
     Box::pin(async move {
         for row in rows.iter_mut() {
@@ -470,10 +471,19 @@ fn shape<'a>(
                 };
                 let mut page =
                     sta::list(&s.reader()?, catalog, target, &scope, &e.options.query).await?;
+                let now = held.fetch_add(page.rows.len(), std::sync::atomic::Ordering::Relaxed)
+                    + page.rows.len();
+                // 1,000 Things with 1,000 Observations each would be a million.
+                let most = s.settings.http.sta_max_entities.get() as usize;
+                if now > most {
+                    return Err(bad(format!(
+                        "the answer would hold more than {most} entities with its expansions: ask for fewer with $top, inside $expand too"
+                    )));
+                }
                 for r in page.rows.iter_mut() {
                     links(target, r, root);
                 }
-                shape(s, catalog, root, target, &mut page.rows, &e.options).await?;
+                shape(s, catalog, root, target, &mut page.rows, &e.options, held).await?;
                 for r in page.rows.iter_mut() {
                     select(r, &e.options.select, &e.options.expand);
                 }
@@ -587,7 +597,8 @@ pub async fn resource(
         }
         return Ok(Json(data_array(&root, &uri, &pairs, &page, &o)?).into_response());
     }
-    shape(&s, &catalog, &root, t.set, &mut page.rows, &o).await?;
+    let held = std::sync::atomic::AtomicUsize::new(page.rows.len());
+    shape(&s, &catalog, &root, t.set, &mut page.rows, &o, &held).await?;
     for r in page.rows.iter_mut() {
         select(r, &o.select, &o.expand);
     }

@@ -318,6 +318,9 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<crate::values::Network>,
     /// Largest page of readings or items one request returns.
     pub max_page: NonZeroU32,
+    /// Most entities one SensorThings answer holds, expanded ones included, so memory
+    /// stays bounded whatever `$top` and `$expand` ask; past it the answer is 400.
+    pub sta_max_entities: NonZeroU32,
     /// Largest request body accepted (admin and ingest calls).
     pub max_body_bytes: usize,
     /// A request's head (line and headers) must arrive within this time...
@@ -355,6 +358,7 @@ impl Default for HttpSettings {
             snapshot_reload_s: 30,
             snapshot_max_lag_ms: 1000,
             max_page: nz(10_000),
+            sta_max_entities: nz(20_000),
             max_body_bytes: 1024 * 1024,
             header_timeout_s: nz(10),
             body_timeout_s: nz(10),
