@@ -193,6 +193,14 @@ async fn sensorthings_paths_options_and_links() {
     let first_page = results(&obs);
     assert_eq!(first_page, [10.0, 20.0, 30.0, 40.0]);
     let next = obs["@iot.nextLink"].as_str().unwrap().to_owned();
+    let counted = sta
+        .ok(&format!(
+            "/Datastreams({fill_id})/Observations?$top=0&$count=true"
+        ))
+        .await;
+    assert_eq!(counted["@iot.count"], 6);
+    assert!(counted["value"].as_array().unwrap().is_empty());
+    assert!(counted.get("@iot.nextLink").is_none(), "{counted}");
     let rest = sta.ok(&next).await;
     assert_eq!(rest["value"].as_array().unwrap().len(), 2, "{rest}");
     assert!(rest.get("@iot.nextLink").is_none());
@@ -325,4 +333,35 @@ async fn sensorthings_paths_options_and_links() {
         .refused("/Things?$expand=Datastreams($expand=Observations)")
         .await;
     assert!(message.contains("more than 10 entities"), "{message}");
+}
+
+mod process {
+    use super::*;
+
+    /// FROST-Server's Python client (pinned in tests/validators/requirements.txt).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frost_python_client_walks_things_datastreams_and_observations() {
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let hub = Hub::build(&db, &broker, "sta-frost").start().await;
+        fleet(&broker, &db).await;
+        let script = workspace_root().join("tests/clients/frost_check.py");
+        let out = std::process::Command::new(cityhub_testkit::python::python())
+            .arg(&script)
+            .arg(hub.url("/sta/v1.1"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{text}");
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("observations: [30.0, 40.0, 50.0, 60.0]")
+                || text.contains("observations: [30, 40, 50, 60]"),
+            "{text}"
+        );
+    }
 }

@@ -520,7 +520,7 @@ fn shape<'a>(
 }
 
 /// The service root: the entity sets and `serverSettings`.
-#[utoipa::path(get, path = "/sta/v1.1", tag = "SensorThings API",
+#[utoipa::path(get, path = "/sta/v1.1", tag = "SensorThings API", operation_id = "sta_landing",
     responses((status = 200, description = "The entity sets and the conformance classes served", body = Object)))]
 pub async fn landing(BaseUrl(base): BaseUrl) -> Response {
     let root = format!("{base}{PREFIX}");
@@ -539,7 +539,7 @@ pub async fn landing(BaseUrl(base): BaseUrl) -> Response {
 
 /// Every resource path under `/sta/v1.1/` (OGC 18-088 §9.2): an entity set, one
 /// entity, a navigation from it, or a property (and its `$value`).
-#[utoipa::path(get, path = "/sta/v1.1/{resource}", tag = "SensorThings API",
+#[utoipa::path(get, path = "/sta/v1.1/{resource}", tag = "SensorThings API", operation_id = "sta_resource",
     params(
         ("resource" = String, Path, description = "`Things`, `Things(1)`, `Datastreams(32771)/Observations`, `Observations('1-3-1714550400000000')/FeatureOfInterest`, `Things(1)/name/$value`, ..."),
         ("$filter" = Option<String>, Query, description = "OData filter: comparison, logical and arithmetic operators, string and date functions, geo.distance, st_within, st_intersects"),

@@ -402,12 +402,13 @@ pub fn parse_orderby(src: &str) -> Result<Vec<OrderKey>, ParseError> {
     let mut keys = Vec::new();
     loop {
         let expr = p.expr(0)?;
+        // Any case: FROST-Server's own Python client sends `ASC` and `DESC`.
         let descending = match &p.tok {
-            Tok::Word(w) if w == "desc" => {
+            Tok::Word(w) if w.eq_ignore_ascii_case("desc") => {
                 p.bump()?;
                 true
             }
-            Tok::Word(w) if w == "asc" => {
+            Tok::Word(w) if w.eq_ignore_ascii_case("asc") => {
                 p.bump()?;
                 false
             }
@@ -524,5 +525,7 @@ mod tests {
         assert_eq!(k.len(), 2);
         assert!(k[0].descending && !k[1].descending);
         assert!(parse_orderby("result sideways").is_err());
+        assert!(parse_orderby("phenomenonTime DESC").unwrap()[0].descending);
+        assert!(!parse_orderby("phenomenonTime ASC").unwrap()[0].descending);
     }
 }

@@ -1059,7 +1059,8 @@ pub async fn list(
             _ => None,
         })
         .collect();
-    let more = rows.len() as i64 > q.top;
+    // `$top=0` asks only for the count: no next page to follow.
+    let more = q.top > 0 && rows.len() as i64 > q.top;
     rows.truncate(q.top.max(0) as usize);
     let count = if q.count {
         let count_sql = format!(
