@@ -318,9 +318,9 @@ async fn sensorthings_paths_options_and_links() {
     assert_eq!(sta.get("/Nothings").await.0, 404);
     drop(hub);
 
-    // An answer holds at most http.sta_max_entities, expansions included.
+    // An answer holds at most sta.max_entities, expansions included.
     let small = Hub::build(&db, &broker, "sta-small")
-        .set(|s| s.http.sta_max_entities = std::num::NonZeroU32::new(10).unwrap())
+        .set(|s| s.sta.max_entities = std::num::NonZeroU32::new(10).unwrap())
         .start()
         .await;
     let sta = Sta {
@@ -333,6 +333,185 @@ async fn sensorthings_paths_options_and_links() {
         .refused("/Things?$expand=Datastreams($expand=Observations)")
         .await;
     assert!(message.contains("more than 10 entities"), "{message}");
+}
+
+/// A subscriber on the city's broker: every message it receives, as (topic, JSON).
+async fn sta_subscriber(
+    broker: &Broker,
+    filters: &[&str],
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, Value)> {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(unique("sta-sub"), "127.0.0.1", broker.port);
+    // A session the broker keeps while it restarts, as an application would hold.
+    o.set_clean_start(false);
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = Some(3600);
+    o.set_connect_properties(props);
+    let (client, mut el) = AsyncClient::new(o, 100);
+    for f in filters {
+        client
+            .subscribe(*f, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subscribed, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let body = serde_json::from_slice(&p.payload)
+                        .unwrap_or_else(|e| Value::String(format!("not JSON: {e}")));
+                    if tx.send((topic, body)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = subscribed.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    });
+    for _ in filters {
+        tokio::time::timeout(std::time::Duration::from_secs(10), acks.recv())
+            .await
+            .expect("the subscriptions are acknowledged");
+    }
+    rx
+}
+
+/// Takes messages until `done` holds of all received so far (at most `secs`).
+async fn receive_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+    got: &mut Vec<(String, Value)>,
+    secs: u64,
+    done: impl Fn(&[(String, Value)]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done(got) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(m)) => got.push(m),
+            _ => panic!(
+                "{} messages after {secs} s, not all expected: {:?}",
+                got.len(),
+                got.iter()
+                    .map(|(t, b)| (t, &b["@iot.id"]))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+}
+
+/// The ids received on Datastream topics and on `v1.1/Observations`.
+fn received_ids(
+    got: &[(String, Value)],
+) -> (
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<String>,
+) {
+    let id = |b: &Value| b["@iot.id"].as_str().unwrap_or_default().to_owned();
+    (
+        got.iter()
+            .filter(|(t, _)| t.starts_with("v1.1/Datastreams("))
+            .map(|(_, b)| id(b))
+            .collect(),
+        got.iter()
+            .filter(|(t, _)| t == "v1.1/Observations")
+            .map(|(_, b)| id(b))
+            .collect(),
+    )
+}
+
+/// The MQTT extension (OGC 18-088 chapter 14): a subscriber on the city's broker
+/// receives each committed reading as an STA Observation, the same JSON the HTTP API
+/// answers for it, on its Datastream's topic and on `v1.1/Observations`; readings
+/// committed while the broker is down reach it once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_subscribers_receive_each_committed_observation_even_across_a_broker_outage() {
+    use cityhub_core::StaTopic;
+    let db = TestDb::new().await;
+    let mut broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "sta-mqtt")
+        .set(|s| s.sta.mqtt_topics = vec![StaTopic::Datastreams, StaTopic::Observations])
+        .start()
+        .await;
+    let mut rx = sta_subscriber(&broker, &["v1.1/+/Observations", "v1.1/Observations"]).await;
+    let sta = Sta {
+        http: reqwest::Client::new(),
+        root: hub.url("/sta/v1.1"),
+    };
+    fleet(&broker, &db).await;
+    let mut got = Vec::new();
+    receive_until(&mut rx, &mut got, 60, |g| {
+        let (ds, all) = received_ids(g);
+        ds.len() == 15 && all.len() == 15
+    })
+    .await;
+    for (topic, body) in &got {
+        // The same JSON as the HTTP API's, on the topic of its own Datastream.
+        let link = body["@iot.selfLink"].as_str().expect("a selfLink");
+        assert_eq!(&sta.ok(link).await, body, "{topic}");
+        if let Some(ds) = topic.strip_prefix("v1.1/Datastreams(") {
+            let ds: i64 = ds.split(')').next().unwrap().parse().unwrap();
+            let of = sta.ok(&format!("{link}/Datastream")).await;
+            assert_eq!(of["@iot.id"], json!(ds), "{topic}: {body}");
+        }
+    }
+
+    // The broker goes away; uploads over HTTP are stored meanwhile, and published later.
+    broker.stop();
+    for n in 0..3 {
+        let r = reqwest::Client::new()
+            .post(hub.url("/ingest/sensor-community"))
+            .header("X-Sensor", format!("esp8266-77{n}"))
+            .header("Content-Type", "application/json")
+            .body(format!(r#"{{"esp8266id":"77{n}","sensordatavalues":[{{"value_type":"SDS_P1","value":"1{n}.5"}},{{"value_type":"SDS_P2","value":"{n}.25"}}]}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+    assert_eq!(db.observations().await, 21);
+    wait_for(
+        60,
+        "a failed attempt to publish while the broker is down",
+        || async { hub.metric("cityhub_sta_mqtt_failures_total").await >= 1.0 },
+    )
+    .await;
+    assert!(
+        db.count("SELECT count(*) FROM sta_outbox").await >= 1,
+        "the outage's readings wait in the outbox"
+    );
+    broker.start_again();
+    receive_until(&mut rx, &mut got, 120, |g| {
+        let (ds, all) = received_ids(g);
+        ds.len() == 21 && all.len() == 21
+    })
+    .await;
+    let every = sta.ok("/Observations?$select=id&$top=100").await;
+    let stored: std::collections::BTreeSet<String> = every["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["@iot.id"].as_str().unwrap().to_owned())
+        .collect();
+    let (ds, all) = received_ids(&got);
+    assert_eq!(ds, stored);
+    assert_eq!(all, stored);
+    for (topic, body) in &got[got.len() - 12..] {
+        let link = body["@iot.selfLink"].as_str().unwrap();
+        assert_eq!(&sta.ok(link).await, body, "{topic}");
+    }
+    wait_for(30, "the outbox emptied", || async {
+        db.count("SELECT count(*) FROM sta_outbox").await == 0
+    })
+    .await;
+    assert!(hub.metric("cityhub_sta_mqtt_published_total").await >= 21.0);
 }
 
 mod process {

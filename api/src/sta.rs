@@ -425,6 +425,34 @@ fn links(set: Set, row: &mut Map<String, Value>, root: &str) {
     row.insert("@iot.selfLink".into(), Value::String(me));
 }
 
+/// A new Observation as the MQTT extension publishes it: the same JSON as
+/// `GET {root}/Observations('id')` answers, built from the reading alone.
+pub fn observation_message(
+    root: &str,
+    (sensor, metric): (i32, i16),
+    time: chrono::DateTime<chrono::Utc>,
+    value: f64,
+) -> Value {
+    let at = time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    // The HTTP answer's numbers come from PostgreSQL's jsonb, which writes an integral
+    // value without a fraction.
+    let result = if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        json!(value as i64)
+    } else {
+        json!(value)
+    };
+    let mut row = Map::new();
+    row.insert(
+        "@iot.id".into(),
+        Value::String(format!("{sensor}-{metric}-{}", time.timestamp_micros())),
+    );
+    row.insert("phenomenonTime".into(), Value::String(at.clone()));
+    row.insert("resultTime".into(), Value::String(at));
+    row.insert("result".into(), result);
+    links(Set::Observations, &mut row, root);
+    Value::Object(row)
+}
+
 fn select(row: &mut Map<String, Value>, select: &Option<Vec<String>>, expanded: &[Expand]) {
     let Some(keep) = select else { return };
     row.retain(|k, _| {
@@ -474,7 +502,7 @@ fn shape<'a>(
                 let now = held.fetch_add(page.rows.len(), std::sync::atomic::Ordering::Relaxed)
                     + page.rows.len();
                 // 1,000 Things with 1,000 Observations each would be a million.
-                let most = s.settings.http.sta_max_entities.get() as usize;
+                let most = s.settings.sta.max_entities.get() as usize;
                 if now > most {
                     return Err(bad(format!(
                         "the answer would hold more than {most} entities with its expansions: ask for fewer with $top, inside $expand too"

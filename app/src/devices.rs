@@ -305,7 +305,7 @@ impl<'a> Devices<'a> {
     }
 }
 
-/// Gives the hub's own client the topics it publishes (alerts), when the broker runs
+/// Gives the hub's own client the topics it publishes (alerts, SensorThings), when the broker runs
 /// the dynamic security plugin: its admin role lets it read every topic but publish
 /// only to the plugin.
 pub async fn grant_hub(settings: &Settings) -> Result<(), DeviceError> {
@@ -321,11 +321,19 @@ pub async fn grant_hub(settings: &Settings) -> Result<(), DeviceError> {
     let r = async {
         b.ensure_role(
             HUB_ROLE,
-            &[Acl {
-                acltype: "publishClientSend",
-                topic: &alerts,
-                allow: true,
-            }],
+            &[
+                Acl {
+                    acltype: "publishClientSend",
+                    topic: &alerts,
+                    allow: true,
+                },
+                // The SensorThings MQTT extension's Observations.
+                Acl {
+                    acltype: "publishClientSend",
+                    topic: "v1.1/#",
+                    allow: true,
+                },
+            ],
         )
         .await?;
         b.add_client_role(user, HUB_ROLE).await

@@ -10,6 +10,7 @@ pub mod devices;
 mod http;
 pub mod maintenance;
 pub mod replication;
+pub mod sta_mqtt;
 mod uploads;
 
 use cityhub_core::Settings;
@@ -93,6 +94,8 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     let upkeep = maintenance::MaintenanceMetrics::register(&mut registry);
     let alert_metrics = alerts::AlertMetrics::register(&mut registry);
     let replication_metrics = replication::ReplicationMetrics::register(&mut registry);
+    let sta_metrics = sta_mqtt::StaMqttMetrics::register(&mut registry);
+    let sta_root = format!("{}/sta/v1.1", public_base(&settings, addr));
     let mqtt_connected = Arc::new(AtomicBool::new(false));
     let snapshot = cityhub_api::snapshot::Snapshot::new(
         Duration::from_secs(settings.http.snapshot_reload_s.max(1)),
@@ -160,7 +163,12 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
             &state,
             metrics,
             (upkeep, replication_metrics),
-            (alert_rules, alert_metrics),
+            Outbound {
+                alert_rules,
+                alert_metrics,
+                sta_metrics,
+                sta_root,
+            },
             &tracker,
             &cancel,
         )
@@ -187,9 +195,28 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
     })
 }
 
+/// Where clients reach this hub, for links in what it publishes outside a request:
+/// `http.public_url`, else the address it listens on (`localhost` for all interfaces).
+fn public_base(settings: &Settings, addr: std::net::SocketAddr) -> String {
+    match &settings.http.public_url {
+        Some(u) => u.as_str().trim_end_matches('/').to_owned(),
+        None if addr.ip().is_unspecified() => format!("http://localhost:{}", addr.port()),
+        None => format!("http://{addr}"),
+    }
+}
+
 /// Runs the hub until `cancel`, then drains.
 pub async fn serve(settings: Settings, cancel: CancellationToken) -> Result<(), AppError> {
     start(settings, cancel).await?.stopped().await
+}
+
+/// What the hub sends out after commit: alerts and SensorThings Observations.
+struct Outbound {
+    alert_rules: Vec<cityhub_core::alerts::AlertRule>,
+    alert_metrics: alerts::AlertMetrics,
+    sta_metrics: sta_mqtt::StaMqttMetrics,
+    /// The STA service root the published Observations link to.
+    sta_root: String,
 }
 
 /// Opens the store (the database may come up after the hub: keep trying, stay
@@ -202,10 +229,16 @@ async fn run_pipeline(
         maintenance::MaintenanceMetrics,
         replication::ReplicationMetrics,
     ),
-    (alert_rules, alert_metrics): (Vec<cityhub_core::alerts::AlertRule>, alerts::AlertMetrics),
+    out: Outbound,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(), AppError> {
+    let Outbound {
+        alert_rules,
+        alert_metrics,
+        sta_metrics,
+        sta_root,
+    } = out;
     let mut backoff = settings.ingest.retry_backoff();
     let store = loop {
         match Store::open(settings, &state.catalog).await {
@@ -257,6 +290,16 @@ async fn run_pipeline(
         alert_metrics,
         cancel.clone(),
     ));
+    if !settings.sta.mqtt_topics.is_empty() {
+        tracker.spawn(sta_mqtt::publish(
+            store.clone(),
+            settings.sta.clone(),
+            settings.mqtt.clone(),
+            (sta_root, settings.notify.max_backoff_s.get()),
+            sta_metrics,
+            cancel.clone(),
+        ));
+    }
     let http = cityhub_ingest::start(
         settings,
         store.clone(),

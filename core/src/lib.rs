@@ -26,5 +26,6 @@ pub use model::{GeoPoint, ModelError, Name, SensorId};
 pub use reject::RejectReason;
 pub use settings::{
     CatalogSettings, ConfigError, ConnUrl, HttpSettings, IngestSettings, LogFormat,
-    MaintenanceMode, MqttSettings, Registration, Secret, Settings, TimescaleMode,
+    MaintenanceMode, MqttSettings, Registration, Secret, Settings, StaSettings, StaTopic,
+    TimescaleMode,
 };

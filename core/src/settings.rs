@@ -38,6 +38,7 @@ const SECTIONS: &[&str] = &[
     "alerts",
     "notify",
     "indicators",
+    "sta",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +189,43 @@ impl Default for DatabaseSettings {
     }
 }
 
+/// The OGC SensorThings API (`/sta/v1.1`) and its MQTT extension.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaSettings {
+    /// Most entities one answer holds, expanded ones included, so memory stays bounded
+    /// whatever `$top` and `$expand` ask; past it the answer is 400.
+    pub max_entities: NonZeroU32,
+    /// Where each committed reading is published as an STA Observation on the broker:
+    /// `Datastreams` (`v1.1/Datastreams(ID)/Observations`), `FeaturesOfInterest`
+    /// (`v1.1/FeaturesOfInterest(ID)/Observations`), `Observations` (`v1.1/Observations`).
+    /// Each topic is one more message per reading; `v1.1/+/Observations` already reads
+    /// every Datastream's. Empty: nothing is published nor kept for publishing.
+    pub mqtt_topics: Vec<StaTopic>,
+    /// Readings not yet published (the broker down) are kept this many hours, then
+    /// dropped from the queue (counted in `cityhub_sta_mqtt_dropped_total`); they stay
+    /// readable over HTTP.
+    pub mqtt_retention_hours: NonZeroU32,
+}
+
+impl Default for StaSettings {
+    fn default() -> Self {
+        Self {
+            max_entities: nz(20_000),
+            mqtt_topics: vec![StaTopic::Datastreams],
+            mqtt_retention_hours: nz(24),
+        }
+    }
+}
+
+/// An STA MQTT topic family a new Observation is published to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StaTopic {
+    Datastreams,
+    FeaturesOfInterest,
+    Observations,
+}
+
 /// The broker the sensors publish to, and how the hub subscribes.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -318,9 +356,6 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<crate::values::Network>,
     /// Largest page of readings or items one request returns.
     pub max_page: NonZeroU32,
-    /// Most entities one SensorThings answer holds, expanded ones included, so memory
-    /// stays bounded whatever `$top` and `$expand` ask; past it the answer is 400.
-    pub sta_max_entities: NonZeroU32,
     /// Largest request body accepted (admin and ingest calls).
     pub max_body_bytes: usize,
     /// A request's head (line and headers) must arrive within this time...
@@ -358,7 +393,6 @@ impl Default for HttpSettings {
             snapshot_reload_s: 30,
             snapshot_max_lag_ms: 1000,
             max_page: nz(10_000),
-            sta_max_entities: nz(20_000),
             max_body_bytes: 1024 * 1024,
             header_timeout_s: nz(10),
             body_timeout_s: nz(10),
@@ -677,6 +711,7 @@ pub struct Settings {
     pub alerts: crate::alerts::AlertSettings,
     pub notify: crate::alerts::NotifySettings,
     pub indicators: crate::indicators::IndicatorSettings,
+    pub sta: StaSettings,
     pub kinds: BTreeMap<String, KindDef>,
     /// Network-server and community-network formats, each on its own topics.
     pub adapters: Vec<crate::adapters::AdapterDef>,
@@ -764,6 +799,23 @@ impl Settings {
         self.ingest.validate().map_err(ConfigError::Invalid)?;
         self.catalog.validate().map_err(ConfigError::Invalid)?;
         self.indicators.validate().map_err(ConfigError::Invalid)?;
+        if !self.sta.mqtt_topics.is_empty() {
+            let sta: Vec<String> = vec!["v1.1".into(), "#".into()];
+            for t in self.mqtt.topics.iter().chain(
+                self.adapters
+                    .iter()
+                    .map(|a| a.topic())
+                    .collect::<Vec<_>>()
+                    .iter(),
+            ) {
+                let levels: Vec<String> = t.split('/').map(str::to_owned).collect();
+                if filters_overlap(&levels, &sta) {
+                    return Err(ConfigError::Invalid(format!(
+                        "the subscription {t:?} would read the SensorThings observations the hub publishes on v1.1/...: narrow it or set sta.mqtt_topics = []"
+                    )));
+                }
+            }
+        }
         if self.mqtt.max_packet_bytes as usize <= self.ingest.max_payload_bytes {
             return Err(ConfigError::Invalid(
                 "mqtt.max_packet_bytes must exceed ingest.max_payload_bytes".into(),
@@ -993,6 +1045,22 @@ fn env_provider() -> Env {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn a_subscription_that_would_read_the_published_observations_is_refused() {
+        let e = Settings::load_with_vars(None, [("CITYHUB_MQTT_TOPICS", "[\"#\"]")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("v1.1") && e.contains("sta.mqtt_topics"), "{e}");
+        let off = [
+            ("CITYHUB_MQTT_TOPICS", "[\"#\"]"),
+            ("CITYHUB_STA_MQTT_TOPICS", "[]"),
+        ];
+        assert!(Settings::load_with_vars(None, off).is_ok());
+        assert!(
+            Settings::load_with_vars(None, [("CITYHUB_MQTT_TOPICS", "[\"city/+/#\"]")]).is_ok()
+        );
+    }
 
     #[test]
     fn a_value_its_type_refuses_is_an_error_naming_the_key() {

@@ -100,6 +100,7 @@ pub fn start(
             dead_letter_payload_bytes: ing.dead_letter_payload_bytes,
             registration: ing.registration,
             max_sensors: ing.max_sensors,
+            sta_outbox: !settings.sta.mqtt_topics.is_empty(),
         },
     );
     let writer = pipeline::WriterTask {

@@ -92,6 +92,8 @@ struct Inner {
     /// listing snapshot last looked, and a counter of such changes (see [`Changes`]).
     changes: std::sync::Mutex<Changes>,
     changed: tokio::sync::Notify,
+    /// Woken when a batch wrote to `sta_outbox`, so the publisher need not poll.
+    outboxed: tokio::sync::Notify,
 }
 
 /// What changed in the registry and `latest`, as this process committed it: the
@@ -156,6 +158,7 @@ impl Store {
                 earliest_written: AtomicI64::new(i64::MAX),
                 changes: Default::default(),
                 changed: tokio::sync::Notify::new(),
+                outboxed: tokio::sync::Notify::new(),
             }),
             on_standby: false,
         })
@@ -209,6 +212,16 @@ impl Store {
         (us != i64::MAX)
             .then(|| chrono::DateTime::from_timestamp_micros(us))
             .flatten()
+    }
+
+    /// Notes that a committed batch wrote to `sta_outbox`.
+    pub fn note_outboxed(&self) {
+        self.inner.outboxed.notify_one();
+    }
+
+    /// Resolves after the next [`Store::note_outboxed`] (or at once if one is pending).
+    pub async fn outboxed(&self) {
+        self.inner.outboxed.notified().await
     }
 
     /// Notes sensors whose registry row or latest values a committed transaction changed.

@@ -99,6 +99,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009", "dead_letter_keys"),
     migration!(10, "0010", "trust"),
     migration!(11, "0011", "device_certificates"),
+    migration!(12, "0012", "sta_outbox"),
 ];
 
 /// The newest schema version this build knows.

@@ -1078,3 +1078,93 @@ pub async fn list(
     };
     Ok(Page { rows, more, count })
 }
+
+/// One committed batch's new readings, waiting in `sta_outbox` for the broker.
+#[derive(Debug, Clone)]
+pub struct OutboxBatch {
+    pub id: i64,
+    pub attempts: i32,
+    /// (sensor id, metric id, time, value), as the readings hold them.
+    pub readings: Vec<(i32, i16, DateTime<Utc>, f64)>,
+}
+
+impl Store {
+    /// Takes the oldest batch not leased by another hub, leased for `lease_s` (one
+    /// attempt's time); delivered batches are deleted by [`Store::sta_outbox_done`].
+    pub async fn claim_sta_outbox(&self, lease_s: f64) -> Result<Option<OutboxBatch>, StoreError> {
+        let c = self.pool().get().await?;
+        let row = c
+            .query_opt(
+                "UPDATE sta_outbox o SET leased_until = now() + make_interval(secs => $1),
+                     attempts = o.attempts + 1
+                 WHERE o.id = (SELECT q.id FROM sta_outbox q WHERE q.leased_until <= now()
+                               ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING o.id, o.attempts, o.sensor_ids, o.metric_ids, o.times, o.vals",
+                &[&lease_s],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            let (s, m, t, v): (Vec<i32>, Vec<i16>, Vec<DateTime<Utc>>, Vec<f64>) =
+                (r.get(2), r.get(3), r.get(4), r.get(5));
+            OutboxBatch {
+                id: r.get(0),
+                attempts: r.get(1),
+                readings: s
+                    .into_iter()
+                    .zip(m)
+                    .zip(t.into_iter().zip(v))
+                    .map(|((s, m), (t, v))| (s, m, t, v))
+                    .collect(),
+            }
+        }))
+    }
+
+    /// Records a batch's attempt: published (deleted), or retried after `retry_in_s`.
+    pub async fn sta_outbox_done(
+        &self,
+        id: i64,
+        outcome: Result<(), (String, f64)>,
+    ) -> Result<(), StoreError> {
+        let c = self.pool().get().await?;
+        match outcome {
+            Ok(()) => {
+                c.execute("DELETE FROM sta_outbox WHERE id = $1", &[&id])
+                    .await?
+            }
+            Err((error, retry_in_s)) => {
+                c.execute(
+                    "UPDATE sta_outbox SET last_error = $2,
+                         leased_until = now() + make_interval(secs => $3) WHERE id = $1",
+                    &[&id, &error, &retry_in_s],
+                )
+                .await?
+            }
+        };
+        Ok(())
+    }
+
+    /// Drops batches older than `hours` (the broker was away that long); returns how
+    /// many readings they held.
+    pub async fn purge_sta_outbox(&self, hours: u32) -> Result<i64, StoreError> {
+        let c = self.pool().get().await?;
+        Ok(c.query_one(
+            "WITH d AS (DELETE FROM sta_outbox WHERE created_at < now() - make_interval(hours => $1)
+                        RETURNING cardinality(sensor_ids) AS n)
+             SELECT coalesce(sum(n), 0)::bigint FROM d",
+            &[&(hours as i32)],
+        )
+        .await?
+        .get(0))
+    }
+
+    /// Readings waiting to be published (for `/metrics`).
+    pub async fn sta_outbox_pending(&self) -> Result<i64, StoreError> {
+        let c = self.pool().get().await?;
+        Ok(c.query_one(
+            "SELECT coalesce(sum(cardinality(sensor_ids)), 0)::bigint FROM sta_outbox",
+            &[],
+        )
+        .await?
+        .get(0))
+    }
+}

@@ -263,6 +263,8 @@ pub struct WriterLimits {
     /// Whether readings register new sensors, and how many at most (0: no limit).
     pub registration: Registration,
     pub max_sensors: u32,
+    /// Keep each batch's new readings in `sta_outbox` for the SensorThings MQTT publisher.
+    pub sta_outbox: bool,
 }
 
 impl Default for WriterLimits {
@@ -273,6 +275,7 @@ impl Default for WriterLimits {
             dead_letter_payload_bytes: 16 * 1024,
             registration: Registration::Open,
             max_sensors: 0,
+            sta_outbox: false,
         }
     }
 }
@@ -358,6 +361,7 @@ impl BatchWriter {
         let months = self.new_partitions(batch);
         let store = self.store.clone();
         let report_latest = self.report_latest;
+        let sta_outbox = self.limits.sta_outbox;
         let max_payload = self.limits.dead_letter_payload_bytes;
         let (registration, max_sensors) = (self.limits.registration, self.limits.max_sensors);
         let client = self.client().await?;
@@ -374,6 +378,10 @@ impl BatchWriter {
         if rollups {
             write_deltas(&tx, deltas, derived, inserted == staged).await?;
         }
+        let outboxed = sta_outbox && inserted > 0;
+        if outboxed {
+            write_sta_outbox(&tx, inserted == staged).await?;
+        }
         let latest = upsert_latest(&tx, batch, &sensors.ids, report_latest).await?;
         let dead_letters_written =
             write_dead_letters(&tx, batch, &sensors.refused, max_payload).await?;
@@ -385,6 +393,9 @@ impl BatchWriter {
         // Only now, with the transaction durable, may the caches learn from it.
         self.partitions.extend(months);
         store.note_changed(sensors.ids.keys().copied());
+        if outboxed {
+            store.note_outboxed();
+        }
         if inserted > 0 && store.backend().is_timescale() {
             if let Some(t) = batch.observations.iter().map(|o| o.time).min() {
                 store.note_written(t);
@@ -730,6 +741,28 @@ async fn write_deltas(
             .await?;
     }
     writer.finish().await?;
+    Ok(())
+}
+
+/// The batch's new readings, as one `sta_outbox` row of arrays, for the SensorThings
+/// MQTT publisher. When every staged row was inserted (`all_new`) they are the staged
+/// rows; otherwise those this transaction inserted, found by their `xmin`.
+async fn write_sta_outbox(tx: &Transaction<'_>, all_new: bool) -> Result<(), StoreError> {
+    const AGG: &str = "INSERT INTO sta_outbox (sensor_ids, metric_ids, times, vals)
+         SELECT array_agg(sensor_id), array_agg(metric_id), array_agg(time), array_agg(value)";
+    let sql = if all_new {
+        format!("{AGG} FROM obs_staging_v2 HAVING count(*) > 0")
+    } else {
+        format!(
+            "{AGG} FROM (SELECT o.sensor_id, o.metric_id, o.time,
+                               coalesce(o.value, o.value_milli::float8 / 1000) AS value
+                        FROM (SELECT DISTINCT sensor_id, metric_id, time FROM obs_staging_v2) s
+                        JOIN observations_data o USING (sensor_id, metric_id, time)
+                        WHERE o.xmin = pg_current_xact_id()::xid) n
+             HAVING count(*) > 0"
+        )
+    };
+    tx.execute(&sql, &[]).await?;
     Ok(())
 }
 

@@ -146,8 +146,18 @@ impl Broker {
     /// Stops the broker the way a service manager does (SIGTERM: it saves its
     /// persistent sessions) and starts it again on the same port and data.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops the broker as [`Broker::restart`] does, leaving it down (an outage).
+    pub fn stop(&mut self) {
         signal(self.child.id(), "TERM");
         let _ = self.child.wait();
+    }
+
+    /// Starts a stopped broker again on the same port and data.
+    pub fn start_again(&mut self) {
         self.child = Self::spawn(&self.dir.join("mosquitto.conf"), &self.dir);
         self.wait_listening();
     }
