@@ -92,6 +92,8 @@ pub struct AppState {
     pub pages: Arc<pages::PageSigner>,
     /// Operator accounts, as last loaded ([`auth`]).
     pub accounts: Arc<auth::Accounts>,
+    /// The SensorThings SQL's catalogue document, built once per base URL.
+    pub sta_catalog: sta::CatalogCache,
     /// Device passwords already checked, for HTTP uploads.
     pub device_secrets: Arc<auth::DeviceSecrets>,
 }

@@ -373,6 +373,28 @@ fn entity_segment(set: Set, id: &Value) -> String {
     }
 }
 
+/// The last catalogue document built and the base URL it was built for: the kinds
+/// never change while the hub runs, and most hubs are reached by one name.
+#[derive(Default, Clone)]
+pub struct CatalogCache(std::sync::Arc<std::sync::Mutex<Option<Built>>>);
+
+/// A catalogue document and the base URL it names.
+type Built = (String, std::sync::Arc<Value>);
+
+impl CatalogCache {
+    fn get(&self, s: &AppState, base: &str) -> std::sync::Arc<Value> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*c {
+            Some((b, v)) if b == base => v.clone(),
+            _ => {
+                let v = std::sync::Arc::new(catalog_document(s, base));
+                *c = Some((base.to_owned(), v.clone()));
+                v
+            }
+        }
+    }
+}
+
 /// The catalogue as the SQL of `cityhub_store::sta` reads it: titles, descriptions,
 /// units in UCUM, metric definitions.
 pub fn catalog_document(s: &AppState, base: &str) -> Value {
@@ -433,22 +455,7 @@ pub fn observation_message(
     time: chrono::DateTime<chrono::Utc>,
     value: f64,
 ) -> Value {
-    let at = time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-    // The HTTP answer's numbers come from PostgreSQL's jsonb, which writes an integral
-    // value without a fraction.
-    let result = if value.fract() == 0.0 && value.abs() < 9.0e15 {
-        json!(value as i64)
-    } else {
-        json!(value)
-    };
-    let mut row = Map::new();
-    row.insert(
-        "@iot.id".into(),
-        Value::String(format!("{sensor}-{metric}-{}", time.timestamp_micros())),
-    );
-    row.insert("phenomenonTime".into(), Value::String(at.clone()));
-    row.insert("resultTime".into(), Value::String(at));
-    row.insert("result".into(), result);
+    let mut row = sta::observation((sensor, metric), time, value);
     links(Set::Observations, &mut row, root);
     Value::Object(row)
 }
@@ -474,73 +481,108 @@ fn shape<'a>(
     held: &'a std::sync::atomic::AtomicUsize,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StaFailure>> + Send + 'a>> {
     Box::pin(async move {
-        for row in rows.iter_mut() {
-            let raw = match row.get("@iot.id") {
-                Some(Value::String(x)) => x.clone(),
-                Some(v) => v.to_string(),
-                None => continue,
-            };
-            let id = EntityId::parse(set, &raw)?;
-            for e in &o.expand {
-                let (_, target, single) = *set
-                    .navigation()
-                    .iter()
-                    .find(|(n, _, _)| *n == e.name)
-                    .ok_or_else(|| {
+        for e in &o.expand {
+            let (_, target, single) = *set
+                .navigation()
+                .iter()
+                .find(|(n, _, _)| *n == e.name)
+                .ok_or_else(|| {
                     bad(format!(
                         "$expand: {} has no navigation {:?}",
                         set.name(),
                         e.name
                     ))
                 })?;
-                let scope = Scope::Related {
-                    parent: set,
-                    id: id.clone(),
-                };
-                let mut page =
-                    sta::list(&s.reader()?, catalog, target, &scope, &e.options.query).await?;
-                let now = held.fetch_add(page.rows.len(), std::sync::atomic::Ordering::Relaxed)
-                    + page.rows.len();
-                // 1,000 Things with 1,000 Observations each would be a million.
-                let most = s.settings.sta.max_entities.get() as usize;
-                if now > most {
-                    return Err(bad(format!(
-                        "the answer would hold more than {most} entities with its expansions: ask for fewer with $top, inside $expand too"
-                    )));
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in rows.iter() {
+                ids.push(match row.get("@iot.id") {
+                    Some(Value::String(x)) => Some(EntityId::parse(set, x)?),
+                    Some(v) => Some(EntityId::parse(set, &v.to_string())?),
+                    None => None,
+                });
+            }
+            let q = &e.options.query;
+            let ints: Option<Vec<i64>> = ids
+                .iter()
+                .map(|i| i.as_ref().and_then(EntityId::int))
+                .collect();
+            // One query for the whole page of parents when their ids are numbers.
+            let mut pages: Vec<sta::Page> = match ints {
+                Some(ints) if !q.count => {
+                    sta::list_related(&s.reader()?, catalog, target, set, &ints, q).await?
                 }
-                for r in page.rows.iter_mut() {
-                    links(target, r, root);
+                _ => {
+                    let mut pages = Vec::with_capacity(ids.len());
+                    for id in &ids {
+                        pages.push(match id {
+                            Some(id) => {
+                                let scope = Scope::Related {
+                                    parent: set,
+                                    id: id.clone(),
+                                };
+                                sta::list(&s.reader()?, catalog, target, &scope, q).await?
+                            }
+                            None => sta::Page {
+                                rows: Vec::new(),
+                                more: false,
+                                count: None,
+                            },
+                        });
+                    }
+                    pages
                 }
-                shape(s, catalog, root, target, &mut page.rows, &e.options, held).await?;
-                for r in page.rows.iter_mut() {
-                    select(r, &e.options.select, &e.options.expand);
+            };
+            let n: usize = pages.iter().map(|p| p.rows.len()).sum();
+            let now = held.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            // 1,000 Things with 1,000 Observations each would be a million.
+            let most = s.settings.sta.max_entities.get() as usize;
+            if now > most {
+                return Err(bad(format!(
+                    "the answer would hold more than {most} entities with its expansions: ask for fewer with $top, inside $expand too"
+                )));
+            }
+            // The children of every parent shaped together, so nested expansions are
+            // one query per level too.
+            let sizes: Vec<usize> = pages.iter().map(|p| p.rows.len()).collect();
+            let mut children: Vec<Map<String, Value>> = pages
+                .iter_mut()
+                .flat_map(|p| std::mem::take(&mut p.rows))
+                .collect();
+            for r in children.iter_mut() {
+                links(target, r, root);
+            }
+            shape(s, catalog, root, target, &mut children, &e.options, held).await?;
+            for r in children.iter_mut() {
+                select(r, &e.options.select, &e.options.expand);
+            }
+            let mut children = children.into_iter();
+            for ((row, page), size) in rows.iter_mut().zip(pages).zip(sizes) {
+                if !row.contains_key("@iot.id") {
+                    continue;
                 }
+                let mine: Vec<Map<String, Value>> = children.by_ref().take(size).collect();
                 if single {
                     row.insert(
                         e.name.clone(),
-                        page.rows
-                            .into_iter()
-                            .next()
-                            .map_or(Value::Null, Value::Object),
+                        mine.into_iter().next().map_or(Value::Null, Value::Object),
                     );
-                } else {
-                    if let Some(c) = page.count {
-                        row.insert(format!("{}@iot.count", e.name), json!(c));
-                    }
-                    if page.more {
-                        let me = row["@iot.selfLink"].as_str().unwrap_or_default().to_owned();
-                        let mut q = e.options.query.clone();
-                        q.skip += q.top;
-                        row.insert(
-                            format!("{}@iot.nextLink", e.name),
-                            json!(format!("{me}/{}?$top={}&$skip={}", e.name, q.top, q.skip)),
-                        );
-                    }
+                    continue;
+                }
+                if let Some(c) = page.count {
+                    row.insert(format!("{}@iot.count", e.name), json!(c));
+                }
+                if page.more {
+                    let me = row["@iot.selfLink"].as_str().unwrap_or_default().to_owned();
+                    let skip = q.skip + q.top;
                     row.insert(
-                        e.name.clone(),
-                        Value::Array(page.rows.into_iter().map(Value::Object).collect()),
+                        format!("{}@iot.nextLink", e.name),
+                        json!(format!("{me}/{}?$top={}&$skip={skip}", e.name, q.top)),
                     );
                 }
+                row.insert(
+                    e.name.clone(),
+                    Value::Array(mine.into_iter().map(Value::Object).collect()),
+                );
             }
         }
         Ok(())
@@ -605,15 +647,16 @@ pub async fn resource(
             .collect();
     let o = options(&pairs, DEFAULT_TOP, 0)?;
     let root = format!("{base}{PREFIX}");
-    let catalog = catalog_document(&s, &base);
-    let t = resolve(&s, &catalog, &path).await?;
+    let catalog = s.sta_catalog.get(&s, &base);
+    let catalog = &*catalog;
+    let t = resolve(&s, catalog, &path).await?;
     let mut q = o.query.clone();
     if t.single {
         q.top = 1;
         q.skip = 0;
         q.count = false;
     }
-    let mut page = sta::list(&s.reader()?, &catalog, t.set, &t.scope, &q).await?;
+    let mut page = sta::list(&s.reader()?, catalog, t.set, &t.scope, &q).await?;
     for r in page.rows.iter_mut() {
         links(t.set, r, &root);
     }
@@ -626,7 +669,7 @@ pub async fn resource(
         return Ok(Json(data_array(&root, &uri, &pairs, &page, &o)?).into_response());
     }
     let held = std::sync::atomic::AtomicUsize::new(page.rows.len());
-    shape(&s, &catalog, &root, t.set, &mut page.rows, &o, &held).await?;
+    shape(&s, catalog, &root, t.set, &mut page.rows, &o, &held).await?;
     for r in page.rows.iter_mut() {
         select(r, &o.select, &o.expand);
     }

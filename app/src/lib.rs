@@ -129,6 +129,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         downloads: Default::default(),
         pages: Default::default(),
         accounts: Default::default(),
+        sta_catalog: Default::default(),
         device_secrets: Default::default(),
     };
     let history = state.history.clone();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 const SENSORS: u64 = 10_000;
 /// Days of 5-minute history of the queried bin.
-const DAYS: i64 = 30;
+pub(crate) const DAYS: i64 = 30;
 
 pub struct ApiLatency {
     pub backend: String,
@@ -39,7 +39,7 @@ pub struct ApiLatency {
 pub async fn api_latency(admin: &str, rate: f64, window: Duration) -> Result<ApiLatency> {
     let db = TestDb::on(admin).await;
     db.migrate().await?;
-    place_bins(&db)?;
+    place_bins(&db, SENSORS)?;
     let broker = Broker::start();
     let hub = hub(&db, &broker, &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")]).await;
     let now = Utc::now();
@@ -92,8 +92,8 @@ pub async fn api_latency(admin: &str, rate: f64, window: Duration) -> Result<Api
 }
 
 /// The fleet's places, through the registry import a city would use.
-fn place_bins(db: &TestDb) -> Result<()> {
-    let features: Vec<serde_json::Value> = (0..SENSORS)
+pub(crate) fn place_bins(db: &TestDb, n: u64) -> Result<()> {
+    let features: Vec<serde_json::Value> = (0..n)
         .map(|i| {
             serde_json::json!({"type": "Feature", "id": format!("bin-{i:06}"),
                 "geometry": {"type": "Point", "coordinates": [9.98 + (i % 100) as f64 * 0.0009, 45.11 + (i / 100) as f64 * 0.0005]},
@@ -119,7 +119,7 @@ fn place_bins(db: &TestDb) -> Result<()> {
 }
 
 /// 30 days of one bin every 5 minutes, one day per message (`readings` array).
-async fn publish_history(broker: &Broker, now: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn publish_history(broker: &Broker, now: DateTime<Utc>) -> Result<()> {
     let mut opts = MqttOptions::new("bench-history", "127.0.0.1", broker.port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut el) = AsyncClient::new(opts, 100);
@@ -154,7 +154,7 @@ async fn publish_history(broker: &Broker, now: DateTime<Utc>) -> Result<()> {
     acks.await?
 }
 
-async fn wait_until<F, Fut>(limit: Duration, failure: &str, mut done: F) -> Result<()>
+pub(crate) async fn wait_until<F, Fut>(limit: Duration, failure: &str, mut done: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -169,7 +169,7 @@ where
     Ok(())
 }
 
-fn query_value(t: DateTime<Utc>) -> String {
+pub(crate) fn query_value(t: DateTime<Utc>) -> String {
     url::form_urlencoded::byte_serialize(
         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             .as_bytes(),

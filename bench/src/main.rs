@@ -7,6 +7,7 @@ mod capacity;
 mod ingest;
 mod map;
 mod setup;
+mod sta;
 mod storage;
 
 use anyhow::{bail, Result};
@@ -34,11 +35,11 @@ struct Args {
     /// A second server, with TimescaleDB, for the storage rows (both backends in one run).
     #[arg(long, env = "CITYHUB_BENCH_TIMESCALE_URL")]
     timescale_pg: Option<String>,
-    /// Which parts to run: ingest, freshness, api, storage, capacity, map.
+    /// Which parts to run: ingest, freshness, api, sta, storage, capacity, map.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,freshness,api,storage,capacity,map"
+        default_value = "ingest,freshness,api,sta,storage,capacity,map"
     )]
     only: Vec<String>,
     /// Simulated days of the Cremona fleet for the storage rows.
@@ -241,6 +242,35 @@ async fn api_rows(t: &mut Table, args: &Args, window: Duration, best: f64) -> Re
     Ok(())
 }
 
+/// The SensorThings API next to the native readings API, the same data, on each backend.
+async fn sta_rows(t: &mut Table, args: &Args) -> Result<()> {
+    let rounds = if args.quick { 10 } else { 40 };
+    for pg in std::iter::once(&args.pg).chain(args.timescale_pg.as_ref()) {
+        let r = sta::sta_latency(pg, rounds).await?;
+        for p in &r.pairs {
+            for (api, (p50, p99, n)) in [("native", p.native_ms), ("STA", p.sta_ms)] {
+                t.add(
+                    &format!("{api}: {}, p50 / p99, {}", p.what, r.backend),
+                    p50,
+                    "ms",
+                    format!(
+                        "p99 {} ms; {}; {n} requests, one client, alternating",
+                        fmt(p99),
+                        p.detail
+                    ),
+                );
+            }
+            t.add(
+                &format!("STA / native: {}, p50, {}", p.what, r.backend),
+                p.sta_ms.0 / p.native_ms.0,
+                "ratio",
+                format!("{}; goal within 1.5", p.detail),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The map in headless Chromium with 10,000 and 100,000 sensors.
 async fn map_rows(t: &mut Table, args: &Args) -> Result<()> {
     if let Some(why) = map::missing_tools() {
@@ -407,6 +437,9 @@ async fn main() -> Result<()> {
     }
     if run("api") {
         api_rows(&mut table, &args, window, best).await?;
+    }
+    if run("sta") {
+        sta_rows(&mut table, &args).await?;
     }
     if run("storage") {
         storage_rows(&mut table, &args).await?;

@@ -180,8 +180,9 @@ impl Set {
         }
     }
 
-    /// The entity as JSON, without links (the API adds them). `$1` is the catalogue
-    /// document (titles, descriptions, units) the API passes in.
+    /// The entity as JSON, without links (the API adds them), or for Observations the
+    /// columns [`Set::decode`] makes it from. `$1` is the catalogue document (titles,
+    /// descriptions, units) the API passes in.
     fn json(self) -> &'static str {
         match self {
             Set::Things => {
@@ -225,12 +226,9 @@ impl Set {
                    'phenomenonTime', r.range, 'resultTime', r.range,
                    'properties', jsonb_build_object('sensorId', s.external_id, 'metric', m.name)))"
             }
-            Set::Observations => {
-                "jsonb_build_object('@iot.id', o.sensor_id || '-' || o.metric_id || '-' || (extract(epoch FROM o.time) * 1000000)::bigint,
-                   'phenomenonTime', to_char(o.time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                   'resultTime', to_char(o.time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                   'result', o.value)"
-            }
+            // The columns only: the JSON is made in Rust ([`observation`]), at a
+            // third of what building it in SQL cost per row.
+            Set::Observations => "o.sensor_id, o.metric_id, o.time, o.value",
         }
     }
 }
@@ -279,7 +277,8 @@ impl EntityId {
         raw.parse().map(EntityId::Int).map_err(|_| bad())
     }
 
-    fn int(&self) -> Option<i64> {
+    /// The numeric id (every entity but an Observation has one).
+    pub fn int(&self) -> Option<i64> {
         match self {
             EntityId::Int(i) => Some(*i),
             _ => None,
@@ -418,26 +417,29 @@ fn related(set: Set, parent: Set, id: &EntityId, sql: &mut Sql) -> Result<String
         };
     }
     let i = id.int().ok_or_else(|| no("no such navigation"))?;
-    let p = |sql: &mut Sql| sql.param(i, "bigint");
+    related_to(set, parent, &sql.param(i, "bigint"))
+}
+
+/// The rows of `set` that `parent(pid)` leads to, `pid` an SQL expression of the
+/// parent's numeric id (a parameter, or a column when many parents are expanded at once).
+fn related_to(set: Set, parent: Set, pid: &str) -> Result<String, StaError> {
+    use Set::*;
     Ok(match (parent, set) {
         (Things | Locations | HistoricalLocations, Things | Locations | HistoricalLocations) => {
-            format!("s.id = {}", p(sql))
+            format!("s.id = {pid}")
         }
-        (Things, Datastreams) => format!("l.sensor_id = {}", p(sql)),
-        (Datastreams, Observations) => datastream_is(i, "o", sql),
-        (Datastreams, Things) => format!("s.id = {}", i.div_euclid(DATASTREAM_SCALE)),
-        (Datastreams, ObservedProperties) => {
-            format!("m.id = {}", i.rem_euclid(DATASTREAM_SCALE))
-        }
-        (Datastreams, Sensors) => format!(
-            "k.kind = (SELECT kind FROM sensors WHERE id = {})",
-            i.div_euclid(DATASTREAM_SCALE)
+        (Things, Datastreams) => format!("l.sensor_id = {pid}"),
+        (Datastreams, Observations) => format!(
+            "(o.sensor_id = ({pid} / {DATASTREAM_SCALE})::int AND o.metric_id = ({pid} % {DATASTREAM_SCALE})::smallint)"
         ),
-        (Sensors, Datastreams) => {
-            format!("m.kind = (SELECT kind FROM metrics WHERE id = {})", p(sql))
-        }
-        (ObservedProperties, Datastreams) => format!("l.metric_id = {}", p(sql)),
-        (FeaturesOfInterest, Observations) => format!("o.sensor_id = {}", p(sql)),
+        (Datastreams, Things) => format!("s.id = ({pid} / {DATASTREAM_SCALE})::int"),
+        (Datastreams, ObservedProperties) => format!("m.id = ({pid} % {DATASTREAM_SCALE})::smallint"),
+        (Datastreams, Sensors) => format!(
+            "k.kind = (SELECT kind FROM sensors WHERE id = ({pid} / {DATASTREAM_SCALE})::int)"
+        ),
+        (Sensors, Datastreams) => format!("m.kind = (SELECT kind FROM metrics WHERE id = {pid})"),
+        (ObservedProperties, Datastreams) => format!("l.metric_id = {pid}"),
+        (FeaturesOfInterest, Observations) => format!("o.sensor_id = {pid}"),
         _ => return Err(no("no such navigation")),
     })
 }
@@ -1006,17 +1008,115 @@ pub async fn list(
     q: &Query,
 ) -> Result<Page, StaError> {
     let mut sql = Sql { params: Vec::new() };
-    let mut conds: Vec<String> = set.always().map(str::to_owned).into_iter().collect();
-    if let Some(c) = scope_sql(set, scope, &mut sql)? {
-        conds.push(c);
+    let scope = scope_sql(set, scope, &mut sql)?;
+    let (where_, order) = conditions(set, scope, q, &mut sql)?;
+    let (base, joins) = set.from();
+    let alias = set.alias();
+    let n = sql.params.len();
+    let page = format!(
+        "WITH catalog AS (SELECT $1::jsonb),
+         page AS MATERIALIZED (SELECT {alias}.* FROM {base}{joins}{where_} ORDER BY {order} LIMIT ${} OFFSET ${})
+         SELECT {} FROM page {alias}{}{} ORDER BY {order}",
+        n + 2,
+        n + 3,
+        set.json(),
+        set.json_joins(joins),
+        set.outer_joins()
+    );
+    let client = store.read_client().await?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![catalog];
+    params.extend(sql.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+    let (limit, offset) = (q.top + 1, q.skip);
+    params.push(&limit);
+    params.push(&offset);
+    let rows = client.query(&page, &params).await?;
+    let rows = rows.iter().filter_map(|r| set.decode(r, 0)).collect();
+    let mut page = Page::of(rows, q);
+    if q.count {
+        let count_sql = format!(
+            "WITH catalog AS (SELECT $1::jsonb) SELECT count(*) FROM {base}{joins}{where_}"
+        );
+        params.truncate(params.len() - 2);
+        page.count = Some(
+            client
+                .query_one(&count_sql, &params)
+                .await?
+                .get::<_, i64>(0),
+        );
     }
+    Ok(page)
+}
+
+/// The pages of `set` that each of `parents` (entities of `parent` with numeric ids)
+/// leads to, in one query: an `$expand` over a page of 1,000 entities is one round
+/// trip, not 1,000. Without counts (`$count` in an expansion takes [`list`]).
+pub async fn list_related(
+    store: &Store,
+    catalog: &Value,
+    set: Set,
+    parent: Set,
+    parents: &[i64],
+    q: &Query,
+) -> Result<Vec<Page>, StaError> {
+    let mut sql = Sql { params: Vec::new() };
+    let scope = related_to(set, parent, "p.pid")?;
+    let (where_, order) = conditions(set, Some(scope), q, &mut sql)?;
+    let (base, joins) = set.from();
+    let alias = set.alias();
+    let n = sql.params.len();
+    let query = format!(
+        "WITH catalog AS (SELECT $1::jsonb)
+         SELECT p.ord, x.* FROM unnest(${}::bigint[]) WITH ORDINALITY AS p(pid, ord)
+         CROSS JOIN LATERAL (
+             SELECT {}, row_number() OVER (ORDER BY {order}) AS rn
+             FROM (SELECT {alias}.* FROM {base}{joins}{where_} ORDER BY {order} LIMIT ${} OFFSET ${}) {alias}{}{}
+         ) x
+         ORDER BY p.ord, x.rn",
+        n + 2,
+        set.json(),
+        n + 3,
+        n + 4,
+        set.json_joins(joins),
+        set.outer_joins()
+    );
+    let client = store.read_client().await?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![catalog];
+    params.extend(sql.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+    let (limit, offset) = (q.top + 1, q.skip);
+    params.push(&parents);
+    params.push(&limit);
+    params.push(&offset);
+    let rows = client.query(&query, &params).await?;
+    let mut groups: Vec<Vec<serde_json::Map<String, Value>>> = vec![Vec::new(); parents.len()];
+    for r in &rows {
+        let ord: i64 = r.get(0);
+        if let Some(g) = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| groups.get_mut(i))
+        {
+            g.extend(set.decode(r, 1));
+        }
+    }
+    Ok(groups.into_iter().map(|g| Page::of(g, q)).collect())
+}
+
+/// The WHERE clause (with `scope`, the set's own condition and `$filter`) and the
+/// ORDER BY list (`$orderby`, then the key, so pages are stable).
+fn conditions(
+    set: Set,
+    scope: Option<String>,
+    q: &Query,
+    sql: &mut Sql,
+) -> Result<(String, String), StaError> {
+    let mut conds: Vec<String> = set.always().map(str::to_owned).into_iter().collect();
+    conds.extend(scope);
     if let Some(f) = &q.filter {
-        let x = compile(set, f, &mut sql)?;
+        let x = compile(set, f, sql)?;
         conds.push(as_type(x, Ty::Bool).map_err(|_| no("$filter must be a condition"))?);
     }
     let mut order = Vec::new();
     for k in &q.orderby {
-        let x = compile(set, &k.expr, &mut sql)?;
+        let x = compile(set, &k.expr, sql)?;
         if matches!(x.1, Ty::Point | Ty::Polygon) {
             return Err(no("$orderby on a geometry is not served"));
         }
@@ -1027,56 +1127,77 @@ pub async fn list(
         ));
     }
     order.push(set.key_order().to_owned());
-    let order = order.join(", ");
-    let (base, joins) = set.from();
-    let alias = set.alias();
     let where_ = if conds.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", conds.join(" AND "))
     };
-    let n = sql.params.len();
-    let page = format!(
-        "WITH catalog AS (SELECT $1::jsonb),
-         page AS MATERIALIZED (SELECT {alias}.* FROM {base}{joins}{where_} ORDER BY {order} LIMIT ${} OFFSET ${})
-         SELECT {} FROM page {alias}{joins}{} ORDER BY {order}",
-        n + 2,
-        n + 3,
-        set.json(),
-        set.outer_joins()
-    );
-    let client = store.read_client().await?;
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![catalog];
-    params.extend(sql.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
-    let (limit, offset) = (q.top + 1, q.skip);
-    params.push(&limit);
-    params.push(&offset);
-    let rows = client.query(&page, &params).await?;
-    let mut rows: Vec<serde_json::Map<String, Value>> = rows
-        .iter()
-        .filter_map(|r| match r.get::<_, Value>(0) {
+    Ok((where_, order.join(", ")))
+}
+
+impl Page {
+    /// A page from up to `$top + 1` rows: the extra one says there is more.
+    fn of(mut rows: Vec<serde_json::Map<String, Value>>, q: &Query) -> Self {
+        // `$top=0` asks only for the count: no next page to follow.
+        let more = q.top > 0 && rows.len() as i64 > q.top;
+        rows.truncate(q.top.max(0) as usize);
+        Page {
+            rows,
+            more,
+            count: None,
+        }
+    }
+}
+
+impl Set {
+    /// The joins [`Set::json`] reads: none for Observations (made from their own columns).
+    fn json_joins(self, joins: &'static str) -> &'static str {
+        if self == Set::Observations {
+            ""
+        } else {
+            joins
+        }
+    }
+
+    /// The entity a result row holds from column `at` on (see [`Set::json`]).
+    fn decode(self, r: &tokio_postgres::Row, at: usize) -> Option<serde_json::Map<String, Value>> {
+        if self == Set::Observations {
+            return Some(observation(
+                (r.get(at), r.get(at + 1)),
+                r.get(at + 2),
+                r.get(at + 3),
+            ));
+        }
+        match r.get::<_, Value>(at) {
             Value::Object(m) => Some(m),
             _ => None,
-        })
-        .collect();
-    // `$top=0` asks only for the count: no next page to follow.
-    let more = q.top > 0 && rows.len() as i64 > q.top;
-    rows.truncate(q.top.max(0) as usize);
-    let count = if q.count {
-        let count_sql = format!(
-            "WITH catalog AS (SELECT $1::jsonb) SELECT count(*) FROM {base}{joins}{where_}"
-        );
-        params.truncate(params.len() - 2);
-        Some(
-            client
-                .query_one(&count_sql, &params)
-                .await?
-                .get::<_, i64>(0),
-        )
+        }
+    }
+}
+
+/// An Observation without links, from its reading: what the HTTP answers and the
+/// MQTT messages both hold.
+pub fn observation(
+    (sensor, metric): (i32, i16),
+    time: DateTime<Utc>,
+    value: f64,
+) -> serde_json::Map<String, Value> {
+    let at = time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    // An integral value is written without a fraction, as PostgreSQL's JSON did.
+    let result = if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        Value::from(value as i64)
     } else {
-        None
+        serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
     };
-    Ok(Page { rows, more, count })
+    let mut row = serde_json::Map::new();
+    row.insert(
+        "@iot.id".into(),
+        Value::String(format!("{sensor}-{metric}-{}", time.timestamp_micros())),
+    );
+    row.insert("phenomenonTime".into(), Value::String(at.clone()));
+    row.insert("resultTime".into(), Value::String(at));
+    row.insert("result".into(), result);
+    row
 }
 
 /// One committed batch's new readings, waiting in `sta_outbox` for the broker.
