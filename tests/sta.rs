@@ -335,6 +335,71 @@ async fn sensorthings_paths_options_and_links() {
     assert!(message.contains("more than 10 entities"), "{message}");
 }
 
+/// A sensor that moves: one HistoricalLocation per position it has had, each with
+/// its own Location; the Thing's Location is where it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensor_that_moves_has_a_historical_location_for_each_position() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "sta-moves").start().await;
+    let sta = Sta {
+        http: reqwest::Client::new(),
+        root: hub.url("/sta/v1.1"),
+    };
+    let t0 = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now() - chrono::Duration::hours(3), 0);
+    let at = |h: i64, lon: f64| {
+        (
+            "cityhub/v1/waste_bin/bin-m".to_owned(),
+            json!({"ts": (t0 + chrono::Duration::hours(h)).to_rfc3339(), "values": {"fill_level": 10.0 * h as f64},
+                   "location": {"lat": 45.13, "lon": lon}})
+            .to_string()
+            .into_bytes(),
+        )
+    };
+    // Each message on its own, in order: registered at 10.02, moved to 10.05 an hour
+    // later, seen there again (no move).
+    for (n, m) in [at(0, 10.02), at(1, 10.05), at(2, 10.05)]
+        .into_iter()
+        .enumerate()
+    {
+        publish_raw(&broker, &[m]).await;
+        wait_for(30, "the reading stored", || async {
+            db.observations().await > n as i64
+        })
+        .await;
+    }
+    let things = sta
+        .ok("/Things?$filter=properties/sensorId eq 'bin-m'")
+        .await;
+    let thing = things["value"][0]["@iot.id"].clone();
+    let hist = sta
+        .ok(&format!(
+            "/Things({thing})/HistoricalLocations?$orderby=time&$expand=Locations"
+        ))
+        .await;
+    let hist = hist["value"].as_array().unwrap();
+    assert_eq!(hist.len(), 2, "{hist:?}");
+    let time =
+        |v: &Value| chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap();
+    assert_eq!(time(&hist[0]), t0);
+    assert_eq!(time(&hist[1]), t0 + chrono::Duration::hours(1));
+    let lon = |v: &Value| v["location"]["coordinates"][0].as_f64().unwrap();
+    assert_eq!(lon(&hist[0]["Locations"][0]), 10.02);
+    assert_eq!(lon(&hist[1]["Locations"][0]), 10.05);
+    // Where it is now; the old place still leads to its Thing.
+    let now = sta.ok(&format!("/Things({thing})/Locations")).await;
+    assert_eq!(now["value"].as_array().unwrap().len(), 1, "{now}");
+    assert_eq!(lon(&now["value"][0]), 10.05);
+    let old = hist[0]["Locations"][0]["@iot.id"].clone();
+    let of = sta.ok(&format!("/Locations({old})/Things")).await;
+    assert_eq!(of["value"][0]["@iot.id"], thing);
+    let near_old = sta
+        .ok("/Locations?$filter=st_within(location, geography'POLYGON((10.01 45.12, 10.03 45.12, 10.03 45.14, 10.01 45.14, 10.01 45.12))')")
+        .await;
+    assert_eq!(near_old["value"].as_array().unwrap().len(), 1, "{near_old}");
+    assert_eq!(near_old["value"][0]["@iot.id"], old);
+}
+
 /// A subscriber on the city's broker: every message it receives, as (topic, JSON).
 async fn sta_subscriber(
     broker: &Broker,

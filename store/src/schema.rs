@@ -100,6 +100,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010", "trust"),
     migration!(11, "0011", "device_certificates"),
     migration!(12, "0012", "sta_outbox"),
+    migration!(13, "0013", "sensor_locations"),
 ];
 
 /// The newest schema version this build knows.

@@ -4,7 +4,8 @@
 //!
 //! | entity | rows | `@iot.id` |
 //! |---|---|---|
-//! | Things, Locations, HistoricalLocations, FeaturesOfInterest | `sensors` (the last three only with a position) | the sensor's id |
+//! | Things, FeaturesOfInterest | `sensors` (the second only with a position) | the sensor's id |
+//! | Locations, HistoricalLocations | `sensor_locations`: each position a sensor has had (its Location is the newest) | the row's id |
 //! | Sensors | one per kind | the kind's lowest metric id |
 //! | ObservedProperties | `metrics` | the metric's id |
 //! | Datastreams | `latest` (a sensor and a metric it has readings of) | sensor id × 32768 + metric id |
@@ -117,9 +118,11 @@ impl Set {
     fn from(self) -> (&'static str, &'static str) {
         match self {
             Set::Things => ("sensors s", ""),
-            Set::Locations | Set::HistoricalLocations | Set::FeaturesOfInterest => {
-                ("sensors s", "")
-            }
+            Set::Locations | Set::HistoricalLocations => (
+                "sensor_locations h",
+                " JOIN sensors s ON s.id = h.sensor_id",
+            ),
+            Set::FeaturesOfInterest => ("sensors s", ""),
             Set::Sensors => (
                 "(SELECT kind, min(id)::bigint AS id FROM metrics GROUP BY kind) k",
                 "",
@@ -155,6 +158,7 @@ impl Set {
             Set::ObservedProperties => "m",
             Set::Datastreams => "l",
             Set::Observations => "o",
+            Set::Locations | Set::HistoricalLocations => "h",
             _ => "s",
         }
     }
@@ -162,9 +166,7 @@ impl Set {
     /// Always true of the set's rows.
     fn always(self) -> Option<&'static str> {
         match self {
-            Set::Locations | Set::HistoricalLocations | Set::FeaturesOfInterest => {
-                Some("s.lon IS NOT NULL")
-            }
+            Set::FeaturesOfInterest => Some("s.lon IS NOT NULL"),
             _ => None,
         }
     }
@@ -176,6 +178,7 @@ impl Set {
             Set::ObservedProperties => "m.id",
             Set::Datastreams => "l.sensor_id, l.metric_id",
             Set::Observations => "o.time, o.sensor_id, o.metric_id",
+            Set::Locations | Set::HistoricalLocations => "h.id",
             _ => "s.id",
         }
     }
@@ -191,13 +194,13 @@ impl Set {
                    'properties', s.properties || jsonb_build_object('sensorId', s.external_id, 'kind', s.kind))"
             }
             Set::Locations => {
-                "jsonb_build_object('@iot.id', s.id, 'name', coalesce(s.name, s.external_id),
+                "jsonb_build_object('@iot.id', h.id, 'name', coalesce(s.name, s.external_id),
                    'description', 'Position of ' || s.external_id, 'encodingType', 'application/geo+json',
-                   'location', jsonb_build_object('type', 'Point', 'coordinates', jsonb_build_array(s.lon, s.lat)))"
+                   'location', jsonb_build_object('type', 'Point', 'coordinates', jsonb_build_array(h.lon, h.lat)))"
             }
             Set::HistoricalLocations => {
-                "jsonb_build_object('@iot.id', s.id,
-                   'time', to_char(coalesce(s.first_seen, s.updated_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))"
+                "jsonb_build_object('@iot.id', h.id,
+                   'time', to_char(h.since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))"
             }
             Set::FeaturesOfInterest => {
                 "jsonb_build_object('@iot.id', s.id, 'name', coalesce(s.name, s.external_id),
@@ -370,6 +373,9 @@ fn scope_sql(set: Set, scope: &Scope, sql: &mut Sql) -> Result<Option<String>, S
             (Set::ObservedProperties, EntityId::Int(i)) => {
                 format!("m.id = {}", sql.param(*i, "bigint"))
             }
+            (Set::Locations | Set::HistoricalLocations, EntityId::Int(i)) => {
+                format!("h.id = {}", sql.param(*i, "bigint"))
+            }
             (_, EntityId::Int(i)) => format!("s.id = {}", sql.param(*i, "bigint")),
             _ => return Err(no("an Observation id where another id belongs")),
         })
@@ -425,8 +431,17 @@ fn related(set: Set, parent: Set, id: &EntityId, sql: &mut Sql) -> Result<String
 fn related_to(set: Set, parent: Set, pid: &str) -> Result<String, StaError> {
     use Set::*;
     Ok(match (parent, set) {
-        (Things | Locations | HistoricalLocations, Things | Locations | HistoricalLocations) => {
-            format!("s.id = {pid}")
+        (Things, Things) => format!("s.id = {pid}"),
+        // A Thing's Locations: where it is now; its HistoricalLocations: every position.
+        (Things, Locations) => format!(
+            "h.id = (SELECT max(x.id) FROM sensor_locations x WHERE x.sensor_id = {pid})"
+        ),
+        (Things, HistoricalLocations) => format!("h.sensor_id = {pid}"),
+        (Locations | HistoricalLocations, Things) => {
+            format!("s.id = (SELECT x.sensor_id FROM sensor_locations x WHERE x.id = {pid})")
+        }
+        (Locations, HistoricalLocations) | (HistoricalLocations, Locations) => {
+            format!("h.id = {pid}")
         }
         (Things, Datastreams) => format!("l.sensor_id = {pid}"),
         (Datastreams, Observations) => format!(
@@ -472,7 +487,7 @@ fn property(set: Set, path: &[String], sql: &mut Sql) -> Result<Typed, StaError>
             let keys = sql.param(rest.to_vec(), "text[]");
             return t(&format!("(s.properties #> {keys})"), Ty::Json);
         }
-        // A Thing has one Location here (its sensor's position): "any of its
+        // A Thing has one Location (its sensor's position now): "any of its
         // Locations" is that one.
         if set == Set::Things && name == "Locations" && rest.len() == 1 && rest[0] == "location" {
             return t("point(s.lon, s.lat)", Ty::Point);
@@ -524,11 +539,8 @@ fn property(set: Set, path: &[String], sql: &mut Sql) -> Result<Typed, StaError>
         };
     }
     match set {
-        Set::Things | Set::Locations | Set::FeaturesOfInterest | Set::HistoricalLocations
-            if is_id =>
-        {
-            t("s.id", Ty::Num)
-        }
+        Set::Things | Set::FeaturesOfInterest if is_id => t("s.id", Ty::Num),
+        Set::Locations | Set::HistoricalLocations if is_id => t("h.id", Ty::Num),
         Set::Things | Set::Locations | Set::FeaturesOfInterest if name == "name" => {
             t("coalesce(s.name, s.external_id)", Ty::Text)
         }
@@ -536,14 +548,12 @@ fn property(set: Set, path: &[String], sql: &mut Sql) -> Result<Typed, StaError>
             "(coalesce($1::jsonb #>> ARRAY['kinds', s.kind, 'title'], s.kind) || ' ' || s.external_id)",
             Ty::Text,
         ),
-        Set::Locations if name == "location" => t("point(s.lon, s.lat)", Ty::Point),
+        Set::Locations if name == "location" => t("point(h.lon, h.lat)", Ty::Point),
         Set::FeaturesOfInterest if name == "feature" => t("point(s.lon, s.lat)", Ty::Point),
         Set::Locations | Set::FeaturesOfInterest if name == "encodingType" => {
             t("'application/geo+json'", Ty::Text)
         }
-        Set::HistoricalLocations if name == "time" => {
-            t("coalesce(s.first_seen, s.updated_at)", Ty::Time)
-        }
+        Set::HistoricalLocations if name == "time" => t("h.since", Ty::Time),
         Set::Sensors if is_id => t("k.id", Ty::Num),
         Set::Sensors if name == "name" => t(
             "coalesce($1::jsonb #>> ARRAY['kinds', k.kind, 'title'], k.kind)",
