@@ -400,6 +400,69 @@ async fn a_sensor_that_moves_has_a_historical_location_for_each_position() {
     assert_eq!(near_old["value"][0]["@iot.id"], old);
 }
 
+/// An Observation by its id under its Datastream, far past the first page: found
+/// (the membership check once listed only the first 1,000 and answered 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observation_past_the_first_thousand_is_found_under_its_datastream() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "sta-deep").start().await;
+    let sta = Sta {
+        http: reqwest::Client::new(),
+        root: hub.url("/sta/v1.1"),
+    };
+    let t0 = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now() - chrono::Duration::days(1), 0);
+    let readings: Vec<Value> = (0..1200)
+        .map(|i| json!({"ts": (t0 + chrono::Duration::seconds(i)).to_rfc3339(), "values": {"fill_level": (i % 100) as f64}}))
+        .collect();
+    // Two messages: one would pass ingest.max_payload_bytes.
+    let msgs: Vec<(&str, Vec<u8>)> = readings
+        .chunks(600)
+        .map(|c| {
+            (
+                "cityhub/v1/waste_bin/bin-deep",
+                json!({ "readings": c }).to_string().into_bytes(),
+            )
+        })
+        .collect();
+    publish_raw(&broker, &msgs).await;
+    wait_for(30, "1,200 readings", || async {
+        db.observations().await >= 1200
+    })
+    .await;
+    let ds = sta
+        .ok("/Datastreams?$filter=ObservedProperty/name eq 'fill_level'")
+        .await;
+    let ds = ds["value"][0]["@iot.id"].clone();
+    let last = sta
+        .ok(&format!(
+            "/Datastreams({ds})/Observations?$orderby=phenomenonTime desc&$top=1"
+        ))
+        .await;
+    let id = last["value"][0]["@iot.id"].as_str().unwrap().to_owned();
+    let one = sta
+        .ok(&format!("/Datastreams({ds})/Observations('{id}')"))
+        .await;
+    assert_eq!(one["@iot.id"], json!(id));
+    assert_eq!(one["result"], json!(99));
+    let by_filter = sta.ok(&format!("/Observations?$filter=id eq '{id}'")).await;
+    assert_eq!(
+        by_filter["value"].as_array().unwrap().len(),
+        1,
+        "{by_filter}"
+    );
+    // Under another Datastream it is not found.
+    assert_eq!(
+        sta.get(&format!(
+            "/Datastreams({})/Observations('{id}')",
+            ds.as_i64().unwrap() + 1
+        ))
+        .await
+        .0,
+        404
+    );
+}
+
 /// A subscriber on the city's broker: every message it receives, as (topic, JSON).
 async fn sta_subscriber(
     broker: &Broker,

@@ -10,7 +10,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cityhub_core::odata::{parse_filter, parse_orderby};
+use cityhub_core::odata::{parse_filter, parse_orderby, BinOp, Expr};
 use cityhub_store::sta::{self, EntityId, Query, Scope, Set, StaError};
 use serde_json::{json, Map, Value};
 
@@ -298,20 +298,30 @@ async fn resolve(s: &AppState, catalog: &Value, path: &str) -> Result<Target, St
                 t.single = *single;
                 if let Some(raw) = id {
                     // `Things(1)/Datastreams(5)`: one of them, checked to be related.
+                    // One query, `id eq <id>` among the related: any number of them.
                     let only = EntityId::parse(*target, raw)?;
+                    let id = match id_json(&only) {
+                        Value::String(x) => Expr::String(x),
+                        v => Expr::Number(v.as_f64().unwrap_or(f64::NAN)),
+                    };
+                    let filter = Expr::Binary(
+                        BinOp::Eq,
+                        Box::new(Expr::Path(vec!["id".into()])),
+                        Box::new(id),
+                    );
                     let rows = sta::list(
                         &s.reader()?,
                         catalog,
                         t.set,
                         &t.scope,
                         &Query {
-                            top: MAX_TOP,
+                            top: 1,
+                            filter: Some(filter),
                             ..Default::default()
                         },
                     )
                     .await?;
-                    let want = id_json(&only);
-                    if !rows.rows.iter().any(|r| r.get("@iot.id") == Some(&want)) {
+                    if rows.rows.is_empty() {
                         return Err(StaFailure(StatusCode::NOT_FOUND, "Nothing found.".into()));
                     }
                     t.scope = Scope::One(only);

@@ -689,6 +689,27 @@ fn binary(set: Set, op: BinOp, a: &Expr, b: &Expr, sql: &mut Sql) -> Result<Type
                     return Ok(Typed(datastream_is(*n as i64, alias, sql), Ty::Bool));
                 }
             }
+            // An Observation by id: its key's three columns, not the id text of every row.
+            if let (Set::Observations, Expr::Path(path), Expr::String(id)) = (set, p, v) {
+                if matches!(path.as_slice(), [i] if i == "id" || i == "@iot.id") {
+                    if let Ok(EntityId::Observation {
+                        sensor,
+                        metric,
+                        time,
+                    }) = EntityId::parse(Set::Observations, id)
+                    {
+                        return Ok(Typed(
+                            format!(
+                                "(o.sensor_id = {} AND o.metric_id = {} AND o.time = {})",
+                                sql.param(sensor, "int"),
+                                sql.param(metric, "smallint"),
+                                sql.param(time, "timestamptz")
+                            ),
+                            Ty::Bool,
+                        ));
+                    }
+                }
+            }
         }
     }
     let (x, y) = (compile(set, a, sql)?, compile(set, b, sql)?);
