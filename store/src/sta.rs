@@ -327,6 +327,17 @@ struct Sql {
 }
 
 impl Sql {
+    /// `$1` (the catalogue document), then these parameters, in their numbering.
+    fn with_catalog<'a>(&'a self, catalog: &'a Value) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![catalog];
+        params.extend(
+            self.params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync)),
+        );
+        params
+    }
+
     fn param(&mut self, p: impl ToSql + Sync + Send + 'static, cast: &str) -> String {
         self.params.push(Box::new(p));
         format!("${}::{cast}", self.params.len() + 1)
@@ -1055,9 +1066,8 @@ pub async fn list(
         set.outer_joins()
     );
     let client = store.read_client().await?;
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![catalog];
-    params.extend(sql.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
     let (limit, offset) = (q.top + 1, q.skip);
+    let mut params = sql.with_catalog(catalog);
     params.push(&limit);
     params.push(&offset);
     let rows = client.query(&page, &params).await?;
@@ -1111,9 +1121,8 @@ pub async fn list_related(
         set.outer_joins()
     );
     let client = store.read_client().await?;
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![catalog];
-    params.extend(sql.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
     let (limit, offset) = (q.top + 1, q.skip);
+    let mut params = sql.with_catalog(catalog);
     params.push(&parents);
     params.push(&limit);
     params.push(&offset);

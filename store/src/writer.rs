@@ -666,6 +666,14 @@ impl Deltas {
     }
 }
 
+/// The staged readings this transaction inserted (not those already stored), found
+/// by their `xmin`, with the value decoded as the `observations` view does.
+const INSERTED_HERE: &str = "(SELECT o.time, o.sensor_id, o.metric_id,
+        coalesce(o.value, o.value_milli::float8 / 1000) AS value
+    FROM (SELECT DISTINCT sensor_id, metric_id, time FROM obs_staging_v2) s
+    JOIN observations_data o USING (sensor_id, metric_id, time)
+    WHERE o.xmin = pg_current_xact_id()::xid)";
+
 /// Plain PostgreSQL: the batch's new rows into `rollup_delta` (migration 0006 says
 /// why). When every staged row was inserted (`all_new`), the deltas computed while
 /// staging are copied in, plus SQL's for the derived rows; otherwise (redeliveries, a
@@ -683,11 +691,7 @@ async fn write_deltas(
         tx.execute(
             &format!(
                 "INSERT INTO rollup_delta SELECT {AGG}
-                 FROM (SELECT o.time, o.sensor_id, o.metric_id,
-                              coalesce(o.value, o.value_milli::float8 / 1000) AS value
-                       FROM (SELECT DISTINCT sensor_id, metric_id, time FROM obs_staging_v2) s
-                       JOIN observations_data o USING (sensor_id, metric_id, time)
-                       WHERE o.xmin = pg_current_xact_id()::xid) n
+                 FROM {INSERTED_HERE} n
                  GROUP BY 1, 2, 3"
             ),
             &[],
@@ -753,14 +757,7 @@ async fn write_sta_outbox(tx: &Transaction<'_>, all_new: bool) -> Result<(), Sto
     let sql = if all_new {
         format!("{AGG} FROM obs_staging_v2 HAVING count(*) > 0")
     } else {
-        format!(
-            "{AGG} FROM (SELECT o.sensor_id, o.metric_id, o.time,
-                               coalesce(o.value, o.value_milli::float8 / 1000) AS value
-                        FROM (SELECT DISTINCT sensor_id, metric_id, time FROM obs_staging_v2) s
-                        JOIN observations_data o USING (sensor_id, metric_id, time)
-                        WHERE o.xmin = pg_current_xact_id()::xid) n
-             HAVING count(*) > 0"
-        )
+        format!("{AGG} FROM {INSERTED_HERE} n HAVING count(*) > 0")
     };
     tx.execute(&sql, &[]).await?;
     Ok(())
