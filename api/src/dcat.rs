@@ -230,6 +230,8 @@ struct Shared {
     service: NamedNode,
     /// The SensorThings API, a second data service of every dataset.
     sta: NamedNode,
+    /// The NGSI-LD API, a data service of the datasets whose kind has a Smart Data Model.
+    ngsi: NamedNode,
     publisher: NamedNode,
     holder: NamedNode,
     contact: NamedNode,
@@ -400,6 +402,7 @@ fn catalog_node(
     let sh = Shared {
         service: iri(&format!("{base}/ogc"))?,
         sta: iri(&format!("{base}{}", crate::sta::PREFIX))?,
+        ngsi: iri(&format!("{base}{}", crate::ngsi_ld::PREFIX))?,
         catalog,
         publisher,
         holder,
@@ -438,6 +441,18 @@ fn catalog_node(
         "OGC SensorThings API",
         crate::sta::CONFORMANCE[0],
     )?;
+    data_service(
+        g,
+        &sh,
+        base,
+        &sh.ngsi,
+        (
+            "NGSI-LD dei sensori urbani secondo gli Smart Data Models",
+            "NGSI-LD API of the urban sensors as Smart Data Models",
+        ),
+        "NGSI-LD",
+        crate::ngsi_ld::STANDARD,
+    )?;
     g.add(&sh.catalog, v(DCT, "license"), sh.licence.clone());
     let all = extents
         .values()
@@ -461,6 +476,7 @@ fn catalog_node(
     }
     g.add(&sh.catalog, v(DCAT, "service"), sh.service.clone());
     g.add(&sh.catalog, v(DCAT, "service"), sh.sta.clone());
+    g.add(&sh.catalog, v(DCAT, "service"), sh.ngsi.clone());
     Ok(sh)
 }
 
@@ -580,7 +596,8 @@ fn dataset(
     );
     let ds = iri(&format!("{base}/catalog/dataset/{k}"))?;
     g.add(catalog, v(DCAT, "dataset"), ds.clone());
-    for service in [service, &sh.sta] {
+    let ngsi = def.ngsi_ld.is_some().then_some(&sh.ngsi);
+    for service in [Some(service), Some(&sh.sta), ngsi].into_iter().flatten() {
         g.add(service, v(DCAT, "servesDataset"), ds.clone());
     }
     g.typed(&ds, &[v(DCAT, "Dataset"), v(DCATAPIT, "Dataset")]);
@@ -619,6 +636,9 @@ fn dataset(
     let theme = theme_node(g, themes, &def.theme)?;
     g.add(&ds, v(DCAT, "theme"), theme.clone());
     g.add(&sh.sta, v(DCAT, "theme"), theme.clone());
+    if let Some(n) = ngsi {
+        g.add(n, v(DCAT, "theme"), theme.clone());
+    }
     g.add(service, v(DCAT, "theme"), theme);
     g.add(&ds, v(DCT, "accrualPeriodicity"), frequency.clone());
     g.add(&ds, v(DCT, "publisher"), publisher.clone());
@@ -660,7 +680,7 @@ fn dataset(
         let cat = hvd_category(g, hvd)?;
         g.add(&ds, v(DCATAP, "hvdCategory"), cat.clone());
         // The APIs serve a high-value dataset, so they are under the regulation too.
-        for service in [service, &sh.sta] {
+        for service in [Some(service), Some(&sh.sta), ngsi].into_iter().flatten() {
             g.add(service, v(DCATAP, "hvdCategory"), cat.clone());
             g.add(
                 service,

@@ -17,6 +17,7 @@ mod health;
 pub mod indicators;
 mod kinds;
 pub mod live;
+pub mod ngsi_ld;
 pub mod oas30;
 mod ogc;
 pub mod pages;
@@ -141,7 +142,7 @@ pub use auth::{Admin, Caller, Operator, Viewer};
 #[openapi(
     info(
         title = "cityhub",
-        description = "Open data of a city's sensor networks: GeoJSON feeds, time series, OGC API - Features, a DCAT-AP_IT catalogue and a live stream. Errors are JSON `{code, description}`.",
+        description = "Open data of a city's sensor networks: GeoJSON feeds, time series, OGC API - Features, a DCAT-AP_IT catalogue and a live stream. Errors are JSON `{code, description}`. Also served, outside this document: OGC SensorThings API 1.1 at `/sta/v1.1` and NGSI-LD (ETSI GS CIM 009 v1.7, read-only, Smart Data Models) at `/ngsi-ld/v1` (`/entities`, `/entities/{id}`, `/types`, `/temporal/entities`, `/temporal/entities/{id}`).",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     paths(sta::landing, sta::resource),
@@ -197,7 +198,24 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts();
     let router = router
         .route(sta::PREFIX, get(sta::landing))
-        .route(&format!("{}/{{*path}}", sta::PREFIX), get(sta::resource));
+        .route(&format!("{}/{{*path}}", sta::PREFIX), get(sta::resource))
+        .route(
+            &format!("{}/entities", ngsi_ld::PREFIX),
+            get(ngsi_ld::entities),
+        )
+        .route(
+            &format!("{}/entities/{{id}}", ngsi_ld::PREFIX),
+            get(ngsi_ld::entity_by_id),
+        )
+        .route(&format!("{}/types", ngsi_ld::PREFIX), get(ngsi_ld::types))
+        .route(
+            &format!("{}/temporal/entities", ngsi_ld::PREFIX),
+            get(ngsi_ld::temporal_entities),
+        )
+        .route(
+            &format!("{}/temporal/entities/{{id}}", ngsi_ld::PREFIX),
+            get(ngsi_ld::temporal_entity),
+        );
     if let Some(c) = api.components.as_mut() {
         c.add_security_scheme(
             "bearer",

@@ -68,6 +68,11 @@ pub struct KindDef {
     /// catalogue then tags the dataset, its distributions and the API with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hvd_category: Option<HvdCategory>,
+    /// How the kind's sensors appear in the NGSI-LD API: the Smart Data Model each
+    /// is an entity of, and where each of the model's attributes comes from. A kind
+    /// without one is not served there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ngsi_ld: Option<crate::ngsi_ld::ModelDef>,
 }
 
 /// The six categories of Implementing Regulation (EU) 2023/138, as the EU's
@@ -258,6 +263,8 @@ pub enum CatalogError {
     },
     #[error("kind {kind:?}: map rule: {reason}")]
     Map { kind: String, reason: String },
+    #[error("kind {kind:?}: ngsi_ld: {reason}")]
+    NgsiLd { kind: String, reason: String },
     #[error("kind {kind:?}: derived metric {metric:?} and its source {from:?} must both be metrics of the kind")]
     Derived {
         kind: String,
@@ -384,6 +391,12 @@ impl Catalog {
             }
             if let Some(rule) = &def.map {
                 check_map_rule(kname, def, rule)?;
+            }
+            if let Some(m) = &def.ngsi_ld {
+                m.check(def).map_err(|reason| CatalogError::NgsiLd {
+                    kind: kname.clone(),
+                    reason,
+                })?;
             }
             kinds.insert(
                 name.clone(),

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod indicators;
 pub mod kinds;
 pub mod model;
+pub mod ngsi_ld;
 pub mod odata;
 pub mod reference;
 pub mod register;

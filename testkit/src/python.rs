@@ -12,11 +12,21 @@ static BUILDING: Mutex<()> = Mutex::new(());
 
 /// The virtualenv's directory, built if missing or stale.
 pub fn venv() -> PathBuf {
+    venv_of("validators-venv", "requirements.txt")
+}
+
+/// The NGSI-LD clients' virtualenv (`tests/validators/ngsi-ld-requirements.txt`):
+/// ngsildclient pins httpx and geojson versions older than the other clients'.
+pub fn ngsi_ld_python() -> PathBuf {
+    venv_of("ngsi-ld-venv", "ngsi-ld-requirements.txt").join("bin/python")
+}
+
+fn venv_of(name: &str, requirements: &str) -> PathBuf {
     let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let root = crate::workspace_root();
-    let dir = root.join("target/validators-venv");
-    let req = root.join("tests/validators/requirements.txt");
-    let want = std::fs::read_to_string(&req).expect("tests/validators/requirements.txt");
+    let dir = root.join("target").join(name);
+    let req = root.join("tests/validators").join(requirements);
+    let want = std::fs::read_to_string(&req).expect("tests/validators requirements");
     let stamp = dir.join("requirements.installed");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
         return dir;
@@ -40,10 +50,7 @@ pub fn venv() -> PathBuf {
         .status()
         .expect("pip")
         .success();
-    assert!(
-        ok,
-        "pip install -r tests/validators/requirements.txt failed"
-    );
+    assert!(ok, "pip install -r {} failed", req.display());
     std::fs::write(&stamp, want).expect("writing the venv stamp");
     dir
 }
