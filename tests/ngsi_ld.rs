@@ -464,6 +464,250 @@ async fn temporal_values_come_from_the_readings_and_the_rollups() {
     n.refused("/temporal/entities", 400).await;
 }
 
+const OPERATOR: &str = "operator-token-0123456789";
+
+/// Notifications a receiver got: (headers, body); it answers 500 to the first.
+type Got = std::sync::Arc<std::sync::Mutex<Vec<(reqwest::header::HeaderMap, String)>>>;
+
+fn flaky_receiver(
+    listener: tokio::net::TcpListener,
+) -> (Got, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    let got: Got = Default::default();
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (g, t) = (got.clone(), tries.clone());
+    let app = axum::Router::new().route(
+        "/notify",
+        axum::routing::post(move |h: axum::http::HeaderMap, b: String| {
+            let (g, t) = (g.clone(), t.clone());
+            async move {
+                if t.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let mut headers = reqwest::header::HeaderMap::new();
+                for (k, v) in &h {
+                    headers.insert(k.clone(), v.clone());
+                }
+                g.lock().unwrap().push((headers, b));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (got, tries)
+}
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(body);
+    format!(
+        "sha256={}",
+        m.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// A subscription on full bins: only the batch that makes bin-b full is notified,
+/// once, signed, with the receiver's headers, after a failed first attempt; it is
+/// audited, listed with its deliveries, and deleted with nothing more sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_notified_of_the_changes_it_asks_for_signed_and_retried() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (got, tries) = flaky_receiver(listener);
+    let hub = Hub::build(&db, &broker, "ngsi-subs")
+        .operator_token(OPERATOR)
+        .set(|s| s.notify.max_backoff_s = std::num::NonZeroU64::new(2).unwrap())
+        .start()
+        .await;
+    fleet(&broker, &db).await;
+    let http = reqwest::Client::new();
+    let subs = hub.url("/ngsi-ld/v1/subscriptions");
+    let sub = json!({
+        "type": "Subscription",
+        "entities": [{"type": "WasteContainer"}],
+        "watchedAttributes": ["fillingLevel"],
+        "q": "fillingLevel>0.8",
+        "notification": {
+            "format": "keyValues",
+            "attributes": ["fillingLevel"],
+            "endpoint": {"uri": format!("http://127.0.0.1:{port}/notify"), "accept": "application/json",
+                         "receiverInfo": [{"key": "X-Api-Key", "value": "k1"}]}
+        }
+    });
+    let post = |body: Value, token: Option<&str>| {
+        let mut r = http
+            .post(&subs)
+            .header("content-type", "application/ld+json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(post(sub.clone(), None).await.unwrap().status(), 401);
+    let mut broken = sub.clone();
+    broken["q"] = json!("fillingLevel>");
+    assert_eq!(post(broken, Some(OPERATOR)).await.unwrap().status(), 400);
+    let r = post(sub.clone(), Some(OPERATOR)).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let secret = r.headers()["x-cityhub-signing-secret"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = location.rsplit('/').next().unwrap().to_owned();
+    assert!(id.starts_with("urn:ngsi-ld:Subscription:"), "{location}");
+
+    // bin-a at 50 % (q fails), bin-b's battery (fillingLevel not watched), a lamp
+    // (not a WasteContainer): nothing. bin-b at 90 %: one notification.
+    let now = chrono::Utc::now();
+    let msg = |topic: &str, v: Value| (format!("cityhub/v1/{topic}"), v.to_string().into_bytes());
+    let before = db.observations().await;
+    publish_raw(
+        &broker,
+        &[
+            msg(
+                "waste_bin/bin-a",
+                json!({"ts": now.to_rfc3339(), "values": {"fill_level": 50.0}}),
+            ),
+            msg(
+                "waste_bin/bin-b",
+                json!({"ts": now.to_rfc3339(), "values": {"battery": 38}}),
+            ),
+            msg(
+                "streetlight/lamp-1",
+                json!({"ts": now.to_rfc3339(), "values": {"power": 0.0}}),
+            ),
+        ],
+    )
+    .await;
+    wait_for(30, "the three readings", || async {
+        db.observations().await >= before + 3
+    })
+    .await;
+    let t1 = now + chrono::Duration::seconds(1);
+    publish_raw(
+        &broker,
+        &[msg(
+            "waste_bin/bin-b",
+            json!({"ts": t1.to_rfc3339(), "values": {"fill_level": 90.0}}),
+        )],
+    )
+    .await;
+    wait_for(
+        60,
+        "the notification, after the receiver's first 500",
+        || {
+            let got = got.clone();
+            async move { !got.lock().unwrap().is_empty() }
+        },
+    )
+    .await;
+    // Every batch is matched by now (the last one made the notification).
+    wait_for(30, "no change left to match", || async {
+        db.count("SELECT count(*) FROM ngsi_changes").await == 0
+    })
+    .await;
+    let (headers, body) = got.lock().unwrap()[0].clone();
+    let n: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(n["type"], "Notification");
+    assert_eq!(n["subscriptionId"], id.as_str());
+    assert_eq!(
+        n["data"],
+        json!([{"id": BIN_B, "type": "WasteContainer", "fillingLevel": 0.9}]),
+        "{n}"
+    );
+    assert_eq!(headers["x-api-key"], "k1");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(
+        headers["x-cityhub-signature-256"].to_str().unwrap(),
+        hmac_hex(&secret, body.as_bytes())
+    );
+    assert!(tries.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert_eq!(got.lock().unwrap().len(), 1, "one notification only");
+
+    // Listed (operators only) with its deliveries; audited.
+    let listed: Value = http
+        .get(&subs)
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["status"], "active");
+    assert_eq!(listed[0]["notification"]["timesSent"], 1);
+    assert!(
+        listed[0]["notification"]["lastFailure"].is_string(),
+        "{listed}"
+    );
+    assert_eq!(http.get(&subs).send().await.unwrap().status(), 401);
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit WHERE action = 'ngsi_subscription.create'")
+            .await,
+        1
+    );
+
+    // Deleted: audited; a full bin after it is not notified.
+    let url = hub.url(&location);
+    assert_eq!(
+        http.delete(&url)
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        http.delete(&url)
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit WHERE action = 'ngsi_subscription.delete'")
+            .await,
+        1
+    );
+    let before = db.observations().await;
+    let t2 = now + chrono::Duration::seconds(2);
+    publish_raw(
+        &broker,
+        &[msg(
+            "waste_bin/bin-b",
+            json!({"ts": t2.to_rfc3339(), "values": {"fill_level": 97.0}}),
+        )],
+    )
+    .await;
+    wait_for(30, "the reading", || async {
+        db.observations().await > before
+    })
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM ngsi_changes").await,
+        0,
+        "no subscription, no changes kept"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM alert_outbox WHERE event = 'notification'")
+            .await,
+        0
+    );
+    assert_eq!(got.lock().unwrap().len(), 1);
+}
+
 fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
@@ -496,5 +740,78 @@ mod process {
         println!("{text}");
         assert!(out.status.success(), "{text}");
         assert!(text.contains("validated 10 entities"), "{text}");
+    }
+
+    /// ngsildclient subscribes (with an operator's token) and its receiver gets the
+    /// notification of a bin filling up, valid against the WasteContainer schema.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ngsildclient_subscription_receives_its_notification() {
+        use std::io::BufRead;
+        let db = TestDb::new().await;
+        let broker = Broker::start();
+        let hub = Hub::build(&db, &broker, "ngsi-subscriber")
+            .operator_token(OPERATOR)
+            .start()
+            .await;
+        fleet(&broker, &db).await;
+        let mut child = std::process::Command::new(cityhub_testkit::python::ngsi_ld_python())
+            .arg(workspace_root().join("tests/clients/ngsi_ld_check.py"))
+            .arg(hub.url(""))
+            .arg(workspace_root().join("../shared/testdata/smart-data-models"))
+            .args(["--subscribe", OPERATOR])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(l) if l.starts_with("subscribed") => {
+                    seen.push(l);
+                    break;
+                }
+                Ok(l) => seen.push(l),
+                Err(_) => {
+                    let out = child.wait_with_output().unwrap();
+                    panic!(
+                        "no subscription: {seen:?} {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+        let t = chrono::Utc::now();
+        publish_raw(
+            &broker,
+            &[(
+                "cityhub/v1/waste_bin/bin-a".to_owned(),
+                json!({"ts": t.to_rfc3339(), "values": {"fill_level": 85.0}})
+                    .to_string()
+                    .into_bytes(),
+            )],
+        )
+        .await;
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        seen.extend(rx.try_iter());
+        let text = format!(
+            "{}\n{}",
+            seen.join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{text}");
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(r#""fillingLevel": 0.85"#), "{text}");
     }
 }

@@ -142,7 +142,7 @@ pub use auth::{Admin, Caller, Operator, Viewer};
 #[openapi(
     info(
         title = "cityhub",
-        description = "Open data of a city's sensor networks: GeoJSON feeds, time series, OGC API - Features, a DCAT-AP_IT catalogue and a live stream. Errors are JSON `{code, description}`. Also served, outside this document: OGC SensorThings API 1.1 at `/sta/v1.1` and NGSI-LD (ETSI GS CIM 009 v1.7, read-only, Smart Data Models) at `/ngsi-ld/v1` (`/entities`, `/entities/{id}`, `/types`, `/temporal/entities`, `/temporal/entities/{id}`).",
+        description = "Open data of a city's sensor networks: GeoJSON feeds, time series, OGC API - Features, a DCAT-AP_IT catalogue and a live stream. Errors are JSON `{code, description}`. Also served, outside this document: OGC SensorThings API 1.1 at `/sta/v1.1` and NGSI-LD (ETSI GS CIM 009 v1.7, read-only, Smart Data Models) at `/ngsi-ld/v1` (`/entities`, `/entities/{id}`, `/types`, `/temporal/entities`, `/temporal/entities/{id}`, `/subscriptions`).",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     paths(sta::landing, sta::resource),
@@ -208,6 +208,14 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             get(ngsi_ld::entity_by_id),
         )
         .route(&format!("{}/types", ngsi_ld::PREFIX), get(ngsi_ld::types))
+        .route(
+            &format!("{}/subscriptions", ngsi_ld::PREFIX),
+            get(ngsi_ld::subscriptions::list).post(ngsi_ld::subscriptions::create),
+        )
+        .route(
+            &format!("{}/subscriptions/{{id}}", ngsi_ld::PREFIX),
+            get(ngsi_ld::subscriptions::one).delete(ngsi_ld::subscriptions::delete),
+        )
         .route(
             &format!("{}/temporal/entities", ngsi_ld::PREFIX),
             get(ngsi_ld::temporal_entities),

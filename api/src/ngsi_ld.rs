@@ -10,13 +10,15 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
-use cityhub_core::kinds::Kind;
+use cityhub_core::kinds::{Catalog, Kind};
 use cityhub_core::ngsi_ld::{
     period_seconds, regex, GeoQuery, ModelDef, Source, CORE_CONTEXT, DEVICE_CONTEXT, Q,
 };
 use cityhub_store::query::{self, Bbox, Bucket, ReadingsQuery, SensorFilter, SensorView};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+
+pub mod subscriptions;
 
 pub const PREFIX: &str = "/ngsi-ld/v1";
 /// The specification the API follows, as the catalogue names it.
@@ -75,6 +77,9 @@ fn problem_of(e: &ApiError) -> Problem {
         ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
         ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable"),
         ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "InternalError"),
+        ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+        ApiError::Conflict(_) => (StatusCode::CONFLICT, "AlreadyExists"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     };
     Problem(status, kind, e.to_string())
@@ -429,11 +434,11 @@ fn shape(mut e: Map<String, Value>, attrs: Option<&[String]>, f: Format) -> Map<
 }
 
 /// The @context of an entity of `ty`.
-fn context_of(state: &AppState, ty: &str) -> Value {
+fn context_of(catalog: &Catalog, ty: &str) -> Value {
     let model_ctx = if ty == DEVICE {
         Some(DEVICE_CONTEXT.to_owned())
     } else {
-        models(state)
+        models(catalog)
             .into_iter()
             .find(|(_, m)| m.entity_type == ty)
             .map(|(_, m)| m.context.clone())
@@ -445,9 +450,8 @@ fn context_of(state: &AppState, ty: &str) -> Value {
 }
 
 /// The kinds that are served, with their models.
-fn models(state: &AppState) -> Vec<(&Kind, &ModelDef)> {
-    state
-        .catalog
+fn models(catalog: &Catalog) -> Vec<(&Kind, &ModelDef)> {
+    catalog
         .iter()
         .filter_map(|k| k.def.ngsi_ld.as_ref().map(|m| (k, m)))
         .collect()
@@ -501,7 +505,7 @@ impl Selection {
                 .collect()
         });
         let mut targets = Vec::new();
-        for (k, m) in models(state) {
+        for (k, m) in models(&state.catalog) {
             let wants = |ty: &str| {
                 types.as_ref().is_none_or(|t| t.iter().any(|x| x == ty))
                     && wanted_ids
@@ -640,7 +644,10 @@ fn respond(
     // One type: its model's context; several: each entity's own, in JSON-LD, and
     // the core context in the Link of a plain JSON answer.
     let shared = match types.len() {
-        1 => context_of(state, types.iter().next().copied().unwrap_or_default()),
+        1 => context_of(
+            &state.catalog,
+            types.iter().next().copied().unwrap_or_default(),
+        ),
         _ => json!(CORE_CONTEXT),
     };
     let link_ctx = match &shared {
@@ -661,7 +668,7 @@ fn respond(
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_owned();
-                    e.insert("@context".into(), context_of(state, &ty));
+                    e.insert("@context".into(), context_of(&state.catalog, &ty));
                     Value::Object(e)
                 })
                 .collect();
@@ -755,7 +762,10 @@ async fn one_entity(s: &AppState, id: &str) -> Answer<(Map<String, Value>, Senso
     let (ty, sensor) = parse_id(id).ok_or_else(missing)?;
     let store = s.reader()?;
     let f = SensorFilter {
-        kinds: models(s).iter().map(|(k, _)| k.name.to_string()).collect(),
+        kinds: models(&s.catalog)
+            .iter()
+            .map(|(k, _)| k.name.to_string())
+            .collect(),
         ids: Some(vec![sensor.to_owned()]),
         bbox: None,
         active_from: None,
@@ -796,7 +806,7 @@ pub async fn entity_by_id(
 /// `GET /ngsi-ld/v1/types`: the entity types served.
 pub async fn types(State(s): State<AppState>, headers: HeaderMap) -> Answer<Response> {
     let media = Media::of(&headers)?;
-    let mut list: Vec<String> = models(&s)
+    let mut list: Vec<String> = models(&s.catalog)
         .iter()
         .map(|(_, m)| m.entity_type.clone())
         .collect();
@@ -1161,7 +1171,7 @@ pub async fn temporal_entities(
     let mut truncated = false;
     let mut out = Vec::with_capacity(page.len());
     for (e, v) in &page {
-        let Some((_, model)) = models(&s)
+        let Some((_, model)) = models(&s.catalog)
             .into_iter()
             .find(|(k, _)| k.name.as_str() == v.kind)
         else {

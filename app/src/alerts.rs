@@ -661,6 +661,21 @@ pub async fn deliver(
             cancel.clone(),
         ));
     }
+    // NGSI-LD notifications: two workers over every subscription's, so one slow
+    // receiver does not hold the others (a subscription's own stay in order).
+    for _ in 0..2 {
+        tasks.spawn(worker(
+            store.clone(),
+            notifier.clone(),
+            cityhub_store::ngsi::TARGET.to_owned(),
+            Sender::Subscription {
+                http: http.clone(),
+                store: store.clone(),
+            },
+            metrics.clone(),
+            cancel.clone(),
+        ));
+    }
     tasks.close();
     tasks.wait().await;
 }
@@ -672,6 +687,60 @@ enum Sender {
         hook: cityhub_core::alerts::WebhookDef,
     },
     Broker(Publisher),
+    /// To each NGSI-LD subscription's endpoint, signed with its secret.
+    Subscription {
+        http: reqwest::Client,
+        store: Store,
+    },
+}
+
+/// POSTs one NGSI-LD notification to its subscription's endpoint, with the
+/// subscription's `receiverInfo` headers, signed with its secret.
+async fn notify_subscriber(
+    http: &reqwest::Client,
+    store: &Store,
+    d: &cityhub_store::alerts::Delivery,
+) -> Result<(), String> {
+    let Some(sub) = d.subscription_id.as_deref() else {
+        return Ok(());
+    };
+    // A subscription deleted meanwhile: its notifications went with it.
+    let Some((body, secret)) = store
+        .subscription_endpoint(sub)
+        .await
+        .map_err(|e| format!("reading the subscription: {e}"))?
+    else {
+        return Ok(());
+    };
+    let endpoint = &body["notification"]["endpoint"];
+    let uri = endpoint["uri"].as_str().unwrap_or_default();
+    let accept = endpoint["accept"].as_str().unwrap_or("application/json");
+    let mut req = http
+        .post(uri)
+        .header(reqwest::header::CONTENT_TYPE, accept)
+        .header("X-Cityhub-Event", "notification")
+        .header("X-Cityhub-Delivery", d.id.to_string())
+        .header(
+            "X-Cityhub-Signature-256",
+            signature(&secret, d.body.as_bytes()),
+        )
+        .body(d.body.clone());
+    for kv in endpoint["receiverInfo"].as_array().into_iter().flatten() {
+        if let (Some(k), Some(v)) = (kv["key"].as_str(), kv["value"].as_str()) {
+            req = req.header(k, v);
+        }
+    }
+    let outcome = match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+        Err(e) if e.is_timeout() => Err("no answer within notify.timeout_s".to_owned()),
+        Err(e) if e.is_connect() => Err("could not connect".to_owned()),
+        Err(e) => Err(format!("request failed: {}", e.without_url())),
+    };
+    if let Err(e) = store.subscription_delivered(sub, outcome.is_ok()).await {
+        tracing::warn!(error = %e, subscription = sub, "Recording a notification's outcome failed.");
+    }
+    outcome
 }
 
 impl Sender {
@@ -682,6 +751,7 @@ impl Sender {
     ) -> Result<(), String> {
         match self {
             Sender::Webhook { http, hook } => post(http, hook, d).await,
+            Sender::Subscription { http, store } => notify_subscriber(http, store, d).await,
             Sender::Broker(p) => {
                 let topic = d
                     .target
@@ -704,7 +774,10 @@ async fn worker(
 ) {
     let s = notifier.settings().clone();
     let timeout = Duration::from_secs(s.timeout_s.get());
-    let prefix = matches!(sender, Sender::Broker(_));
+    let prefix = matches!(sender, Sender::Broker(_) | Sender::Subscription { .. });
+    // One subscriber's failure holds only its own notifications (the outbox keeps
+    // them in order and retries them), not the worker.
+    let rests = !matches!(sender, Sender::Subscription { .. });
     // One attempt's time and a margin: past it, another hub may take the row.
     let lease = (s.timeout_s.get() + 5) as f64;
     let shown = redacted(&target);
@@ -741,7 +814,11 @@ async fn worker(
                 Err((err, wait))
             }
         };
-        let rest = outcome.as_ref().err().map(|(_, wait)| *wait);
+        let rest = outcome
+            .as_ref()
+            .err()
+            .map(|(_, wait)| *wait)
+            .filter(|_| rests);
         if let Err(e) = store.delivery_done(d.id, outcome).await {
             tracing::warn!(error = %e, delivery = d.id, "Recording an alert notification failed; it may be sent again.");
         }

@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod devices;
 mod http;
 pub mod maintenance;
+mod ngsi_notify;
 pub mod replication;
 pub mod sta_mqtt;
 mod uploads;
@@ -284,6 +285,12 @@ async fn run_pipeline(
             cancel.clone(),
         ));
     }
+    tracker.spawn(ngsi_notify::run(
+        store.clone(),
+        state.catalog.clone(),
+        state.notifier.clone(),
+        cancel.clone(),
+    ));
     tracker.spawn(alerts::deliver(
         store.clone(),
         state.notifier.clone(),

@@ -84,7 +84,9 @@ pub struct AlertFilter {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: i64,
-    pub alert_id: i64,
+    /// The alert it tells of, or the NGSI-LD subscription it notifies.
+    pub alert_id: Option<i64>,
+    pub subscription_id: Option<String>,
     pub event: String,
     pub target: String,
     pub body: String,
@@ -312,10 +314,11 @@ impl Store {
                      WHERE q.delivered_at IS NULL AND q.next_attempt_at <= now()
                        AND left(q.target, length($1)) = $1 AND ($2 OR q.target = $1)
                        AND NOT EXISTS (SELECT 1 FROM alert_outbox p
-                                       WHERE p.alert_id = q.alert_id AND p.target = q.target
+                                       WHERE (p.alert_id = q.alert_id OR p.subscription_id = q.subscription_id)
+                                         AND p.target = q.target
                                          AND p.delivered_at IS NULL AND p.id < q.id)
                      ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING o.id, o.alert_id, o.event, o.target, o.body, o.attempts",
+                 RETURNING o.id, o.alert_id, o.event, o.target, o.body, o.attempts, o.subscription_id",
                 &[&target, &prefix, &lease_s],
             )
             .await?;
@@ -326,6 +329,7 @@ impl Store {
             target: r.get(3),
             body: r.get(4),
             attempts: r.get(5),
+            subscription_id: r.get(6),
         }))
     }
 
@@ -334,7 +338,7 @@ impl Store {
         let c = self.pool().get().await?;
         Ok(c.query_one(
             "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL
-               AND NOT target = ANY($1) AND target NOT LIKE 'mqtt:%'",
+               AND NOT target = ANY($1) AND target NOT LIKE 'mqtt:%' AND subscription_id IS NULL",
             &[&targets],
         )
         .await?

@@ -6,6 +6,7 @@ pub mod db;
 mod error;
 pub mod indicators;
 pub mod maintenance;
+pub mod ngsi;
 pub mod query;
 pub mod reader;
 pub mod replication;
@@ -94,6 +95,10 @@ struct Inner {
     changed: tokio::sync::Notify,
     /// Woken when a batch wrote to `sta_outbox`, so the publisher need not poll.
     outboxed: tokio::sync::Notify,
+    /// Whether any NGSI-LD subscription exists, so batches record their changes.
+    ngsi_subscribed: std::sync::atomic::AtomicBool,
+    /// Woken when a batch wrote to `ngsi_changes`.
+    ngsi_changed: tokio::sync::Notify,
 }
 
 /// What changed in the registry and `latest`, as this process committed it: the
@@ -159,6 +164,8 @@ impl Store {
                 changes: Default::default(),
                 changed: tokio::sync::Notify::new(),
                 outboxed: tokio::sync::Notify::new(),
+                ngsi_subscribed: Default::default(),
+                ngsi_changed: tokio::sync::Notify::new(),
             }),
             on_standby: false,
         })
@@ -212,6 +219,26 @@ impl Store {
         (us != i64::MAX)
             .then(|| chrono::DateTime::from_timestamp_micros(us))
             .flatten()
+    }
+
+    /// Whether batches record their changes for the NGSI-LD subscriptions.
+    pub fn ngsi_subscribed(&self) -> bool {
+        self.inner.ngsi_subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Set when subscriptions are created, deleted or reloaded.
+    pub fn set_ngsi_subscribed(&self, any: bool) {
+        self.inner.ngsi_subscribed.store(any, Ordering::Relaxed);
+    }
+
+    /// Notes that a committed batch wrote to `ngsi_changes`.
+    pub fn note_ngsi_changed(&self) {
+        self.inner.ngsi_changed.notify_one();
+    }
+
+    /// Resolves after the next [`Store::note_ngsi_changed`].
+    pub async fn ngsi_changed(&self) {
+        self.inner.ngsi_changed.notified().await
     }
 
     /// Notes that a committed batch wrote to `sta_outbox`.

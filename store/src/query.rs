@@ -600,6 +600,35 @@ pub async fn set_service(
 pub(crate) const SENSOR_RECORD: &str = "jsonb_build_object('kind', kind, 'name', name, \
     'lon', lon, 'lat', lat, 'properties', properties, 'register', register)";
 
+/// Raw readings of one metric in `[from, to)`, at most `limit`: the oldest, or the
+/// newest when `newest` (NGSI-LD's `lastN`); either way returned oldest first.
+pub async fn series(
+    store: &Store,
+    sensor: i32,
+    metric: i16,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    limit: i64,
+    newest: bool,
+) -> Result<Vec<(DateTime<Utc>, f64)>, StoreError> {
+    let client = store.read_client().await?;
+    let order = if newest { "DESC" } else { "ASC" };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT time, value FROM observations
+                 WHERE sensor_id = $1 AND metric_id = $2 AND time >= $3 AND time < $4
+                 ORDER BY time {order} LIMIT $5"
+            ),
+            &[&sensor, &metric, &from, &to, &limit],
+        )
+        .await?;
+    let mut v: Vec<_> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    if newest {
+        v.reverse();
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,33 +678,4 @@ mod tests {
             (Some(Utc.with_ymd_and_hms(2026, 3, 5, 14, 0, 0).unwrap()), 1)
         );
     }
-}
-
-/// Raw readings of one metric in `[from, to)`, at most `limit`: the oldest, or the
-/// newest when `newest` (NGSI-LD's `lastN`); either way returned oldest first.
-pub async fn series(
-    store: &Store,
-    sensor: i32,
-    metric: i16,
-    (from, to): (DateTime<Utc>, DateTime<Utc>),
-    limit: i64,
-    newest: bool,
-) -> Result<Vec<(DateTime<Utc>, f64)>, StoreError> {
-    let client = store.read_client().await?;
-    let order = if newest { "DESC" } else { "ASC" };
-    let rows = client
-        .query(
-            &format!(
-                "SELECT time, value FROM observations
-                 WHERE sensor_id = $1 AND metric_id = $2 AND time >= $3 AND time < $4
-                 ORDER BY time {order} LIMIT $5"
-            ),
-            &[&sensor, &metric, &from, &to, &limit],
-        )
-        .await?;
-    let mut v: Vec<_> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    if newest {
-        v.reverse();
-    }
-    Ok(v)
 }

@@ -101,6 +101,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011", "device_certificates"),
     migration!(12, "0012", "sta_outbox"),
     migration!(13, "0013", "sensor_locations"),
+    migration!(14, "0014", "ngsi_subscriptions"),
 ];
 
 /// The newest schema version this build knows.

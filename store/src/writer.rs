@@ -382,6 +382,10 @@ impl BatchWriter {
         if outboxed {
             write_sta_outbox(&tx, inserted == staged).await?;
         }
+        let ngsi = inserted > 0 && store.ngsi_subscribed();
+        if ngsi {
+            write_ngsi_changes(&tx, inserted == staged).await?;
+        }
         let latest = upsert_latest(&tx, batch, &sensors.ids, report_latest).await?;
         let dead_letters_written =
             write_dead_letters(&tx, batch, &sensors.refused, max_payload).await?;
@@ -395,6 +399,9 @@ impl BatchWriter {
         store.note_changed(sensors.ids.keys().copied());
         if outboxed {
             store.note_outboxed();
+        }
+        if ngsi {
+            store.note_ngsi_changed();
         }
         if inserted > 0 && store.backend().is_timescale() {
             if let Some(t) = batch.observations.iter().map(|o| o.time).min() {
@@ -760,6 +767,25 @@ async fn write_sta_outbox(tx: &Transaction<'_>, all_new: bool) -> Result<(), Sto
         format!("{AGG} FROM {INSERTED_HERE} n HAVING count(*) > 0")
     };
     tx.execute(&sql, &[]).await?;
+    Ok(())
+}
+
+/// The (sensor, metric) pairs this batch stored, for the NGSI-LD subscriptions.
+async fn write_ngsi_changes(tx: &Transaction<'_>, all_new: bool) -> Result<(), StoreError> {
+    let from = if all_new {
+        "obs_staging_v2"
+    } else {
+        INSERTED_HERE
+    };
+    tx.execute(
+        &format!(
+            "INSERT INTO ngsi_changes (sensor_ids, metric_ids)
+             SELECT array_agg(sensor_id), array_agg(metric_id)
+             FROM (SELECT DISTINCT sensor_id, metric_id FROM {from} n) d HAVING count(*) > 0"
+        ),
+        &[],
+    )
+    .await?;
     Ok(())
 }
 

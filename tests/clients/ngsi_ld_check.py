@@ -1,8 +1,11 @@
 """NGSI-LD as its users read it: ngsildclient lists, counts, queries and reads the
 temporal API; pyld expands every JSON-LD answer against the vendored @contexts (no
 network); every entity validates against its Smart Data Model's official JSON Schema.
+With --subscribe TOKEN: ngsildclient subscribes to bins' fill levels for a receiver
+of this script's, prints "subscribed", and waits for the notification (whose data
+must validate too).
 
-Usage: ngsi_ld_check.py HUB_URL SMART_DATA_MODELS_DIR
+Usage: ngsi_ld_check.py HUB_URL SMART_DATA_MODELS_DIR [--subscribe OPERATOR_TOKEN]
 """
 import json
 import pathlib
@@ -69,6 +72,56 @@ def validate(ty, entity, formats=True):
     checker = Draft202012Validator.FORMAT_CHECKER if formats else None
     Draft202012Validator(schemas[ty], registry=registry, format_checker=checker).validate(entity)
 
+
+if len(sys.argv) > 4 and sys.argv[3] == "--subscribe":
+    import http.server
+    import queue
+    import threading
+
+    token = sys.argv[4]
+    got = queue.Queue()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.put((self.headers, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class Bearer(requests.auth.AuthBase):
+        def __call__(self, r):
+            r.headers["Authorization"] = f"Bearer {token}"
+            return r
+
+    u = urllib.parse.urlparse(hub)
+    client = Client(hostname=u.hostname, port=u.port, verbose=False, custom_auth=Bearer())
+    sid = client.subscriptions.create({
+        "type": "Subscription",
+        "entities": [{"type": "WasteContainer"}],
+        "watchedAttributes": ["fillingLevel"],
+        "notification": {
+            "format": "keyValues",
+            "endpoint": {"uri": f"http://127.0.0.1:{server.server_port}/notify", "accept": "application/json"},
+        },
+    })
+    listed = [s["id"] for s in client.subscriptions.list()]
+    assert sid in listed, (sid, listed)
+    print("subscribed", sid, flush=True)
+    headers, body = got.get(timeout=90)
+    n = json.loads(body)
+    assert n["type"] == "Notification" and n["subscriptionId"] == sid, n
+    assert headers.get("X-Cityhub-Signature-256", "").startswith("sha256="), headers
+    for e in n["data"]:
+        validate("WasteContainer", e)
+    print("notified:", json.dumps(n["data"]), flush=True)
+    client.subscriptions.delete(sid)
+    sys.exit(0)
 
 # The models' own examples, for the record (some do not pass their own schema: the
 # AirQualityObserved one has an integer tsp of 73.3 and a dateObserved without offset).
