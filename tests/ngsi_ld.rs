@@ -533,6 +533,7 @@ async fn a_subscription_is_notified_of_the_changes_it_asks_for_signed_and_retrie
         "entities": [{"type": "WasteContainer"}],
         "watchedAttributes": ["fillingLevel"],
         "q": "fillingLevel>0.8",
+        "throttling": 3600,
         "notification": {
             "format": "keyValues",
             "attributes": ["fillingLevel"],
@@ -654,6 +655,32 @@ async fn a_subscription_is_notified_of_the_changes_it_asks_for_signed_and_retrie
         db.count("SELECT count(*) FROM audit WHERE action = 'ngsi_subscription.create'")
             .await,
         1
+    );
+
+    // Throttled: bin-b fuller still, within the hour, is matched and not sent.
+    let before = db.observations().await;
+    let t15 = now + chrono::Duration::milliseconds(1500);
+    publish_raw(
+        &broker,
+        &[msg(
+            "waste_bin/bin-b",
+            json!({"ts": t15.to_rfc3339(), "values": {"fill_level": 93.0}}),
+        )],
+    )
+    .await;
+    wait_for(30, "the reading", || async {
+        db.observations().await > before
+    })
+    .await;
+    wait_for(30, "its change matched", || async {
+        db.count("SELECT count(*) FROM ngsi_changes").await == 0
+    })
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM alert_outbox WHERE event = 'notification'")
+            .await,
+        1,
+        "throttled"
     );
 
     // Deleted: audited; a full bin after it is not notified.
