@@ -288,13 +288,21 @@ fn attribute(v: &SensorView, src: &Source) -> Option<Value> {
             let s = &states[usize::from(l.value > *above)];
             json!({"type": "Property", "value": s, "observedAt": time(l.time)})
         }
-        Source::Property { name, default } => {
+        Source::Property {
+            name,
+            default,
+            values,
+        } => {
             let p = v
                 .properties
                 .get(*name)
                 .or_else(|| v.register.get(*name))
-                .filter(|p| !p.is_null())
-                .or(*default)?;
+                .filter(|p| !p.is_null());
+            let p = match p {
+                Some(p) if !values.is_empty() => values.get(p.as_str()?)?,
+                Some(p) => p,
+                None => default.as_ref()?,
+            };
             json!({"type": "Property", "value": p})
         }
         Source::Constant(c) => json!({"type": "Property", "value": c}),

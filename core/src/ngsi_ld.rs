@@ -64,6 +64,10 @@ pub struct AttrDef {
     /// With `property`: the value when the sensor has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
+    /// With `property`: the registry's values as the model's (`organico = "organic"`);
+    /// a value not listed is left out, so the entity stays valid against the model.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, Value>,
     /// The same value for every sensor of the kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
@@ -88,6 +92,7 @@ pub enum Source<'a> {
     Property {
         name: &'a str,
         default: Option<&'a Value>,
+        values: &'a BTreeMap<String, Value>,
     },
     Constant(&'a Value),
     TimeOf(&'a str),
@@ -126,10 +131,11 @@ impl AttrDef {
             return Ok(Source::Property {
                 name: p,
                 default: self.default.as_ref(),
+                values: &self.values,
             });
         }
-        if self.default.is_some() {
-            return Err("default needs a property".into());
+        if self.default.is_some() || !self.values.is_empty() {
+            return Err("default and values need a property".into());
         }
         match (&self.value, &self.time_of) {
             (Some(v), _) => Ok(Source::Constant(v)),
