@@ -661,19 +661,12 @@ async fn a_subscription_is_notified_of_the_changes_it_asks_for_signed_and_retrie
     );
 
     // Throttled: bin-b fuller still, within the hour, is matched and not sent.
-    let before = db.observations().await;
-    let t15 = now + chrono::Duration::milliseconds(1500);
-    publish_raw(
+    fill_bin_b(
         &broker,
-        &[msg(
-            "waste_bin/bin-b",
-            json!({"ts": t15.to_rfc3339(), "values": {"fill_level": 93.0}}),
-        )],
+        &db,
+        now + chrono::Duration::milliseconds(1500),
+        93.0,
     )
-    .await;
-    wait_for(30, "the reading", || async {
-        db.observations().await > before
-    })
     .await;
     wait_for(30, "its change matched", || async {
         db.count("SELECT count(*) FROM ngsi_changes").await == 0
@@ -711,20 +704,7 @@ async fn a_subscription_is_notified_of_the_changes_it_asks_for_signed_and_retrie
             .await,
         1
     );
-    let before = db.observations().await;
-    let t2 = now + chrono::Duration::seconds(2);
-    publish_raw(
-        &broker,
-        &[msg(
-            "waste_bin/bin-b",
-            json!({"ts": t2.to_rfc3339(), "values": {"fill_level": 97.0}}),
-        )],
-    )
-    .await;
-    wait_for(30, "the reading", || async {
-        db.observations().await > before
-    })
-    .await;
+    fill_bin_b(&broker, &db, now + chrono::Duration::seconds(2), 97.0).await;
     assert_eq!(
         db.count("SELECT count(*) FROM ngsi_changes").await,
         0,
@@ -736,6 +716,25 @@ async fn a_subscription_is_notified_of_the_changes_it_asks_for_signed_and_retrie
         0
     );
     assert_eq!(got.lock().unwrap().len(), 1);
+}
+
+/// Publishes bin-b's fill level at `t` and waits until it is stored.
+async fn fill_bin_b(broker: &Broker, db: &TestDb, t: chrono::DateTime<chrono::Utc>, fill: f64) {
+    let before = db.observations().await;
+    publish_raw(
+        broker,
+        &[(
+            "cityhub/v1/waste_bin/bin-b".to_owned(),
+            json!({"ts": t.to_rfc3339(), "values": {"fill_level": fill}})
+                .to_string()
+                .into_bytes(),
+        )],
+    )
+    .await;
+    wait_for(30, "the reading", || async {
+        db.observations().await > before
+    })
+    .await;
 }
 
 fn urlencode(s: &str) -> String {

@@ -135,13 +135,12 @@ impl Parsed {
         let endpoint = n
             .get("endpoint")
             .ok_or("notification.endpoint is required")?;
-        let uri = endpoint
+        endpoint
             .get("uri")
             .and_then(Value::as_str)
             .and_then(|u| url::Url::parse(u).ok())
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .ok_or("notification.endpoint.uri must be an http(s) URL")?;
-        let _ = uri;
         let json_ld = match endpoint.get("accept").and_then(Value::as_str) {
             None | Some("application/json") => false,
             Some("application/ld+json") => true,
