@@ -35,6 +35,11 @@ pub struct DemoArgs {
     /// indicators have more to show with more).
     #[arg(long, default_value = "24h")]
     pub history: String,
+    /// Older history loaded in the background once the recent history is in and the
+    /// fleet is live, from this long ago up to where `--history` began, e.g. `30d`
+    /// (the daily and yearly indicators fill in while it loads); `0` for none.
+    #[arg(long, default_value = "30d")]
+    pub older: String,
     /// Simulated seconds per second while loading the history; `inf` (the default):
     /// as fast as the broker acknowledges. Then real time.
     #[arg(long, default_value = "inf")]
@@ -258,6 +263,16 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         )
         .await
     });
+    // Loading from the first page load on: a page opened as soon as the URL is
+    // printed must wait for the history and reload after it, not judge a fleet
+    // half-loaded as silent.
+    *hub.history.write().expect("history lock") = Some(cityhub_app::HistoryLoad {
+        from: history_from,
+        loaded_until: history_from,
+        until: None,
+        messages: 0,
+        messages_per_s: 0.0,
+    });
     print_banner(addr);
     let loading = show_progress(
         progress,
@@ -269,10 +284,42 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<()> {
         },
         cancel.clone(),
     );
-    let (seed, spec) = (args.seed, opts_fleet);
+    let (seed, spec) = (args.seed, opts_fleet.clone());
+    let older = older_plan(&args, history_from, opts_fleet)?;
+    let older_state = hub.older.clone();
+    // Announced from the start, so the map follows it from the first page load on.
+    if let Some((o, span)) = &older {
+        *older_state.write().expect("history lock") = Some(cityhub_app::HistoryLoad {
+            from: o.start,
+            loaded_until: o.start,
+            until: Some(o.start + *span),
+            messages: 0,
+            messages_per_s: 0.0,
+        });
+    }
+    let older_broker = registry_settings.mqtt.clone();
+    let older_cancel = cancel.clone();
+    let committed = {
+        let c = hub.messages_committed.clone();
+        move || c.get()
+    };
     tokio::spawn(async move {
         if loading.await {
             register_fleet(&registry_settings, &catalog, seed, &spec).await;
+            match older {
+                Some(plan) => {
+                    load_older(
+                        plan,
+                        &catalog,
+                        &older_broker,
+                        older_state,
+                        committed,
+                        older_cancel,
+                    )
+                    .await
+                }
+                None => *older_state.write().expect("history lock") = None,
+            }
         }
     });
     let report = sim.await?;
@@ -317,6 +364,9 @@ async fn services(settings: &mut Settings, args: &DemoArgs) -> Result<Option<Dem
         // 1,650 messages/s with 50 ms, 5,300 with 10 ms, 9,800 with 2 ms (measured).
         settings.ingest.batch_max_age_ms = settings.ingest.batch_max_age_ms.min(2);
     }
+    // The older history rewrites finished days for a few minutes: indicator answers
+    // are not kept, so the indicators view fills in as it loads.
+    settings.indicators.cache_s = 0;
     // The embedded broker keeps no sessions across runs; a fresh client id per run is honest about that.
     settings.mqtt.client_id = format!("cityhub-demo-{}", std::process::id());
     Ok(pg)
@@ -347,6 +397,7 @@ fn fleet_plan(
         faults: FaultRates::default(),
     };
     let pace = Pace {
+        backpressure: None,
         speedup: args.speedup.max(1.0),
         rate: None,
         duration: None,
@@ -354,6 +405,128 @@ fn fleet_plan(
         progress: Some(progress.clone()),
     };
     Ok((opts, pace, progress))
+}
+
+/// The older history: the same fleet (same seed, same sensors) from `--older` ago
+/// up to where the recent history began; `None` when it is not longer.
+fn older_plan(
+    args: &DemoArgs,
+    recent_from: chrono::DateTime<Utc>,
+    fleet: FleetSpec,
+) -> Result<Option<(SimOptions, chrono::Duration)>> {
+    let older = crate::sim_cmd::parse_duration(&args.older)
+        .with_context(|| format!("--older {}", args.older))?;
+    let start = Utc::now() - older;
+    Ok((start < recent_from).then(|| {
+        let opts = SimOptions {
+            seed: args.seed,
+            start,
+            fleet,
+            formats: vec![Format::Native, Format::Senml],
+            faults: FaultRates::default(),
+        };
+        (opts, recent_from - start)
+    }))
+}
+
+/// Loads the older history as fast as the broker and the hub take it, while the
+/// fleet is live; its progress goes to stderr and to the map (`/map/status.json`
+/// `older`). Every guarantee holds for old readings: each is stored once, `latest`
+/// only moves forward, alerts judge only what is newer than what they saw, and the
+/// rollups take late hours exactly.
+async fn load_older(
+    (opts, span): (SimOptions, chrono::Duration),
+    catalog: &cityhub_core::Catalog,
+    broker: &cityhub_core::settings::MqttSettings,
+    state: Arc<std::sync::RwLock<Option<cityhub_app::HistoryLoad>>>,
+    committed: impl Fn() -> u64 + Send + Sync + 'static,
+    cancel: CancellationToken,
+) {
+    let (from, until) = (opts.start, opts.start + span);
+    let progress = Arc::new(Progress::default());
+    // What the hub stored since now (the live fleet's few messages count too).
+    let base = committed();
+    let stored: Arc<dyn Fn() -> u64 + Send + Sync> =
+        Arc::new(move || committed().saturating_sub(base));
+    let pace = Pace {
+        speedup: f64::INFINITY,
+        rate: None,
+        duration: Some(span),
+        count: None,
+        progress: Some(progress.clone()),
+        // A few seconds of the hub's work ahead at most: the broker queues the rest
+        // for the hub, and a queue that long is a queue a broker may cut.
+        backpressure: Some(cityhub_sim::Backpressure {
+            stored: stored.clone(),
+            max_ahead: 20_000,
+        }),
+    };
+    eprintln!(
+        "demo: loading older history in the background, {} to {} (the indicators fill in as it loads)",
+        from.format("%Y-%m-%d %H:%M"),
+        until.format("%Y-%m-%d %H:%M")
+    );
+    let started = std::time::Instant::now();
+    let run = cityhub_sim::run_live(
+        &opts,
+        catalog,
+        &pace,
+        broker,
+        "cityhub-demo-older",
+        rumqttc_qos(),
+        cancel.clone(),
+    );
+    tokio::pin!(run);
+    let mut last_line = started;
+    let mut report = None;
+    loop {
+        let sent = progress.produced.load(Ordering::Relaxed);
+        let done = stored();
+        let at =
+            chrono::DateTime::from_timestamp_micros(progress.sim_time_us.load(Ordering::Relaxed))
+                .unwrap_or(from)
+                .clamp(from, until);
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+        // Loaded: the fleet's run ended and the hub stored all it sent.
+        if report.is_some() && done >= sent {
+            break;
+        }
+        *state.write().expect("history lock") = Some(cityhub_app::HistoryLoad {
+            from,
+            loaded_until: at,
+            until: Some(until),
+            messages: done,
+            messages_per_s: rate,
+        });
+        if last_line.elapsed() >= Duration::from_secs(10) {
+            let pct = (at - from).num_seconds() as f64 / span.num_seconds().max(1) as f64 * 100.0;
+            eprintln!(
+                "demo: older history {pct:3.0} % (up to {}), {sent} messages, {rate:.0}/s",
+                at.format("%Y-%m-%d")
+            );
+            last_line = std::time::Instant::now();
+        }
+        tokio::select! {
+            r = &mut run, if report.is_none() => {
+                if let Err(e) = &r {
+                    eprintln!("demo: loading the older history stopped: {e}");
+                    break;
+                }
+                report = Some(r);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+    *state.write().expect("history lock") = None;
+    match report {
+        Some(Ok(r)) if !cancel.is_cancelled() => eprintln!(
+            "demo: older history loaded in {:.0} s ({} messages stored); the indicators cover it",
+            started.elapsed().as_secs_f64(),
+            r.messages
+        ),
+        _ => {}
+    }
 }
 
 /// Written, not println!-ed: a reader that stops listening (`| head -1`) must not stop the demo.
@@ -412,6 +585,7 @@ async fn show_progress(
         *history.write().expect("history lock") = Some(cityhub_app::HistoryLoad {
             from,
             loaded_until: from + chrono::Duration::seconds((total_s * pct / 100.0) as i64),
+            until: None,
             messages: stored,
             messages_per_s: rate,
         });

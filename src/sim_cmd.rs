@@ -240,6 +240,7 @@ async fn fleet(settings: &Settings, a: RunArgs) -> Result<()> {
         faults: FaultRates::parse(&a.faults).map_err(anyhow::Error::msg)?,
     };
     let pace = Pace {
+        backpressure: None,
         speedup: a.speedup,
         rate: a.rate,
         duration: a.duration.as_deref().map(parse_duration).transpose()?,

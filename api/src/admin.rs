@@ -40,7 +40,8 @@ fn point(g: Value) -> ApiResult<GeoPoint> {
     let geojson::GeometryValue::Point { coordinates } = g.value else {
         return Err(not_a_point());
     };
-    let [lon, lat, ..] = coordinates.as_slice() else {
+    // [lon, lat] or [lon, lat, height] (RFC 7946 §3.1.1).
+    let ([lon, lat] | [lon, lat, _]) = coordinates.as_slice() else {
         return Err(not_a_point());
     };
     GeoPoint::new(*lat, *lon).map_err(|e| ApiError::BadRequest(format!("geometry: {e}")))
@@ -55,8 +56,8 @@ const RESERVED: &[&str] = &["id", "kind", "name", "latest", "first_seen", "last_
     request_body(content = SensorInput, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Registered", body = Feature),
-        (status = 200, description = "Replaced", body = Feature),
+        (status = 201, description = "Registered", body = Feature, content_type = "application/geo+json"),
+        (status = 200, description = "Replaced", body = Feature, content_type = "application/geo+json"),
         (status = 400, description = "Invalid sensor", body = ErrorBody),
         (status = 401, description = "No token", body = ErrorBody),
         (status = 403, description = "Wrong token", body = ErrorBody),
@@ -68,8 +69,7 @@ pub async fn put(
     body: Bytes,
 ) -> ApiResult<Response> {
     let id = sensor_id(&id)?;
-    let input: SensorInput =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+    let input: SensorInput = crate::params::json_object(&body)?;
     if input
         .kind_of_object
         .as_deref()
@@ -276,7 +276,8 @@ pub async fn dead_letters(
 pub struct ServiceInput {
     /// `active`, `maintenance` or `out_of_service`.
     pub status: Option<String>,
-    /// What is being done (at most 500 characters); null clears it.
+    /// What is being done (at most 500 characters, no control character); null clears it.
+    #[schema(max_length = 500, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub note: Option<String>,
 }
 
@@ -302,8 +303,7 @@ pub async fn service(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let id = sensor_id(&id)?;
-    let input: ServiceInput =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+    let input: ServiceInput = crate::params::json_object(&body)?;
     if let Some(st) = &input.status {
         if !SERVICE_STATES.contains(&st.as_str()) {
             return Err(ApiError::BadRequest(format!(

@@ -17,11 +17,13 @@ use utoipa::{IntoParams, ToSchema};
 #[into_params(parameter_in = Query)]
 pub struct AlertParams {
     /// `open`, `acknowledged`, `cleared`, comma-separated (default: all).
+    #[param(pattern = "^(open|acknowledged|cleared)(,(open|acknowledged|cleared))*$")]
     state: Option<String>,
     kind: Option<String>,
     /// A sensor id.
     sensor: Option<String>,
-    /// Only alerts raised or changed at or after this instant (RFC 3339).
+    /// Only alerts raised or changed at or after this instant (RFC 3339; a date is taken too).
+    #[param(format = DateTime)]
     since: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
@@ -92,15 +94,17 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct Ack {
     /// What the operator did or will do (at most 1000 characters).
+    #[schema(max_length = 1000)]
     pub note: Option<String>,
 }
 
 /// An operator acknowledges an open alert, with a note.
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts", operation_id = "ack_alert",
-    params(("id" = i64, Path, description = "The alert's id")),
-    request_body(content = Ack, description = "Optional note", content_type = "application/json"),
+    params(("id" = i64, Path, description = "The alert's id", minimum = 1)),
+    request_body(content = Option<Ack>, description = "Optional note", content_type = "application/json"),
     security(("bearer" = [])),
     responses((status = 200, description = "Acknowledged", body = Object),
+              (status = 400, description = "Not an alert id, or a bad note", body = ErrorBody),
               (status = 401, description = "No operator token", body = ErrorBody),
               (status = 403, description = "Wrong token", body = ErrorBody),
               (status = 404, description = "No such alert", body = ErrorBody),
@@ -108,10 +112,14 @@ pub struct Ack {
 pub async fn ack(
     State(s): State<AppState>,
     Operator(caller): Operator,
-    Path(id): Path<i64>,
-    body: Option<Json<Ack>>,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<Alert>> {
-    let note = body.and_then(|Json(a)| a.note);
+    // Rejections as the API's JSON errors, not axum's plain-text ones.
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("alert id: {}", e.body_text())))?;
+    // No body, or JSON null: no note.
+    let ack: Ack = crate::params::json_object_or_none(&body)?;
+    let note = ack.note;
     if note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
         return Err(ApiError::BadRequest("note: at most 1000 characters".into()));
     }

@@ -55,10 +55,10 @@ pub struct AuditOut {
     pub action: String,
     pub target: String,
     /// The target's values before the change (null when it was created)...
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub before: Option<Value>,
     /// ...and after it.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub after: Option<Value>,
 }
 
@@ -190,6 +190,9 @@ pub struct IssuedToken {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// What [`check_name`] takes, for the API document.
+pub const OPERATOR_NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$";
+
 fn check_name(name: &str) -> ApiResult<()> {
     let ok = (1..=64).contains(&name.len())
         && name
@@ -219,8 +222,7 @@ pub async fn add_operator(
     State(s): State<AppState>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<IssuedToken>)> {
-    let n: NewOperator =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+    let n: NewOperator = crate::params::json_object(&body)?;
     check_name(&n.name)?;
     let token = Token::generate();
     let hash = credentials::hash(&token.secret);
@@ -282,7 +284,7 @@ pub struct Rotate {
 /// enabled again). Admins only.
 #[utoipa::path(post, path = "/api/v1/operators/{name}/rotate", tag = "accounts",
     params(("name" = String, Path, description = "The account")),
-    request_body(content = Rotate, description = "Optional expiry", content_type = "application/json"),
+    request_body(content = Option<Rotate>, description = "Optional expiry", content_type = "application/json"),
     security(("bearer" = [])),
     responses((status = 200, description = "The new token, shown only now", body = IssuedToken),
               (status = 401, description = "No token", body = ErrorBody),
@@ -294,11 +296,8 @@ pub async fn rotate_operator(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<IssuedToken>> {
-    let r: Rotate = if body.is_empty() {
-        Rotate::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
-    };
+    // No body, or JSON null: no expiry.
+    let r: Rotate = crate::params::json_object_or_none(&body)?;
     let token = Token::generate();
     let hash = credentials::hash(&token.secret);
     let o = s

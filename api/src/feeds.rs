@@ -10,20 +10,55 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
+use cityhub_core::kinds::PropertyDef;
 use cityhub_store::query::{self, SensorFilter, SensorView};
 use serde_json::{Map, Value};
 
 /// The metric columns of a kind, in catalogue order.
 pub fn metric_columns(s: &AppState, kind: &str) -> Vec<(String, String)> {
-    s.catalog
-        .get(kind)
-        .map(|k| {
-            k.metrics
-                .values()
-                .map(|m| (m.name.to_string(), m.unit.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+    Columns::of(s, kind).metrics
+}
+
+/// A kind's columns beyond the fixed ones: its metrics (name, unit), then the
+/// registry attributes it declares, each of one type.
+#[derive(Debug, Clone, Default)]
+pub struct Columns {
+    pub metrics: Vec<(String, String)>,
+    pub properties: Vec<(String, PropertyDef)>,
+}
+
+impl Columns {
+    pub fn of(s: &AppState, kind: &str) -> Self {
+        s.catalog
+            .get(kind)
+            .map(|k| Self {
+                metrics: k
+                    .metrics
+                    .values()
+                    .map(|m| (m.name.to_string(), m.unit.clone()))
+                    .collect(),
+                properties: k
+                    .def
+                    .properties
+                    .iter()
+                    .map(|(n, d)| (n.clone(), d.clone()))
+                    .collect(),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Units by column, for a feed's `units` member.
+    pub fn units(&self) -> Map<String, Value> {
+        self.metrics
+            .iter()
+            .map(|(m, u)| (m.clone(), Value::String(u.clone())))
+            .chain(
+                self.properties
+                    .iter()
+                    .filter_map(|(n, d)| Some((n.clone(), Value::String(d.unit.clone()?)))),
+            )
+            .collect()
+    }
 }
 
 pub async fn kind_sensors(s: &AppState, kind: &str) -> ApiResult<Vec<SensorView>> {
@@ -66,17 +101,14 @@ pub async fn feed(
     let doc = s
         .snapshot
         .feed(store, kind, ext, || async {
-            let columns = metric_columns(&s, kind);
+            let columns = Columns::of(&s, kind);
             let rows = kind_sensors(&s, kind).await?;
             let modified = geo::last_modified(&rows);
             let body = if ext == "geojson" {
-                let names: Vec<String> = columns.iter().map(|(m, _)| m.clone()).collect();
-                let mut fc =
-                    FeatureCollection::new(rows.iter().map(|r| flat_feature(r, &names)).collect());
-                fc.units = columns
-                    .iter()
-                    .map(|(m, u)| (m.clone(), Value::String(u.clone())))
-                    .collect::<Map<_, _>>();
+                let mut fc = FeatureCollection::new(
+                    rows.iter().map(|r| flat_feature(r, &columns)).collect(),
+                );
+                fc.units = columns.units();
                 crate::cache::to_json(&fc)?
             } else {
                 csv_feed(&rows, &columns)?
@@ -96,16 +128,22 @@ pub async fn feed(
     send_doc(&headers, content_type, &doc, &[disposition]).await
 }
 
-/// `sensor_id,name,kind,lon,lat,last_seen,<metric> [<unit>],<metric>_time,...`
-pub fn csv_feed(rows: &[SensorView], columns: &[(String, String)]) -> ApiResult<Vec<u8>> {
+/// `sensor_id,name,kind,lon,lat,last_seen,<metric> [<unit>],<metric>_time,...,<property> [<unit>],...`
+pub fn csv_feed(rows: &[SensorView], columns: &Columns) -> ApiResult<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut head: Vec<String> = ["sensor_id", "name", "kind", "lon", "lat", "last_seen"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    for (m, u) in columns {
+    for (m, u) in &columns.metrics {
         head.push(format!("{m} [{u}]"));
         head.push(format!("{m}_time"));
+    }
+    for (n, d) in &columns.properties {
+        head.push(match &d.unit {
+            Some(u) => format!("{n} [{u}]"),
+            None => n.clone(),
+        });
     }
     let err = |e: csv::Error| ApiError::Internal(format!("writing CSV: {e}"));
     w.write_record(&head).map_err(err)?;
@@ -119,10 +157,17 @@ pub fn csv_feed(rows: &[SensorView], columns: &[(String, String)]) -> ApiResult<
             opt(r.lat),
             r.last_seen.map(geo::rfc3339).unwrap_or_default(),
         ];
-        for (m, _) in columns {
+        for (m, _) in &columns.metrics {
             let l = r.latest.iter().find(|l| &l.metric == m);
             rec.push(opt(l.map(|l| l.value)));
             rec.push(l.map(|l| geo::rfc3339(l.time)).unwrap_or_default());
+        }
+        for (n, d) in &columns.properties {
+            rec.push(match r.properties.get(n).and_then(|v| d.ty.fit(v)) {
+                Some(Value::String(t)) => t,
+                Some(v) => v.to_string(),
+                None => String::new(),
+            });
         }
         w.write_record(&rec).map_err(err)?;
     }

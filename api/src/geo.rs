@@ -143,7 +143,7 @@ pub fn sensor_feature(s: &SensorView) -> Feature {
 
 /// The open-data row of a sensor: flat properties (one value and one time per metric of
 /// the kind, null when never reported), so GIS tools see plain columns.
-pub fn flat_feature(s: &SensorView, metrics: &[String]) -> Feature {
+pub fn flat_feature(s: &SensorView, columns: &crate::feeds::Columns) -> Feature {
     let mut p = Map::new();
     p.insert("sensor_id".into(), s.id.clone().into());
     p.insert(
@@ -152,10 +152,14 @@ pub fn flat_feature(s: &SensorView, metrics: &[String]) -> Feature {
     );
     p.insert("kind".into(), s.kind.clone().into());
     p.insert("last_seen".into(), json_time(s.last_seen));
-    for m in metrics {
+    for (m, _) in &columns.metrics {
         let l = s.latest.iter().find(|l| &l.metric == m);
         p.insert(m.clone(), l.map(|l| num(l.value)).unwrap_or(Value::Null));
         p.insert(format!("{m}_time"), json_time(l.map(|l| l.time)));
+    }
+    for (n, d) in &columns.properties {
+        let v = s.properties.get(n).and_then(|v| d.ty.fit(v));
+        p.insert(n.clone(), v.unwrap_or(Value::Null));
     }
     Feature {
         kind: "Feature",

@@ -37,8 +37,8 @@ const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub const SENSOR_DAYS_PER_REQUEST: u64 = 10_000;
 
 /// Sensors per page of sensor rows, by default and at most.
-const PAGE_DEFAULT: u32 = 100;
-const PAGE_MAX: u32 = 1000;
+pub const PAGE_DEFAULT: u32 = 100;
+pub const PAGE_MAX: u32 = 1000;
 
 /// Rows kept by the cache, all answers together.
 const CACHE_ROWS: u64 = 200_000;
@@ -95,6 +95,8 @@ pub fn available(s: &AppState) -> Vec<&'static Indicator> {
 struct Entry {
     #[serde(flatten)]
     ind: &'static Indicator,
+    /// The values are rounded to this many decimals.
+    decimals: u32,
     /// The address of its rows.
     href: String,
 }
@@ -116,6 +118,7 @@ pub async fn list(State(s): State<AppState>, BaseUrl(base): BaseUrl) -> Json<Ind
         .map(|i| {
             serde_json::to_value(Entry {
                 ind: i,
+                decimals: i.compute.decimals(),
                 href: format!("{base}/api/v1/indicators/{}", i.id),
             })
             .unwrap_or_default()
@@ -185,6 +188,9 @@ fn parse_day(name: &str, v: &str, tz: chrono_tz::Tz) -> ApiResult<NaiveDate> {
 pub struct IndicatorRows {
     indicator: String,
     unit: String,
+    /// The values are rounded to this many decimals (3 for means and shares, 4
+    /// for energy and hours, 0 for counts).
+    decimals: u32,
     period: String,
     timezone: String,
     /// The range computed, widened to whole periods (RFC 3339).
@@ -390,6 +396,7 @@ pub async fn get(
     Ok(Json(IndicatorRows {
         indicator: indicator.id.into(),
         unit: indicator.unit.into(),
+        decimals: indicator.compute.decimals(),
         period: period.as_str().into(),
         timezone: cfg.timezone.clone(),
         from: stamp(from),

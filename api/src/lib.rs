@@ -36,10 +36,12 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use cityhub_core::credentials::Role;
 use cityhub_core::{Catalog, Settings};
 use cityhub_store::Store;
 use error::ApiError;
 use prometheus_client::registry::Registry;
+use serde_json::Value;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +78,9 @@ pub struct AppState {
     pub replication: Arc<std::sync::RwLock<Option<cityhub_store::replication::Replication>>>,
     /// Set while a simulated history is being loaded (the demo), for the map's header.
     pub history: Arc<std::sync::RwLock<Option<HistoryLoad>>>,
+    /// Set while older history is loaded behind a live hub (the demo's month), for
+    /// the map's header and the indicators view, which fill in as it loads.
+    pub older: Arc<std::sync::RwLock<Option<HistoryLoad>>>,
     /// The sensors listing and feeds, kept in memory.
     pub snapshot: Arc<snapshot::Snapshot>,
     /// Where the operator map comes from ([`web::map_source`]).
@@ -105,6 +110,10 @@ pub struct HistoryLoad {
     /// The history's first instant, and the newest simulated time published so far.
     pub from: chrono::DateTime<chrono::Utc>,
     pub loaded_until: chrono::DateTime<chrono::Utc>,
+    /// Where this load ends when not at the present (older history ends where the
+    /// recent one began).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     pub messages: u64,
     pub messages_per_s: f64,
 }
@@ -189,6 +198,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ogc::conformance))
         .routes(routes!(ogc::collections))
         .routes(routes!(ogc::one_collection))
+        .routes(routes!(ogc::schema))
         .routes(routes!(ogc::items))
         .routes(routes!(ogc::item))
         .routes(routes!(dcat::catalog))
@@ -233,11 +243,82 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, api)
 }
 
-/// The OpenAPI 3.0 document served at `/openapi.json`, with the real page limits.
-pub fn openapi_json(api: &utoipa::openapi::OpenApi, max_page: u32) -> String {
+/// The OpenAPI 3.0 document served at `/openapi.json`, with the real page limits and
+/// this city's kinds.
+pub fn openapi_json(api: &utoipa::openapi::OpenApi, max_page: u32, kinds: &[String]) -> String {
     let mut doc = serde_json::to_value(api).unwrap_or_default();
     oas30::downgrade(&mut doc);
+    oas30::state_enforced(&mut doc, kinds, cityhub_core::SensorId::PATTERN);
+    // The closed sets the handlers check by hand, named once here.
+    let roles: Vec<String> = [Role::Viewer, Role::Operator, Role::Admin]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let states: Vec<String> = admin::SERVICE_STATES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (pointer, values) in [
+        ("/components/schemas/NewOperator/properties/role", &roles),
+        ("/components/schemas/IssuedToken/properties/role", &roles),
+        ("/components/schemas/OperatorOut/properties/role", &roles),
+        (
+            "/components/schemas/ServiceInput/properties/status",
+            &states,
+        ),
+        (
+            "/components/schemas/SensorInput/properties/type",
+            &vec!["Feature".to_owned()],
+        ),
+    ] {
+        if let Some(Value::Object(s)) = doc.pointer_mut(pointer) {
+            let mut e = serde_json::json!(values);
+            // OpenAPI 3.0: a nullable enum lists null among its values.
+            if s.get("nullable") == Some(&Value::Bool(true)) {
+                e.as_array_mut().expect("a list").push(Value::Null);
+            }
+            s.insert("enum".into(), e);
+        }
+    }
+    // A sensor as PUT takes it: a Point (or null) and properties with a known kind.
+    if let Some(Value::Object(s)) = doc.pointer_mut("/components/schemas/SensorInput") {
+        s.insert("required".into(), serde_json::json!(["properties"]));
+        let props = s
+            .entry("properties")
+            .or_insert_with(|| serde_json::json!({}));
+        props["geometry"] = serde_json::json!({
+            "type": "object", "nullable": true, "required": ["type", "coordinates"],
+            "description": "A GeoJSON Point [lon, lat] (WGS 84), or null for a sensor with no fixed position",
+            "properties": {
+                "type": {"type": "string", "enum": ["Point"]},
+                "coordinates": {"type": "array", "minItems": 2, "maxItems": 3, "items": {"type": "number"}}
+            }
+        });
+        props["properties"] = serde_json::json!({
+            "type": "object", "required": ["kind"],
+            "description": "`kind`, an optional `name` (at most 200 printable characters), and registry attributes such as `depth_mm`",
+            "properties": {
+                "kind": {"type": "string", "enum": kinds},
+                "name": {"type": "string", "nullable": true, "maxLength": 200}
+            }
+        });
+    }
+    if let Some(Value::Object(s)) =
+        doc.pointer_mut("/components/schemas/NewOperator/properties/name")
+    {
+        s.insert("pattern".into(), audit::OPERATOR_NAME_PATTERN.into());
+    }
+    for (param, values) in [
+        ("rows", &["city", "sensors"][..]),
+        ("period", &["day", "month", "year"]),
+        ("format", &["json", "csv"]),
+        ("by", &["stream"]),
+    ] {
+        oas30::set_enum(&mut doc, "/api/v1/indicators/{id}", param, values);
+    }
     for (path, default) in [
+        ("/api/v1/audit", Some(100)),
+        ("/api/v1/dead-letters", Some(100)),
         (
             "/ogc/collections/{collectionId}/items",
             Some(ogc::DEFAULT_LIMIT),
@@ -250,6 +331,12 @@ pub fn openapi_json(api: &utoipa::openapi::OpenApi, max_page: u32) -> String {
     ] {
         oas30::set_limit(&mut doc, path, default.map(|d| d.min(max_page)), max_page);
     }
+    oas30::set_limit(
+        &mut doc,
+        "/api/v1/indicators/{id}",
+        Some(indicators::PAGE_DEFAULT),
+        indicators::PAGE_MAX,
+    );
     serde_json::to_string(&doc).unwrap_or_default()
 }
 
@@ -261,7 +348,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (router, api) = routes();
     let api = Arc::new(api);
-    let json = Arc::new(openapi_json(&api, state.settings.http.max_page.get()));
+    let json = Arc::new(openapi_json(
+        &api,
+        state.settings.http.max_page.get(),
+        &state.kind_names(),
+    ));
     let html = Arc::new(docs::html(&api));
     let http = &state.settings.http;
     let mut app = router

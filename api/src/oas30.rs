@@ -111,22 +111,115 @@ fn schema(o: &mut Map<String, Value>) {
 
 /// Gives the `limit` query parameter of `path` its default and maximum, so that
 /// clients (GDAL's OAPIF driver) page by the largest page the server allows.
-pub fn set_limit(doc: &mut Value, path: &str, default: Option<u32>, maximum: u32) {
-    let Some(Value::Array(params)) = doc.pointer_mut(&format!(
-        "/paths/{}/get/parameters",
-        path.replace('~', "~0").replace('/', "~1")
-    )) else {
+/// States in the document what every handler enforces beyond the parameter types
+/// utoipa derives: the city's kinds as an enum wherever a kind is named, the sensor
+/// id's pattern wherever one is, no empty query value (the handlers refuse them),
+/// and the 400 any operation with an input answers to a malformed one.
+pub fn state_enforced(doc: &mut Value, kinds: &[String], sensor_id: &str) {
+    let kind_enum = Value::Array(kinds.iter().map(|k| Value::String(k.clone())).collect());
+    let alternatives = kinds.join("|");
+    let Some(Value::Object(paths)) = doc.get_mut("paths") else {
         return;
     };
-    for p in params {
-        if p.get("name").and_then(Value::as_str) == Some("limit") {
-            if let Some(Value::Object(s)) = p.get_mut("schema") {
-                if let Some(d) = default {
-                    s.insert("default".into(), d.into());
+    for (path, item) in paths.iter_mut() {
+        let Value::Object(item) = item else { continue };
+        for op in item.values_mut() {
+            let Value::Object(op) = op else { continue };
+            let mut has_input = op.contains_key("requestBody");
+            if let Some(Value::Array(params)) = op.get_mut("parameters") {
+                has_input |= !params.is_empty();
+                for p in params {
+                    let name = p
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
+                    let place = p.get("in").and_then(Value::as_str).unwrap_or("").to_owned();
+                    let Some(Value::Object(s)) = p.get_mut("schema") else {
+                        continue;
+                    };
+                    match (place.as_str(), name.as_str()) {
+                        ("query", "kind") | ("path", "collectionId") => {
+                            s.insert("enum".into(), kind_enum.clone());
+                        }
+                        ("path", "id") if path.starts_with("/api/v1/sensors/") => {
+                            s.insert("pattern".into(), sensor_id.into());
+                        }
+                        ("query", "sensor") => {
+                            s.insert("pattern".into(), sensor_id.into());
+                        }
+                        ("path", "file") if path == "/feeds/{file}" => {
+                            s.insert(
+                                "pattern".into(),
+                                format!("^({alternatives})\\.(geojson|csv)$").into(),
+                            );
+                        }
+                        _ => {}
+                    }
+                    let free_string = s.get("type").and_then(Value::as_str) == Some("string")
+                        && !s.contains_key("enum")
+                        && !s.contains_key("pattern");
+                    if place == "query" && free_string {
+                        s.entry("minLength").or_insert(1.into());
+                    }
+                    // Ids are 64-bit; JSON clients keep integers exact up to 2^53.
+                    if place == "path" && s.get("format").and_then(Value::as_str) == Some("int64") {
+                        s.entry("maximum")
+                            .or_insert(9_007_199_254_740_991_i64.into());
+                    }
                 }
-                s.insert("maximum".into(), maximum.into());
+            }
+            if let Some(Value::Object(responses)) = op.get_mut("responses") {
+                if has_input && !responses.contains_key("400") {
+                    responses.insert(
+                        "400".into(),
+                        serde_json::json!({
+                            "description": "A malformed parameter or body: the answer says which",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+                        }),
+                    );
+                }
             }
         }
+    }
+}
+
+/// The schema of a GET operation's query parameter, when the document has it.
+fn param_schema<'a>(
+    doc: &'a mut Value,
+    path: &str,
+    name: &str,
+) -> Option<&'a mut Map<String, Value>> {
+    let params = doc.pointer_mut(&format!(
+        "/paths/{}/get/parameters",
+        path.replace('~', "~0").replace('/', "~1")
+    ))?;
+    params
+        .as_array_mut()?
+        .iter_mut()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))?
+        .get_mut("schema")?
+        .as_object_mut()
+}
+
+/// A closed set of values for a GET operation's parameter.
+pub fn set_enum(doc: &mut Value, path: &str, name: &str, values: &[&str]) {
+    if let Some(s) = param_schema(doc, path, name) {
+        s.remove("minLength");
+        s.insert(
+            "enum".into(),
+            values.iter().map(|v| Value::from(*v)).collect(),
+        );
+    }
+}
+
+/// A page size's default and maximum for a GET operation's `limit`.
+pub fn set_limit(doc: &mut Value, path: &str, default: Option<u32>, maximum: u32) {
+    if let Some(s) = param_schema(doc, path, "limit") {
+        if let Some(d) = default {
+            s.insert("default".into(), d.into());
+        }
+        s.insert("maximum".into(), maximum.into());
     }
 }
 

@@ -3,7 +3,7 @@
 //! latest values as flat properties. Readable by GDAL's OAPIF driver and QGIS.
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::feeds::metric_columns;
+use crate::feeds::{metric_columns, Columns};
 use crate::geo::{self, flat_feature, Feature, FeatureCollection, Link, GEOJSON};
 use crate::params::known_kind;
 use crate::params::{enc, parse_bbox, parse_datetime, BaseUrl, StrictQuery};
@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cityhub_store::query::{self, SensorFilter};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 const CRS84: &str = "http://www.opengis.net/def/crs/OGC/1.3/CRS84";
@@ -193,8 +193,16 @@ fn collection(s: &AppState, b: &str, kind: &str, extent: Option<&query::KindExte
                 GEOJSON,
                 "Sensors",
             ),
+            // Relation types are case-insensitive (RFC 8288); GDAL up to 3.6 (Debian
+            // 12's) matches only this spelling, later versions any.
             Link::new(
-                "describedby",
+                "describedBy",
+                format!("{b}/ogc/collections/{kind}/schema"),
+                SCHEMA_JSON,
+                "JSON Schema of the features (one type per property)",
+            ),
+            Link::new(
+                "related",
                 format!("{b}/api/v1/kinds"),
                 "application/json",
                 "Kind catalogue (metrics, units, ranges)",
@@ -263,6 +271,85 @@ pub async fn one_collection(
     Ok(Json(collection(&s, &base.0, &kind, extents.get(&kind))))
 }
 
+const SCHEMA_JSON: &str = "application/schema+json";
+
+/// The collection's features as a JSON Schema (the collection's `describedBy`):
+/// GDAL takes each column's type from it, so a column that is null on the first
+/// page still has its type.
+#[utoipa::path(get, path = "/ogc/collections/{collectionId}/schema", tag = "OGC API - Features",
+    params(("collectionId" = String, Path, description = "A sensor kind"), OgcParams),
+    responses((status = 200, description = "JSON Schema (draft 2020-12) of a feature's properties",
+               body = Object, content_type = "application/schema+json"),
+              (status = 400, description = "Unknown parameter", body = ErrorBody),
+              (status = 404, description = "No such collection", body = ErrorBody)))]
+pub async fn schema(
+    State(s): State<AppState>,
+    base: BaseUrl,
+    Path(kind): Path<String>,
+    _q: StrictQuery<OgcParams>,
+) -> ApiResult<Response> {
+    known_kind(&s, &kind)?;
+    let columns = Columns::of(&s, &kind);
+    // One type per property, as GIS clients read it (GDAL takes no list of types);
+    // a property with no value is null in the items, as the description says.
+    let mut props = serde_json::Map::new();
+    let mut add = |name: String, mut p: Value| {
+        p["x-ogc-property-seq"] = json!(props.len() + 1);
+        props.insert(name, p);
+    };
+    add(
+        "sensor_id".into(),
+        json!({ "type": "string", "x-ogc-role": "id" }),
+    );
+    add("name".into(), json!({ "type": "string" }));
+    add("kind".into(), json!({ "type": "string" }));
+    let time = || json!({ "type": "string", "format": "date-time" });
+    add("last_seen".into(), time());
+    for (m, unit) in &columns.metrics {
+        add(
+            m.clone(),
+            json!({ "type": "number", "x-ogc-unit": unit, "title": m }),
+        );
+        add(format!("{m}_time"), time());
+    }
+    for (n, d) in &columns.properties {
+        let mut p = json!({ "type": d.ty.json_type() });
+        if let Some(u) = &d.unit {
+            p["x-ogc-unit"] = json!(u);
+        }
+        if let Some(t) = &d.description {
+            p["description"] = json!(t);
+        }
+        add(n.clone(), p);
+    }
+    let b = &base.0;
+    let body = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": format!("{b}/ogc/collections/{kind}/schema"),
+        "title": s.catalog.get(&kind).map(|k| k.def.title.clone()),
+        "description": "A GeoJSON Feature per sensor. Each property has one type; a \
+            property with no value (a metric never reported, an attribute not registered) is null.",
+        "type": "object",
+        "required": ["type", "id", "geometry", "properties"],
+        "properties": {
+            "type": { "type": "string", "enum": ["Feature"] },
+            "id": { "type": "string" },
+            "geometry": { "type": "object", "description": "A GeoJSON Point (CRS84), or null when unplaced" },
+            "properties": {
+                "type": "object",
+                "required": ["sensor_id", "kind"],
+                "properties": props,
+            },
+            "links": { "type": "array" },
+        },
+    });
+    Ok((
+        [(header::CONTENT_TYPE, SCHEMA_JSON)],
+        crate::cache::to_json(&body)?,
+    )
+        .into_response())
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -271,7 +358,7 @@ pub struct ItemsParams {
     #[param(minimum = 1)]
     limit: Option<u64>,
     /// Items to skip (the `next` link carries it).
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 4_611_686_018_427_387_903_i64)]
     offset: Option<u64>,
     /// `minLon,minLat,maxLon,maxLat` in CRS84.
     bbox: Option<String>,
@@ -325,11 +412,8 @@ pub async fn items(
     let store = &s.reader()?;
     let matched = query::count_sensors(store, &filter).await?;
     let rows = query::sensors(store, &filter).await?;
-    let names: Vec<String> = metric_columns(&s, &kind)
-        .into_iter()
-        .map(|(m, _)| m)
-        .collect();
-    let mut fc = FeatureCollection::new(rows.iter().map(|r| flat_feature(r, &names)).collect());
+    let columns = Columns::of(&s, &kind);
+    let mut fc = FeatureCollection::new(rows.iter().map(|r| flat_feature(r, &columns)).collect());
     fc.number_matched = Some(matched);
     fc.time_stamp = Some(chrono::Utc::now());
     let b = &base.0;
@@ -404,11 +488,7 @@ pub async fn item(
             "no feature {id:?} in collection {kind}"
         )));
     };
-    let names: Vec<String> = metric_columns(&s, &kind)
-        .into_iter()
-        .map(|(m, _)| m)
-        .collect();
-    let f = flat_feature(r, &names);
+    let f = flat_feature(r, &Columns::of(&s, &kind));
     let b = &base.0;
     let mut v = serde_json::to_value(&f).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Value::Object(m) = &mut v {

@@ -12,17 +12,50 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 /// A query string with no parameter the endpoint does not know (OGC API - Features
-/// requires a 400 for those; elsewhere it catches typos such as `kinds=`).
+/// requires a 400 for those; elsewhere it catches typos such as `kinds=`), and no
+/// empty value: `kind=` filters by nothing meaningful, so it is refused rather than
+/// read as absent (the API document says `minLength: 1`).
 pub struct StrictQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(q) = parts.uri.query() {
+            if let Some((k, _)) =
+                url::form_urlencoded::parse(q.as_bytes()).find(|(_, v)| v.is_empty())
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "parameter {k:?} is empty: give it a value or leave it out"
+                )));
+            }
+        }
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(q)| StrictQuery(q))
             .map_err(|e| ApiError::BadRequest(format!("query string: {}", e.body_text())))
     }
+}
+
+/// A JSON request body that must be an object: serde would read a struct from an
+/// array as well, and the API document says object.
+pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {
+            serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
+        }
+        _ => Err(ApiError::BadRequest(
+            "body: a JSON object is expected".into(),
+        )),
+    }
+}
+
+/// An optional body: an object, or nothing or JSON `null` for the defaults.
+pub fn json_object_or_none<T: DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
+    let text = body.trim_ascii();
+    if text.is_empty() || text == b"null" {
+        return Ok(T::default());
+    }
+    json_object(text)
 }
 
 /// `minLon,minLat,maxLon,maxLat` in WGS 84 (a 6-number box with heights is accepted

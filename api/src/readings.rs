@@ -47,9 +47,11 @@ pub enum FormatParam {
 pub struct ReadingsParams {
     /// Metric name, or several separated by commas; all metrics of the kind when absent.
     metric: Option<String>,
-    /// Start (inclusive), RFC 3339 or a date; default: `to` minus 24 h (raw, 15m), 30 days (1h), 1 year (1d).
+    /// Start (inclusive), RFC 3339 (a date is taken too); default: `to` minus 24 h (raw, 15m), 30 days (1h), 1 year (1d).
+    #[param(format = DateTime)]
     from: Option<String>,
-    /// End (exclusive); default now.
+    /// End (exclusive), RFC 3339 (or a date); default now.
+    #[param(format = DateTime)]
     to: Option<String>,
     /// `raw` readings, or buckets with avg/min/max/count (UTC-aligned).
     #[param(inline)]

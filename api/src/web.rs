@@ -2,10 +2,11 @@
 //! page, `/map/*` its bundled assets, `/map/settings.json` what it needs from the
 //! configuration. Everything comes from this hub; nothing from a CDN.
 //!
-//! The bundle is compiled into the binary when `web/dist` exists at build time,
-//! so an installed binary serves the map from anywhere. `http.web_dir` serves a
-//! directory instead; a binary built before the bundle falls back to the
-//! checkout's `web/dist` (the demo builds it on first run).
+//! The build script (`api/build.rs`) bundles the map with Node.js and it is
+//! compiled into the binary, so a release build or `cargo install` serves the map
+//! from anywhere. `http.web_dir` serves a directory instead; a binary built where
+//! Node.js was missing falls back to the checkout's `web/dist` (the demo builds it
+//! on first run).
 
 use crate::AppState;
 use axum::extract::State;
@@ -17,9 +18,9 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use tower_http::services::ServeDir;
 
-/// `web/dist` as it was when this binary was built (empty if it was not built).
+/// The map as built for this binary by `api/build.rs` (empty without Node.js).
 #[derive(rust_embed::Embed)]
-#[folder = "../web/dist/"]
+#[folder = "$OUT_DIR/map/"]
 #[allow_missing = true]
 struct Bundle;
 
@@ -142,9 +143,10 @@ async fn index(State(s): State<AppState>) -> Response {
 /// how far it got (the page shows it and does not call sensors silent meanwhile).
 async fn status(State(s): State<AppState>) -> impl IntoResponse {
     let history = s.history.read().expect("history lock").clone();
+    let older = s.older.read().expect("history lock").clone();
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({ "history": history })),
+        Json(json!({ "history": history, "older": older })),
     )
 }
 

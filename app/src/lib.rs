@@ -55,6 +55,8 @@ pub struct Hub {
     pub mqtt_connected: Arc<AtomicBool>,
     /// What the map's status says about a history being loaded (the demo sets it).
     pub history: Arc<std::sync::RwLock<Option<cityhub_api::HistoryLoad>>>,
+    /// The same for older history loaded behind the live hub.
+    pub older: Arc<std::sync::RwLock<Option<cityhub_api::HistoryLoad>>>,
     /// Messages whose batch committed (the `cityhub_messages_committed_total` counter).
     pub messages_committed: prometheus_client::metrics::counter::Counter,
     task: JoinHandle<Result<(), AppError>>,
@@ -120,6 +122,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         maintenance: Default::default(),
         replication: Default::default(),
         history: Default::default(),
+        older: Default::default(),
         snapshot,
         map: cityhub_api::web::map_source(settings.http.web_dir.as_deref()),
         notifier: cityhub_store::alerts::Notifier::new(settings.notify.clone()),
@@ -134,6 +137,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         device_secrets: Default::default(),
     };
     let history = state.history.clone();
+    let older = state.older.clone();
     let messages_committed = metrics.messages_committed.clone();
     tracker.spawn(http::serve(
         listener,
@@ -192,6 +196,7 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         addr,
         mqtt_connected,
         history,
+        older,
         messages_committed,
         task,
     })

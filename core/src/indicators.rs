@@ -126,6 +126,19 @@ pub enum Method {
     Trips,
 }
 
+impl Method {
+    /// Decimals the values are rounded to: means and shares to 3 (a thousandth of
+    /// µg/m³ or of a percent is below any sensor's resolution), energy and hours to
+    /// 4 (a night's fraction of an hour), counts are whole.
+    pub fn decimals(self) -> u32 {
+        match self {
+            Self::DailyMean | Self::PeriodMean | Self::FillAtCollection | Self::FullShare => 3,
+            Self::EnergyPerNight | Self::LitHours | Self::FaultHours => 4,
+            Self::ExceedanceDays | Self::Collections | Self::OverflowHours | Self::Trips => 0,
+        }
+    }
+}
+
 /// One indicator's description.
 #[derive(Debug, Clone, Serialize)]
 pub struct Indicator {

@@ -73,6 +73,70 @@ pub struct KindDef {
     /// without one is not served there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ngsi_ld: Option<crate::ngsi_ld::ModelDef>,
+    /// The registry attributes a city records for this kind's sensors (a bin's
+    /// `depth_mm`, its waste `stream`): each is a column of the feeds and the OGC
+    /// items, with one type whatever a sensor has, and an import is refused when a
+    /// value does not fit it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, PropertyDef>,
+}
+
+/// A registry attribute of a kind's sensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PropertyDef {
+    /// Its JSON type: `number`, `integer`, `string` or `boolean`.
+    #[serde(rename = "type")]
+    pub ty: PropertyType,
+    /// Unit of a number, for headers and legends (e.g. `mm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// What it is (English).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// What it is (Italian).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description_it: Option<String>,
+}
+
+/// The JSON type of a registry attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PropertyType {
+    Number,
+    Integer,
+    String,
+    Boolean,
+}
+
+impl PropertyType {
+    /// The JSON Schema type name.
+    pub fn json_type(self) -> &'static str {
+        match self {
+            Self::Number => "number",
+            Self::Integer => "integer",
+            Self::String => "string",
+            Self::Boolean => "boolean",
+        }
+    }
+
+    /// `v` as this type, or `None` when it is not one (a value registered before the
+    /// declaration): the outputs never change a column's type.
+    pub fn fit(self, v: &serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        match (self, v) {
+            (Self::Number, Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
+                Some(v.clone())
+            }
+            (Self::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Some(v.clone()),
+            (Self::Integer, Value::Number(n)) => n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| Value::from(f as i64)),
+            (Self::String, Value::String(_)) | (Self::Boolean, Value::Bool(_)) => Some(v.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// The six categories of Implementing Regulation (EU) 2023/138, as the EU's
@@ -265,6 +329,12 @@ pub enum CatalogError {
     Map { kind: String, reason: String },
     #[error("kind {kind:?}: ngsi_ld: {reason}")]
     NgsiLd { kind: String, reason: String },
+    #[error("kind {kind:?}: property {property:?}: {reason}")]
+    Property {
+        kind: String,
+        property: String,
+        reason: String,
+    },
     #[error("kind {kind:?}: derived metric {metric:?} and its source {from:?} must both be metrics of the kind")]
     Derived {
         kind: String,
@@ -272,6 +342,9 @@ pub enum CatalogError {
         from: String,
     },
 }
+
+/// The columns every feed row has before the metrics' and the properties'.
+pub const RESERVED_COLUMNS: &[&str] = &["sensor_id", "name", "kind", "lon", "lat", "last_seen"];
 
 /// A validated metric: what the pipeline checks values against.
 #[derive(Debug, Clone, PartialEq)]
@@ -307,6 +380,23 @@ impl Kind {
         &self,
         props: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), String> {
+        for (name, def) in &self.def.properties {
+            match props.get(name) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(v) if def.ty.fit(v).is_some() => {}
+                Some(v) => {
+                    return Err(format!(
+                        "{name} must be {} {} (got {v})",
+                        if def.ty == PropertyType::Integer {
+                            "an"
+                        } else {
+                            "a"
+                        },
+                        def.ty.json_type()
+                    ))
+                }
+            }
+        }
         for d in self.def.derived.values() {
             let Some(v) = props.get(&d.property) else {
                 continue;
@@ -391,6 +481,31 @@ impl Catalog {
             }
             if let Some(rule) = &def.map {
                 check_map_rule(kname, def, rule)?;
+            }
+            for d in def.derived.values() {
+                if let Some(p) = def.properties.get(&d.property) {
+                    if !matches!(p.ty, PropertyType::Number | PropertyType::Integer) {
+                        return Err(CatalogError::Property {
+                            kind: kname.clone(),
+                            property: d.property.clone(),
+                            reason: "a derived metric reads it, so it must be a number".into(),
+                        });
+                    }
+                }
+            }
+            if let Some(p) = def.properties.keys().find(|p| {
+                def.metrics.contains_key(p.as_str())
+                    || Name::parse(p).is_err()
+                    || RESERVED_COLUMNS.contains(&p.as_str())
+                    || p.ends_with("_time")
+            }) {
+                return Err(CatalogError::Property {
+                    kind: kname.clone(),
+                    property: p.clone(),
+                    reason:
+                        "not a valid column name: a metric's, a reserved one, or ending in _time"
+                            .into(),
+                });
             }
             if let Some(m) = &def.ngsi_ld {
                 m.check(def).map_err(|reason| CatalogError::NgsiLd {

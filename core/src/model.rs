@@ -24,6 +24,9 @@ pub enum ModelError {
 pub struct SensorId(String);
 
 impl SensorId {
+    /// What [`SensorId::parse`] takes, as a regular expression (for API documents).
+    pub const PATTERN: &'static str = "^[A-Za-z0-9._:-]{1,128}$";
+
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         let ok = !s.is_empty()
             && s.len() <= 128

@@ -173,6 +173,27 @@ pub struct Pace {
     pub count: Option<u64>,
     /// Updated as the simulation runs, for a progress display.
     pub progress: Option<Arc<Progress>>,
+    /// Holds the producer back while it is this far ahead of what the receiver
+    /// stored: a broker acknowledges at once and queues for a slow subscriber, so a
+    /// past loaded faster than the hub stores it would pile up in the broker.
+    pub backpressure: Option<Backpressure>,
+}
+
+/// How far a receiver got, for [`Pace::backpressure`].
+#[derive(Clone)]
+pub struct Backpressure {
+    /// Messages the receiver has stored since this run began.
+    pub stored: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The most messages published and not yet stored.
+    pub max_ahead: u64,
+}
+
+impl std::fmt::Debug for Backpressure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backpressure")
+            .field("max_ahead", &self.max_ahead)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How far a live simulation has got: messages produced, and the simulated time of
@@ -224,6 +245,14 @@ pub async fn run_live(
             }
             match sim.next_until(until) {
                 Some(m) => {
+                    if let Some(b) = &pace.backpressure {
+                        while sent.saturating_sub((b.stored)()) > b.max_ahead {
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                                _ = producer_cancel.cancelled() => break,
+                            }
+                        }
+                    }
                     if let Some(rate) = pace.rate {
                         let due = wall0 + Duration::from_secs_f64(sent as f64 / rate);
                         tokio::time::sleep_until(due.into()).await;

@@ -96,8 +96,8 @@ pub fn local_instant(tz: Tz, date: NaiveDate, hour: u32) -> DateTime<Utc> {
     }
 }
 
-fn round(v: f64, decimals: i32) -> f64 {
-    let f = 10f64.powi(decimals);
+fn round(v: f64, decimals: u32) -> f64 {
+    let f = 10f64.powi(decimals as i32);
     (v * f).round() / f
 }
 
@@ -668,7 +668,7 @@ fn value_of(
                 extra.insert("hours".into(), json!(acc.b));
             }
             extra.insert("valid_days".into(), json!(acc.valid_days));
-            ratio(acc.means, f64::from(acc.valid_days)).map(|v| round(v, 3))
+            ratio(acc.means, f64::from(acc.valid_days)).map(|v| round(v, ind.compute.decimals()))
         }
         Method::ExceedanceDays => {
             extra.insert("valid_days".into(), json!(acc.valid_days));
@@ -681,18 +681,20 @@ fn value_of(
                 "coverage".into(),
                 json!(round(acc.b / period_hours(period, p, tz), 4)),
             );
-            ratio(acc.a, acc.b).map(|v| round(v, 3))
+            ratio(acc.a, acc.b).map(|v| round(v, ind.compute.decimals()))
         }
         Method::Collections | Method::OverflowHours => Some(acc.a.max(0.0)),
         Method::FillAtCollection => {
             extra.insert("collections".into(), json!(acc.a));
-            ratio(acc.b, acc.a).map(|v| round(v, 3))
+            ratio(acc.b, acc.a).map(|v| round(v, ind.compute.decimals()))
         }
         Method::FullShare => {
             extra.insert("collections".into(), json!(acc.a));
-            ratio(acc.c * 100.0, acc.a).map(|v| round(v, 3))
+            ratio(acc.c * 100.0, acc.a).map(|v| round(v, ind.compute.decimals()))
         }
-        Method::EnergyPerNight | Method::LitHours | Method::FaultHours => Some(round(acc.a, 4)),
+        Method::EnergyPerNight | Method::LitHours | Method::FaultHours => {
+            Some(round(acc.a, ind.compute.decimals()))
+        }
         Method::Trips => {
             if period != Period::Day {
                 extra.insert("days".into(), json!(acc.days));
@@ -763,7 +765,12 @@ fn city_rows(
                 if period == Period::Day {
                     extra.insert("stations".into(), json!(acc.b));
                 }
-                (acc.valid_days > 0).then(|| round(acc.means / f64::from(acc.valid_days), 3))
+                (acc.valid_days > 0).then(|| {
+                    round(
+                        acc.means / f64::from(acc.valid_days),
+                        ind.compute.decimals(),
+                    )
+                })
             }
             Method::ExceedanceDays => {
                 extra.insert("valid_days".into(), json!(acc.valid_days));
@@ -772,7 +779,12 @@ fn city_rows(
             }
             Method::PeriodMean => {
                 extra.insert("stations".into(), json!(acc.sensors));
-                (acc.valid_days > 0).then(|| round(acc.means / f64::from(acc.valid_days), 3))
+                (acc.valid_days > 0).then(|| {
+                    round(
+                        acc.means / f64::from(acc.valid_days),
+                        ind.compute.decimals(),
+                    )
+                })
             }
             Method::EnergyPerNight | Method::LitHours | Method::FaultHours => {
                 let lamps = acc.sensors;
@@ -780,7 +792,7 @@ fn city_rows(
                 if ind.compute == Method::EnergyPerNight && lamps > 0 {
                     extra.insert("per_lamp".into(), json!(round(acc.a / lamps as f64, 4)));
                 }
-                Some(round(acc.a, 4))
+                Some(round(acc.a, ind.compute.decimals()))
             }
             _ => {
                 let v = value_of(ind, period, p, tz, &acc, &mut extra);

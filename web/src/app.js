@@ -16,6 +16,7 @@ export const app = {
   legend: null,
   open: null, // { id, chart, el } of the open popup
   history: null, // while the hub loads a history: how far (map/status.json)
+  older: null, // while older history loads behind the live map (map/status.json)
   // Above CANVAS_FROM sensors markers are drawn on one canvas (a region's 100,000 stay
   // fluid); below, each is a focusable element. The list is the keyboard path either way.
   canvas: false,
@@ -29,8 +30,10 @@ window.cityhub = app;
 export const $ = (id) => document.getElementById(id);
 export const T = () => strings(app.lang);
 
-export async function getJson(path) {
-  const r = await fetch(path, { headers: { Accept: 'application/json' } });
+/** `fresh`: revalidate with the hub rather than take the browser's cached copy
+ * (the listing may be cached for 30 s, and after a history loads it is not the same). */
+export async function getJson(path, { fresh = false } = {}) {
+  const r = await fetch(path, { headers: { Accept: 'application/json' }, cache: fresh ? 'no-cache' : 'default' });
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
   return r.json();
 }

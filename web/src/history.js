@@ -3,29 +3,53 @@ import L from 'leaflet';
 import { $, T, app, getJson } from './app.js';
 import { reloadSensors } from './stream.js';
 
-/** Polls `map/status.json` while the hub loads a history; shows how far it got. */
-export async function watchHistory() {
+/** How far a load got, in percent of its span (to `until`, or the present). */
+function percent(h) {
+  const from = Date.parse(h.from);
+  const end = h.until ? Date.parse(h.until) : Date.now();
+  return Math.min(100, Math.max(0, Math.round(((Date.parse(h.loaded_until) - from) / Math.max(1, end - from)) * 100)));
+}
+
+/**
+ * Polls `map/status.json` while the hub loads a history (the map waits for it) or
+ * older history behind the live map (the indicators fill in: the view is redrawn
+ * every 15 s while it is open, and once more at the end); shows how far each got.
+ */
+export async function watchHistory(onOlder) {
+  let redrawn = Date.now();
   for (;;) {
-    let h = null;
+    let st = { history: null, older: null };
     try {
-      h = (await getJson('map/status.json')).history;
+      st = await getJson('map/status.json');
     } catch (e) {
       console.warn('status', e);
     }
+    const h = st.history || null;
+    const o = st.older || null;
     const was = app.history;
+    const wasOlder = app.older;
     app.history = h;
+    app.older = o;
     const el = $('history');
+    const rate = (x) => Math.round(x.messages_per_s).toLocaleString(app.lang);
+    // Which load the header shows: the map waits for `history`, not for `older`.
+    el.dataset.phase = h ? 'history' : o ? 'older' : '';
     if (h) {
-      const from = Date.parse(h.from);
-      const pct = Math.min(100, Math.max(0, Math.round(((Date.parse(h.loaded_until) - from) / (Date.now() - from)) * 100)));
-      el.textContent = T().history(pct, Math.round(h.messages_per_s).toLocaleString(app.lang));
+      el.textContent = T().history(percent(h), rate(h));
+      el.hidden = false;
+    } else if (o) {
+      el.textContent = T().olderHistory(percent(o), new Date(o.loaded_until).toLocaleDateString(app.lang));
       el.hidden = false;
     } else {
       el.hidden = true;
-      // Loaded: the whole picture again, judged as usual.
-      if (was) await reloadSensors();
-      return;
     }
+    // Loaded: the whole picture again, judged as usual.
+    if (was && !h) await reloadSensors();
+    if (onOlder && ((o && Date.now() - redrawn >= 15_000) || (wasOlder && !o))) {
+      redrawn = Date.now();
+      await onOlder();
+    }
+    if (!h && !o) return;
     await new Promise((r) => setTimeout(r, 1000));
   }
 }

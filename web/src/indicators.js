@@ -95,6 +95,7 @@ export async function renderIndicators(root, deps) {
           status.remove();
           chart(host, rows, ind, T, lang());
           card.dataset.rows = String(rows.length);
+          card.dataset.points = String(rows.filter((x) => x.value !== null).length);
         } catch (e) {
           console.warn('indicator', ind.id, e);
           status.textContent = t.chartFailed;

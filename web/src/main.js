@@ -44,7 +44,7 @@ async function start() {
   let settings, kinds, fc;
   for (;;) {
     try {
-      [settings, kinds, fc] = await Promise.all([getJson('map/settings.json'), getJson('api/v1/kinds'), getJson('api/v1/sensors')]);
+      [settings, kinds, fc] = await Promise.all([getJson('map/settings.json'), getJson('api/v1/kinds'), getJson('api/v1/sensors', { fresh: true })]);
       break;
     } catch (e) {
       $('message').hidden = false;
@@ -67,9 +67,12 @@ async function start() {
   }
   for (const k of app.kinds.keys()) layerFor(k);
   try {
-    app.history = (await getJson('map/status.json')).history;
+    const st = await getJson('map/status.json');
+    app.history = st.history || null;
+    app.older = st.older || null;
   } catch (e) {
     app.history = null;
+    app.older = null;
   }
   const now = Date.now();
   for (const f of fc.features) addSensor(toSensor(f), now);
@@ -81,7 +84,8 @@ async function start() {
   else map.setView([45.1335, 10.0226], 13); // Cremona, until the first sensor is placed
   renderPanel();
   app.alerts.load().catch((e) => console.warn('alerts', e));
-  if (app.history) watchHistory();
+  // Older history loading behind the live map: the indicators view, when open, follows it.
+  if (app.history || app.older) watchHistory(() => (location.hash.startsWith('#indicators') ? showView({ quiet: true }) : null));
   connect();
   // Silence is a state too: re-judge as time passes, and keep the counter honest.
   setInterval(() => {

@@ -61,7 +61,7 @@ export async function reloadSensors() {
   if (reloading) return reloading;
   reloading = (async () => {
     try {
-      const fc = await getJson('api/v1/sensors');
+      const fc = await getJson('api/v1/sensors', { fresh: true });
       const now = Date.now();
       for (const f of fc.features) {
         const s = toSensor(f);

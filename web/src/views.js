@@ -8,7 +8,8 @@ import { forgetPanel, renderPanel } from './panel.js';
 import { renderLegend } from './legend.js';
 import { renderChrome } from './language.js';
 
-export async function showView() {
+/** Shows the view the address names; `quiet`: a redraw of the open indicators view. */
+export async function showView({ quiet = false } = {}) {
   const indicators = location.hash.startsWith('#indicators');
   $('nav-map').removeAttribute('aria-current');
   $('nav-indicators').removeAttribute('aria-current');
@@ -20,11 +21,11 @@ export async function showView() {
     if (app.map) app.map.invalidateSize();
     return;
   }
-  delete view.dataset.ready;
+  if (!quiet) delete view.dataset.ready;
   try {
     await renderIndicators(view, { T, lang: () => app.lang, el });
     const one = location.hash.split('/')[1];
-    if (one) {
+    if (one && !quiet) {
       const card = document.getElementById(`indicator-${one}`);
       if (card) card.scrollIntoView();
     }
