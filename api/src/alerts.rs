@@ -66,6 +66,9 @@ pub async fn list(
             return Err(ApiError::BadRequest(m));
         }
     }
+    if let Some(id) = &p.sensor {
+        crate::sensors::sensor_id(id)?;
+    }
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(

@@ -159,8 +159,12 @@ pub fn state_enforced(doc: &mut Value, kinds: &[String], sensor_id: &str) {
                     let free_string = s.get("type").and_then(Value::as_str) == Some("string")
                         && !s.contains_key("enum")
                         && !s.contains_key("pattern");
-                    if place == "query" && free_string {
-                        s.entry("minLength").or_insert(1.into());
+                    // NUL characters (and empty query values) are refused before any handler.
+                    if free_string && (place == "query" || place == "path") {
+                        if place == "query" {
+                            s.entry("minLength").or_insert(1.into());
+                        }
+                        s.insert("pattern".into(), "^[^\\x00]*$".into());
                     }
                     // Ids are 64-bit; JSON clients keep integers exact up to 2^53.
                     if place == "path" && s.get("format").and_then(Value::as_str) == Some("int64") {
