@@ -14,11 +14,6 @@ use cityhub_core::kinds::PropertyDef;
 use cityhub_store::query::{self, SensorFilter, SensorView};
 use serde_json::{Map, Value};
 
-/// The metric columns of a kind, in catalogue order.
-pub fn metric_columns(s: &AppState, kind: &str) -> Vec<(String, String)> {
-    Columns::of(s, kind).metrics
-}
-
 /// A kind's columns beyond the fixed ones: its metrics (name, unit), then the
 /// registry attributes it declares, each of one type.
 #[derive(Debug, Clone, Default)]

@@ -3,7 +3,7 @@
 //! latest values as flat properties. Readable by GDAL's OAPIF driver and QGIS.
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::feeds::{metric_columns, Columns};
+use crate::feeds::Columns;
 use crate::geo::{self, flat_feature, Feature, FeatureCollection, Link, GEOJSON};
 use crate::params::known_kind;
 use crate::params::{enc, parse_bbox, parse_datetime, BaseUrl, StrictQuery};
@@ -158,7 +158,8 @@ pub struct Collections {
 fn collection(s: &AppState, b: &str, kind: &str, extent: Option<&query::KindExtent>) -> Collection {
     let k = s.catalog.get(kind);
     let title = k.map(|k| k.def.title.clone()).unwrap_or_default();
-    let units: Vec<String> = metric_columns(s, kind)
+    let units: Vec<String> = Columns::of(s, kind)
+        .metrics
         .iter()
         .map(|(m, u)| format!("{m} ({u})"))
         .collect();
