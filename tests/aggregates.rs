@@ -383,3 +383,43 @@ async fn rollups_read_only_their_buckets_count_each_reading_once_and_take_late_o
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_database_has_its_aggregates_materialized_once_rows_arrive() {
+    let s = "aq-first";
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    // Only TimescaleDB's scheduler runs jobs here; the hub just asks it to run one now.
+    let hub = Hub::build(&db, &broker, s)
+        .set(|c| c.store.maintenance = cityhub_core::MaintenanceMode::Timescaledb)
+        .start()
+        .await;
+    if !is_timescale(&db).await {
+        // Plain PostgreSQL's views read rollup tables kept by every commit: no watermark.
+        return;
+    }
+    // The refresh policy's first run, at migration, found no rows; its next is 15
+    // minutes on, and until then every query aggregated every row written.
+    let rows = series(
+        s,
+        Duration::hours(5),
+        Duration::hours(2),
+        Duration::minutes(10),
+    );
+    publish(&broker, &db, &rows).await;
+    let c = db.client().await;
+    wait_for(60, "obs_hourly materialized past the readings", || async {
+        let row = c
+            .query_one(
+                "SELECT _timescaledb_functions.to_timestamp(_timescaledb_functions.cagg_watermark(mat_hypertable_id))
+                 FROM _timescaledb_catalog.continuous_agg WHERE user_view_name = 'obs_hourly'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.try_get::<_, chrono::DateTime<Utc>>(0)
+            .is_ok_and(|w| w > Utc::now() - Duration::hours(3))
+    })
+    .await;
+    assert_agree(&hub, &db, s, 3).await;
+}

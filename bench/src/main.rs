@@ -111,7 +111,9 @@ async fn ingest_rows(t: &mut Table, args: &Args, window: Duration, n: u64) -> Re
         "msg/s",
         format!("{n} messages, 4 connections, 3-metric JSON"),
     );
+    let broker = v;
     let v = ingest::db_ceiling(&args.pg, n * 2).await?;
+    let copy = v;
     t.add(
         "database ceiling (binary COPY into observations)",
         v,
@@ -123,6 +125,18 @@ async fn ingest_rows(t: &mut Table, args: &Args, window: Duration, n: u64) -> Re
         let (m, r) = ingest::hub_sustained(&args.pg, sensors, metrics, window).await?;
         if sensors == 1000 && metrics == 3 {
             best = m;
+            t.add(
+                "cityhub end to end / database ceiling, rows/s",
+                r / copy,
+                "ratio",
+                "3-metric messages, 1000 sensors, against the binary COPY above; goal at least 0.35".into(),
+            );
+            t.add(
+                "cityhub end to end / broker ceiling, msg/s",
+                m / broker,
+                "ratio",
+                "3-metric messages, 1000 sensors, against the bare subscriber above; goal at least 0.5".into(),
+            );
         }
         t.add(
             &format!("cityhub end to end, {metrics}-metric messages, {sensors} sensors"),

@@ -602,7 +602,8 @@ pub struct StoreSettings {
     /// elected leader, runs those due.
     pub maintenance_interval_s: u64,
     /// TimescaleDB: how soon after a commit below an aggregate's watermark the hub
-    /// refreshes the buckets it touched.
+    /// refreshes the buckets it touched; after a refresh that took longer than a ninth
+    /// of this, nine times its length, so refreshes take at most a tenth of the time.
     pub late_refresh_s: u64,
     /// Plain PostgreSQL: how often the hub folds the rollup deltas of committed batches
     /// into the hourly and daily tables (answers include unfolded deltas anyway).

@@ -7,7 +7,7 @@
 //! watches and, when elected, fills in (see `cityhub-app`).
 
 use crate::error::StoreError;
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Datelike, Duration, DurationRound, Utc};
 use cityhub_core::MaintenanceMode;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
@@ -254,6 +254,34 @@ pub async fn watermark<C: GenericClient>(
         .await?;
     // A never-refreshed aggregate reports the minimum time, -infinity to chrono.
     Ok(row.and_then(|r| r.try_get::<_, DateTime<Utc>>(0).ok()))
+}
+
+/// Whether `view` was never materialized: TimescaleDB then reports its minimum time
+/// as the watermark, and every query aggregates the whole history at query time.
+pub fn never_materialized(watermark: Option<DateTime<Utc>>) -> bool {
+    watermark.is_none_or(|w| w.year() < 1)
+}
+
+/// Asks TimescaleDB's scheduler to run `view`'s refresh policy now rather than at its
+/// next interval; true when it was not already due. The run is the policy's own, in
+/// the background worker, so the hub waits for nothing.
+pub async fn run_refresh_policy_now<C: GenericClient>(
+    c: &C,
+    view: &str,
+) -> Result<bool, StoreError> {
+    let moved = c
+        .query(
+            "SELECT alter_job(j.job_id, next_start => now())
+             FROM timescaledb_information.jobs j
+             JOIN _timescaledb_catalog.continuous_agg a
+               ON a.mat_hypertable_id = (j.config->>'mat_hypertable_id')::int
+             WHERE j.proc_name = 'policy_refresh_continuous_aggregate'
+               AND a.user_view_schema = current_schema() AND a.user_view_name = $1
+               AND j.next_start > now()",
+            &[&view],
+        )
+        .await?;
+    Ok(!moved.is_empty())
 }
 
 /// The buckets of width `bucket_s` that rows from `earliest` on touch below

@@ -102,6 +102,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012", "sta_outbox"),
     migration!(13, "0013", "sensor_locations"),
     migration!(14, "0014", "ngsi_subscriptions"),
+    migration!(15, "0015", "cheaper_writes"),
 ];
 
 /// The newest schema version this build knows.
