@@ -219,6 +219,92 @@ async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
     assert_eq!(again.status().as_u16(), 304);
 }
 
+/// The map's compact fleet (`/map/fleet.json`) says what the listing says, sensor by
+/// sensor, in arrays; it follows a new reading and revalidates like the listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maps_fleet_arrays_say_what_the_listing_says_and_follow_readings() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "fleet-arrays")
+        .set(|s| s.http.rate_limit_per_s = 0)
+        .start()
+        .await;
+    db.register_bins(2_500, 1_000).await;
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), hub.url(path));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let listing = get("/api/v1/sensors").await;
+    let fleet = get("/map/fleet.json").await;
+    let features = listing["features"].as_array().unwrap();
+    assert_eq!(fleet["count"], 2_500);
+    assert_eq!(fleet["kinds"], serde_json::json!(["waste_bin"]));
+    assert_eq!(fleet["judged_by"]["waste_bin"], "fill_level");
+    let ms = |v: &serde_json::Value| {
+        DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    for (i, f) in features.iter().enumerate() {
+        let p = &f["properties"];
+        assert_eq!(fleet["id"][i], f["id"], "sensor {i}");
+        assert_eq!(fleet["name"][i], p["name"]);
+        assert_eq!(
+            fleet["kinds"][fleet["kind"][i].as_u64().unwrap() as usize],
+            p["kind"]
+        );
+        assert_eq!(fleet["lon"][i], f["geometry"]["coordinates"][0]);
+        assert_eq!(fleet["lat"][i], f["geometry"]["coordinates"][1]);
+        let fill = &p["latest"]["fill_level"];
+        assert_eq!(fleet["value"][i].as_f64(), fill["value"].as_f64());
+        assert_eq!(fleet["at"][i].as_i64().unwrap(), ms(&fill["time"]));
+        assert!(fleet["seen"][i].as_i64().unwrap() >= ms(&p["last_seen"]));
+    }
+    let alarms = (0..2_500)
+        .filter(|&i| fleet["value"][i].as_f64() == Some(95.0))
+        .count();
+    assert_eq!(alarms, 2);
+
+    // A reading moves the bin's value in the arrays; an unchanged fleet revalidates to 304.
+    let now = Utc::now();
+    let reading = format!(
+        r#"{{"ts":"{}","values":{{"fill_level":88}}}}"#,
+        now.to_rfc3339()
+    );
+    publish_raw(
+        &broker,
+        &[("cityhub/v1/waste_bin/bin-000007", reading.into_bytes())],
+    )
+    .await;
+    let i = features
+        .iter()
+        .position(|f| f["id"] == "bin-000007")
+        .unwrap();
+    wait_for(30, "the fleet shows the new reading", || async {
+        let fleet = get("/map/fleet.json").await;
+        fleet["value"][i] == 88.0 && fleet["at"][i] == now.timestamp_millis()
+    })
+    .await;
+    let first = http.get(hub.url("/map/fleet.json")).send().await.unwrap();
+    let etag = first.headers()["etag"].clone();
+    let again = http
+        .get(hub.url("/map/fleet.json"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 304);
+}
+
 /// Reads a live stream's chunks until `needle` shows up (at most `secs`, at most
 /// 64 MiB); returns the text from a little before the needle's chunk on.
 async fn read_until(r: &mut reqwest::Response, needle: &str, secs: u64) -> String {

@@ -609,6 +609,7 @@ impl Selection {
                     active_to: None,
                     limit: Some(CHUNK),
                     offset: from,
+                    after: None,
                 };
                 let chunk = query::sensors(&store, &f).await?;
                 let n = chunk.len() as i64;
@@ -780,6 +781,7 @@ async fn one_entity(s: &AppState, id: &str) -> Answer<(Map<String, Value>, Senso
         active_to: None,
         limit: Some(1),
         offset: 0,
+        after: None,
     };
     let v = query::sensors(&store, &f)
         .await?

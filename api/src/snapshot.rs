@@ -30,12 +30,17 @@ use std::time::{Duration, Instant};
 /// Sensors fetched per query of a whole reload, so its memory stays bounded.
 const RELOAD_CHUNK: i64 = 10_000;
 
-/// A sensor as the listing needs it.
+/// A sensor as the listing and the map's fleet need it.
 struct Entry {
     kind: Arc<str>,
     lon: Option<f64>,
     lat: Option<f64>,
     modified: Option<DateTime<Utc>>,
+    name: Option<Box<str>>,
+    /// Its last report (the latest of `last_seen` and its readings), ms since the epoch.
+    seen_ms: Option<i64>,
+    /// The latest value of the metric the map judges its kind by, and when it was read.
+    judged: Option<(f64, i64)>,
     /// Its GeoJSON Feature, serialized, shared with the documents that hold it.
     feature: Arc<[u8]>,
     /// A hash of `feature`; a document's ETag combines those of its sensors.
@@ -43,17 +48,37 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(v: &SensorView, kinds: &mut HashMap<String, Arc<str>>) -> ApiResult<Self> {
+    fn new(
+        v: &SensorView,
+        kinds: &mut HashMap<String, Arc<str>>,
+        judged_by: &HashMap<String, String>,
+    ) -> ApiResult<Self> {
         let kind = kinds
             .entry(v.kind.clone())
             .or_insert_with(|| Arc::from(v.kind.as_str()))
             .clone();
         let feature = crate::cache::to_json(&sensor_feature(v))?;
+        let seen_ms = v
+            .latest
+            .iter()
+            .map(|l| l.time)
+            .chain(v.last_seen)
+            .max()
+            .map(|t| t.timestamp_millis());
+        let judged = judged_by.get(&v.kind).and_then(|m| {
+            v.latest
+                .iter()
+                .find(|l| l.metric == *m)
+                .map(|l| (l.value, l.time.timestamp_millis()))
+        });
         Ok(Entry {
             kind,
             lon: v.lon,
             lat: v.lat,
             modified: crate::geo::last_modified(std::slice::from_ref(v)),
+            name: v.name.as_deref().map(Box::from),
+            seen_ms,
+            judged,
             hash: hash_of(&feature),
             feature: feature.into(),
         })
@@ -234,6 +259,8 @@ pub enum DocKey {
     Listing(Option<String>),
     /// `/feeds/{kind}.{ext}`.
     Feed(String, String),
+    /// `/map/fleet.json`.
+    Fleet,
 }
 
 /// The in-memory listing of one hub. Shared by every request.
@@ -251,6 +278,8 @@ pub struct Snapshot {
     feeds: tokio::sync::Mutex<()>,
     /// The configured kinds: the listing's sensors.
     kinds: Vec<String>,
+    /// Per kind, the metric the map judges its sensors by (its map rule's, else its main metric).
+    judged_by: HashMap<String, String>,
     /// How long a commit may wait for the background refresher (see `http.snapshot_max_lag_ms`).
     max_lag: Duration,
     refresher: AtomicBool,
@@ -263,6 +292,7 @@ impl Snapshot {
         reload_every: Duration,
         max_lag: Duration,
         kinds: Vec<String>,
+        judged_by: HashMap<String, String>,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Snapshot {
@@ -280,6 +310,7 @@ impl Snapshot {
             reload_every,
             feeds: tokio::sync::Mutex::new(()),
             kinds,
+            judged_by,
             max_lag,
             refresher: AtomicBool::new(false),
             shutdown,
@@ -317,7 +348,7 @@ impl Snapshot {
     async fn refresh(self: &Arc<Self>, store: &Store, m: &mut Model) -> ApiResult<()> {
         if m.loaded_at.is_none() {
             let changes = store.take_changes();
-            let (sensors, kinds) = load_all(store, &self.kinds).await?;
+            let (sensors, kinds) = load_all(store, &self.kinds, &self.judged_by).await?;
             m.sensors = sensors;
             m.kinds = kinds;
             m.loaded_at = Some(Instant::now());
@@ -369,7 +400,7 @@ impl Snapshot {
                 let mut found = HashSet::with_capacity(rows.len());
                 for v in &rows {
                     found.insert(v.id.as_str());
-                    let e = Entry::new(v, &mut m.kinds)?;
+                    let e = Entry::new(v, &mut m.kinds, &self.judged_by)?;
                     m.sensors.insert(v.id.clone(), e);
                 }
                 for id in chunk {
@@ -420,7 +451,7 @@ impl Snapshot {
 
     /// A whole reload, off the request path; sensors refetched meanwhile keep their newer rows.
     async fn reload(&self, store: &Store) {
-        let loaded = load_all(store, &self.kinds).await;
+        let loaded = load_all(store, &self.kinds, &self.judged_by).await;
         let mut m = self.model.lock().await;
         let refetched = m.refetched.take().unwrap_or_default();
         match loaded {
@@ -479,6 +510,31 @@ impl Snapshot {
         let tail = format!(r#""numberReturned":{}"#, all.returned);
         let doc = Arc::new(all.into_doc(self.epoch.load(Ordering::Acquire), &tail));
         self.keep(key, doc.clone());
+        Ok(doc)
+    }
+
+    /// The whole fleet as the operator map draws it: one array per field (see
+    /// [`fleet_json`]), about a tenth of the listing's bytes; current as the listing is.
+    pub async fn fleet(self: &Arc<Self>, store: &Store) -> ApiResult<Arc<Doc>> {
+        self.ensure_refresher(store);
+        if let Some(d) = self.current(store, &DocKey::Fleet) {
+            return Ok(d);
+        }
+        let mut m = self.model.lock().await;
+        if store.changes_seen() <= self.covered.load(Ordering::Acquire) {
+            if let Some(d) = self.current(store, &DocKey::Fleet) {
+                return Ok(d);
+            }
+        }
+        self.refresh(store, &mut m).await?;
+        let modified = m.sensors.values().filter_map(|e| e.modified).max();
+        let doc = Arc::new(Doc::new(
+            self.epoch.load(Ordering::Acquire),
+            fleet_json(&m, &self.judged_by),
+            modified,
+        ));
+        drop(m);
+        self.keep(DocKey::Fleet, doc.clone());
         Ok(doc)
     }
 
@@ -546,6 +602,7 @@ impl Snapshot {
 async fn load_all(
     store: &Store,
     kinds_wanted: &[String],
+    judged_by: &HashMap<String, String>,
 ) -> ApiResult<(BTreeMap<String, Entry>, HashMap<String, Arc<str>>)> {
     let mut sensors = BTreeMap::new();
     let mut kinds = HashMap::new();
@@ -554,23 +611,23 @@ async fn load_all(
         limit: Some(RELOAD_CHUNK),
         ..Default::default()
     };
-    let mut offset = 0;
+    let mut after = None;
     loop {
         let rows = query::sensors(
             store,
             &SensorFilter {
-                offset,
+                after,
                 ..filter.clone()
             },
         )
         .await?;
         for v in &rows {
-            sensors.insert(v.id.clone(), Entry::new(v, &mut kinds)?);
+            sensors.insert(v.id.clone(), Entry::new(v, &mut kinds, judged_by)?);
         }
-        if (rows.len() as i64) < RELOAD_CHUNK {
-            return Ok((sensors, kinds));
+        match rows.last() {
+            Some(last) if rows.len() as i64 == RELOAD_CHUNK => after = Some(last.id.clone()),
+            _ => return Ok((sensors, kinds)),
         }
-        offset += RELOAD_CHUNK;
     }
 }
 
@@ -628,4 +685,83 @@ impl Selection {
         };
         Doc::joined(epoch, joined, self.hashes.into_iter(), self.modified)
     }
+}
+
+/// `{"count":N,"kinds":[..],"judged_by":{kind:metric},"id":[..],"name":[..],"kind":[..],
+/// "lon":[..],"lat":[..],"seen":[..],"value":[..],"at":[..]}`: member i of every array is
+/// sensor i (in id order); `kind` indexes `kinds`; `seen` (last report) and `at` (when
+/// `value`, its kind's judged metric, was read) are ms since the epoch; null where unknown.
+fn fleet_json(m: &Model, judged_by: &HashMap<String, String>) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let n = m.sensors.len();
+    let mut kinds: Vec<Arc<str>> = Vec::new();
+    let mut kind_ix: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut out = String::with_capacity(64 + n * 96);
+    let col = |name: &str, out: &mut String, each: &mut dyn FnMut(&str, &Entry, &mut String)| {
+        let _ = write!(out, r#","{name}":["#);
+        for (i, (id, e)) in m.sensors.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            each(id, e, out);
+        }
+        out.push(']');
+    };
+    let num = |x: Option<f64>, out: &mut String| match x {
+        Some(v) if v.is_finite() => {
+            let _ = write!(out, "{v}");
+        }
+        _ => out.push_str("null"),
+    };
+    let int = |x: Option<i64>, out: &mut String| match x {
+        Some(v) => {
+            let _ = write!(out, "{v}");
+        }
+        None => out.push_str("null"),
+    };
+    let _ = write!(out, r#"{{"count":{n}"#);
+    let mut body = String::with_capacity(n * 96);
+    col("id", &mut body, &mut |id, _, o| o.push_str(&json_str(id)));
+    col("name", &mut body, &mut |_, e, o| match &e.name {
+        Some(s) => o.push_str(&json_str(s)),
+        None => o.push_str("null"),
+    });
+    col("kind", &mut body, &mut |_, e, o| {
+        let ix = *kind_ix.entry(e.kind.clone()).or_insert_with(|| {
+            kinds.push(e.kind.clone());
+            kinds.len() - 1
+        });
+        let _ = write!(o, "{ix}");
+    });
+    col("lon", &mut body, &mut |_, e, o| {
+        num(e.lon.zip(e.lat).map(|p| p.0), o)
+    });
+    col("lat", &mut body, &mut |_, e, o| {
+        num(e.lon.zip(e.lat).map(|p| p.1), o)
+    });
+    col("seen", &mut body, &mut |_, e, o| int(e.seen_ms, o));
+    col("value", &mut body, &mut |_, e, o| {
+        num(e.judged.map(|j| j.0), o)
+    });
+    col("at", &mut body, &mut |_, e, o| {
+        int(e.judged.map(|j| j.1), o)
+    });
+    let judged: BTreeMap<&str, &str> = kinds
+        .iter()
+        .filter_map(|k| judged_by.get(&**k).map(|m| (&**k, m.as_str())))
+        .collect();
+    let _ = write!(
+        out,
+        r#","kinds":{},"judged_by":{}"#,
+        serde_json::to_string(&kinds.iter().map(|k| &**k).collect::<Vec<&str>>())
+            .unwrap_or_else(|_| "[]".into()),
+        serde_json::to_string(&judged).unwrap_or_else(|_| "{}".into())
+    );
+    out.push_str(&body);
+    out.push('}');
+    out.into_bytes()
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "null".into())
 }

@@ -1,6 +1,7 @@
 //! The operator map (`web/`, built by `npm --prefix web run build`): `/` is its
 //! page, `/map/*` its bundled assets, `/map/settings.json` what it needs from the
-//! configuration. Everything comes from this hub; nothing from a CDN.
+//! configuration, `/map/fleet.json` a large fleet in compact form. Everything comes
+//! from this hub; nothing from a CDN.
 //!
 //! The build script (`api/build.rs`) bundles the map with Node.js and it is
 //! compiled into the binary, so a release build or `cargo install` serves the map
@@ -8,9 +9,11 @@
 //! Node.js was missing falls back to the checkout's `web/dist` (the demo builds it
 //! on first run).
 
+use crate::cache::send_doc;
+use crate::error::ApiResult;
 use crate::AppState;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -67,6 +70,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let assets = Router::new()
         .route("/settings.json", get(settings))
         .route("/status.json", get(status))
+        .route("/fleet.json", get(fleet))
         // The page itself is revalidated and carries its CSP, under any name.
         .route("/index.html", get(index));
     let assets = match &state.map {
@@ -148,6 +152,13 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({ "history": history, "older": older })),
     )
+}
+
+/// The fleet in the compact form the map draws a large fleet from (one array per field,
+/// `Snapshot::fleet`); gzipped and revalidated like the listing.
+async fn fleet(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let doc = s.snapshot.fleet(s.store()?).await?;
+    send_doc(&headers, "application/json", &doc, &[]).await
 }
 
 /// Revalidated on each load: it follows the hub's configuration.

@@ -104,6 +104,14 @@ pub async fn start(settings: Settings, cancel: CancellationToken) -> Result<Hub,
         Duration::from_secs(settings.http.snapshot_reload_s.max(1)),
         Duration::from_millis(settings.http.snapshot_max_lag_ms),
         catalog.iter().map(|k| k.name.to_string()).collect(),
+        // The metric the map's judge (web/src/state.js) reads: the rule's, else the main one.
+        catalog
+            .iter()
+            .filter_map(|k| {
+                let m = k.def.map.as_ref().map(|r| r.metric().to_owned());
+                Some((k.name.to_string(), m.or_else(|| k.def.main_metric.clone())?))
+            })
+            .collect(),
         cancel.clone(),
     );
     let state = cityhub_api::AppState {

@@ -12,6 +12,10 @@ pub struct MapTiming {
     pub sensors: u32,
     pub markers: String,
     pub ready_ms: f64,
+    /// Of `ready_ms`, the fleet's data: request to last byte.
+    pub data_ms: f64,
+    /// The tab's JavaScript heap with the fleet loaded, MiB.
+    pub heap_mb: f64,
     pub frame_p50_ms: f64,
     pub frame_p95_ms: f64,
     pub frame_max_ms: f64,
@@ -90,6 +94,8 @@ pub async fn fleet(admin: &str, sensors: u32) -> Result<MapTiming> {
         sensors,
         markers: kv.get("markers").unwrap_or(&"?").to_string(),
         ready_ms: num("ready_ms")?,
+        heap_mb: num("heap_mb")?,
+        data_ms: num("data_ms")?,
         frame_p50_ms: num("frame_p50_ms")?,
         frame_p95_ms: num("frame_p95_ms")?,
         frame_max_ms: num("frame_max_ms")?,

@@ -34,6 +34,8 @@ pub struct SensorFilter {
     pub active_to: Option<DateTime<Utc>>,
     pub limit: Option<i64>,
     pub offset: i64,
+    /// Only ids after this one: a whole fleet read in chunks without OFFSET's rescans.
+    pub after: Option<String>,
 }
 
 /// A sensor with its latest value of each metric.
@@ -89,12 +91,13 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
     let mut params: Vec<&(dyn ToSql + Sync)> = base.iter().map(|p| &**p as _).collect();
     params.push(&f.limit);
     params.push(&f.offset);
+    params.push(&f.after);
     let rows = client
         .query(
             &format!(
                 "SELECT s.id, s.external_id, s.kind, s.name, s.lon, s.lat, s.properties,
                         s.first_seen, s.last_seen, s.updated_at, s.register
-                 FROM sensors s WHERE {FILTER}
+                 FROM sensors s WHERE {FILTER} AND ($11::text IS NULL OR s.external_id > $11)
                  ORDER BY s.external_id LIMIT $9 OFFSET $10"
             ),
             &params,

@@ -178,7 +178,7 @@ impl TestDb {
             .await
             .batch_execute(&format!(
                 "INSERT INTO sensors (external_id, kind, name, lon, lat, properties, first_seen, last_seen)
-                 SELECT format('bin-%s', lpad(g::text, 6, '0')), 'waste_bin', format('Bin %s', g),
+                 SELECT format('bin-%s', lpad(g::text, greatest(6, length('{n}')), '0')), 'waste_bin', format('Bin %s', g),
                         9.9 + (g % 1000) * 0.0003, 45.1 + (g / 1000) * 0.0003,
                         jsonb_build_object('stream', 'paper'), now() - INTERVAL '1 day', now()
                  FROM generate_series(1, {n}) g;

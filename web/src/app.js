@@ -17,10 +17,11 @@ export const app = {
   open: null, // { id, chart, el } of the open popup
   history: null, // while the hub loads a history: how far (map/status.json)
   older: null, // while older history loads behind the live map (map/status.json)
-  // Above CANVAS_FROM sensors markers are drawn on one canvas (a region's 100,000 stay
-  // fluid); below, each is a focusable element. The list is the keyboard path either way.
+  // Above CANVAS_FROM sensors the fleet is read from map/fleet.json and drawn on one
+  // canvas (`fleet`, a FleetLayer: a region's 100,000 stay fluid); below, each sensor is a
+  // focusable element. The list is the keyboard path either way.
   canvas: false,
-  renderer: null,
+  fleet: null,
   hiddenStates: new Set(), // states filtered out in the legend
 };
 export const CANVAS_FROM = 2000;
@@ -49,4 +50,49 @@ export function toSensor(f) {
     latest: p.latest || {},
     register: p.register || null,
   };
+}
+
+/**
+ * Sensors from `map/fleet.json` (one array per field, a tenth of the listing's bytes):
+ * each with its kind's judged metric only, `partial` until its popup reads the rest
+ * from /api/v1/sensors/{id}.
+ */
+export function fromFleet(doc) {
+  const units = new Map();
+  for (const [kind, metric] of Object.entries(doc.judged_by)) {
+    const k = app.kinds.get(kind);
+    const m = k && k.metrics.find((x) => x.name === metric);
+    units.set(kind, (m && m.unit) || '');
+  }
+  const iso = (ms) => (ms === null ? null : new Date(ms).toISOString());
+  const out = new Array(doc.count);
+  for (let i = 0; i < doc.count; i += 1) {
+    const kind = doc.kinds[doc.kind[i]];
+    const metric = doc.judged_by[kind];
+    const latest = {};
+    if (metric && doc.value[i] !== null) latest[metric] = { value: doc.value[i], unit: units.get(kind), time: iso(doc.at[i]) };
+    out[i] = {
+      id: doc.id[i],
+      kind,
+      name: doc.name[i],
+      coordinates: doc.lon[i] === null || doc.lat[i] === null ? null : [doc.lon[i], doc.lat[i]],
+      last_seen: iso(doc.seen[i]),
+      latest,
+      register: null,
+      partial: true,
+    };
+  }
+  return out;
+}
+
+/** Folds what `from` knows of a sensor into `into`: its newer values, its register. */
+export function mergeSensor(into, from) {
+  for (const [metric, r] of Object.entries(from.latest)) {
+    const had = into.latest[metric];
+    if (!had || Date.parse(r.time) >= Date.parse(had.time)) into.latest[metric] = r;
+  }
+  if (from.last_seen && (!into.last_seen || Date.parse(from.last_seen) > Date.parse(into.last_seen))) into.last_seen = from.last_seen;
+  into.name = from.name;
+  if (from.register) into.register = from.register;
+  if (!from.partial) into.partial = false;
 }

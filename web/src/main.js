@@ -5,8 +5,8 @@
 import L from 'leaflet';
 import { metricLabel, kindTitle, duration } from './i18n.js';
 import { AlertsPanel } from './alerts.js';
-import { $, CANVAS_FROM, T, app, getJson, toSensor } from './app.js';
-import { BatchedCanvas, addSensor, layerFor, rejudge } from './markers.js';
+import { $, CANVAS_FROM, T, app, fromFleet, getJson, toSensor } from './app.js';
+import { FleetLayer, addSensor, layerFor, rejudge } from './markers.js';
 import { el } from './popup.js';
 import { focusSensor, renderPanel, togglePanel } from './panel.js';
 import { Legend, renderLegend } from './legend.js';
@@ -41,10 +41,15 @@ async function start() {
   app.alerts.render();
   window.addEventListener('hashchange', showView);
   showView();
-  let settings, kinds, fc;
+  let settings, kinds, fleet;
+  let sensors = null;
+  const forced = new URLSearchParams(location.search).get('markers');
   for (;;) {
     try {
-      [settings, kinds, fc] = await Promise.all([getJson('map/settings.json'), getJson('api/v1/kinds'), getJson('api/v1/sensors', { fresh: true })]);
+      [settings, kinds, fleet] = await Promise.all([getJson('map/settings.json'), getJson('api/v1/kinds'), getJson('map/fleet.json', { fresh: true })]);
+      app.canvas = forced ? forced === 'canvas' : fleet.count > CANVAS_FROM;
+      // A small fleet is drawn as elements, from the listing (values and register included).
+      if (!app.canvas) sensors = (await getJson('api/v1/sensors', { fresh: true })).features.map(toSensor);
       break;
     } catch (e) {
       $('message').hidden = false;
@@ -55,17 +60,16 @@ async function start() {
   $('message').hidden = true;
   app.settings = settings;
   for (const k of kinds.kinds) app.kinds.set(k.name, k);
+  if (app.canvas) sensors = fromFleet(fleet);
 
-  const forced = new URLSearchParams(location.search).get('markers');
-  app.canvas = forced ? forced === 'canvas' : fc.features.length > CANVAS_FROM;
-  const map = L.map('map', { zoomControl: true, keyboard: true, worldCopyJump: true, preferCanvas: app.canvas });
+  const map = L.map('map', { zoomControl: true, keyboard: true, worldCopyJump: true });
   app.map = map;
-  if (app.canvas) app.renderer = new BatchedCanvas({ padding: 0.2, tolerance: 3 });
   document.body.dataset.markers = app.canvas ? 'canvas' : 'dom';
   if (settings.tile_url) {
     L.tileLayer(settings.tile_url, { maxZoom: 19, attribution: settings.tile_attribution, crossOrigin: true }).addTo(map);
   }
   for (const k of app.kinds.keys()) layerFor(k);
+  if (app.canvas) app.fleet = new FleetLayer().addTo(map);
   try {
     const st = await getJson('map/status.json');
     app.history = st.history || null;
@@ -75,7 +79,7 @@ async function start() {
     app.older = null;
   }
   const now = Date.now();
-  for (const f of fc.features) addSensor(toSensor(f), now);
+  for (const s of sensors) addSensor(s, now);
   app.legend = new Legend();
   app.legend.addTo(map);
   renderLegend();

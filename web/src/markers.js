@@ -1,4 +1,4 @@
-// Markers: one per sensor, coloured by its state, as elements or on one canvas.
+// Markers: one per sensor, coloured by its state, as elements; or a large fleet on one canvas.
 import L from 'leaflet';
 import { judge, sunAltitude } from './state.js';
 import { metricLabel, kindTitle, duration, number } from './i18n.js';
@@ -69,54 +69,190 @@ export function icon(entry) {
   });
 }
 
-/** Fill and outline of a canvas marker, from the same CSS variables as the DOM markers. */
 /**
- * Leaflet's canvas renderer fills and strokes every circle on its own: a second per
- * redraw at 100,000 markers. This one draws all circles of one style as one path
- * (the alarms last, on top); hit-testing, popups and events stay Leaflet's.
+ * Every sensor of a large fleet on one canvas, without a Leaflet layer each (a
+ * region's million would not fit in a tab as layers): positions are projected once
+ * per zoom into typed arrays, the circles of one style drawn as one path (alarms
+ * last, on top), and a click or hover hit-tests the arrays. Kinds switched off in
+ * the legend and states filtered out are skipped at drawing.
  */
-export const BatchedCanvas = L.Canvas.extend({
+export const FleetLayer = L.Canvas.extend({
+  initialize(options) {
+    L.Canvas.prototype.initialize.call(this, { padding: 0.2, tolerance: 3, ...options });
+    this._entries = [];
+    this._px = null;
+    this._py = null;
+    this._projectedAt = null;
+  },
+  add(entry) {
+    entry.style = canvasStyle(entry);
+    this._entries.push(entry);
+    this._px = null;
+    this.redrawSoon();
+  },
+  redrawSoon() {
+    if (this._map && !this._redrawRequest) this._redrawRequest = L.Util.requestAnimFrame(this._redraw, this);
+  },
+  onAdd(map) {
+    L.Canvas.prototype.onAdd.call(this, map);
+    map.on('layeradd layerremove', this._onLayers, this);
+  },
+  onRemove(map) {
+    map.off('layeradd layerremove', this._onLayers, this);
+    L.Canvas.prototype.onRemove.call(this, map);
+  },
+  _onLayers(ev) {
+    if (ev.layer instanceof L.LayerGroup) this.redrawSoon();
+  },
+  /** Web Mercator pixels at the map's zoom (EPSG:3857, Leaflet's default CRS). */
+  _project() {
+    const z = this._map.getZoom();
+    const n = this._entries.length;
+    if (this._px && this._projectedAt === z) return;
+    const scale = this._map.options.crs.scale(z);
+    const max = Math.sin((85.0511287798 * Math.PI) / 180);
+    const px = new Float64Array(n);
+    const py = new Float64Array(n);
+    for (let i = 0; i < n; i += 1) {
+      const [lon, lat] = this._entries[i].sensor.coordinates;
+      const sin = Math.max(Math.min(Math.sin((lat * Math.PI) / 180), max), -max);
+      px[i] = scale * (0.5 + lon / 360);
+      py[i] = scale * (0.5 - Math.log((1 + sin) / (1 - sin)) / (4 * Math.PI));
+    }
+    this._px = px;
+    this._py = py;
+    this._projectedAt = z;
+  },
+  _shownKinds() {
+    const shown = new Map();
+    for (const [k, g] of app.layers) shown.set(k, this._map.hasLayer(g));
+    return shown;
+  },
+  _updatePaths() {
+    if (!this._postponeUpdatePaths) this._redraw();
+  },
   _draw() {
-    const bounds = this._redrawBounds;
+    if (!this._map || !this._entries.length) return;
+    this._project();
+    const o = this._map.getPixelOrigin();
+    const b = this._bounds;
+    const [x0, y0, x1, y1] = [b.min.x + o.x - 8, b.min.y + o.y - 8, b.max.x + o.x + 8, b.max.y + o.y + 8];
+    const shown = this._shownKinds();
+    const groups = new Map();
+    const px = this._px;
+    const py = this._py;
+    for (let i = 0; i < this._entries.length; i += 1) {
+      const x = px[i];
+      const y = py[i];
+      if (x < x0 || x > x1 || y < y0 || y > y1) continue;
+      const e = this._entries[i];
+      if (shown.get(e.sensor.kind) === false || app.hiddenStates.has(e.verdict.state)) continue;
+      let g = groups.get(e.style);
+      if (!g) groups.set(e.style, (g = []));
+      g.push(x - o.x, y - o.y);
+    }
     const ctx = this._ctx;
     ctx.save();
-    if (bounds) {
-      const size = bounds.getSize();
+    for (const [s, pts] of [...groups].sort((a, b) => a[0].radius - b[0].radius)) {
       ctx.beginPath();
-      ctx.rect(bounds.min.x, bounds.min.y, size.x, size.y);
-      ctx.clip();
-    }
-    const groups = new Map();
-    for (let order = this._drawFirst; order; order = order.next) {
-      const layer = order.layer;
-      if (!layer._point || layer._empty() || (bounds && !(layer._pxBounds && layer._pxBounds.intersects(bounds)))) continue;
-      const o = layer.options;
-      const r = Math.max(Math.round(layer._radius), 1);
-      const key = `${o.fillColor}|${o.color}|${o.dashArray}|${r}|${o.weight}`;
-      let g = groups.get(key);
-      if (!g) groups.set(key, (g = { o, r, pts: [] }));
-      g.pts.push(layer._point);
-    }
-    for (const g of [...groups.values()].sort((a, b) => a.r - b.r)) {
-      ctx.beginPath();
-      for (const p of g.pts) {
-        ctx.moveTo(p.x + g.r, p.y);
-        ctx.arc(p.x, p.y, g.r, 0, Math.PI * 2);
+      for (let i = 0; i < pts.length; i += 2) {
+        ctx.moveTo(pts[i] + s.radius, pts[i + 1]);
+        ctx.arc(pts[i], pts[i + 1], s.radius, 0, Math.PI * 2);
       }
-      ctx.globalAlpha = g.o.fillOpacity;
-      ctx.fillStyle = g.o.fillColor;
+      ctx.globalAlpha = 1;
+      ctx.fillStyle = s.fillColor;
       ctx.fill();
-      ctx.setLineDash(g.o.dashArray ? String(g.o.dashArray).split(/[ ,]+/).map(Number) : []);
-      ctx.globalAlpha = g.o.opacity;
-      ctx.lineWidth = g.o.weight;
-      ctx.strokeStyle = g.o.color;
+      ctx.setLineDash(s.dashArray ? s.dashArray.split(' ').map(Number) : []);
+      ctx.lineWidth = 1.5;
+      ctx.strokeStyle = s.color;
       ctx.stroke();
     }
     ctx.restore();
   },
+  /** The drawn sensor under a layer point, the nearest if several; null if none. */
+  hit(point) {
+    if (!this._map || !this._entries.length) return null;
+    this._project();
+    const o = this._map.getPixelOrigin();
+    const x = point.x + o.x;
+    const y = point.y + o.y;
+    const shown = this._shownKinds();
+    let best = null;
+    let bestD = Infinity;
+    for (let i = 0; i < this._entries.length; i += 1) {
+      const dx = this._px[i] - x;
+      const dy = this._py[i] - y;
+      const e = this._entries[i];
+      const r = e.style.radius + this.options.tolerance;
+      const d = dx * dx + dy * dy;
+      if (d > r * r || d >= bestD) continue;
+      if (shown.get(e.sensor.kind) === false || app.hiddenStates.has(e.verdict.state)) continue;
+      best = e;
+      bestD = d;
+    }
+    return best;
+  },
+  _onClick(e) {
+    if (e.type === 'click' && !this._map._draggableMoved(this._map)) {
+      const entry = this.hit(this._map.mouseEventToLayerPoint(e));
+      if (entry) {
+        openPopupOf(entry);
+        return;
+      }
+    }
+    this._fireEvent(false, e);
+  },
+  _handleMouseHover(e, point) {
+    if (this._mouseHoverThrottled) return;
+    this._mouseHoverThrottled = true;
+    setTimeout(() => {
+      this._mouseHoverThrottled = false;
+    }, 32);
+    if (this._container) this._container.classList.toggle('leaflet-interactive', !!this.hit(point));
+  },
+  _handleMouseOut() {
+    if (this._container) this._container.classList.remove('leaflet-interactive');
+  },
 });
 
+const POPUP = { maxWidth: 340, minWidth: 300, autoPanPadding: [20, 20] };
+
+function popupClosed(entry) {
+  if (app.open && app.open.id === entry.sensor.id) {
+    if (app.open.chart) app.open.chart.destroy();
+    app.open = null;
+  }
+}
+
+/** Opens the sensor's popup (its marker's, or on the fleet canvas one of its own); returns it. */
+export function openPopupOf(entry) {
+  if (entry.marker) {
+    entry.marker.openPopup();
+    return entry.marker.getPopup();
+  }
+  const [lon, lat] = entry.sensor.coordinates;
+  const box = popupContent(entry);
+  const popup = L.popup(POPUP).setLatLng([lat, lon]).setContent(box);
+  popup.on('remove', () => {
+    if (entry.popup === popup) entry.popup = null;
+    popupClosed(entry);
+  });
+  entry.popup = popup;
+  popup.openOn(app.map);
+  openedPopup(entry, box);
+  return popup;
+}
+
+/** The sensor's popup while it is open, else null. */
+export function popupOf(entry) {
+  if (entry.marker) return entry.marker.isPopupOpen() ? entry.marker.getPopup() : null;
+  return entry.popup || null;
+}
+
 export let palette = null;
+const styles = new Map();
+/** Fill and outline of a marker on the fleet canvas, from the same CSS variables as
+ * the element markers; one shared object per look (a million sensors share a few). */
 export function canvasStyle(entry) {
   if (!palette) {
     const css = getComputedStyle(document.documentElement);
@@ -124,27 +260,38 @@ export function canvasStyle(entry) {
   }
   const v = (name) => palette.get(name);
   const st = entry.verdict.state;
-  const fill = st === 'activity' ? v(`--act${Math.min(entry.verdict.level, 4)}`) : st === 'stale' ? '#fff' : v(`--${st}`);
-  return {
-    fillColor: fill || v('--none'),
-    color: st === 'stale' ? v('--stale') : st === 'alarm' ? '#7a0000' : '#fff',
-    dashArray: st === 'stale' ? '2 2' : null,
-    radius: st === 'alarm' ? 7 : 5,
-  };
+  const look = st === 'activity' ? `${st}${Math.min(entry.verdict.level, 4)}` : st;
+  let s = styles.get(look);
+  if (!s) {
+    const fill = st === 'activity' ? v(`--act${Math.min(entry.verdict.level, 4)}`) : st === 'stale' ? '#fff' : v(`--${st}`);
+    s = {
+      fillColor: fill || v('--none'),
+      color: st === 'stale' ? v('--stale') : st === 'alarm' ? '#7a0000' : '#fff',
+      dashArray: st === 'stale' ? '2 2' : null,
+      radius: st === 'alarm' ? 7 : 5,
+    };
+    styles.set(look, s);
+  }
+  return s;
 }
 
 export function restyle(entry) {
+  if (app.fleet) {
+    entry.style = canvasStyle(entry);
+    app.fleet.redrawSoon();
+    return;
+  }
   if (!entry.marker) return;
-  if (app.canvas) {
-    const s = canvasStyle(entry);
-    entry.marker.setStyle(s);
-    entry.marker.setRadius(s.radius);
-  } else entry.marker.setIcon(icon(entry));
+  entry.marker.setIcon(icon(entry));
   showIfWanted(entry);
 }
 
 /** Puts the marker on its kind's layer unless the legend filters its state out. */
 export function showIfWanted(entry) {
+  if (app.fleet) {
+    app.fleet.redrawSoon();
+    return;
+  }
   const g = layerFor(entry.sensor.kind);
   const want = !app.hiddenStates.has(entry.verdict.state);
   if (want && !g.hasLayer(entry.marker)) g.addLayer(entry.marker);
@@ -157,28 +304,25 @@ export function rejudge(entry, now) {
   entry.verdict = judge(entry.sensor, kind, now, sunAltitude, app.settings.stale_after_cadences);
   // While the hub loads a history, old readings are not silence: no data yet.
   if (app.history && entry.verdict.state === 'stale') entry.verdict = { ...entry.verdict, state: 'none' };
-  if (entry.marker && before !== markerClass(entry.sensor.kind, entry.verdict)) restyle(entry);
+  if ((entry.marker || entry.style) && before !== markerClass(entry.sensor.kind, entry.verdict)) restyle(entry);
 }
 
 export function place(entry) {
+  if (app.fleet) {
+    app.fleet.add(entry);
+    return;
+  }
   const [lon, lat] = entry.sensor.coordinates;
-  const m = app.canvas
-    ? L.circleMarker([lat, lon], { renderer: app.renderer, weight: 1.5, fillOpacity: 1, bubblingMouseEvents: false, ...canvasStyle(entry) })
-    : L.marker([lat, lon], { icon: icon(entry), keyboard: true, riseOnHover: true });
+  const m = L.marker([lat, lon], { icon: icon(entry), keyboard: true, riseOnHover: true });
   // The content is built on each opening as one element that stays put, so the
   // chart and live updates can find it while it is open.
-  m.bindPopup(document.createElement('div'), { maxWidth: 340, minWidth: 300, autoPanPadding: [20, 20] });
+  m.bindPopup(document.createElement('div'), POPUP);
   m.on('popupopen', (ev) => {
     const box = popupContent(entry);
     ev.popup.setContent(box);
     openedPopup(entry, box);
   });
-  m.on('popupclose', () => {
-    if (app.open && app.open.id === entry.sensor.id) {
-      if (app.open.chart) app.open.chart.destroy();
-      app.open = null;
-    }
-  });
+  m.on('popupclose', () => popupClosed(entry));
   entry.marker = m;
   showIfWanted(entry);
 }

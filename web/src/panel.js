@@ -2,7 +2,7 @@
 import { actionItems } from './state.js';
 import { kindTitle } from './i18n.js';
 import { $, T, app } from './app.js';
-import { markerClass, showIfWanted, verdictText } from './markers.js';
+import { markerClass, openPopupOf, showIfWanted, verdictText } from './markers.js';
 import { el } from './popup.js';
 import { renderLegend } from './legend.js';
 
@@ -21,9 +21,9 @@ export function focusSensor(id) {
   }
   const [lon, lat] = entry.sensor.coordinates;
   app.map.setView([lat, lon], Math.max(app.map.getZoom(), 17), { animate: false });
-  entry.marker.openPopup();
+  const popup = openPopupOf(entry);
   if (window.matchMedia('(max-width: 900px)').matches) togglePanel(false);
-  const closeButton = entry.marker.getPopup().getElement().querySelector('.leaflet-popup-close-button');
+  const closeButton = popup.getElement().querySelector('.leaflet-popup-close-button');
   if (closeButton) closeButton.focus();
 }
 

@@ -1,8 +1,8 @@
 // The popup of a sensor: its values and a 24-hour chart.
 import uPlot from 'uplot';
 import { metricLabel, kindTitle, duration, number } from './i18n.js';
-import { DAY_MS, T, app, getJson } from './app.js';
-import { verdictText } from './markers.js';
+import { DAY_MS, T, app, getJson, mergeSensor, toSensor } from './app.js';
+import { popupOf, rejudge, verdictText } from './markers.js';
 
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -68,7 +68,7 @@ export function popupContent(entry) {
   if (reg) {
     box.append(reg);
     // Opening it makes the popup taller: let Leaflet size and pan it again.
-    reg.addEventListener('toggle', () => entry.marker && entry.marker.getPopup() && entry.marker.getPopup().update());
+    reg.addEventListener('toggle', () => popupOf(entry) && popupOf(entry).update());
   }
   const metric = entry.verdict.metric;
   if (metric) {
@@ -82,6 +82,7 @@ export function popupContent(entry) {
 
 export async function openedPopup(entry, box) {
   app.open = { id: entry.sensor.id, chart: null, box };
+  if (entry.sensor.partial) completeSensor(entry, box);
   const metric = entry.verdict.metric;
   if (!metric) return;
   const target = box.querySelector('.chart');
@@ -123,7 +124,7 @@ export async function openedPopup(entry, box) {
     target.dataset.state = 'drawn';
     target.setAttribute('role', 'img');
     target.setAttribute('aria-label', `${T().last24h}: ${xs.length} ${metric}`);
-    entry.marker.getPopup().update();
+    if (popupOf(entry)) popupOf(entry).update();
   } catch (e) {
     console.warn('chart', e);
     target.dataset.state = 'failed';
@@ -149,5 +150,25 @@ export function refreshOpenPopup(entry, newPoints) {
     open.chart.setData([xs, ys], false);
     open.chart.setScale('x', { min: now / 1000 - DAY_MS / 1000, max: now / 1000 });
     open.box.querySelector('.chart').dataset.points = String(xs.length);
+  }
+}
+
+/** A sensor drawn from the fleet's arrays knows one value: its popup reads the rest
+ * (every metric, the register entry) from /api/v1/sensors/{id}. */
+async function completeSensor(entry, box) {
+  try {
+    const full = toSensor(await getJson(`api/v1/sensors/${encodeURIComponent(entry.sensor.id)}`));
+    mergeSensor(entry.sensor, full);
+    rejudge(entry, Date.now());
+    if (!app.open || app.open.box !== box) return;
+    refreshOpenPopup(entry, []);
+    const reg = registerSection(entry.sensor.register);
+    if (reg && !box.querySelector('.register')) {
+      box.querySelector('.values').after(reg);
+      reg.addEventListener('toggle', () => popupOf(entry) && popupOf(entry).update());
+    }
+    if (popupOf(entry)) popupOf(entry).update();
+  } catch (e) {
+    console.warn('sensor', e);
   }
 }

@@ -1,5 +1,5 @@
 // The live stream (/api/v1/stream) and reloads.
-import { $, T, app, getJson, toSensor } from './app.js';
+import { $, T, app, fromFleet, getJson, mergeSensor, toSensor } from './app.js';
 import { addSensor, rejudge, sensorLabel } from './markers.js';
 import { refreshOpenPopup } from './popup.js';
 import { renderPanel } from './panel.js';
@@ -23,7 +23,7 @@ export function onReadings(ev) {
   }
   app.rate.add(times.size, now);
   rejudge(entry, now);
-  if (entry.marker.getElement()) entry.marker.getElement().setAttribute('aria-label', sensorLabel(entry));
+  if (entry.marker && entry.marker.getElement()) entry.marker.getElement().setAttribute('aria-label', sensorLabel(entry));
   refreshOpenPopup(entry, points);
   schedulePanel();
   $('rate-n').textContent = String(app.rate.rate(now));
@@ -61,13 +61,14 @@ export async function reloadSensors() {
   if (reloading) return reloading;
   reloading = (async () => {
     try {
-      const fc = await getJson('api/v1/sensors', { fresh: true });
+      const sensors = app.fleet ? fromFleet(await getJson('map/fleet.json', { fresh: true })) : (await getJson('api/v1/sensors', { fresh: true })).features.map(toSensor);
       const now = Date.now();
-      for (const f of fc.features) {
-        const s = toSensor(f);
+      for (const s of sensors) {
         const entry = app.sensors.get(s.id);
         if (entry) {
-          entry.sensor = s;
+          // The fleet's arrays carry one value each: fold them in, keep what a popup read.
+          if (app.fleet) mergeSensor(entry.sensor, s);
+          else entry.sensor = s;
           rejudge(entry, now);
         } else addSensor(s, now);
       }

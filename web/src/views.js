@@ -2,7 +2,7 @@
 import { saveLang } from './i18n.js';
 import { renderIndicators } from './indicators.js';
 import { $, T, app } from './app.js';
-import { icon } from './markers.js';
+import { icon, openPopupOf } from './markers.js';
 import { el } from './popup.js';
 import { forgetPanel, renderPanel } from './panel.js';
 import { renderLegend } from './legend.js';
@@ -39,7 +39,7 @@ export function setLang(lang) {
   app.lang = lang;
   saveLang(lang);
   renderChrome();
-  if (!app.canvas) for (const e of app.sensors.values()) e.marker.setIcon(icon(e));
+  if (!app.fleet) for (const e of app.sensors.values()) e.marker.setIcon(icon(e));
   renderLegend();
   forgetPanel();
   renderPanel();
@@ -48,8 +48,8 @@ export function setLang(lang) {
   if (app.open) {
     const entry = app.sensors.get(app.open.id);
     if (entry) {
-      entry.marker.closePopup();
-      entry.marker.openPopup();
+      app.map.closePopup();
+      openPopupOf(entry);
     }
   }
 }
