@@ -493,24 +493,17 @@ impl Snapshot {
         store: &Store,
         kind: Option<String>,
     ) -> ApiResult<Arc<Doc>> {
-        let key = DocKey::Listing(kind.clone());
-        let mut m = self.model.lock().await;
-        if store.changes_seen() <= self.covered.load(Ordering::Acquire) {
-            if let Some(d) = self.current(store, &key) {
-                return Ok(d);
-            }
-        }
-        self.refresh(store, &mut m).await?;
-        let all = Selection::of(
-            &m,
-            |e| kind.as_deref().is_none_or(|k| *e.kind == *k),
-            None,
-            usize::MAX,
-        );
-        let tail = format!(r#""numberReturned":{}"#, all.returned);
-        let doc = Arc::new(all.into_doc(self.epoch.load(Ordering::Acquire), &tail));
-        self.keep(key, doc.clone());
-        Ok(doc)
+        self.doc_now(store, DocKey::Listing(kind.clone()), |m, epoch| {
+            let all = Selection::of(
+                m,
+                |e| kind.as_deref().is_none_or(|k| *e.kind == *k),
+                None,
+                usize::MAX,
+            );
+            let tail = format!(r#""numberReturned":{}"#, all.returned);
+            all.into_doc(epoch, &tail)
+        })
+        .await
     }
 
     /// The whole fleet as the operator map draws it: one array per field (see
@@ -520,21 +513,30 @@ impl Snapshot {
         if let Some(d) = self.current(store, &DocKey::Fleet) {
             return Ok(d);
         }
+        self.doc_now(store, DocKey::Fleet, |m, epoch| {
+            let modified = m.sensors.values().filter_map(|e| e.modified).max();
+            Doc::new(epoch, fleet_json(m, &self.judged_by), modified)
+        })
+        .await
+    }
+
+    /// The document `key` as of now, built by `build` from the model with every change
+    /// noted so far taken in (unless another request built it meanwhile), and kept.
+    async fn doc_now(
+        self: &Arc<Self>,
+        store: &Store,
+        key: DocKey,
+        build: impl FnOnce(&Model, u64) -> Doc,
+    ) -> ApiResult<Arc<Doc>> {
         let mut m = self.model.lock().await;
         if store.changes_seen() <= self.covered.load(Ordering::Acquire) {
-            if let Some(d) = self.current(store, &DocKey::Fleet) {
+            if let Some(d) = self.current(store, &key) {
                 return Ok(d);
             }
         }
         self.refresh(store, &mut m).await?;
-        let modified = m.sensors.values().filter_map(|e| e.modified).max();
-        let doc = Arc::new(Doc::new(
-            self.epoch.load(Ordering::Acquire),
-            fleet_json(&m, &self.judged_by),
-            modified,
-        ));
-        drop(m);
-        self.keep(DocKey::Fleet, doc.clone());
+        let doc = Arc::new(build(&m, self.epoch.load(Ordering::Acquire)));
+        self.keep(key, doc.clone());
         Ok(doc)
     }
 
@@ -687,81 +689,58 @@ impl Selection {
     }
 }
 
-/// `{"count":N,"kinds":[..],"judged_by":{kind:metric},"id":[..],"name":[..],"kind":[..],
-/// "lon":[..],"lat":[..],"seen":[..],"value":[..],"at":[..]}`: member i of every array is
-/// sensor i (in id order); `kind` indexes `kinds`; `seen` (last report) and `at` (when
-/// `value`, its kind's judged metric, was read) are ms since the epoch; null where unknown.
-fn fleet_json(m: &Model, judged_by: &HashMap<String, String>) -> Vec<u8> {
-    use std::fmt::Write as _;
-    let n = m.sensors.len();
-    let mut kinds: Vec<Arc<str>> = Vec::new();
-    let mut kind_ix: HashMap<Arc<str>, usize> = HashMap::new();
-    let mut out = String::with_capacity(64 + n * 96);
-    let col = |name: &str, out: &mut String, each: &mut dyn FnMut(&str, &Entry, &mut String)| {
-        let _ = write!(out, r#","{name}":["#);
-        for (i, (id, e)) in m.sensors.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            each(id, e, out);
-        }
-        out.push(']');
-    };
-    let num = |x: Option<f64>, out: &mut String| match x {
-        Some(v) if v.is_finite() => {
-            let _ = write!(out, "{v}");
-        }
-        _ => out.push_str("null"),
-    };
-    let int = |x: Option<i64>, out: &mut String| match x {
-        Some(v) => {
-            let _ = write!(out, "{v}");
-        }
-        None => out.push_str("null"),
-    };
-    let _ = write!(out, r#"{{"count":{n}"#);
-    let mut body = String::with_capacity(n * 96);
-    col("id", &mut body, &mut |id, _, o| o.push_str(&json_str(id)));
-    col("name", &mut body, &mut |_, e, o| match &e.name {
-        Some(s) => o.push_str(&json_str(s)),
-        None => o.push_str("null"),
-    });
-    col("kind", &mut body, &mut |_, e, o| {
-        let ix = *kind_ix.entry(e.kind.clone()).or_insert_with(|| {
-            kinds.push(e.kind.clone());
-            kinds.len() - 1
-        });
-        let _ = write!(o, "{ix}");
-    });
-    col("lon", &mut body, &mut |_, e, o| {
-        num(e.lon.zip(e.lat).map(|p| p.0), o)
-    });
-    col("lat", &mut body, &mut |_, e, o| {
-        num(e.lon.zip(e.lat).map(|p| p.1), o)
-    });
-    col("seen", &mut body, &mut |_, e, o| int(e.seen_ms, o));
-    col("value", &mut body, &mut |_, e, o| {
-        num(e.judged.map(|j| j.0), o)
-    });
-    col("at", &mut body, &mut |_, e, o| {
-        int(e.judged.map(|j| j.1), o)
-    });
-    let judged: BTreeMap<&str, &str> = kinds
-        .iter()
-        .filter_map(|k| judged_by.get(&**k).map(|m| (&**k, m.as_str())))
-        .collect();
-    let _ = write!(
-        out,
-        r#","kinds":{},"judged_by":{}"#,
-        serde_json::to_string(&kinds.iter().map(|k| &**k).collect::<Vec<&str>>())
-            .unwrap_or_else(|_| "[]".into()),
-        serde_json::to_string(&judged).unwrap_or_else(|_| "{}".into())
-    );
-    out.push_str(&body);
-    out.push('}');
-    out.into_bytes()
+/// The map's fleet, one array per field: member i of every array is sensor i (in id
+/// order); `kind` indexes `kinds`; `seen` (last report) and `at` (when `value`, its
+/// kind's judged metric, was read) are ms since the epoch; null where unknown.
+#[derive(serde::Serialize)]
+struct Fleet<'a> {
+    count: usize,
+    kinds: Vec<&'a str>,
+    judged_by: BTreeMap<&'a str, &'a str>,
+    id: Vec<&'a str>,
+    name: Vec<Option<&'a str>>,
+    kind: Vec<usize>,
+    lon: Vec<Option<f64>>,
+    lat: Vec<Option<f64>>,
+    seen: Vec<Option<i64>>,
+    value: Vec<Option<f64>>,
+    at: Vec<Option<i64>>,
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "null".into())
+fn fleet_json(m: &Model, judged_by: &HashMap<String, String>) -> Vec<u8> {
+    let n = m.sensors.len();
+    let mut f = Fleet {
+        count: n,
+        kinds: Vec::new(),
+        judged_by: BTreeMap::new(),
+        id: Vec::with_capacity(n),
+        name: Vec::with_capacity(n),
+        kind: Vec::with_capacity(n),
+        lon: Vec::with_capacity(n),
+        lat: Vec::with_capacity(n),
+        seen: Vec::with_capacity(n),
+        value: Vec::with_capacity(n),
+        at: Vec::with_capacity(n),
+    };
+    let mut kind_ix: HashMap<&str, usize> = HashMap::new();
+    for (id, e) in &m.sensors {
+        let ix = *kind_ix.entry(&e.kind).or_insert_with(|| {
+            f.kinds.push(&e.kind);
+            if let Some(metric) = judged_by.get(&*e.kind) {
+                f.judged_by.insert(&e.kind, metric);
+            }
+            f.kinds.len() - 1
+        });
+        let place = e.lon.zip(e.lat);
+        f.id.push(id);
+        f.name.push(e.name.as_deref());
+        f.kind.push(ix);
+        f.lon.push(place.map(|p| p.0));
+        f.lat.push(place.map(|p| p.1));
+        f.seen.push(e.seen_ms);
+        f.value.push(e.judged.map(|j| j.0));
+        f.at.push(e.judged.map(|j| j.1));
+    }
+    // Plain strings, numbers and maps with string keys: serializing cannot fail.
+    serde_json::to_vec(&f).unwrap_or_default()
 }

@@ -52,6 +52,11 @@ export function toSensor(f) {
   };
 }
 
+/** Every sensor from the listing, with all its values and its register entry. */
+export async function listedSensors() {
+  return (await getJson('api/v1/sensors', { fresh: true })).features.map(toSensor);
+}
+
 /**
  * Sensors from `map/fleet.json` (one array per field, a tenth of the listing's bytes):
  * each with its kind's judged metric only, `partial` until its popup reads the rest

@@ -5,7 +5,7 @@
 import L from 'leaflet';
 import { metricLabel, kindTitle, duration } from './i18n.js';
 import { AlertsPanel } from './alerts.js';
-import { $, CANVAS_FROM, T, app, fromFleet, getJson, toSensor } from './app.js';
+import { $, CANVAS_FROM, T, app, fromFleet, getJson, listedSensors } from './app.js';
 import { FleetLayer, addSensor, layerFor, rejudge } from './markers.js';
 import { el } from './popup.js';
 import { focusSensor, renderPanel, togglePanel } from './panel.js';
@@ -49,7 +49,7 @@ async function start() {
       [settings, kinds, fleet] = await Promise.all([getJson('map/settings.json'), getJson('api/v1/kinds'), getJson('map/fleet.json', { fresh: true })]);
       app.canvas = forced ? forced === 'canvas' : fleet.count > CANVAS_FROM;
       // A small fleet is drawn as elements, from the listing (values and register included).
-      if (!app.canvas) sensors = (await getJson('api/v1/sensors', { fresh: true })).features.map(toSensor);
+      if (!app.canvas) sensors = await listedSensors();
       break;
     } catch (e) {
       $('message').hidden = false;

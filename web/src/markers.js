@@ -76,6 +76,11 @@ export function icon(entry) {
  * last, on top), and a click or hover hit-tests the arrays. Kinds switched off in
  * the legend and states filtered out are skipped at drawing.
  */
+/** Drawn unless the legend switched its kind off (`shown`: kind -> its layer is on) or filters its state out. */
+function visible(entry, shown) {
+  return shown.get(entry.sensor.kind) !== false && !app.hiddenStates.has(entry.verdict.state);
+}
+
 export const FleetLayer = L.Canvas.extend({
   initialize(options) {
     L.Canvas.prototype.initialize.call(this, { padding: 0.2, tolerance: 3, ...options });
@@ -146,7 +151,7 @@ export const FleetLayer = L.Canvas.extend({
       const y = py[i];
       if (x < x0 || x > x1 || y < y0 || y > y1) continue;
       const e = this._entries[i];
-      if (shown.get(e.sensor.kind) === false || app.hiddenStates.has(e.verdict.state)) continue;
+      if (!visible(e, shown)) continue;
       let g = groups.get(e.style);
       if (!g) groups.set(e.style, (g = []));
       g.push(x - o.x, y - o.y);
@@ -185,8 +190,7 @@ export const FleetLayer = L.Canvas.extend({
       const e = this._entries[i];
       const r = e.style.radius + this.options.tolerance;
       const d = dx * dx + dy * dy;
-      if (d > r * r || d >= bestD) continue;
-      if (shown.get(e.sensor.kind) === false || app.hiddenStates.has(e.verdict.state)) continue;
+      if (d > r * r || d >= bestD || !visible(e, shown)) continue;
       best = e;
       bestD = d;
     }
@@ -247,6 +251,12 @@ export function openPopupOf(entry) {
 export function popupOf(entry) {
   if (entry.marker) return entry.marker.isPopupOpen() ? entry.marker.getPopup() : null;
   return entry.popup || null;
+}
+
+/** Lets Leaflet size and pan the sensor's open popup again after its content grew. */
+export function updatePopup(entry) {
+  const popup = popupOf(entry);
+  if (popup) popup.update();
 }
 
 export let palette = null;

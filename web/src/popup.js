@@ -2,7 +2,7 @@
 import uPlot from 'uplot';
 import { metricLabel, kindTitle, duration, number } from './i18n.js';
 import { DAY_MS, T, app, getJson, mergeSensor, toSensor } from './app.js';
-import { popupOf, rejudge, verdictText } from './markers.js';
+import { rejudge, updatePopup, verdictText } from './markers.js';
 
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -34,7 +34,8 @@ export function valuesTable(entry, now) {
 }
 
 /** "What is this sensor?": its entry in the public register, in the page's language. */
-export function registerSection(r) {
+export function registerSection(entry) {
+  const r = entry.sensor.register;
   if (!r) return null;
   const t = T();
   const purpose = app.lang === 'en' ? r.purpose_en || r.purpose : r.purpose || r.purpose_en;
@@ -44,12 +45,15 @@ export function registerSection(r) {
     [t.contact, r.contact],
     [t.personalData, r.personal_data ? t.capturesPersonal(r.legal_basis || '?') : t.noPersonal],
   ].filter(([, v]) => v);
-  return el(
+  const section = el(
     'details',
     { class: 'register' },
     el('summary', {}, t.whatIs),
     el('dl', {}, ...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
   );
+  // Opening it makes the popup taller: let Leaflet size and pan it again.
+  section.addEventListener('toggle', () => updatePopup(entry));
+  return section;
 }
 
 export function popupContent(entry) {
@@ -64,12 +68,8 @@ export function popupContent(entry) {
     el('p', { class: `verdict v-${entry.verdict.state}` }, verdictText(entry)),
     el('div', { class: 'values' }, valuesTable(entry, now)),
   );
-  const reg = registerSection(entry.sensor.register);
-  if (reg) {
-    box.append(reg);
-    // Opening it makes the popup taller: let Leaflet size and pan it again.
-    reg.addEventListener('toggle', () => popupOf(entry) && popupOf(entry).update());
-  }
+  const reg = registerSection(entry);
+  if (reg) box.append(reg);
   const metric = entry.verdict.metric;
   if (metric) {
     box.append(
@@ -124,7 +124,7 @@ export async function openedPopup(entry, box) {
     target.dataset.state = 'drawn';
     target.setAttribute('role', 'img');
     target.setAttribute('aria-label', `${T().last24h}: ${xs.length} ${metric}`);
-    if (popupOf(entry)) popupOf(entry).update();
+    updatePopup(entry);
   } catch (e) {
     console.warn('chart', e);
     target.dataset.state = 'failed';
@@ -162,12 +162,9 @@ async function completeSensor(entry, box) {
     rejudge(entry, Date.now());
     if (!app.open || app.open.box !== box) return;
     refreshOpenPopup(entry, []);
-    const reg = registerSection(entry.sensor.register);
-    if (reg && !box.querySelector('.register')) {
-      box.querySelector('.values').after(reg);
-      reg.addEventListener('toggle', () => popupOf(entry) && popupOf(entry).update());
-    }
-    if (popupOf(entry)) popupOf(entry).update();
+    const reg = registerSection(entry);
+    if (reg && !box.querySelector('.register')) box.querySelector('.values').after(reg);
+    updatePopup(entry);
   } catch (e) {
     console.warn('sensor', e);
   }

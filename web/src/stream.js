@@ -1,5 +1,5 @@
 // The live stream (/api/v1/stream) and reloads.
-import { $, T, app, fromFleet, getJson, mergeSensor, toSensor } from './app.js';
+import { $, T, app, fromFleet, getJson, listedSensors, mergeSensor } from './app.js';
 import { addSensor, rejudge, sensorLabel } from './markers.js';
 import { refreshOpenPopup } from './popup.js';
 import { renderPanel } from './panel.js';
@@ -61,7 +61,7 @@ export async function reloadSensors() {
   if (reloading) return reloading;
   reloading = (async () => {
     try {
-      const sensors = app.fleet ? fromFleet(await getJson('map/fleet.json', { fresh: true })) : (await getJson('api/v1/sensors', { fresh: true })).features.map(toSensor);
+      const sensors = app.fleet ? fromFleet(await getJson('map/fleet.json', { fresh: true })) : await listedSensors();
       const now = Date.now();
       for (const s of sensors) {
         const entry = app.sensors.get(s.id);
