@@ -135,6 +135,8 @@ async fn a_simulated_fleet_s_indicators_match_what_the_simulator_did() {
     publish_sim(&broker, &msgs).await;
     let want = expected_rows(&msgs);
     wait_for_rows(&db, want, 120, "the simulated rows").await;
+    // Answers read the hourly aggregates; late readings reach them seconds after.
+    wait_for_aggregates(&db, 120).await;
     let http = reqwest::Client::new();
     let range = "from=2026-01-04&to=2026-01-15";
 
@@ -404,6 +406,8 @@ async fn pm10_exceedance_days_count_valid_days_above_the_limit_by_calendar_year(
     pm10_days(&broker, "aq-hand", first, &days).await;
     let n: i64 = days.iter().map(|d| i64::from(d.1)).sum();
     wait_for_rows(&db, n, 60, "the PM10 readings").await;
+    // Answers read the hourly aggregates; late readings reach them seconds after.
+    wait_for_aggregates(&db, 120).await;
     let http = reqwest::Client::new();
     let v = get(
         &http,
@@ -615,6 +619,8 @@ async fn lamp_energy_survives_a_meter_reset_and_fault_hours_follow_the_sun() {
         .collect();
     publish_raw(&broker, &items).await;
     wait_for_rows(&db, n, 60, "the lamp readings").await;
+    // Answers read the hourly aggregates; late readings reach them seconds after.
+    wait_for_aggregates(&db, 120).await;
     let http = reqwest::Client::new();
     let v = get(
         &http,

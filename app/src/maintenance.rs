@@ -3,7 +3,7 @@
 //! lock, so several hubs on one database elect one) runs the jobs that are due; and
 //! every hub refreshes the aggregate buckets its own late commits touched.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cityhub_core::settings::StoreSettings;
 use cityhub_core::MaintenanceMode;
 use cityhub_store::maintenance::{self, JobState, Report, SharedStatus, AGGREGATES, LEADER_LOCK};
@@ -216,8 +216,6 @@ pub async fn run_all(store: &Store, mode: MaintenanceMode) -> Result<Report, Sto
     Ok(Report::new(mode, false, jobs, Utc::now()))
 }
 
-/// Every `late_refresh_s`: when this hub committed readings below an aggregate's
-/// watermark, refreshes the buckets from the earliest of them up to the watermark.
 /// Plain PostgreSQL: folds the writers' rollup deltas every `every`, so the views'
 /// unfolded part stays small. A failure is retried next round; nothing is lost, as
 /// deltas stay until folded.
@@ -272,6 +270,10 @@ pub async fn rollup_fold_task(store: Store, every: Duration, cancel: Cancellatio
     }
 }
 
+/// TimescaleDB, every `late_refresh_s`: when this hub committed readings below an
+/// aggregate's watermark, refreshes the buckets from the earliest of them up to the
+/// watermark, so late readings reach hourly and daily answers in seconds rather than
+/// at the policy's next run.
 pub async fn late_refresh_task(
     store: Store,
     every: Duration,
@@ -280,29 +282,38 @@ pub async fn late_refresh_task(
     cancel: CancellationToken,
 ) {
     let mut client: Option<tokio_postgres::Client> = None;
+    // Per aggregate, the earliest reading this hub committed that no refresh is known
+    // to have seen (see `maintenance::late_plan`).
+    let mut owed: [Option<DateTime<Utc>>; AGGREGATES.len()] = [None; AGGREGATES.len()];
     let mut pause = every;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = cancel.cancelled() => break,
         }
-        let Some(earliest) = store.take_written() else {
+        let taken = store.take_written();
+        for o in &mut owed {
+            *o = match (*o, taken) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if owed.iter().all(Option::is_none) {
             pause = every;
             continue;
-        };
+        }
         let started = std::time::Instant::now();
         let result = tokio::select! {
-            r = refresh_late(&store, &mut client, earliest, &metrics) => r,
+            r = refresh_late(&store, &mut client, &mut owed, taken.is_some(), &metrics) => r,
             _ = cancel.cancelled() => break,
         };
         pause = late_refresh_pause(every, started.elapsed());
         let error = match result {
             Ok(()) => None,
             Err(e) => {
-                // Keep the work for the next round; the refresh policy is the backstop.
-                store.note_written(earliest);
+                // What is owed stays owed for the next round; the policy is the backstop.
                 client = None;
-                tracing::warn!(error = %e, earliest = %earliest, "Refreshing late aggregate buckets failed; will retry.");
+                tracing::warn!(error = %e, "Refreshing late aggregate buckets failed; will retry.");
                 Some(e.to_string())
             }
         };
@@ -323,40 +334,49 @@ fn late_refresh_pause(every: Duration, took: Duration) -> Duration {
 async fn refresh_late(
     store: &Store,
     client: &mut Option<tokio_postgres::Client>,
-    earliest: chrono::DateTime<Utc>,
+    owed: &mut [Option<DateTime<Utc>>; AGGREGATES.len()],
+    fresh: bool,
     metrics: &MaintenanceMetrics,
 ) -> Result<(), StoreError> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         *client = Some(store.connect().await?);
     }
     let c = client.as_ref().expect("connected");
-    for (view, bucket_s) in AGGREGATES {
-        let watermark = maintenance::watermark(c, view).await?;
-        if maintenance::never_materialized(watermark) {
-            // A new database: its policy's first run found no rows, and until the next
-            // one (15 minutes on) every query would aggregate every row written.
-            if maintenance::run_refresh_policy_now(c, view).await? {
-                tracing::info!(
-                    view,
-                    "Rows written to an aggregate never materialized; its refresh policy runs now."
-                );
-            }
-            continue;
-        }
-        let Some((from, to)) = maintenance::late_window(earliest, watermark, bucket_s) else {
+    for ((view, bucket_s), owed) in AGGREGATES.into_iter().zip(owed.iter_mut()) {
+        let Some(earliest) = *owed else {
             continue;
         };
-        let label = |result| RefreshLabels { view, result };
-        match maintenance::refresh(c, view, from, to).await {
-            Ok(()) => {
-                metrics.refreshes.get_or_create(&label("ok")).inc();
-                tracing::debug!(view, from = %from, to = %to, "Refreshed late aggregate buckets.");
+        let watermark = maintenance::watermark(c, view).await?;
+        let watermark = match watermark {
+            Some(w) if !maintenance::never_materialized(Some(w)) => w,
+            _ => {
+                // A new database: its policy's first run found no rows, and until the
+                // next one (15 minutes on) every query would aggregate every row
+                // written. The rows stay owed: the run may not see the last of them.
+                if maintenance::run_refresh_policy_now(c, view).await? {
+                    tracing::info!(
+                        view,
+                        "Rows written to an aggregate never materialized; its refresh policy runs now."
+                    );
+                }
+                continue;
             }
-            Err(e) => {
-                metrics.refreshes.get_or_create(&label("error")).inc();
-                return Err(e);
+        };
+        let plan = maintenance::late_plan(earliest, fresh, watermark, bucket_s);
+        if let Some((from, to)) = plan.window {
+            let label = |result| RefreshLabels { view, result };
+            match maintenance::refresh(c, view, from, to).await {
+                Ok(()) => {
+                    metrics.refreshes.get_or_create(&label("ok")).inc();
+                    tracing::debug!(view, from = %from, to = %to, "Refreshed late aggregate buckets.");
+                }
+                Err(e) => {
+                    metrics.refreshes.get_or_create(&label("error")).inc();
+                    return Err(e);
+                }
             }
         }
+        *owed = plan.owed;
     }
     Ok(())
 }

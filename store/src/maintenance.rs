@@ -296,6 +296,41 @@ pub fn late_window(
     (start < watermark).then_some((start, watermark))
 }
 
+/// What one late-refresh round does for one aggregate: the window to refresh, and the
+/// earliest reading time this hub still owes it afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatePlan {
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub owed: Option<DateTime<Utc>>,
+}
+
+/// The round for an aggregate materialized up to `watermark`, owed rows from `owed` on
+/// (`fresh`: some of them were committed since the last round).
+///
+/// Rows above the watermark need nothing now, as answers compute them from the raw
+/// rows; but a refresh that began before they were committed (the policy, in
+/// batches) can move the watermark past them without having seen them, and then
+/// they wait for its next run (15 minutes, an hour). So they stay owed until a
+/// round sees the watermark past them and refreshes up to it; rows at or above the
+/// watermark in a round that refreshes below it leave the watermark itself owed.
+pub fn late_plan(
+    owed: DateTime<Utc>,
+    fresh: bool,
+    watermark: DateTime<Utc>,
+    bucket_s: i64,
+) -> LatePlan {
+    match late_window(owed, Some(watermark), bucket_s) {
+        Some(window) => LatePlan {
+            window: Some(window),
+            owed: fresh.then_some(watermark),
+        },
+        None => LatePlan {
+            window: None,
+            owed: Some(owed),
+        },
+    }
+}
+
 /// Materializes `view` over `[from, to)`: TimescaleDB recomputes the buckets there
 /// that changed. Must not be inside a transaction.
 pub async fn refresh(
@@ -418,5 +453,25 @@ mod tests {
         );
         assert_eq!(late_window(now() + Duration::seconds(1), wm, 3600), None);
         assert_eq!(late_window(t, None, 3600), None);
+    }
+
+    #[test]
+    fn rows_above_the_watermark_stay_owed_until_a_round_sees_it_past_them() {
+        let wm = now();
+        let above = now() + Duration::minutes(20);
+        let kept = late_plan(above, true, wm, 3600);
+        assert_eq!(kept.window, None);
+        assert_eq!(kept.owed, Some(above));
+        // A refresh that started before those rows were committed moved the watermark.
+        let moved = now() + Duration::hours(2);
+        let later = late_plan(above, false, moved, 3600);
+        assert_eq!(later.window, Some((now(), moved)));
+        assert_eq!(later.owed, None);
+        // New rows in the round that refreshes below the watermark: the watermark is
+        // still owed, for the ones at or above it.
+        let below = now() - Duration::minutes(30);
+        let fresh = late_plan(below, true, wm, 3600);
+        assert_eq!(fresh.window, Some((now() - Duration::hours(1), wm)));
+        assert_eq!(fresh.owed, Some(wm));
     }
 }

@@ -103,6 +103,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(13, "0013", "sensor_locations"),
     migration!(14, "0014", "ngsi_subscriptions"),
     migration!(15, "0015", "cheaper_writes"),
+    migration!(16, "0016", "oldest_first_refresh"),
 ];
 
 /// The newest schema version this build knows.

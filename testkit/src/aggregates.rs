@@ -172,3 +172,52 @@ pub async fn bucket_mismatches(
     );
     (sql.len(), wrong)
 }
+
+/// Waits (at most `secs`) until the hourly and daily aggregates count every stored
+/// reading once. On TimescaleDB a reading stored below an aggregate's watermark
+/// (a late one, or one committed while a refresh ran) reaches it with the hub's next
+/// late refresh, seconds after it is stored; plain PostgreSQL's views count it at
+/// once. Panics with the first buckets that still disagree.
+pub async fn wait_for_aggregates(db: &TestDb, secs: u64) {
+    let c = db.client().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let mut wrong = Vec::new();
+        for (view, unit) in [("obs_hourly", "hour"), ("obs_daily", "day")] {
+            let rows = c
+                .query(
+                    &format!(
+                        "WITH o AS (SELECT sensor_id, metric_id, date_trunc('{unit}', time, 'UTC') AS bucket,
+                                           count(*) AS n
+                                    FROM observations GROUP BY 1, 2, 3)
+                         SELECT coalesce(o.sensor_id, a.sensor_id), coalesce(o.metric_id, a.metric_id),
+                                coalesce(o.bucket, a.bucket), o.n, a.count::bigint
+                         FROM o FULL JOIN {view} a
+                           ON a.sensor_id = o.sensor_id AND a.metric_id = o.metric_id AND a.bucket = o.bucket
+                         WHERE o.n IS DISTINCT FROM a.count::bigint LIMIT 5"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            wrong.extend(rows.iter().map(|r| {
+                format!(
+                    "{view} sensor {} metric {} {}: {:?} readings, aggregate counts {:?}",
+                    r.get::<_, i32>(0),
+                    r.get::<_, i16>(1),
+                    r.get::<_, DateTime<Utc>>(2),
+                    r.get::<_, Option<i64>>(3),
+                    r.get::<_, Option<i64>>(4)
+                )
+            }));
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {secs} s the aggregates still disagree with the readings: {wrong:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -18,7 +18,9 @@ pub mod python;
 pub mod traffic;
 
 #[cfg(feature = "hub")]
-pub use aggregates::{bucket_mismatches, compress_all, is_timescale, run_policies};
+pub use aggregates::{
+    bucket_mismatches, compress_all, is_timescale, run_policies, wait_for_aggregates,
+};
 pub use broker::Broker;
 pub use cityhub_local::{free_port, is_root, server_bin, PrivatePostgres};
 pub use db::{admin_url, test_preload, timescaledb_mode, TableLock, TestDb};

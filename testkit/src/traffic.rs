@@ -135,6 +135,8 @@ async fn fixture_with(extra: &[(&str, &str)], process: bool) -> Fixture {
         }
     })
     .await;
+    // Hourly and daily answers are compared with the rows: late ones reach them seconds after.
+    crate::wait_for_aggregates(&db, 120).await;
     Fixture {
         db,
         broker,

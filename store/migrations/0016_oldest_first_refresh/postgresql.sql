@@ -1,0 +1,1 @@
+-- Nothing for plain PostgreSQL in this migration: its rollup tables are kept by every commit.
