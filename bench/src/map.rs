@@ -12,6 +12,8 @@ pub struct MapTiming {
     pub sensors: u32,
     pub markers: String,
     pub ready_ms: f64,
+    /// The same for a second browser, once the hub holds the fleet in memory.
+    pub second_ready_ms: f64,
     /// Of `ready_ms`, the fleet's data: request to last byte.
     pub data_ms: f64,
     /// The tab's JavaScript heap with the fleet loaded, MiB.
@@ -22,6 +24,8 @@ pub struct MapTiming {
     /// One whole redraw of the marker canvas (0 with DOM markers).
     pub redraw_ms: f64,
     pub longest_task_ms: f64,
+    /// The page's own steps (web/src/main.js marks), ms from the navigation's start.
+    pub steps: Vec<(String, f64)>,
 }
 
 fn web_dir() -> PathBuf {
@@ -94,6 +98,7 @@ pub async fn fleet(admin: &str, sensors: u32) -> Result<MapTiming> {
         sensors,
         markers: kv.get("markers").unwrap_or(&"?").to_string(),
         ready_ms: num("ready_ms")?,
+        second_ready_ms: num("second_ready_ms")?,
         heap_mb: num("heap_mb")?,
         data_ms: num("data_ms")?,
         frame_p50_ms: num("frame_p50_ms")?,
@@ -101,5 +106,12 @@ pub async fn fleet(admin: &str, sensors: u32) -> Result<MapTiming> {
         frame_max_ms: num("frame_max_ms")?,
         redraw_ms: num("redraw_ms")?,
         longest_task_ms: num("longest_task_ms")?,
+        steps: kv
+            .iter()
+            .filter_map(|(k, v)| {
+                let step = k.strip_prefix("at_")?.strip_suffix("_ms")?;
+                Some((step.to_owned(), v.parse().ok()?))
+            })
+            .collect(),
     })
 }
