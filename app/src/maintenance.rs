@@ -293,10 +293,7 @@ pub async fn late_refresh_task(
         }
         let taken = store.take_written();
         for o in &mut owed {
-            *o = match (*o, taken) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            *o = o.iter().copied().chain(taken).min();
         }
         if owed.iter().all(Option::is_none) {
             pause = every;
@@ -348,7 +345,7 @@ async fn refresh_late(
         };
         let watermark = maintenance::watermark(c, view).await?;
         let watermark = match watermark {
-            Some(w) if !maintenance::never_materialized(Some(w)) => w,
+            Some(w) if !maintenance::never_materialized(watermark) => w,
             _ => {
                 // A new database: its policy's first run found no rows, and until the
                 // next one (15 minutes on) every query would aggregate every row

@@ -288,7 +288,6 @@ async fn sta_rows(t: &mut Table, args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The map in headless Chromium with each of `--map-sensors` (10,000 to 1,000,000).
 /// `start 120, data 900, ...` in the order the page reached them.
 fn steps(steps: &[(String, f64)]) -> String {
     let mut v = steps.to_vec();
@@ -299,6 +298,7 @@ fn steps(steps: &[(String, f64)]) -> String {
         .join(", ")
 }
 
+/// The map in headless Chromium with each of `--map-sensors` (10,000 to 1,000,000).
 async fn map_rows(t: &mut Table, args: &Args) -> Result<()> {
     if let Some(why) = map::missing_tools() {
         eprintln!("map not measured: {why}");
