@@ -334,13 +334,14 @@ async fn map_page_and_assets() {
 async fn a_hundred_thousand_sensors_on_a_canvas_with_the_list_and_popups_working() {
     require_web_tools();
     let db = TestDb::new().await;
+    db.migrate().await.unwrap();
+    db.register_bins(100_000, 1_000).await;
     let broker = Broker::start();
     let hub = Hub::build(&db, &broker, "map-100k")
         .set(|s| s.http.rate_limit_per_s = 0)
         .web_dir(web_dir().join("dist"))
         .start()
         .await;
-    db.register_bins(100_000, 1_000).await;
     let out = tokio::process::Command::new("node")
         .arg("tests/fleet.e2e.mjs")
         .current_dir(web_dir())

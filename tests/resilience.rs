@@ -526,13 +526,14 @@ mod process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memory_taken_by_a_burst_of_large_answers_goes_back_to_the_system() {
         let db = TestDb::new().await;
+        db.migrate().await.unwrap();
+        db.register_bins(10_000, i32::MAX).await;
         let broker = Broker::start();
         let env = [
             ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
             ("CITYHUB_DATABASE_POOL_SIZE", "16"),
         ];
         let hub = Hub::start(&db, &broker, "memory-spike", &env).await;
-        db.register_bins(10_000, i32::MAX).await;
         let url = hub.url("/ogc/collections/waste_bin/items?limit=10000");
         let http = reqwest::Client::new();
         // The bytes of an answer; 0 for a 503 (on a busy machine some wait longer for a

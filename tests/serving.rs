@@ -131,12 +131,13 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
     let db = TestDb::new().await;
+    db.migrate().await.unwrap();
+    db.register_bins(2_500, i32::MAX).await;
     let broker = Broker::start();
     let hub = Hub::build(&db, &broker, "fleet-pages")
         .set(|s| s.http.rate_limit_per_s = 0)
         .start()
         .await;
-    db.register_bins(2_500, i32::MAX).await;
     let http = reqwest::Client::new();
     let all: serde_json::Value = http
         .get(hub.url("/api/v1/sensors"))
@@ -219,17 +220,72 @@ async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
     assert_eq!(again.status().as_u16(), 304);
 }
 
+/// The hub loads the fleet as it starts, before any request asks, in ranges of
+/// database keys fetched side by side; a fleet whose keys have gaps wider than a range
+/// (sensors deleted, the key sequence moved on) is listed whole, each sensor once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_is_loaded_as_the_hub_starts_whole_across_gaps_in_its_keys() {
+    let db = TestDb::new().await;
+    db.migrate().await.unwrap();
+    db.register_bins(25_000, i32::MAX).await;
+    db.client()
+        .await
+        .batch_execute(
+            "DELETE FROM latest WHERE sensor_id BETWEEN 5000 AND 17000;
+             DELETE FROM sensors WHERE id BETWEEN 5000 AND 17000;
+             SELECT setval(pg_get_serial_sequence('sensors', 'id'), 1000000);
+             INSERT INTO sensors (external_id, kind, name, lon, lat)
+             VALUES ('bin-late', 'waste_bin', 'Late', 10.0, 45.1);",
+        )
+        .await
+        .unwrap();
+    let want: Vec<String> = db
+        .client()
+        .await
+        .query("SELECT external_id FROM sensors ORDER BY external_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(want.len(), 25_000 - 12_001 + 1);
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "fleet-at-start")
+        .set(|s| s.http.rate_limit_per_s = 0)
+        .start()
+        .await;
+    let loaded = format!("Sensors listing loaded. sensors={}", want.len());
+    wait_for(60, "the hub's log to say it loaded the fleet", || async {
+        std::fs::read_to_string(&hub.log).is_ok_and(|l| l.contains(&loaded))
+    })
+    .await;
+    let listing: serde_json::Value = reqwest::get(hub.url("/api/v1/sensors"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = listing["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want);
+}
+
 /// The map's compact fleet (`/map/fleet.json`) says what the listing says, sensor by
 /// sensor, in arrays; it follows a new reading and revalidates like the listing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_maps_fleet_arrays_say_what_the_listing_says_and_follow_readings() {
     let db = TestDb::new().await;
+    db.migrate().await.unwrap();
+    db.register_bins(2_500, 1_000).await;
     let broker = Broker::start();
     let hub = Hub::build(&db, &broker, "fleet-arrays")
         .set(|s| s.http.rate_limit_per_s = 0)
         .start()
         .await;
-    db.register_bins(2_500, 1_000).await;
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
         let (http, url) = (http.clone(), hub.url(path));
@@ -373,6 +429,8 @@ mod process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hundred_thousand_sensors_forty_listings_at_once_in_bounded_memory() {
         let db = TestDb::new().await;
+        db.migrate().await.unwrap();
+        db.register_bins(100_000, i32::MAX).await;
         let broker = Broker::start();
         let hub = Hub::start(
             &db,
@@ -385,7 +443,6 @@ mod process {
             ],
         )
         .await;
-        db.register_bins(100_000, i32::MAX).await;
         let http = reqwest::Client::new();
         let first = http
             .get(hub.url("/api/v1/sensors"))

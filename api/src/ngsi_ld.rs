@@ -610,6 +610,7 @@ impl Selection {
                     limit: Some(CHUNK),
                     offset: from,
                     after: None,
+                    keys: None,
                 };
                 let chunk = query::sensors(&store, &f).await?;
                 let n = chunk.len() as i64;
@@ -782,6 +783,7 @@ async fn one_entity(s: &AppState, id: &str) -> Answer<(Map<String, Value>, Senso
         limit: Some(1),
         offset: 0,
         after: None,
+        keys: None,
     };
     let v = query::sensors(&store, &f)
         .await?

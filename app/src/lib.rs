@@ -275,6 +275,17 @@ async fn run_pipeline(
     };
     tracing::info!(backend = %store.backend(), "Storage ready.");
     let _ = state.store.set(store.clone());
+    {
+        let (snapshot, store, stop) = (state.snapshot.clone(), store.clone(), cancel.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                r = snapshot.warm(&store) => if let Err(e) = r {
+                    tracing::warn!(error = %e, "The sensors listing could not be loaded at start; the first request will load it.");
+                },
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
     tracker.spawn(replication::watch(
         store.clone(),
         replication::EVERY,

@@ -41,7 +41,20 @@ pub async fn api_latency(admin: &str, rate: f64, window: Duration) -> Result<Api
     db.migrate().await?;
     place_bins(&db, SENSORS)?;
     let broker = Broker::start();
-    let hub = hub(&db, &broker, &[("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0")]).await;
+    // The listing as shipped: a commit reaches it in the background within the lag,
+    // not before each request (the tests' setting, so they read what they just wrote).
+    let lag = cityhub_core::settings::HttpSettings::default()
+        .snapshot_max_lag_ms
+        .to_string();
+    let hub = hub(
+        &db,
+        &broker,
+        &[
+            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+            ("CITYHUB_HTTP_SNAPSHOT_MAX_LAG_MS", &lag),
+        ],
+    )
+    .await;
     let now = Utc::now();
     publish_history(&broker, now).await?;
     let history_rows = || async {

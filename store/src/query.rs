@@ -36,6 +36,9 @@ pub struct SensorFilter {
     pub offset: i64,
     /// Only ids after this one: a whole fleet read in chunks without OFFSET's rescans.
     pub after: Option<String>,
+    /// Only database keys in `[from, to)`: a whole fleet read as ranges fetched side
+    /// by side (see [`sensor_keys`]).
+    pub keys: Option<(i32, i32)>,
 }
 
 /// A sensor with its latest value of each metric.
@@ -92,12 +95,16 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
     params.push(&f.limit);
     params.push(&f.offset);
     params.push(&f.after);
+    let (from, to) = f.keys.unzip();
+    params.push(&from);
+    params.push(&to);
     let rows = client
         .query(
             &format!(
                 "SELECT s.id, s.external_id, s.kind, s.name, s.lon, s.lat, s.properties,
                         s.first_seen, s.last_seen, s.updated_at, s.register
                  FROM sensors s WHERE {FILTER} AND ($11::text IS NULL OR s.external_id > $11)
+                   AND ($12::int IS NULL OR (s.id >= $12 AND s.id < $13))
                  ORDER BY s.external_id LIMIT $9 OFFSET $10"
             ),
             &params,
@@ -155,6 +162,16 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
             }
         })
         .collect())
+}
+
+/// The smallest and largest database key of a sensor, if there is one: the bounds
+/// of [`SensorFilter::keys`] ranges that cover the fleet (an index's two ends, no scan).
+pub async fn sensor_keys(store: &Store) -> Result<Option<(i32, i32)>, StoreError> {
+    let client = store.read_client().await?;
+    let r = client
+        .query_one("SELECT min(id), max(id) FROM sensors", &[])
+        .await?;
+    Ok(r.get::<_, Option<i32>>(0).zip(r.get::<_, Option<i32>>(1)))
 }
 
 /// How many sensors match `f`, ignoring its limit and offset.

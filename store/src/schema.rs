@@ -104,6 +104,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(14, "0014", "ngsi_subscriptions"),
     migration!(15, "0015", "cheaper_writes"),
     migration!(16, "0016", "oldest_first_refresh"),
+    migration!(17, "0017", "pending_delta_index"),
 ];
 
 /// The newest schema version this build knows.

@@ -173,6 +173,8 @@ impl TestDb {
     /// A region's fleet straight into the registry: `n` waste bins `bin-000001`... on
     /// a grid of 1,000 per row from (9.9, 45.1), each with a latest value of every
     /// metric a minute old; every `alarm_every`th bin 95 % full, the rest 42.5 %.
+    /// Before the hub starts, as a city's fleet is: a hub loads the fleet as it starts,
+    /// and rows written behind its back reach its listing with the next reload only.
     pub async fn register_bins(&self, n: i32, alarm_every: i32) {
         self.client()
             .await

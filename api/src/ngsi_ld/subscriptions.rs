@@ -302,6 +302,7 @@ pub async fn notifications(
             limit: None,
             offset: 0,
             after: None,
+            keys: None,
         };
         for v in query::sensors(store, &f).await? {
             let Some(model) = catalog.get(&v.kind).and_then(|k| k.def.ngsi_ld.as_ref()) else {
