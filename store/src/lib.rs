@@ -360,8 +360,13 @@ async fn sync_metrics(
     }
     client
         .execute(
-            "INSERT INTO metrics (kind, name, unit) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-             ON CONFLICT (kind, name) DO UPDATE SET unit = excluded.unit WHERE metrics.unit <> excluded.unit",
+            // A known metric keeps its key without drawing one (see the writer's sensors):
+            // the 16-bit key ran out after about 2,000 opens of the store otherwise.
+            "INSERT INTO metrics AS m (id, kind, name, unit) OVERRIDING SYSTEM VALUE
+             SELECT coalesce((SELECT k.id FROM metrics k WHERE k.kind = i.kind AND k.name = i.name),
+                             nextval(pg_get_serial_sequence('metrics', 'id'))), i.*
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS i(kind, name, unit)
+             ON CONFLICT (kind, name) DO UPDATE SET unit = excluded.unit WHERE m.unit <> excluded.unit",
             &[&kinds, &names, &units],
         )
         .await?;

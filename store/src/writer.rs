@@ -480,8 +480,15 @@ async fn register_sensors<'b>(
     }
     let rows = tx
         .query(
-            "INSERT INTO sensors AS s (external_id, kind, lon, lat, first_seen, last_seen)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::timestamptz[], $6::timestamptz[])
+            // A known sensor brings its own key: `INSERT ... ON CONFLICT` draws the
+            // column's default for every row it tries, and drawing one per sensor per
+            // batch ran the 32-bit key out in days (tests/ingest.rs, keys).
+            "INSERT INTO sensors AS s (id, external_id, kind, lon, lat, first_seen, last_seen)
+             OVERRIDING SYSTEM VALUE
+             SELECT coalesce((SELECT k.id FROM sensors k WHERE k.external_id = i.ext),
+                             nextval(pg_get_serial_sequence('sensors', 'id'))), i.*
+             FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::timestamptz[], $6::timestamptz[])
+                  AS i(ext, kind, lon, lat, first_seen, last_seen)
              ON CONFLICT (external_id) DO UPDATE SET
                  lon = coalesce(excluded.lon, s.lon),
                  lat = coalesce(excluded.lat, s.lat),
