@@ -637,13 +637,7 @@ async fn load_all(
 ) -> ApiResult<(BTreeMap<String, Entry>, HashMap<String, Arc<str>>)> {
     let mut sensors = BTreeMap::new();
     let mut kinds: HashMap<String, Arc<str>> = HashMap::new();
-    let Some((first, last)) = query::sensor_keys(store).await? else {
-        return Ok((sensors, kinds));
-    };
-    let chunk = RELOAD_CHUNK as i32;
-    let ranges = (first..=last)
-        .step_by(chunk as usize)
-        .map(|from| (from, from.saturating_add(chunk)));
+    let ranges = query::sensor_key_ranges(store, RELOAD_CHUNK).await?;
     let judged_by = Arc::new(judged_by.clone());
     let mut loaded = futures_util::stream::iter(ranges)
         .map(|keys| {

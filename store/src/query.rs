@@ -36,9 +36,9 @@ pub struct SensorFilter {
     pub offset: i64,
     /// Only ids after this one: a whole fleet read in chunks without OFFSET's rescans.
     pub after: Option<String>,
-    /// Only database keys in `[from, to)`: a whole fleet read as ranges fetched side
-    /// by side (see [`sensor_keys`]).
-    pub keys: Option<(i32, i32)>,
+    /// Only database keys from the first, below the second if any: a whole fleet read
+    /// as ranges fetched side by side (see [`sensor_key_ranges`]).
+    pub keys: Option<(i32, Option<i32>)>,
 }
 
 /// A sensor with its latest value of each metric.
@@ -95,7 +95,7 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
     params.push(&f.limit);
     params.push(&f.offset);
     params.push(&f.after);
-    let (from, to) = f.keys.unzip();
+    let (from, to) = (f.keys.map(|k| k.0), f.keys.and_then(|k| k.1));
     params.push(&from);
     params.push(&to);
     let rows = client
@@ -104,7 +104,7 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
                 "SELECT s.id, s.external_id, s.kind, s.name, s.lon, s.lat, s.properties,
                         s.first_seen, s.last_seen, s.updated_at, s.register
                  FROM sensors s WHERE {FILTER} AND ($11::text IS NULL OR s.external_id > $11)
-                   AND ($12::int IS NULL OR (s.id >= $12 AND s.id < $13))
+                   AND ($12::int IS NULL OR s.id >= $12) AND ($13::int IS NULL OR s.id < $13)
                  ORDER BY s.external_id LIMIT $9 OFFSET $10"
             ),
             &params,
@@ -164,14 +164,30 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
         .collect())
 }
 
-/// The smallest and largest database key of a sensor, if there is one: the bounds
-/// of [`SensorFilter::keys`] ranges that cover the fleet (an index's two ends, no scan).
-pub async fn sensor_keys(store: &Store) -> Result<Option<(i32, i32)>, StoreError> {
+/// Ranges of database keys holding `per` sensors each (the last one open), for
+/// [`SensorFilter::keys`]: a fleet read side by side in bounded pieces. Found from the
+/// keys themselves (one scan of the primary key), so gaps in them cost nothing: a
+/// database whose writers once drew a key per upsert has keys spread up to billions.
+pub async fn sensor_key_ranges(
+    store: &Store,
+    per: i64,
+) -> Result<Vec<(i32, Option<i32>)>, StoreError> {
     let client = store.read_client().await?;
-    let r = client
-        .query_one("SELECT min(id), max(id) FROM sensors", &[])
-        .await?;
-    Ok(r.get::<_, Option<i32>>(0).zip(r.get::<_, Option<i32>>(1)))
+    let starts: Vec<i32> = client
+        .query(
+            "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM sensors) k
+             WHERE (n - 1) % $1 = 0 ORDER BY id",
+            &[&per],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(starts
+        .iter()
+        .enumerate()
+        .map(|(i, &from)| (from, starts.get(i + 1).copied()))
+        .collect())
 }
 
 /// How many sensors match `f`, ignoring its limit and offset.
