@@ -32,8 +32,11 @@ use std::time::{Duration, Instant};
 /// Sensors fetched per query of a whole reload, so its memory stays bounded.
 const RELOAD_CHUNK: i64 = 10_000;
 
-/// Ranges of a whole reload in flight at once (fetched or being built): the memory
-/// of this many chunks.
+/// Sensors per range of a whole load, and ranges in flight at once (fetched or being
+/// built): the load's memory beyond the model is about this many sensors' rows. With
+/// three ranges of 10,000 the hub serving 40 listings of 100,000 peaked at 254-259 MiB
+/// (tests/serving.rs allows 256), one at a time at 234 MiB.
+const LOAD_RANGE: i64 = 5_000;
 const LOAD_AHEAD: usize = 3;
 
 /// A sensor as the listing and the map's fleet need it.
@@ -637,7 +640,7 @@ async fn load_all(
 ) -> ApiResult<(BTreeMap<String, Entry>, HashMap<String, Arc<str>>)> {
     let mut sensors = BTreeMap::new();
     let mut kinds: HashMap<String, Arc<str>> = HashMap::new();
-    let ranges = query::sensor_key_ranges(store, RELOAD_CHUNK).await?;
+    let ranges = query::sensor_key_ranges(store, LOAD_RANGE).await?;
     let judged_by = Arc::new(judged_by.clone());
     let mut loaded = futures_util::stream::iter(ranges)
         .map(|keys| {
