@@ -609,7 +609,6 @@ impl Selection {
                     active_to: None,
                     limit: Some(CHUNK),
                     offset: from,
-                    after: None,
                     keys: None,
                 };
                 let chunk = query::sensors(&store, &f).await?;
@@ -782,7 +781,6 @@ async fn one_entity(s: &AppState, id: &str) -> Answer<(Map<String, Value>, Senso
         active_to: None,
         limit: Some(1),
         offset: 0,
-        after: None,
         keys: None,
     };
     let v = query::sensors(&store, &f)

@@ -34,8 +34,6 @@ pub struct SensorFilter {
     pub active_to: Option<DateTime<Utc>>,
     pub limit: Option<i64>,
     pub offset: i64,
-    /// Only ids after this one: a whole fleet read in chunks without OFFSET's rescans.
-    pub after: Option<String>,
     /// Only database keys from the first, below the second if any: a whole fleet read
     /// as ranges fetched side by side (see [`sensor_key_ranges`]).
     pub keys: Option<(i32, Option<i32>)>,
@@ -94,7 +92,6 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
     let mut params: Vec<&(dyn ToSql + Sync)> = base.iter().map(|p| &**p as _).collect();
     params.push(&f.limit);
     params.push(&f.offset);
-    params.push(&f.after);
     let (from, to) = (f.keys.map(|k| k.0), f.keys.and_then(|k| k.1));
     params.push(&from);
     params.push(&to);
@@ -103,8 +100,8 @@ pub async fn sensors(store: &Store, f: &SensorFilter) -> Result<Vec<SensorView>,
             &format!(
                 "SELECT s.id, s.external_id, s.kind, s.name, s.lon, s.lat, s.properties,
                         s.first_seen, s.last_seen, s.updated_at, s.register
-                 FROM sensors s WHERE {FILTER} AND ($11::text IS NULL OR s.external_id > $11)
-                   AND ($12::int IS NULL OR s.id >= $12) AND ($13::int IS NULL OR s.id < $13)
+                 FROM sensors s WHERE {FILTER}
+                   AND ($11::int IS NULL OR s.id >= $11) AND ($12::int IS NULL OR s.id < $12)
                  ORDER BY s.external_id LIMIT $9 OFFSET $10"
             ),
             &params,

@@ -301,7 +301,6 @@ pub async fn notifications(
             active_to: None,
             limit: None,
             offset: 0,
-            after: None,
             keys: None,
         };
         for v in query::sensors(store, &f).await? {
