@@ -756,3 +756,61 @@ async fn readings_committed_while_a_first_refresh_runs_reach_the_answers() {
     .await;
     assert_agree(&hub, &db, s, 5).await;
 }
+
+/// Plain PostgreSQL: the rollup deltas' table does not grow with every delta ever
+/// written. Each is deleted by a fold soon after; on a database whose autovacuum is
+/// off or behind (at its defaults it looks once a minute), the dead rows stayed and
+/// every reader of `obs_hourly` scanned past them. The hub vacuums the table itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollup_deltas_table_reuses_the_space_of_folded_deltas() {
+    const SENSORS: usize = 2000;
+    const ROUNDS: usize = 20;
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let hub = Hub::build(&db, &broker, "aq-vac")
+        .set(|c| c.store.rollup_fold_ms = 50)
+        .start()
+        .await;
+    if is_timescale(&db).await {
+        return;
+    }
+    let c = db.client().await;
+    // Autovacuum must not be what keeps the table small here.
+    c.batch_execute("ALTER TABLE rollup_delta SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let pages = || async {
+        db.count("SELECT pg_relation_size('rollup_delta') / current_setting('block_size')::int")
+            .await
+    };
+    let mut first_round = 0;
+    for round in 0..ROUNDS {
+        let t = Utc::now() - Duration::seconds((ROUNDS - round) as i64);
+        let msgs: Vec<(String, Vec<u8>)> = (0..SENSORS)
+            .map(|i| {
+                let doc = serde_json::json!({"ts": t.to_rfc3339(), "values": {"pm10": 20.0 + (i % 7) as f64, "no2": 31.5}});
+                (format!("cityhub/v1/air_quality/aq-vac-{i}"), doc.to_string().into_bytes())
+            })
+            .collect();
+        publish(&broker, &db, &msgs).await;
+        if round == 0 {
+            first_round = pages().await;
+        }
+        wait_for(60, "the round's deltas folded", || async {
+            db.count("SELECT count(*) FROM rollup_delta").await == 0
+        })
+        .await;
+    }
+    let last = pages().await;
+    assert!(
+        first_round > 0 && last < 8 * first_round,
+        "rollup_delta takes {last} pages after {ROUNDS} rounds of {} deltas, one round took {first_round}",
+        2 * SENSORS
+    );
+    // Every reading is in the hourly answers once.
+    let rolled = db
+        .count("SELECT sum(h.count)::bigint FROM obs_hourly h JOIN sensors s ON s.id = h.sensor_id WHERE s.external_id LIKE 'aq-vac-%'")
+        .await;
+    assert_eq!(rolled, (2 * SENSORS * ROUNDS) as i64);
+    drop(hub);
+}

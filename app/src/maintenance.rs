@@ -222,8 +222,12 @@ pub async fn run_all(store: &Store, mode: MaintenanceMode) -> Result<Report, Sto
 pub async fn rollup_fold_task(store: Store, every: Duration, cancel: CancellationToken) {
     /// Deltas per statement: bounds a fold's memory and locks.
     const LIMIT: i64 = 50_000;
+    /// Deltas folded between two vacuums of their table (see `rollups::vacuum`): the
+    /// table then holds at most about this many dead rows, about 1 MB.
+    const VACUUM_AFTER: u64 = 10_000;
     let mut client: Option<tokio_postgres::Client> = None;
     let mut failing = false;
+    let mut since_vacuum = 0u64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -253,6 +257,17 @@ pub async fn rollup_fold_task(store: Store, every: Duration, cancel: Cancellatio
                         tracing::info!("Folding rollup deltas works again.");
                     }
                     failing = false;
+                    since_vacuum += n;
+                    if since_vacuum >= VACUUM_AFTER {
+                        let vacuumed = tokio::select! {
+                            r = cityhub_store::rollups::vacuum(c) => r,
+                            _ = cancel.cancelled() => return,
+                        };
+                        if let Err(e) = vacuumed {
+                            tracing::warn!(error = %e, "Vacuuming the rollup deltas' table failed; will retry.");
+                        }
+                        since_vacuum = 0;
+                    }
                     if n < LIMIT as u64 {
                         break;
                     }

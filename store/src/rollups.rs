@@ -39,3 +39,14 @@ pub async fn fold(c: &tokio_postgres::Client, limit: i64) -> Result<u64, StoreEr
     let n: i64 = c.query_one(&sql, &[&limit]).await?.get(0);
     Ok(n as u64)
 }
+
+/// Vacuums the deltas' table, unless another session is vacuuming it. Every delta is
+/// deleted by a fold soon after it is written, so the table's dead rows grow at the
+/// ingest rate, and readers of `obs_hourly` scan past them and their index entries:
+/// with autovacuum off, 5,000 messages a second left 956,000 dead rows (86 MB) behind
+/// 16,000 pending ones within five minutes; autovacuum at its defaults looks once a
+/// minute. Vacuumed, the dead rows' space is reused.
+pub async fn vacuum(c: &tokio_postgres::Client) -> Result<(), StoreError> {
+    c.batch_execute("VACUUM (SKIP_LOCKED) rollup_delta").await?;
+    Ok(())
+}
