@@ -4,6 +4,7 @@
 
 mod api;
 mod capacity;
+mod indicators;
 mod ingest;
 mod map;
 mod setup;
@@ -35,11 +36,11 @@ struct Args {
     /// A second server, with TimescaleDB, for the storage rows (both backends in one run).
     #[arg(long, env = "CITYHUB_BENCH_TIMESCALE_URL")]
     timescale_pg: Option<String>,
-    /// Which parts to run: ingest, freshness, api, sta, storage, capacity, map.
+    /// Which parts to run: ingest, freshness, api, sta, storage, capacity, map, indicators.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,freshness,api,sta,storage,capacity,map"
+        default_value = "ingest,freshness,api,sta,storage,capacity,map,indicators"
     )]
     only: Vec<String>,
     /// Fleet sizes the map is opened with.
@@ -48,6 +49,19 @@ struct Args {
     /// Simulated days of the Cremona fleet for the storage rows.
     #[arg(long, default_value_t = 14)]
     storage_days: u32,
+    /// The fleet the indicators are computed over (`cityhub sim run --fleet`).
+    #[arg(
+        long,
+        default_value = "waste_bin=400,streetlight=400,bike_counter=100,air_quality=100"
+    )]
+    indicator_fleet: String,
+    /// Simulated days of that fleet.
+    #[arg(long, default_value_t = 365)]
+    indicator_days: u32,
+    /// Seconds between two reports of a bin, lamp or bicycle counter in that fleet
+    /// (air-quality stations report hourly).
+    #[arg(long, default_value_t = 21600)]
+    indicator_cadence_s: u32,
     /// Python with paho-mqtt and psycopg, for the baseline bridge.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -415,6 +429,38 @@ async fn storage_rows(t: &mut Table, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Each indicator's city rows by month over the simulated range, through the API and
+/// its base query alone, on each server.
+async fn indicator_rows(t: &mut Table, args: &Args) -> Result<()> {
+    let days = if args.quick { 30 } else { args.indicator_days };
+    for pg in std::iter::once(&args.pg).chain(args.timescale_pg.as_ref()) {
+        let r = indicators::indicators(pg, &args.indicator_fleet, days, args.indicator_cadence_s)
+            .await?;
+        let what = format!(
+            "{} sensors ({}), {} readings over {days} days (bins, lamps, counters every {} s, stations hourly; stored in {:.0} s); the city's rows by month; {}",
+            r.sensors,
+            args.indicator_fleet,
+            fmt(r.readings as f64),
+            r.sparse_s,
+            r.ingest_s,
+            r.backend
+        );
+        for c in &r.costs {
+            for (label, (p50, p99, n)) in [("API", c.api_ms), ("its SQL alone", c.sql_ms)] {
+                for (p, v) in [("p50", p50), ("p99", p99)] {
+                    t.add(
+                        &format!("indicator {}, {label}, {p}, {}", c.id, r.backend),
+                        v,
+                        "ms",
+                        format!("{what}; {n} requests one after the other; {} base rows; goal under 200 ms p99", c.base_rows),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The capacity model's inputs (docs/capacity.md) at a third of the hub's measured
 /// rate, on each server.
 async fn capacity_rows(t: &mut Table, args: &Args, window: Duration, best: f64) -> Result<()> {
@@ -509,6 +555,9 @@ async fn main() -> Result<()> {
     }
     if run("map") {
         map_rows(&mut table, &args).await?;
+    }
+    if run("indicators") {
+        indicator_rows(&mut table, &args).await?;
     }
     report(&table, &hw, window)
 }

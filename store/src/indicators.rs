@@ -197,6 +197,102 @@ const FAULT: &str = "
     GROUP BY 1, 2
     ORDER BY 1, 2";
 
+/// An indicator's base query with its parameters, ready to run.
+struct BaseQuery {
+    sql: &'static str,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl BaseQuery {
+    /// The query that reduces `q`'s readings to base rows, for `ind`; $1-$5 are common
+    /// to every method, each method adds its own.
+    async fn new(
+        store: &Store,
+        catalog: &Catalog,
+        cfg: &IndicatorSettings,
+        ind: &'static Indicator,
+        q: &IndicatorQuery,
+    ) -> Result<Self, StoreError> {
+        let tz = cfg.tz().map_err(StoreError::Config)?;
+        let kind = catalog
+            .get(ind.kind)
+            .ok_or_else(|| StoreError::Config(format!("kind {} is not configured", ind.kind)))?;
+        let metric_ids: Vec<i16> = ind
+            .metrics
+            .iter()
+            .filter_map(|m| store.metric_id(ind.kind, m))
+            .collect();
+        let lit_above = match &kind.def.map {
+            Some(MapRule::Lamp { lit_above, .. }) => *lit_above,
+            _ => 5.0,
+        };
+        let max_gap_s = 2.0 * f64::from(kind.def.cadence_s.max(1));
+        let nightly = matches!(ind.compute, Method::EnergyPerNight | Method::LitHours);
+        let hour = if nightly { 12 } else { 0 };
+        let from = local_instant(tz, q.from, hour);
+        let to = local_instant(tz, q.to, hour);
+        let threshold = match ind.compute {
+            Method::OverflowHours => cfg.overflow_at,
+            Method::Collections | Method::FillAtCollection | Method::FullShare => cfg.full_at,
+            Method::LitHours | Method::FaultHours => lit_above,
+            _ => 0.0,
+        };
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(metric_ids),
+            Box::new(from),
+            Box::new(to),
+            Box::new(cfg.timezone.clone()),
+            Box::new(q.sensors.clone()),
+        ];
+        let sql = match ind.compute {
+            Method::Collections | Method::FillAtCollection | Method::FullShare => {
+                params.push(Box::new(threshold));
+                params.push(Box::new(cfg.collection_drop));
+                COLLECTIONS
+            }
+            Method::EnergyPerNight => ENERGY,
+            Method::LitHours => {
+                params.push(Box::new(threshold));
+                params.push(Box::new(max_gap_s));
+                LIT
+            }
+            Method::FaultHours => {
+                // The sun's limits per solar date.
+                let (lat, lon) = lamp_position(store, ind.kind, q.sensors.as_deref()).await?;
+                let sun = SunTable::new(from, to, lat, lon);
+                params.push(Box::new(threshold));
+                params.push(Box::new(max_gap_s));
+                params.push(Box::new(sun.date));
+                params.push(Box::new(sun.day_from));
+                params.push(Box::new(sun.day_to));
+                params.push(Box::new(sun.night_to));
+                params.push(Box::new(sun.night_from));
+                params.push(Box::new(lon * 240.0));
+                FAULT
+            }
+            Method::Trips => TRIPS,
+            Method::DailyMean
+            | Method::ExceedanceDays
+            | Method::PeriodMean
+            | Method::OverflowHours => {
+                params.push(Box::new(threshold));
+                HOURLY
+            }
+        };
+        Ok(BaseQuery { sql, params })
+    }
+
+    async fn rows(
+        &self,
+        c: &tokio_postgres::Client,
+    ) -> Result<tokio_postgres::RowStream, StoreError> {
+        Ok(
+            c.query_raw(self.sql, self.params.iter().map(|p| &**p as &dyn ToSql))
+                .await?,
+        )
+    }
+}
+
 /// Computes `ind` over `q` (see the module doc).
 pub async fn compute(
     store: &Store,
@@ -206,68 +302,9 @@ pub async fn compute(
     q: &IndicatorQuery,
 ) -> Result<Vec<IndicatorRow>, StoreError> {
     let tz = cfg.tz().map_err(StoreError::Config)?;
-    let kind = catalog
-        .get(ind.kind)
-        .ok_or_else(|| StoreError::Config(format!("kind {} is not configured", ind.kind)))?;
-    let metric_ids: Vec<i16> = ind
-        .metrics
-        .iter()
-        .filter_map(|m| store.metric_id(ind.kind, m))
-        .collect();
-    let lit_above = match &kind.def.map {
-        Some(MapRule::Lamp { lit_above, .. }) => *lit_above,
-        _ => 5.0,
-    };
-    let max_gap_s = 2.0 * f64::from(kind.def.cadence_s.max(1));
-    let nightly = matches!(ind.compute, Method::EnergyPerNight | Method::LitHours);
-    let hour = if nightly { 12 } else { 0 };
-    let from = local_instant(tz, q.from, hour);
-    let to = local_instant(tz, q.to, hour);
-    let tzname = cfg.timezone.as_str();
+    let base = BaseQuery::new(store, catalog, cfg, ind, q).await?;
     let c = store.read_client().await?;
-    let threshold = match ind.compute {
-        Method::OverflowHours => cfg.overflow_at,
-        Method::Collections | Method::FillAtCollection | Method::FullShare => cfg.full_at,
-        Method::LitHours | Method::FaultHours => lit_above,
-        _ => 0.0,
-    };
-    // The sun's limits per solar date, for the fault query only.
-    let (sun, solar_offset_s) = if ind.compute == Method::FaultHours {
-        let (lat, lon) = lamp_position(store, ind.kind, q.sensors.as_deref()).await?;
-        (SunTable::new(from, to, lat, lon), lon * 240.0)
-    } else {
-        (SunTable::default(), 0.0)
-    };
-    // $1-$5 are common; each query adds its own.
-    let (sql, own): (&str, Vec<&(dyn ToSql + Sync)>) = match ind.compute {
-        Method::Collections | Method::FillAtCollection | Method::FullShare => {
-            (COLLECTIONS, vec![&threshold, &cfg.collection_drop])
-        }
-        Method::EnergyPerNight => (ENERGY, vec![]),
-        Method::LitHours => (LIT, vec![&threshold, &max_gap_s]),
-        Method::FaultHours => (
-            FAULT,
-            vec![
-                &threshold,
-                &max_gap_s,
-                &sun.date,
-                &sun.day_from,
-                &sun.day_to,
-                &sun.night_to,
-                &sun.night_from,
-                &solar_offset_s,
-            ],
-        ),
-        Method::Trips => (TRIPS, vec![]),
-        Method::DailyMean | Method::ExceedanceDays | Method::PeriodMean | Method::OverflowHours => {
-            (HOURLY, vec![&threshold])
-        }
-    };
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&metric_ids, &from, &to, &tzname, &q.sensors];
-    params.extend(own);
-    let rows = c
-        .query_raw(sql, params.iter().map(|p| *p as &dyn ToSql))
-        .await?;
+    let rows = base.rows(&c).await?;
     futures_util::pin_mut!(rows);
     // The fold runs on a blocking thread, fed row by row: a long range over a big
     // fleet never holds an async worker.
@@ -296,6 +333,26 @@ pub async fn compute(
     folder
         .await
         .map_err(|e| StoreError::Config(format!("indicator fold failed: {e}")))
+}
+
+/// Runs only `ind`'s base query over `q` and counts its rows: the database's share
+/// of [`compute`], for the benchmark's reference.
+pub async fn base_rows(
+    store: &Store,
+    catalog: &Catalog,
+    cfg: &IndicatorSettings,
+    ind: &'static Indicator,
+    q: &IndicatorQuery,
+) -> Result<u64, StoreError> {
+    let base = BaseQuery::new(store, catalog, cfg, ind, q).await?;
+    let c = store.read_client().await?;
+    let rows = base.rows(&c).await?;
+    futures_util::pin_mut!(rows);
+    let mut n = 0;
+    while rows.try_next().await?.is_some() {
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Up to `limit` sensors of `kind` after `after` (in id order): a page of sensor rows.

@@ -1,0 +1,159 @@
+//! Each indicator over a long range of a simulated fleet: the city's rows by month
+//! through the API (`GET /api/v1/indicators/{id}`, answer cache off), against the
+//! indicator's base query alone, run directly on the same database
+//! (`cityhub_store::indicators::base_rows`: the same SQL and parameters).
+//!
+//! The fleet is simulated through the hub (`cityhub sim run`, as fast as the broker
+//! takes it). A year of every sensor at its configured cadence is more than this
+//! machine ingests in a bench run, so the bins, lamps and bicycle counters report
+//! every `sparse_s` here; the air-quality stations keep an hourly cadence so their
+//! daily means are valid days.
+
+use crate::setup::{hub, percentiles};
+use anyhow::{bail, Context, Result};
+use chrono::{Datelike, Utc};
+use cityhub_core::indicators::{Period, INDICATORS};
+use cityhub_core::Settings;
+use cityhub_store::indicators::{base_rows, IndicatorQuery};
+use cityhub_testkit::{hub_bin, Broker, TestDb};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Requests per indicator, each way.
+const REPEAT: usize = 5;
+
+pub struct IndicatorCost {
+    pub id: &'static str,
+    /// Base rows the query gives (one per sensor and day).
+    pub base_rows: u64,
+    pub api_ms: (f64, f64, usize),
+    pub sql_ms: (f64, f64, usize),
+}
+
+pub struct Indicators {
+    pub backend: String,
+    pub sensors: i64,
+    pub readings: i64,
+    pub sparse_s: u32,
+    pub ingest_s: f64,
+    pub costs: Vec<IndicatorCost>,
+}
+
+pub async fn indicators(admin: &str, fleet: &str, days: u32, sparse_s: u32) -> Result<Indicators> {
+    let db = TestDb::on(admin).await;
+    let broker = Broker::start();
+    let config = std::env::temp_dir().join(format!("cityhub_bench_indicators_{}.toml", db.name));
+    std::fs::write(
+        &config,
+        format!(
+            "[kinds.waste_bin]\ncadence_s = {sparse_s}\n[kinds.streetlight]\ncadence_s = {sparse_s}\n\
+             [kinds.bike_counter]\ncadence_s = {sparse_s}\n[kinds.air_quality]\ncadence_s = 3600\n"
+        ),
+    )?;
+    let config_s = config.to_string_lossy().into_owned();
+    let hub = hub(
+        &db,
+        &broker,
+        &[
+            ("CITYHUB_CONFIG", &config_s),
+            ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+            ("CITYHUB_INDICATORS_CACHE_S", "0"),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    let out = Command::new(hub_bin())
+        .args([
+            "sim",
+            "run",
+            "--broker",
+            &broker.url(),
+            "--fleet",
+            fleet,
+            &format!("--start=-{days}d"),
+            "--duration",
+            &format!("{days}d"),
+            "--speedup",
+            "inf",
+        ])
+        .env("CITYHUB_CONFIG", &config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running cityhub sim run")?;
+    if !out.status.success() {
+        bail!("sim run: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let expected = report["expected_rows"].as_i64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while db.observations().await < expected {
+        if Instant::now() > deadline {
+            bail!("the fleet's {expected} readings were not all stored");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ingest_s = started.elapsed().as_secs_f64();
+    let c = db.client().await;
+    // As a city's database is between autovacuum runs: its statistics current.
+    c.batch_execute("VACUUM ANALYZE").await?;
+    let backend = crate::setup::backend(&db).await?;
+    if backend == "timescaledb" {
+        cityhub_testkit::wait_for_aggregates(&db, 600).await;
+    }
+
+    let settings =
+        Settings::load_with_vars(Some(&config), [("CITYHUB_DATABASE_URL", db.url.as_str())])?;
+    let catalog = settings.catalog()?;
+    let store = cityhub_store::Store::open(&settings, &catalog).await?;
+    let tz = settings.indicators.tz().map_err(anyhow::Error::msg)?;
+    let today = Utc::now().with_timezone(&tz).date_naive();
+    let q = IndicatorQuery {
+        sensors: None,
+        from: (today - chrono::Duration::days(i64::from(days)))
+            .with_day(1)
+            .unwrap_or(today),
+        to: today.with_day(1).unwrap_or(today) + chrono::Months::new(1),
+        period: Period::Month,
+        by_stream: false,
+    };
+    let http = reqwest::Client::new();
+    let mut costs = Vec::new();
+    for ind in INDICATORS {
+        if catalog.get(ind.kind).is_none() {
+            continue;
+        }
+        let url = hub.url(&format!(
+            "/api/v1/indicators/{}?period=month&from={}&to={}",
+            ind.id, q.from, q.to
+        ));
+        let (mut api, mut sql, mut rows) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..REPEAT {
+            let t = Instant::now();
+            let r = http.get(&url).send().await?;
+            let status = r.status();
+            let body = r.bytes().await?;
+            if !status.is_success() {
+                bail!("{url}: {status} {}", String::from_utf8_lossy(&body));
+            }
+            api.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            rows = base_rows(&store, &catalog, &settings.indicators, ind, &q).await?;
+            sql.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        costs.push(IndicatorCost {
+            id: ind.id,
+            base_rows: rows,
+            api_ms: percentiles(api),
+            sql_ms: percentiles(sql),
+        });
+    }
+    let _ = std::fs::remove_file(&config);
+    Ok(Indicators {
+        backend,
+        sensors: db.count("SELECT count(*) FROM sensors").await,
+        readings: db.observations().await,
+        sparse_s,
+        ingest_s,
+        costs,
+    })
+}
