@@ -13,7 +13,8 @@
 //! soon as its commit is. Changes made by other processes (another hub on the same
 //! database, `cityhub sensors import`) arrive with a whole reload, every
 //! `http.snapshot_reload_s`, done in the background. The first load is done as the
-//! hub starts ([`Snapshot::warm`]), so no visitor waits for it once it is done.
+//! hub starts ([`Snapshot::warm`]), so no visitor waits for it once it is done, and
+//! from then on a refresher takes commits in within `http.snapshot_max_lag_ms`.
 
 use crate::error::{ApiError, ApiResult};
 use crate::geo::sensor_feature;
@@ -37,6 +38,12 @@ const RELOAD_CHUNK: i64 = 10_000;
 /// three ranges of 10,000 the hub serving 40 listings of 100,000 peaked at 254-259 MiB
 /// (tests/serving.rs allows 256), one at a time at 234 MiB.
 const LOAD_RANGE: i64 = 5_000;
+
+/// The refresher takes commits in while the documents were asked for within this
+/// long (or the hub started within it): a hub nobody reads from does not refetch its
+/// changed sensors four times a second, and the first request after such a pause
+/// waits for the commits since.
+const REFRESH_IDLE: Duration = Duration::from_secs(300);
 const LOAD_AHEAD: usize = 3;
 
 /// A sensor as the listing and the map's fleet need it.
@@ -292,6 +299,8 @@ pub struct Snapshot {
     /// How long a commit may wait for the background refresher (see `http.snapshot_max_lag_ms`).
     max_lag: Duration,
     refresher: AtomicBool,
+    /// When the listing, the map's fleet or a feed was last asked for (or the hub started).
+    asked: Mutex<Instant>,
     /// Ends the refresher and reloads with the server.
     shutdown: tokio_util::sync::CancellationToken,
 }
@@ -322,6 +331,7 @@ impl Snapshot {
             judged_by,
             max_lag,
             refresher: AtomicBool::new(false),
+            asked: Mutex::new(Instant::now()),
             shutdown,
         })
     }
@@ -428,10 +438,10 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Loads the whole fleet, unless a request already did: called as the hub starts,
-    /// so the first map or listing request finds it in memory instead of waiting for
-    /// the load (1.2 s at 100,000 sensors). Requests that come meanwhile wait for this
-    /// load; they do not start their own.
+    /// Loads the whole fleet, unless a request already did, and starts the refresher:
+    /// called as the hub starts, so the first map or listing request finds it in
+    /// memory instead of waiting for the load (1.2 s at 100,000 sensors). Requests
+    /// that come meanwhile wait for this load; they do not start their own.
     pub async fn warm(self: &Arc<Self>, store: &Store) -> ApiResult<()> {
         let mut m = self.model.lock().await;
         if m.loaded_at.is_some() {
@@ -444,11 +454,17 @@ impl Snapshot {
             ms = started.elapsed().as_millis() as u64,
             "Sensors listing loaded."
         );
+        // Commits from now on are taken in as they come, not by the first request:
+        // under ingest, that request found every commit since the start older than
+        // the lag and waited for all of them (700-760 ms, the API bench's slowest).
+        self.ensure_refresher(store);
         Ok(())
     }
 
-    /// Starts the refresher once, when a lag is allowed.
+    /// Starts the refresher once, when a lag is allowed, and notes that the listing is
+    /// wanted (see [`REFRESH_IDLE`]).
     fn ensure_refresher(self: &Arc<Self>, store: &Store) {
+        *self.asked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         if !self.max_lag.is_zero() && !self.refresher.swap(true, Ordering::AcqRel) {
             let (me, store, stop) = (Arc::downgrade(self), store.clone(), self.shutdown.clone());
             let pause = self.max_lag / 4;
@@ -466,14 +482,37 @@ impl Snapshot {
     async fn refresher(me: std::sync::Weak<Self>, store: Store, pause: Duration) {
         loop {
             store.changed().await;
+            // Nobody asked for a while: commits wait for the next request.
+            match me.upgrade() {
+                None => return,
+                Some(me)
+                    if me.asked.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+                        > REFRESH_IDLE =>
+                {
+                    continue
+                }
+                Some(_) => {}
+            }
             // Commits in the pause are taken in at once: a sensor that reported several
-            // times is fetched once.
-            tokio::time::sleep(pause).await;
+            // times is fetched once. The pause counts from the oldest commit waiting:
+            // while the last round took in its commits, the next ones already waited,
+            // and a full pause on top of that let them age past the lag, so requests
+            // refreshed the listing themselves.
+            let waited = store.changes_waiting().unwrap_or_default();
+            tokio::time::sleep(pause.saturating_sub(waited)).await;
             let Some(me) = me.upgrade() else {
                 return;
             };
-            if let Err(e) = me.listing_now(&store, None).await {
-                tracing::warn!(error = %e, "The sensors listing could not take in the latest commits; requests will try again.");
+            let started = Instant::now();
+            match me.listing_now(&store, None).await {
+                Ok(_) => tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    waited_ms = waited.as_millis() as u64,
+                    "Sensors listing took in the latest commits."
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "The sensors listing could not take in the latest commits; requests will try again.")
+                }
             }
         }
     }
@@ -513,6 +552,10 @@ impl Snapshot {
         if let Some(d) = self.current(store, &DocKey::Listing(kind.clone())) {
             return Ok(d);
         }
+        tracing::debug!(
+            behind = self.must_refresh(store),
+            "A listing request waits for the latest commits."
+        );
         self.listing_now(store, kind).await
     }
 

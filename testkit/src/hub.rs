@@ -28,7 +28,7 @@ fn log_to(path: &std::path::Path) -> tracing::Dispatch {
         .expect("opening the hub's log");
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "info,tokio_postgres::connection=warn",
+            "info,tokio_postgres::connection=warn,cityhub_api::snapshot=debug",
         ))
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file))
