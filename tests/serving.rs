@@ -220,6 +220,16 @@ async fn the_listing_pages_by_cursor_filters_and_gzips_from_memory() {
     assert_eq!(again.status().as_u16(), 304);
 }
 
+/// The whole listing, as a map or app asks for it.
+async fn listing(hub: &Hub) -> serde_json::Value {
+    reqwest::get(hub.url("/api/v1/sensors"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The hub loads the fleet as it starts, before any request asks, in ranges of
 /// database keys fetched side by side; a fleet whose keys have gaps (sensors deleted,
 /// and keys spread to billions, as writers that drew a key per upsert left them) is
@@ -260,12 +270,7 @@ async fn the_fleet_is_loaded_as_the_hub_starts_whole_across_gaps_in_its_keys() {
         std::fs::read_to_string(&hub.log).is_ok_and(|l| l.contains(&loaded))
     })
     .await;
-    let listing: serde_json::Value = reqwest::get(hub.url("/api/v1/sensors"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = listing(&hub).await;
     let got: Vec<&str> = listing["features"]
         .as_array()
         .unwrap()
@@ -312,12 +317,7 @@ async fn commits_after_the_start_are_taken_in_before_the_first_request() {
         || async { log().contains("Sensors listing took in the latest commits.") },
     )
     .await;
-    let listing: serde_json::Value = reqwest::get(hub.url("/api/v1/sensors"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = listing(&hub).await;
     let fresh: Vec<&str> = listing["features"]
         .as_array()
         .unwrap()

@@ -10,13 +10,12 @@
 //! daily means are valid days.
 
 use crate::setup::{hub, percentiles};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use chrono::{Datelike, Utc};
 use cityhub_core::indicators::{Period, INDICATORS};
 use cityhub_core::Settings;
 use cityhub_store::indicators::{base_rows, IndicatorQuery};
-use cityhub_testkit::{hub_bin, Broker, TestDb};
-use std::process::Command;
+use cityhub_testkit::{Broker, TestDb};
 use std::time::{Duration, Instant};
 
 /// Requests per indicator, each way.
@@ -62,12 +61,10 @@ pub async fn indicators(admin: &str, fleet: &str, days: u32, sparse_s: u32) -> R
     )
     .await;
     let started = Instant::now();
-    let out = Command::new(hub_bin())
-        .args([
-            "sim",
-            "run",
-            "--broker",
-            &broker.url(),
+    crate::setup::simulate_fleet(
+        &db,
+        &broker,
+        &[
             "--fleet",
             fleet,
             &format!("--start=-{days}d"),
@@ -75,23 +72,11 @@ pub async fn indicators(admin: &str, fleet: &str, days: u32, sparse_s: u32) -> R
             &format!("{days}d"),
             "--speedup",
             "inf",
-        ])
-        .env("CITYHUB_CONFIG", &config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("running cityhub sim run")?;
-    if !out.status.success() {
-        bail!("sim run: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let expected = report["expected_rows"].as_i64().unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while db.observations().await < expected {
-        if Instant::now() > deadline {
-            bail!("the fleet's {expected} readings were not all stored");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        ],
+        Some(&config),
+        Duration::from_secs(1800),
+    )
+    .await?;
     let ingest_s = started.elapsed().as_secs_f64();
     let c = db.client().await;
     // As a city's database is between autovacuum runs: its statistics current.

@@ -1,11 +1,13 @@
 //! What every measurement shares: a hub started quietly, the load's shape, the
 //! partitions a write without the hub needs, and percentiles.
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use cityhub_sim::load::LoadSpec;
-use cityhub_testkit::{unique, Broker, Hub, TestDb};
-use std::time::Instant;
+use cityhub_testkit::{hub_bin, unique, Broker, Hub, TestDb};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A ready `cityhub serve` (the release build beside the bench) logging warnings only.
 pub async fn hub(db: &TestDb, broker: &Broker, env: &[(&str, &str)]) -> Hub {
@@ -79,4 +81,38 @@ pub fn percentiles(mut v: Vec<f64>) -> (f64, f64, usize) {
     v.sort_by(f64::total_cmp);
     let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
     (q(0.5), q(0.99), v.len())
+}
+
+/// Runs the simulated Cremona fleet (`cityhub sim run` with `args`, and `config` as
+/// its configuration file, else none) against `broker`, then waits up to `limit`
+/// until the hub has stored every reading the simulator's report expects.
+pub async fn simulate_fleet(
+    db: &TestDb,
+    broker: &Broker,
+    args: &[&str],
+    config: Option<&Path>,
+    limit: Duration,
+) -> Result<()> {
+    let mut cmd = Command::new(hub_bin());
+    cmd.args(["sim", "run", "--broker", &broker.url()])
+        .args(args)
+        .env("RUST_LOG", "warn");
+    match config {
+        Some(file) => cmd.env("CITYHUB_CONFIG", file),
+        None => cmd.env_remove("CITYHUB_CONFIG"),
+    };
+    let out = cmd.output().context("running cityhub sim run")?;
+    if !out.status.success() {
+        bail!("sim run: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let expected = report["expected_rows"].as_i64().unwrap_or(0);
+    let deadline = Instant::now() + limit;
+    while db.observations().await < expected {
+        if Instant::now() > deadline {
+            bail!("the fleet's {expected} readings were not all stored");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }

@@ -3,10 +3,9 @@
 //! after every chunk is compressed.
 
 use crate::setup::hub;
-use anyhow::{bail, Context, Result};
-use cityhub_testkit::{hub_bin, Broker, TestDb};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use anyhow::Result;
+use cityhub_testkit::{Broker, TestDb};
+use std::time::Duration;
 
 pub struct Storage {
     pub backend: String,
@@ -29,34 +28,20 @@ pub async fn fleet(admin: &str, days: u32) -> Result<Storage> {
     let db = TestDb::on(admin).await;
     let broker = Broker::start();
     let _hub = hub(&db, &broker, &[]).await;
-    let out = Command::new(hub_bin())
-        .args([
-            "sim",
-            "run",
-            "--broker",
-            &broker.url(),
+    crate::setup::simulate_fleet(
+        &db,
+        &broker,
+        &[
             &format!("--start=-{days}d"),
             "--duration",
             &format!("{days}d"),
             "--speedup",
             "1000000",
-        ])
-        .env_remove("CITYHUB_CONFIG")
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("running cityhub sim run")?;
-    if !out.status.success() {
-        bail!("sim run: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let expected = report["expected_rows"].as_i64().unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while db.observations().await < expected {
-        if Instant::now() > deadline {
-            bail!("the fleet's {expected} readings were not all stored");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ],
+        None,
+        Duration::from_secs(300),
+    )
+    .await?;
     let c = db.client().await;
     let backend = crate::setup::backend(&db).await?;
     let timescale = backend == "timescaledb";
