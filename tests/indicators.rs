@@ -748,12 +748,15 @@ async fn a_long_query_is_cancelled_and_finished_days_are_served_from_the_cache()
         .await
         .unwrap();
     assert_eq!(again, first.1);
-    // Another: it waits on the lock until the timeout cancels it.
+    // Another, over the last days (computed from the readings, never materialized):
+    // it waits on the lock until the timeout cancels it.
+    let today = Utc::now().date_naive();
     let r = http
-        .get(
-            f.hub
-                .url("/api/v1/indicators/bin_collections?period=day&from=2024-03-01&to=2024-04-01"),
-        )
+        .get(f.hub.url(&format!(
+            "/api/v1/indicators/bin_collections?period=day&from={}&to={}",
+            today - Duration::days(2),
+            today + Duration::days(1)
+        )))
         .send()
         .await
         .expect("answered before the lock is released");
@@ -807,4 +810,190 @@ async fn an_indicator_costs_the_rate_limit_in_proportion_to_its_work() {
     // Paid for as a request, the work is not: most of the burst is still to refill.
     let wait = refused(f.get(other).await, 429, "sensor-days").await;
     assert!(wait >= 10, "Retry-After {wait}");
+}
+
+/// Overflow risk counts the hours whose mean fill is at or above `overflow_at` (95 %).
+/// Before, the value was the sum of the day's hourly means (here 1,185, where 3
+/// hours are at risk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bin_overflow_hours_count_the_hours_at_risk() {
+    let (db, broker, hub) = open_hub("overflow").await;
+    // One bin on 3 March 2026, one reading an hour: 40 % for 20 hours, then 95, 97,
+    // 99 (at risk) and 94 (not).
+    let day = NaiveDate::from_ymd_opt(2026, 3, 3).unwrap();
+    let mut items = Vec::new();
+    for h in 0..24u32 {
+        let fill = match h {
+            20 => 95.0,
+            21 => 97.0,
+            22 => 99.0,
+            23 => 94.0,
+            _ => 40.0,
+        };
+        let t = ROME
+            .from_local_datetime(&day.and_hms_opt(h, 10, 0).unwrap())
+            .earliest()
+            .unwrap()
+            .with_timezone(&Utc);
+        items.push((
+            "cityhub/v1/waste_bin/bin-overflow".to_owned(),
+            json!({"ts": t.to_rfc3339(), "values": {"fill_level": fill}})
+                .to_string()
+                .into_bytes(),
+        ));
+    }
+    publish_raw(&broker, &items).await;
+    wait_for_rows(&db, 24, 60, "the bin's readings").await;
+    wait_for_aggregates(&db, 120).await;
+    let http = reqwest::Client::new();
+    let v = get(
+        &http,
+        &hub,
+        "/api/v1/indicators/bin_overflow_hours?period=day&from=2026-03-03&to=2026-03-04",
+    )
+    .await;
+    let got = by_sensor_day(&v);
+    assert_eq!(got[&("bin-overflow".to_owned(), day)], json!(3.0), "{v}");
+    assert_eq!(city_rows(&v)[0]["value"], json!(3.0), "{v}");
+}
+
+/// Days whose indicators the hub has materialized answer as the readings do: every
+/// indicator, by day and by month, the city's rows, each waste stream's and each
+/// sensor's, from a hub that reads the materialized days and from one that computes
+/// everything from the readings (`indicators.materialize = false`), on one database.
+/// The materialized answer needs no reading (the readings' table locked, it answers);
+/// a late reading is in both answers at once (its days are computed again from the
+/// readings until the materializer has redone them), and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialized_indicator_days_answer_as_the_readings_do() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let common = [
+        ("CITYHUB_HTTP_RATE_LIMIT_PER_S", "0"),
+        ("CITYHUB_INDICATORS_CACHE_S", "0"),
+    ];
+    let stored = Hub::start_in_process(&db, &broker, "materialized", &common).await;
+    let mut live_env = common.to_vec();
+    live_env.push(("CITYHUB_INDICATORS_MATERIALIZE", "false"));
+    live_env.push(("CITYHUB_DATABASE_STATEMENT_TIMEOUT_S", "2"));
+    let live = Hub::start_in_process(&db, &broker, "computed", &live_env).await;
+    // Twelve days of a small fleet, ending twenty days ago: every day settled.
+    let end = (Utc::now() - Duration::days(20))
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let start = end - Duration::days(12);
+    let opts = SimOptions {
+        seed: 11,
+        start,
+        fleet: FleetSpec {
+            per_kind: vec![
+                ("waste_bin".into(), 7),
+                ("streetlight".into(), 5),
+                ("bike_counter".into(), 2),
+                ("air_quality".into(), 2),
+            ],
+            lamp_fault_share: 0.3,
+        },
+        formats: vec![Format::Native],
+        faults: FaultRates::parse("duplicate=0.02,out_of_order=0.02").unwrap(),
+    };
+    let msgs = fleet_messages(&opts, end);
+    publish_sim(&broker, &msgs).await;
+    wait_for_rows(&db, expected_rows(&msgs), 120, "the simulated rows").await;
+    wait_for_aggregates(&db, 120).await;
+    let last_day = (end - Duration::days(1)).date_naive();
+    let materialized = format!(
+        "SELECT count(*) FROM indicator_bases WHERE to_day > '{last_day}'
+         AND (SELECT count(*) FROM indicator_dirty) = 0"
+    );
+    wait_for(120, "the indicator days materialized", || async {
+        db.count(&materialized).await >= 7
+    })
+    .await;
+    assert!(db.count("SELECT count(*) FROM indicator_days").await > 0);
+
+    let http = reqwest::Client::new();
+    let (from, to) = (
+        start.date_naive() - Duration::days(1),
+        end.date_naive() + Duration::days(1),
+    );
+    let compare = |label: &'static str| {
+        let (http, stored, live) = (&http, &stored, &live);
+        async move {
+            for ind in cityhub_core::indicators::INDICATORS {
+                for period in ["day", "month"] {
+                    let by = if ind.kind == "waste_bin" {
+                        "&by=stream"
+                    } else {
+                        ""
+                    };
+                    let path = format!(
+                        "/api/v1/indicators/{}?period={period}&from={from}&to={to}{by}",
+                        ind.id
+                    );
+                    let a = get(http, stored, &path).await;
+                    let b = get(http, live, &path).await;
+                    assert_eq!(a["rows"], b["rows"], "{label}: {path}");
+                    assert!(!a["rows"].as_array().unwrap().is_empty(), "{label}: {path}");
+                }
+            }
+        }
+    };
+    compare("materialized").await;
+
+    // The materialized answer reads no reading; the computed one waits on the lock.
+    let collections =
+        format!("/api/v1/indicators/bin_collections?period=month&from={from}&to={to}");
+    let before = get(&http, &stored, &collections).await;
+    let lock = db.lock("observations_data").await;
+    let again = get(&http, &stored, &collections).await;
+    assert_eq!(again["rows"], before["rows"]);
+    let r = http.get(live.url(&collections)).send().await.unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
+    lock.release().await;
+
+    // A late reading: a bin emptied from 100 % four days before the end, between two
+    // of its readings. Both answers count one more collection at once.
+    let bin = db
+        .text(
+            "SELECT external_id FROM sensors WHERE kind = 'waste_bin' ORDER BY external_id LIMIT 1",
+        )
+        .await;
+    let t = end - Duration::days(4) + Duration::minutes(7);
+    let late: Vec<(String, Vec<u8>)> = [(t, 100.0), (t + Duration::minutes(1), 0.0)]
+        .iter()
+        .map(|(t, fill)| {
+            (
+                format!("cityhub/v1/waste_bin/{bin}"),
+                json!({"ts": t.to_rfc3339(), "values": {"fill_level": fill}})
+                    .to_string()
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    let n = db.observations().await;
+    publish_raw(&broker, &late).await;
+    wait_for_rows(&db, n + 2, 60, "the late readings").await;
+    wait_for_aggregates(&db, 120).await;
+    let total = |v: &Value| -> f64 {
+        city_rows(v)
+            .iter()
+            .map(|r| r["value"].as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    let after = get(&http, &stored, &collections).await;
+    assert!(
+        total(&after) > total(&before),
+        "{} then {}",
+        total(&before),
+        total(&after)
+    );
+    compare("a late reading marked").await;
+    wait_for(120, "the marked days materialized again", || async {
+        db.count("SELECT count(*) FROM indicator_dirty").await == 0
+    })
+    .await;
+    compare("a late reading materialized").await;
 }

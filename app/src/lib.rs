@@ -369,6 +369,15 @@ async fn run_pipeline(
             cancel.clone(),
         ));
     }
+    if settings.indicators.materialize {
+        tracker.spawn(maintenance::indicator_days_task(
+            store.clone(),
+            state.catalog.clone(),
+            settings.indicators.clone(),
+            Duration::from_secs(10),
+            cancel.clone(),
+        ));
+    }
     tracker.spawn(retention_job(
         store,
         settings.ingest.dead_letter_retention_days,

@@ -285,6 +285,91 @@ pub async fn rollup_fold_task(store: Store, every: Duration, cancel: Cancellatio
     }
 }
 
+/// Several hubs on one database: the one holding this session lock materializes the
+/// indicators' days (arbitrary constant, "cityhub-indicator").
+const INDICATOR_LOCK: i64 = 0x6369_7479_6869_6e64;
+
+/// Materializes the indicators' settled days and mends those late readings marked
+/// (`cityhub_store::indicators::materialize`), every `every`, or again at once while
+/// a backfill has days left. One hub at a time, by a session lock.
+pub async fn indicator_days_task(
+    store: Store,
+    catalog: std::sync::Arc<cityhub_core::Catalog>,
+    cfg: cityhub_core::indicators::IndicatorSettings,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    /// Settled days one round adds over every base: bounds a round's length.
+    const BUDGET_DAYS: i64 = 400;
+    let mut session: Option<(tokio_postgres::Client, bool)> = None;
+    let mut failing = false;
+    let mut more = false;
+    loop {
+        if !more {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = cancel.cancelled() => break,
+            }
+        }
+        more = false;
+        let round = async {
+            if session.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                let c = store.connect().await?;
+                // A month of a large fleet is one statement: more than a request's
+                // timeout allows, and nobody waits for it.
+                c.batch_execute("SET statement_timeout = '15min'").await?;
+                session = Some((c, false));
+            }
+            let (c, held) = session.as_mut().expect("session just made");
+            if !*held {
+                *held = c
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&INDICATOR_LOCK])
+                    .await?
+                    .get(0);
+                if !*held {
+                    return Ok(None);
+                }
+            }
+            let started = std::time::Instant::now();
+            cityhub_store::indicators::materialize(c, &store, &catalog, &cfg, BUDGET_DAYS)
+                .await
+                .map(|m| Some((m, started.elapsed())))
+        };
+        let result: Result<_, StoreError> = tokio::select! {
+            r = round => r,
+            _ = cancel.cancelled() => break,
+        };
+        match result {
+            Ok(Some((m, took))) => {
+                if failing {
+                    tracing::info!("Materializing indicator days works again.");
+                }
+                failing = false;
+                more = m.more;
+                if m.days > 0 {
+                    tracing::info!(
+                        bases = m.bases,
+                        days = m.days,
+                        rows = m.rows,
+                        marks = m.marks,
+                        more = m.more,
+                        ms = took.as_millis() as u64,
+                        "Indicator days materialized."
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "Materializing indicator days failed; will retry.");
+                }
+                failing = true;
+                session = None;
+            }
+        }
+    }
+}
+
 /// TimescaleDB, every `late_refresh_s`: when this hub committed readings below an
 /// aggregate's watermark, refreshes the buckets from the earliest of them up to the
 /// watermark, so late readings reach hourly and daily answers in seconds rather than

@@ -445,8 +445,17 @@ async fn indicator_rows(t: &mut Table, args: &Args) -> Result<()> {
             r.ingest_s,
             r.backend
         );
+        t.add(
+            &format!("indicator days materialized, {}", r.backend),
+            r.materialize_s,
+            "s",
+            format!("{what}; from the last reading stored to every settled day of every indicator materialized: {} base rows", fmt(r.materialized_rows as f64)),
+        );
         for c in &r.costs {
-            for (label, (p50, p99, n)) in [("API", c.api_ms), ("its SQL alone", c.sql_ms)] {
+            for (label, (p50, p99, n)) in [
+                ("API", c.api_ms),
+                ("its base query from the readings", c.sql_ms),
+            ] {
                 for (p, v) in [("p50", p50), ("p99", p99)] {
                     t.add(
                         &format!("indicator {}, {label}, {p}, {}", c.id, r.backend),

@@ -24,6 +24,11 @@ pub struct IndicatorSettings {
     /// Seconds an answer over finished days is kept and served again without computing
     /// it (late readings for those days show after this). 0: compute every request.
     pub cache_s: u64,
+    /// Keep each sensor's indicator values per settled day (older than about four
+    /// days) in the database, maintained as late readings arrive, so a year is read
+    /// rather than computed from the readings. Off: every request computes from the
+    /// readings.
+    pub materialize: bool,
 }
 
 impl Default for IndicatorSettings {
@@ -35,6 +40,7 @@ impl Default for IndicatorSettings {
             overflow_at: 95.0,
             min_day_coverage: 0.75,
             cache_s: 600,
+            materialize: true,
         }
     }
 }

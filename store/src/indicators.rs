@@ -11,6 +11,12 @@
 //! blocking thread: only one sensor's days are held at a time, so a city's years
 //! of days cost the memory of the rows answered, not of the rows read. The rows
 //! answered are the city's, or those of the sensors named (a page of them).
+//!
+//! The base rows of settled days are materialized ([`materialize`], migration
+//! 0018): a request reads those and computes the rest from the readings. A day's
+//! base row must therefore not depend on the range it was computed in, and it does
+//! not: the reading before counts within two days, the reading after is looked for
+//! past the range by the kind's longest gap, and sums run in time order.
 
 use crate::error::StoreError;
 use crate::Store;
@@ -60,6 +66,8 @@ struct Base {
     b: f64,
     c: f64,
     stream: Option<String>,
+    /// The sensor's key: base rows come ordered by it.
+    id: i32,
 }
 
 /// The period's first day.
@@ -103,75 +111,83 @@ fn round(v: f64, decimals: u32) -> f64 {
 
 const HOURLY: &str = "
     SELECT s.external_id, (h.bucket AT TIME ZONE $4::text)::date,
-           sum(h.avg)::float8, count(*)::float8,
-           (count(*) FILTER (WHERE h.avg >= $6::float8))::float8, NULL::text
+           sum(h.avg ORDER BY h.bucket)::float8, count(*)::float8,
+           (count(*) FILTER (WHERE h.avg >= $6::float8))::float8, NULL::text, s.id
     FROM obs_hourly h JOIN sensors s ON s.id = h.sensor_id
     WHERE h.metric_id = ANY($1) AND h.bucket >= $2 AND h.bucket < $3
       AND ($5::text[] IS NULL OR s.external_id = ANY($5))
-    GROUP BY 1, 2
-    ORDER BY 1, 2";
+    GROUP BY s.id, 2
+    ORDER BY s.id, 2";
 
 /// Trips: the hourly means times their counts are the hours' sums.
 const TRIPS: &str = "
     SELECT s.external_id, (h.bucket AT TIME ZONE $4::text)::date,
-           round(sum(h.avg * h.count))::float8, count(*)::float8, 0::float8, NULL::text
+           round(sum(h.avg * h.count))::float8, count(*)::float8, 0::float8, NULL::text, s.id
     FROM obs_hourly h JOIN sensors s ON s.id = h.sensor_id
     WHERE h.metric_id = ANY($1) AND h.bucket >= $2 AND h.bucket < $3
       AND ($5::text[] IS NULL OR s.external_id = ANY($5))
-    GROUP BY 1, 2
-    ORDER BY 1, 2";
+    GROUP BY s.id, 2
+    ORDER BY s.id, 2";
 
-/// Collections: a drop of at least $7 points from the reading before (looked for
-/// up to two days before the range). a: collections, b: sum of the fill before,
-/// c: those at or above $6.
+/// Collections: a drop of at least $7 points from the reading before, when that
+/// reading is at most two days older (so a day's rows do not depend on the range
+/// asked). a: collections, b: sum of the fill before, c: those at or above $6.
 const COLLECTIONS: &str = "
     WITH f AS (
         SELECT o.sensor_id, o.time, o.value,
-               lag(o.value) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS prev
+               lag(o.value) OVER w AS prev, lag(o.time) OVER w AS prev_time
         FROM observations o JOIN sensors s ON s.id = o.sensor_id
         WHERE o.metric_id = ANY($1) AND o.time >= $2::timestamptz - interval '2 days' AND o.time < $3
-          AND ($5::text[] IS NULL OR s.external_id = ANY($5)))
+          AND ($5::text[] IS NULL OR s.external_id = ANY($5))
+        WINDOW w AS (PARTITION BY o.sensor_id ORDER BY o.time))
     SELECT s.external_id, (f.time AT TIME ZONE $4::text)::date, count(*)::float8,
-           sum(f.prev)::float8, (count(*) FILTER (WHERE f.prev >= $6::float8))::float8,
-           s.properties->>'stream'
+           sum(f.prev ORDER BY f.time)::float8, (count(*) FILTER (WHERE f.prev >= $6::float8))::float8,
+           s.properties->>'stream', s.id
     FROM f JOIN sensors s ON s.id = f.sensor_id
     WHERE f.time >= $2 AND f.prev - f.value >= $7::float8
-    GROUP BY 1, 2, 6
-    ORDER BY 1, 2";
+      AND f.prev_time >= f.time - interval '2 days'
+    GROUP BY s.id, 2
+    ORDER BY s.id, 2";
 
 /// Meter increments, night by night (a night is dated by its evening; $2 and $3
-/// are noons). A meter that went back was reset: its new value is the increment.
+/// are noons), from the reading before when it is at most two days older. A meter
+/// that went back was reset: its new value is the increment.
 const ENERGY: &str = "
     WITH e AS (
         SELECT o.sensor_id, o.time, o.value,
-               lag(o.value) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS prev
+               lag(o.value) OVER w AS prev, lag(o.time) OVER w AS prev_time
         FROM observations o JOIN sensors s ON s.id = o.sensor_id
         WHERE o.metric_id = ANY($1) AND o.time >= $2::timestamptz - interval '2 days' AND o.time < $3
-          AND ($5::text[] IS NULL OR s.external_id = ANY($5)))
+          AND ($5::text[] IS NULL OR s.external_id = ANY($5))
+        WINDOW w AS (PARTITION BY o.sensor_id ORDER BY o.time))
     SELECT s.external_id, ((e.time AT TIME ZONE $4::text) - interval '12 hours')::date,
-           sum(CASE WHEN e.value >= e.prev THEN e.value - e.prev ELSE e.value END)::float8,
-           count(*)::float8, 0::float8, NULL::text
+           sum(CASE WHEN e.value >= e.prev THEN e.value - e.prev ELSE e.value END
+               ORDER BY e.time)::float8,
+           count(*)::float8, 0::float8, NULL::text, s.id
     FROM e JOIN sensors s ON s.id = e.sensor_id
-    WHERE e.time >= $2 AND e.prev IS NOT NULL
-    GROUP BY 1, 2
-    ORDER BY 1, 2";
+    WHERE e.time >= $2 AND e.prev IS NOT NULL AND e.prev_time >= e.time - interval '2 days'
+    GROUP BY s.id, 2
+    ORDER BY s.id, 2";
 
-/// Seconds lit, from each reading to the next (at most $7 s), night by night.
+/// Seconds lit, from each reading to the next (at most $7 s), night by night. The
+/// next reading is looked for at least $7 s past the range, so a day's rows do not
+/// depend on the range asked.
 const LIT: &str = "
     WITH r AS (
         SELECT o.sensor_id, o.time, o.value,
                lead(o.time) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS next
         FROM observations o JOIN sensors s ON s.id = o.sensor_id
-        WHERE o.metric_id = ANY($1) AND o.time >= $2 AND o.time < $3::timestamptz + interval '1 day'
+        WHERE o.metric_id = ANY($1) AND o.time >= $2
+          AND o.time < $3::timestamptz + greatest(interval '1 day', $7::float8 * interval '1 second')
           AND ($5::text[] IS NULL OR s.external_id = ANY($5)))
     SELECT s.external_id, ((r.time AT TIME ZONE $4::text) - interval '12 hours')::date,
-           coalesce(sum(least(extract(epoch FROM r.next - r.time)::float8, $7::float8))
-                    FILTER (WHERE r.value > $6), 0)::float8 / 3600.0,
-           count(*)::float8, 0::float8, NULL::text
+           coalesce(sum(least(extract(epoch FROM r.next - r.time)::float8, $7::float8)
+                        ORDER BY r.time) FILTER (WHERE r.value > $6), 0)::float8 / 3600.0,
+           count(*)::float8, 0::float8, NULL::text, s.id
     FROM r JOIN sensors s ON s.id = r.sensor_id
     WHERE r.time < $3
-    GROUP BY 1, 2
-    ORDER BY 1, 2";
+    GROUP BY s.id, 2
+    ORDER BY s.id, 2";
 
 /// Seconds lit by day or dark at night; the sun's limits come per solar date (the
 /// UTC time shifted by the lamps' longitude, $13 seconds) in $8-$12.
@@ -180,38 +196,89 @@ const FAULT: &str = "
         SELECT o.sensor_id, o.time, o.value,
                lead(o.time) OVER (PARTITION BY o.sensor_id ORDER BY o.time) AS next
         FROM observations o JOIN sensors s ON s.id = o.sensor_id
-        WHERE o.metric_id = ANY($1) AND o.time >= $2 AND o.time < $3::timestamptz + interval '1 day'
+        WHERE o.metric_id = ANY($1) AND o.time >= $2
+          AND o.time < $3::timestamptz + greatest(interval '1 day', $7::float8 * interval '1 second')
           AND ($5::text[] IS NULL OR s.external_id = ANY($5))),
     sun AS (SELECT * FROM unnest($8::date[], $9::timestamptz[], $10::timestamptz[],
                                  $11::timestamptz[], $12::timestamptz[])
             AS u(d, day_from, day_to, night_to, night_from))
     SELECT s.external_id, (r.time AT TIME ZONE $4::text)::date,
-           coalesce(sum(least(extract(epoch FROM r.next - r.time)::float8, $7::float8)) FILTER (WHERE
+           coalesce(sum(least(extract(epoch FROM r.next - r.time)::float8, $7::float8)
+                        ORDER BY r.time) FILTER (WHERE
                (r.value > $6 AND r.time > sun.day_from AND r.time < sun.day_to)
             OR (r.value <= $6 AND (r.time < sun.night_to OR r.time > sun.night_from))), 0)::float8
                / 3600.0,
-           count(*)::float8, 0::float8, NULL::text
+           count(*)::float8, 0::float8, NULL::text, s.id
     FROM r JOIN sensors s ON s.id = r.sensor_id
     JOIN sun ON sun.d = ((r.time AT TIME ZONE 'UTC') + $13::float8 * interval '1 second')::date
     WHERE r.time < $3
-    GROUP BY 1, 2
-    ORDER BY 1, 2";
+    GROUP BY s.id, 2
+    ORDER BY s.id, 2";
 
-/// An indicator's base query with its parameters, ready to run.
-struct BaseQuery {
+/// Materialized base rows of one base, in the base queries' columns and order, for
+/// some sensors or with each bin's waste stream. (The base queries sum in time
+/// order: a sum of floats in another order can differ in its last bit, and a value
+/// rounded to its decimals then by one unit.)
+const MATERIALIZED: &str = "
+    SELECT s.external_id, d.day, d.a, d.b, d.c,
+           CASE WHEN $5 THEN s.properties->>'stream' END, s.id
+    FROM indicator_days d JOIN sensors s ON s.id = d.sensor_id
+    WHERE d.base = $1 AND d.day >= $2 AND d.day < $3
+      AND ($4::text[] IS NULL OR s.external_id = ANY($4))
+    ORDER BY d.sensor_id, d.day";
+
+/// The city's materialized base rows where no sensor's name or stream is needed:
+/// the fold tells sensors apart by key.
+const MATERIALIZED_CITY: &str = "
+    SELECT NULL::text, d.day, d.a, d.b, d.c, NULL::text, d.sensor_id
+    FROM indicator_days d
+    WHERE d.base = $1 AND d.day >= $2 AND d.day < $3
+    ORDER BY d.sensor_id, d.day";
+
+/// Changes whenever a base query's rows for the same readings and settings change,
+/// so rows materialized by an older version are not read (see [`Spec::key`]).
+const BASE_VERSION: u32 = 1;
+
+/// Readings older than this are marked by the writer for the materializer (see
+/// `indicator_dirty`, migration 0018); younger ones fall on days not yet materialized.
+pub const MARKED_AFTER: Duration = Duration::days(1);
+
+/// Days longer ago than this (plus the kind's longest gap between readings) are
+/// materialized: a reading younger than [`MARKED_AFTER`] cannot change them (a day
+/// for the time zone, one for a reading's effect on the days before, its gap, and
+/// one to spare).
+const SETTLED_DAYS: i64 = 4;
+
+/// Days one materializer statement computes.
+const CHUNK_DAYS: i64 = 31;
+
+/// Live days a request computes next to materialized ones; with more (late readings
+/// for long ago), it computes everything from the readings, as with none.
+const MAX_LIVE_DAYS: i64 = 62;
+
+/// Everything an indicator's base query depends on but the range and the sensors.
+struct Spec {
+    name: &'static str,
     sql: &'static str,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    metric_ids: Vec<i16>,
+    tz: Tz,
+    timezone: String,
+    /// Days run from noon to noon.
+    nightly: bool,
+    threshold: f64,
+    collection_drop: Option<f64>,
+    max_gap_s: f64,
+    /// Where the sun is judged (lamp faults).
+    sun_at: Option<(f64, f64)>,
 }
 
-impl BaseQuery {
-    /// The query that reduces `q`'s readings to base rows, for `ind`; $1-$5 are common
-    /// to every method, each method adds its own.
+impl Spec {
     async fn new(
         store: &Store,
         catalog: &Catalog,
         cfg: &IndicatorSettings,
         ind: &'static Indicator,
-        q: &IndicatorQuery,
+        sensors: Option<&[String]>,
     ) -> Result<Self, StoreError> {
         let tz = cfg.tz().map_err(StoreError::Config)?;
         let kind = catalog
@@ -226,62 +293,128 @@ impl BaseQuery {
             Some(MapRule::Lamp { lit_above, .. }) => *lit_above,
             _ => 5.0,
         };
-        let max_gap_s = 2.0 * f64::from(kind.def.cadence_s.max(1));
-        let nightly = matches!(ind.compute, Method::EnergyPerNight | Method::LitHours);
-        let hour = if nightly { 12 } else { 0 };
-        let from = local_instant(tz, q.from, hour);
-        let to = local_instant(tz, q.to, hour);
-        let threshold = match ind.compute {
-            Method::OverflowHours => cfg.overflow_at,
-            Method::Collections | Method::FillAtCollection | Method::FullShare => cfg.full_at,
-            Method::LitHours | Method::FaultHours => lit_above,
-            _ => 0.0,
+        let (name, sql, threshold, collection_drop) = match ind.compute {
+            Method::Collections | Method::FillAtCollection | Method::FullShare => (
+                "collections",
+                COLLECTIONS,
+                cfg.full_at,
+                Some(cfg.collection_drop),
+            ),
+            Method::EnergyPerNight => ("energy", ENERGY, 0.0, None),
+            Method::LitHours => ("lit", LIT, lit_above, None),
+            Method::FaultHours => ("fault", FAULT, lit_above, None),
+            Method::Trips => ("trips", TRIPS, 0.0, None),
+            Method::OverflowHours => ("hourly", HOURLY, cfg.overflow_at, None),
+            Method::DailyMean | Method::ExceedanceDays | Method::PeriodMean => {
+                ("hourly", HOURLY, 0.0, None)
+            }
         };
+        let sun_at = match ind.compute {
+            Method::FaultHours => Some(lamp_position(store, ind.kind, sensors).await?),
+            _ => None,
+        };
+        Ok(Self {
+            name,
+            sql,
+            metric_ids,
+            tz,
+            timezone: cfg.timezone.clone(),
+            nightly: matches!(ind.compute, Method::EnergyPerNight | Method::LitHours),
+            threshold,
+            collection_drop,
+            max_gap_s: 2.0 * f64::from(kind.def.cadence_s.max(1)),
+            sun_at,
+        })
+    }
+
+    /// Names the query and every value its rows depend on but the range and the
+    /// sensors: two requests with one key read the same rows for a day.
+    fn key(&self) -> String {
+        format!(
+            "v{BASE_VERSION} {} metrics={:?} tz={} threshold={} drop={:?} gap={} sun={:?}",
+            self.name,
+            self.metric_ids,
+            self.timezone,
+            self.threshold,
+            self.collection_drop,
+            self.max_gap_s,
+            self.sun_at
+        )
+    }
+
+    /// Whole days covered by the longest gap between two readings a query bridges.
+    fn gap_days(&self) -> i64 {
+        (self.max_gap_s / 86_400.0).ceil() as i64
+    }
+
+    /// The local days a reading on UTC date `day` may change: its local day (a day
+    /// either side of UTC), the days before that its gap and a night reach back to,
+    /// and the two days after whose readings look back at it.
+    fn touched_by(&self, day: NaiveDate) -> (NaiveDate, NaiveDate) {
+        (
+            day - Duration::days(2 + self.gap_days()),
+            day + Duration::days(4),
+        )
+    }
+
+    /// The query over local days `[from, to)` of `sensors` (all: `None`).
+    fn query(&self, from: NaiveDate, to: NaiveDate, sensors: Option<Vec<String>>) -> BaseQuery {
+        let hour = if self.nightly { 12 } else { 0 };
+        let (from, to) = (
+            local_instant(self.tz, from, hour),
+            local_instant(self.tz, to, hour),
+        );
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(metric_ids),
+            Box::new(self.metric_ids.clone()),
             Box::new(from),
             Box::new(to),
-            Box::new(cfg.timezone.clone()),
-            Box::new(q.sensors.clone()),
+            Box::new(self.timezone.clone()),
+            Box::new(sensors),
         ];
-        let sql = match ind.compute {
-            Method::Collections | Method::FillAtCollection | Method::FullShare => {
-                params.push(Box::new(threshold));
-                params.push(Box::new(cfg.collection_drop));
-                COLLECTIONS
+        match self.name {
+            "collections" => {
+                params.push(Box::new(self.threshold));
+                params.push(Box::new(self.collection_drop.unwrap_or_default()));
             }
-            Method::EnergyPerNight => ENERGY,
-            Method::LitHours => {
-                params.push(Box::new(threshold));
-                params.push(Box::new(max_gap_s));
-                LIT
+            "energy" | "trips" => {}
+            "lit" => {
+                params.push(Box::new(self.threshold));
+                params.push(Box::new(self.max_gap_s));
             }
-            Method::FaultHours => {
-                // The sun's limits per solar date.
-                let (lat, lon) = lamp_position(store, ind.kind, q.sensors.as_deref()).await?;
+            "fault" => {
+                let (lat, lon) = self.sun_at.unwrap_or_default();
                 let sun = SunTable::new(from, to, lat, lon);
-                params.push(Box::new(threshold));
-                params.push(Box::new(max_gap_s));
+                params.push(Box::new(self.threshold));
+                params.push(Box::new(self.max_gap_s));
                 params.push(Box::new(sun.date));
                 params.push(Box::new(sun.day_from));
                 params.push(Box::new(sun.day_to));
                 params.push(Box::new(sun.night_to));
                 params.push(Box::new(sun.night_from));
                 params.push(Box::new(lon * 240.0));
-                FAULT
             }
-            Method::Trips => TRIPS,
-            Method::DailyMean
-            | Method::ExceedanceDays
-            | Method::PeriodMean
-            | Method::OverflowHours => {
-                params.push(Box::new(threshold));
-                HOURLY
-            }
-        };
-        Ok(BaseQuery { sql, params })
+            _ => params.push(Box::new(self.threshold)),
+        }
+        BaseQuery {
+            sql: self.sql,
+            params,
+        }
     }
 
+    /// The first local day not yet settled (see [`SETTLED_DAYS`]).
+    fn horizon(&self) -> NaiveDate {
+        Utc::now().with_timezone(&self.tz).date_naive()
+            - Duration::days(SETTLED_DAYS + self.gap_days())
+    }
+}
+
+/// An indicator's base query with its parameters, ready to run.
+struct BaseQuery {
+    sql: &'static str,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl BaseQuery {
     async fn rows(
         &self,
         c: &tokio_postgres::Client,
@@ -293,7 +426,62 @@ impl BaseQuery {
     }
 }
 
-/// Computes `ind` over `q` (see the module doc).
+fn base_of(r: &tokio_postgres::Row) -> Base {
+    Base {
+        sensor: r.get::<_, Option<String>>(0).unwrap_or_default(),
+        day: r.get(1),
+        a: r.get::<_, Option<f64>>(2).unwrap_or(0.0),
+        b: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
+        c: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
+        stream: r.get(5),
+        id: r.get(6),
+    }
+}
+
+/// Which of a request's days come materialized: `[from, split)` from `base`, the
+/// rest from the readings.
+struct Plan {
+    base: Option<(i32, NaiveDate)>,
+}
+
+impl Plan {
+    async fn new(
+        c: &tokio_postgres::Client,
+        cfg: &IndicatorSettings,
+        spec: &Spec,
+        q: &IndicatorQuery,
+    ) -> Result<Self, StoreError> {
+        if !cfg.materialize {
+            return Ok(Self { base: None });
+        }
+        let row = c
+            .query_opt(
+                "SELECT b.id, b.to_day, (SELECT min(day) FROM indicator_dirty)
+                 FROM indicator_bases b WHERE b.key = $1 AND b.from_day IS NOT NULL",
+                &[&spec.key()],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Self { base: None });
+        };
+        let (id, to_day, dirty): (i32, Option<NaiveDate>, Option<NaiveDate>) =
+            (row.get(0), row.get(1), row.get(2));
+        // No reading is older than the base's first day but one marked: the days
+        // before it are empty, and the days a mark touches are computed live.
+        let mut split = q.to.min(to_day.unwrap_or(q.from));
+        if let Some(d) = dirty {
+            split = split.min(spec.touched_by(d).0);
+        }
+        let usable = split > q.from && (q.to - split).num_days() <= MAX_LIVE_DAYS;
+        Ok(Self {
+            base: usable.then_some((id, split)),
+        })
+    }
+}
+
+/// Computes `ind` over `q` (see the module doc): the days materialized are read as
+/// they were stored, the others computed from the readings, and the rows merged by
+/// sensor and day.
 pub async fn compute(
     store: &Store,
     catalog: &Catalog,
@@ -302,10 +490,9 @@ pub async fn compute(
     q: &IndicatorQuery,
 ) -> Result<Vec<IndicatorRow>, StoreError> {
     let tz = cfg.tz().map_err(StoreError::Config)?;
-    let base = BaseQuery::new(store, catalog, cfg, ind, q).await?;
+    let spec = Spec::new(store, catalog, cfg, ind, q.sensors.as_deref()).await?;
     let c = store.read_client().await?;
-    let rows = base.rows(&c).await?;
-    futures_util::pin_mut!(rows);
+    let plan = Plan::new(&c, cfg, &spec, q).await?;
     // The fold runs on a blocking thread, fed row by row: a long range over a big
     // fleet never holds an async worker.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Base>(1024);
@@ -316,17 +503,70 @@ pub async fn compute(
         }
         fold.finish()
     });
-    while let Some(r) = rows.try_next().await? {
-        let b = Base {
-            sensor: r.get(0),
-            day: r.get(1),
-            a: r.get::<_, Option<f64>>(2).unwrap_or(0.0),
-            b: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
-            c: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
-            stream: r.get(5),
-        };
-        if b.day >= q.from && b.day < q.to && tx.send(b).await.is_err() {
-            break;
+    let in_range = |b: &Base| b.day >= q.from && b.day < q.to;
+    match plan.base {
+        None => {
+            let rows = spec.query(q.from, q.to, q.sensors.clone()).rows(&c).await?;
+            futures_util::pin_mut!(rows);
+            while let Some(r) = rows.try_next().await? {
+                let b = base_of(&r);
+                if in_range(&b) && tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Some((base, split)) => {
+            // The live days are few (at most MAX_LIVE_DAYS): held, then merged into
+            // the materialized ones as those stream by.
+            let mut live = Vec::new();
+            if split < q.to {
+                let rows = spec.query(split, q.to, q.sensors.clone()).rows(&c).await?;
+                futures_util::pin_mut!(rows);
+                while let Some(r) = rows.try_next().await? {
+                    live.push(base_of(&r));
+                }
+            }
+            let mut live = live.into_iter().peekable();
+            let streams = spec.name == "collections";
+            let rows = if q.sensors.is_none() && !streams {
+                c.query_raw(
+                    MATERIALIZED_CITY,
+                    [&base as &(dyn ToSql + Sync), &q.from, &split],
+                )
+                .await?
+            } else {
+                c.query_raw(
+                    MATERIALIZED,
+                    [
+                        &base as &(dyn ToSql + Sync),
+                        &q.from,
+                        &split,
+                        &q.sensors,
+                        &streams,
+                    ],
+                )
+                .await?
+            };
+            futures_util::pin_mut!(rows);
+            let mut next = rows.try_next().await?.map(|r| base_of(&r));
+            loop {
+                let take_live = match (&next, live.peek()) {
+                    (None, None) => break,
+                    (None, Some(_)) => true,
+                    (Some(_), None) => false,
+                    (Some(m), Some(l)) => (l.id, l.day) < (m.id, m.day),
+                };
+                let b = if take_live {
+                    live.next().expect("peeked")
+                } else {
+                    let b = next.take().expect("matched");
+                    next = rows.try_next().await?.map(|r| base_of(&r));
+                    b
+                };
+                if in_range(&b) && tx.send(b).await.is_err() {
+                    break;
+                }
+            }
         }
     }
     drop(tx);
@@ -335,8 +575,9 @@ pub async fn compute(
         .map_err(|e| StoreError::Config(format!("indicator fold failed: {e}")))
 }
 
-/// Runs only `ind`'s base query over `q` and counts its rows: the database's share
-/// of [`compute`], for the benchmark's reference.
+/// Runs only `ind`'s base query over `q`, from the readings, and counts its rows:
+/// the database's share of [`compute`] without materialized days, for the
+/// benchmark's reference.
 pub async fn base_rows(
     store: &Store,
     catalog: &Catalog,
@@ -344,15 +585,205 @@ pub async fn base_rows(
     ind: &'static Indicator,
     q: &IndicatorQuery,
 ) -> Result<u64, StoreError> {
-    let base = BaseQuery::new(store, catalog, cfg, ind, q).await?;
+    let spec = Spec::new(store, catalog, cfg, ind, q.sensors.as_deref()).await?;
     let c = store.read_client().await?;
-    let rows = base.rows(&c).await?;
+    let rows = spec.query(q.from, q.to, q.sensors.clone()).rows(&c).await?;
     futures_util::pin_mut!(rows);
     let mut n = 0;
     while rows.try_next().await?.is_some() {
         n += 1;
     }
     Ok(n)
+}
+
+/// What one round of [`materialize`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Materialized {
+    /// Base queries maintained (indicators sharing one count once).
+    pub bases: usize,
+    /// Days computed, summed over the bases.
+    pub days: i64,
+    /// Base rows written.
+    pub rows: u64,
+    /// Marks of late readings handled and removed.
+    pub marks: usize,
+    /// Days remain to be computed: run again soon.
+    pub more: bool,
+}
+
+/// One round of the indicators' materializer, on `c` (the primary; the caller holds
+/// the lock that makes it the only one): computes again the days that late readings
+/// marked, then extends each base by up to `budget_days` settled days, and drops the
+/// bases no indicator uses any more (a setting changed).
+pub async fn materialize(
+    c: &mut tokio_postgres::Client,
+    store: &Store,
+    catalog: &Catalog,
+    cfg: &IndicatorSettings,
+    budget_days: i64,
+) -> Result<Materialized, StoreError> {
+    let mut specs: BTreeMap<String, Spec> = BTreeMap::new();
+    for ind in cityhub_core::indicators::INDICATORS {
+        if catalog.get(ind.kind).is_none() {
+            continue;
+        }
+        let spec = Spec::new(store, catalog, cfg, ind, None).await?;
+        if !spec.metric_ids.is_empty() {
+            specs.insert(spec.key(), spec);
+        }
+    }
+    let marks: Vec<(NaiveDate, i64)> = c
+        .query("SELECT day, gen FROM indicator_dirty ORDER BY day", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut done = Materialized {
+        bases: specs.len(),
+        marks: marks.len(),
+        ..Default::default()
+    };
+    let mut budget = budget_days;
+    for (key, spec) in &specs {
+        // Found or made without updating a row each round (no dead rows to vacuum).
+        let row = c
+            .query_one(
+                "WITH made AS (INSERT INTO indicator_bases (key) VALUES ($1)
+                               ON CONFLICT (key) DO NOTHING RETURNING id, from_day, to_day)
+                 SELECT * FROM made
+                 UNION ALL SELECT id, from_day, to_day FROM indicator_bases WHERE key = $1",
+                &[key],
+            )
+            .await?;
+        let (id, from_day, to_day): (i32, Option<NaiveDate>, Option<NaiveDate>) =
+            (row.get(0), row.get(1), row.get(2));
+        let horizon = spec.horizon();
+        let to_day = match (from_day, to_day) {
+            (Some(_), Some(t)) => t,
+            _ => {
+                // A new base starts before its first reading, or at the horizon when
+                // there is none yet.
+                let first: Option<DateTime<Utc>> = c
+                    .query_one(
+                        "SELECT min(bucket) FROM obs_daily WHERE metric_id = ANY($1)",
+                        &[&spec.metric_ids],
+                    )
+                    .await?
+                    .get(0);
+                let start = first
+                    .map(|t| t.date_naive() - Duration::days(3))
+                    .unwrap_or(horizon)
+                    .min(horizon);
+                c.execute(
+                    "UPDATE indicator_bases SET from_day = $2, to_day = $2 WHERE id = $1",
+                    &[&id, &start],
+                )
+                .await?;
+                start
+            }
+        };
+        // The marked days again (and before the first day, the days up to it).
+        let mut spans: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+        for (day, _) in &marks {
+            let (lo, hi) = spec.touched_by(*day);
+            let hi = hi.min(to_day);
+            if lo >= hi {
+                continue;
+            }
+            match spans.last_mut() {
+                Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+                _ => spans.push((lo, hi)),
+            }
+        }
+        // Then the settled days not materialized yet, within the budget.
+        let end = horizon.min(to_day + Duration::days(budget.max(0)));
+        if end > to_day {
+            budget -= (end - to_day).num_days();
+            spans.push((to_day, end));
+        }
+        if horizon > end {
+            done.more = true;
+        }
+        let timescale = store.backend().is_timescale();
+        for (lo, hi) in spans {
+            if timescale && matches!(spec.name, "hourly" | "trips") {
+                // A late reading reaches TimescaleDB's hourly aggregate when its buckets
+                // are refreshed; the rows computed here must not miss it.
+                crate::maintenance::refresh(
+                    c,
+                    "obs_hourly",
+                    local_instant(spec.tz, lo, 0) - Duration::hours(1),
+                    local_instant(spec.tz, hi, 0) + Duration::hours(1),
+                )
+                .await?;
+            }
+            let mut a = lo;
+            while a < hi {
+                let b = hi.min(a + Duration::days(CHUNK_DAYS));
+                done.rows += write_days(c, id, spec, a, b).await?;
+                done.days += (b - a).num_days();
+                a = b;
+            }
+        }
+    }
+    if !marks.is_empty() {
+        let (days, gens): (Vec<NaiveDate>, Vec<i64>) = marks.into_iter().unzip();
+        c.execute(
+            "DELETE FROM indicator_dirty d USING unnest($1::date[], $2::bigint[]) AS m(day, gen)
+             WHERE d.day = m.day AND d.gen = m.gen",
+            &[&days, &gens],
+        )
+        .await?;
+    }
+    let keys: Vec<&String> = specs.keys().collect();
+    c.execute("DELETE FROM indicator_bases WHERE key <> ALL($1)", &[&keys])
+        .await?;
+    Ok(done)
+}
+
+/// Computes `spec`'s rows for local days `[from, to)` and puts them in place of
+/// those stored, in one transaction that also widens the base's range to them.
+async fn write_days(
+    c: &mut tokio_postgres::Client,
+    base: i32,
+    spec: &Spec,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<u64, StoreError> {
+    let q = spec.query(from, to, None);
+    let n = q.params.len();
+    let sql = format!(
+        "INSERT INTO indicator_days (base, sensor_id, day, a, b, c)
+         SELECT ${b}, q.sid, q.day, coalesce(q.a, 0), coalesce(q.b, 0), coalesce(q.c, 0)
+         FROM ({}) AS q(external_id, day, a, b, c, stream, sid)
+         WHERE q.day >= ${f} AND q.day < ${t}",
+        q.sql,
+        b = n + 1,
+        f = n + 2,
+        t = n + 3,
+    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = q
+        .params
+        .iter()
+        .map(|p| &**p as &(dyn ToSql + Sync))
+        .collect();
+    params.extend([&base as &(dyn ToSql + Sync), &from, &to]);
+    let tx = c.transaction().await?;
+    tx.execute(
+        "DELETE FROM indicator_days WHERE base = $1 AND day >= $2 AND day < $3",
+        &[&base, &from, &to],
+    )
+    .await?;
+    let rows = tx.execute(&sql, &params).await?;
+    tx.execute(
+        "UPDATE indicator_bases
+         SET from_day = least(from_day, $2), to_day = greatest(to_day, $3)
+         WHERE id = $1",
+        &[&base, &from, &to],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// Up to `limit` sensors of `kind` after `after` (in id order): a page of sensor rows.
@@ -416,7 +847,9 @@ impl SunTable {
 }
 
 /// Where the sun is judged for lamp faults: the lamp asked for, else the middle of
-/// the lamps (across a city the sun's times differ by seconds).
+/// the lamps (across a city the sun's times differ by seconds), to a hundredth of a
+/// degree (about a kilometre, a few seconds of the sun's times), so a lamp added
+/// to a city leaves its materialized days as they are (see [`Spec::key`]).
 async fn lamp_position(
     store: &Store,
     kind: &str,
@@ -431,9 +864,10 @@ async fn lamp_position(
             &[&kind, &sensors],
         )
         .await?;
+    let hundredth = |v: f64| (v * 100.0).round() / 100.0;
     Ok((
-        r.get::<_, Option<f64>>(0).unwrap_or(45.1335),
-        r.get::<_, Option<f64>>(1).unwrap_or(10.0245),
+        hundredth(r.get::<_, Option<f64>>(0).unwrap_or(45.1335)),
+        hundredth(r.get::<_, Option<f64>>(1).unwrap_or(10.0245)),
     ))
 }
 
@@ -598,7 +1032,7 @@ impl Fold {
     }
 
     fn push(&mut self, b: Base) {
-        if self.current.last().is_some_and(|c| c.sensor != b.sensor) {
+        if self.current.last().is_some_and(|c| c.id != b.id) {
             self.flush();
         }
         self.current.push(b);
@@ -740,7 +1174,8 @@ fn value_of(
             );
             ratio(acc.a, acc.b).map(|v| round(v, ind.compute.decimals()))
         }
-        Method::Collections | Method::OverflowHours => Some(acc.a.max(0.0)),
+        Method::Collections => Some(acc.a.max(0.0)),
+        Method::OverflowHours => Some(acc.c),
         Method::FillAtCollection => {
             extra.insert("collections".into(), json!(acc.a));
             ratio(acc.b, acc.a).map(|v| round(v, ind.compute.decimals()))

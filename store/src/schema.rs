@@ -105,6 +105,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015", "cheaper_writes"),
     migration!(16, "0016", "oldest_first_refresh"),
     migration!(17, "0017", "pending_delta_index"),
+    migration!(18, "0018", "indicator_days"),
 ];
 
 /// The newest schema version this build knows.

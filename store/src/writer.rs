@@ -375,6 +375,9 @@ impl BatchWriter {
         let derived = stage_derived(&tx, &store).await?;
         let staged = copied + derived;
         let inserted = insert_observations(&tx).await?;
+        if inserted > 0 {
+            mark_indicator_days(&tx, batch).await?;
+        }
         if rollups {
             write_deltas(&tx, deltas, derived, inserted == staged).await?;
         }
@@ -692,6 +695,34 @@ const INSERTED_HERE: &str = "(SELECT o.time, o.sensor_id, o.metric_id,
     FROM (SELECT DISTINCT sensor_id, metric_id, time FROM obs_staging_v2) s
     JOIN observations_data o USING (sensor_id, metric_id, time)
     WHERE o.xmin = pg_current_xact_id()::xid)";
+
+/// Marks the UTC dates of the batch's readings older than
+/// [`crate::indicators::MARKED_AFTER`]: the indicators may have materialized the days
+/// around them (migration 0018), and a request must not read those rows until they
+/// are computed again. In the readings' transaction, so no request sees the one
+/// without the other; readings as they happen mark nothing.
+async fn mark_indicator_days(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    let old = Utc::now() - crate::indicators::MARKED_AFTER;
+    let days: BTreeSet<chrono::NaiveDate> = batch
+        .observations
+        .iter()
+        .filter(|o| o.time < old)
+        .map(|o| o.time.date_naive())
+        .collect();
+    if days.is_empty() {
+        return Ok(());
+    }
+    // In date order, so concurrent writers lock the marks in one order.
+    let days: Vec<chrono::NaiveDate> = days.into_iter().collect();
+    tx.execute(
+        "INSERT INTO indicator_dirty (day, gen)
+         SELECT d, nextval('indicator_dirty_gen') FROM unnest($1::date[]) AS d ORDER BY d
+         ON CONFLICT (day) DO UPDATE SET gen = excluded.gen",
+        &[&days],
+    )
+    .await?;
+    Ok(())
+}
 
 /// Plain PostgreSQL: the batch's new rows into `rollup_delta` (migration 0006 says
 /// why). When every staged row was inserted (`all_new`), the deltas computed while
