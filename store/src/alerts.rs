@@ -314,7 +314,10 @@ impl Store {
                      WHERE q.delivered_at IS NULL AND q.next_attempt_at <= now()
                        AND left(q.target, length($1)) = $1 AND ($2 OR q.target = $1)
                        AND NOT EXISTS (SELECT 1 FROM alert_outbox p
-                                       WHERE (p.alert_id = q.alert_id OR p.subscription_id = q.subscription_id)
+                                       WHERE p.alert_id = q.alert_id AND p.target = q.target
+                                         AND p.delivered_at IS NULL AND p.id < q.id)
+                       AND NOT EXISTS (SELECT 1 FROM alert_outbox p
+                                       WHERE p.subscription_id = q.subscription_id
                                          AND p.target = q.target
                                          AND p.delivered_at IS NULL AND p.id < q.id)
                      ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED)

@@ -106,6 +106,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(16, "0016", "oldest_first_refresh"),
     migration!(17, "0017", "pending_delta_index"),
     migration!(18, "0018", "indicator_days"),
+    migration!(19, "0019", "outbox_order"),
 ];
 
 /// The newest schema version this build knows.

@@ -1,0 +1,1 @@
+-- Nothing for plain PostgreSQL alone in this migration.

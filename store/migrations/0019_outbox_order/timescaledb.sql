@@ -1,0 +1,1 @@
+-- Nothing for TimescaleDB alone in this migration.
