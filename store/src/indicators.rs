@@ -60,6 +60,7 @@ pub struct IndicatorRow {
 /// One sensor's reduction of one local day (or night).
 #[derive(Debug, Clone)]
 struct Base {
+    /// Empty where the city's rows need no name (the fold tells sensors apart by `id`).
     sensor: String,
     day: NaiveDate,
     a: f64,
@@ -438,45 +439,37 @@ fn base_of(r: &tokio_postgres::Row) -> Base {
     }
 }
 
-/// Which of a request's days come materialized: `[from, split)` from `base`, the
-/// rest from the readings.
-struct Plan {
-    base: Option<(i32, NaiveDate)>,
-}
-
-impl Plan {
-    async fn new(
-        c: &tokio_postgres::Client,
-        cfg: &IndicatorSettings,
-        spec: &Spec,
-        q: &IndicatorQuery,
-    ) -> Result<Self, StoreError> {
-        if !cfg.materialize {
-            return Ok(Self { base: None });
-        }
-        let row = c
-            .query_opt(
-                "SELECT b.id, b.to_day, (SELECT min(day) FROM indicator_dirty)
-                 FROM indicator_bases b WHERE b.key = $1 AND b.from_day IS NOT NULL",
-                &[&spec.key()],
-            )
-            .await?;
-        let Some(row) = row else {
-            return Ok(Self { base: None });
-        };
-        let (id, to_day, dirty): (i32, Option<NaiveDate>, Option<NaiveDate>) =
-            (row.get(0), row.get(1), row.get(2));
-        // No reading is older than the base's first day but one marked: the days
-        // before it are empty, and the days a mark touches are computed live.
-        let mut split = q.to.min(to_day.unwrap_or(q.from));
-        if let Some(d) = dirty {
-            split = split.min(spec.touched_by(d).0);
-        }
-        let usable = split > q.from && (q.to - split).num_days() <= MAX_LIVE_DAYS;
-        Ok(Self {
-            base: usable.then_some((id, split)),
-        })
+/// Which of a request's days come materialized: `Some((base, split))` when days
+/// `[q.from, split)` are read from `base` and the rest computed from the readings.
+async fn materialized_part(
+    c: &tokio_postgres::Client,
+    cfg: &IndicatorSettings,
+    spec: &Spec,
+    q: &IndicatorQuery,
+) -> Result<Option<(i32, NaiveDate)>, StoreError> {
+    if !cfg.materialize {
+        return Ok(None);
     }
+    let row = c
+        .query_opt(
+            "SELECT b.id, b.to_day, (SELECT min(day) FROM indicator_dirty)
+             FROM indicator_bases b WHERE b.key = $1 AND b.from_day IS NOT NULL",
+            &[&spec.key()],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (id, to_day, dirty): (i32, Option<NaiveDate>, Option<NaiveDate>) =
+        (row.get(0), row.get(1), row.get(2));
+    // No reading is older than the base's first day but one marked: the days
+    // before it are empty, and the days a mark touches are computed live.
+    let mut split = q.to.min(to_day.unwrap_or(q.from));
+    if let Some(d) = dirty {
+        split = split.min(spec.touched_by(d).0);
+    }
+    let usable = split > q.from && (q.to - split).num_days() <= MAX_LIVE_DAYS;
+    Ok(usable.then_some((id, split)))
 }
 
 /// Computes `ind` over `q` (see the module doc): the days materialized are read as
@@ -492,7 +485,7 @@ pub async fn compute(
     let tz = cfg.tz().map_err(StoreError::Config)?;
     let spec = Spec::new(store, catalog, cfg, ind, q.sensors.as_deref()).await?;
     let c = store.read_client().await?;
-    let plan = Plan::new(&c, cfg, &spec, q).await?;
+    let part = materialized_part(&c, cfg, &spec, q).await?;
     // The fold runs on a blocking thread, fed row by row: a long range over a big
     // fleet never holds an async worker.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Base>(1024);
@@ -504,7 +497,7 @@ pub async fn compute(
         fold.finish()
     });
     let in_range = |b: &Base| b.day >= q.from && b.day < q.to;
-    match plan.base {
+    match part {
         None => {
             let rows = spec.query(q.from, q.to, q.sensors.clone()).rows(&c).await?;
             futures_util::pin_mut!(rows);
