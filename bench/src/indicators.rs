@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 use chrono::{Datelike, Utc};
 use cityhub_core::indicators::{Period, INDICATORS};
 use cityhub_core::Settings;
-use cityhub_store::indicators::{base_rows, IndicatorQuery};
+use cityhub_store::indicators::{base_rows, reads, IndicatorQuery};
 use cityhub_testkit::{Broker, TestDb};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,18 @@ pub struct IndicatorCost {
     pub base_rows: u64,
     pub api_ms: (f64, f64, usize),
     pub sql_ms: (f64, f64, usize),
+    /// The two reads of a request, each alone (`cityhub_store::indicators::reads`):
+    /// the materialized rows, and the days computed from the readings; `None` when
+    /// the request read no materialized day.
+    pub reads: Option<Reads>,
+}
+
+/// Where a request's time goes: its two reads timed alone.
+pub struct Reads {
+    pub materialized_rows: u64,
+    pub materialized_ms: (f64, f64, usize),
+    pub live_rows: u64,
+    pub live_ms: (f64, f64, usize),
 }
 
 pub struct Indicators {
@@ -134,6 +146,7 @@ pub async fn indicators(admin: &str, fleet: &str, days: u32, sparse_s: u32) -> R
             ind.id, q.from, q.to
         ));
         let (mut api, mut sql, mut rows) = (Vec::new(), Vec::new(), 0);
+        let (mut mat, mut live, mut parts) = (Vec::new(), Vec::new(), None);
         for _ in 0..REPEAT {
             let t = Instant::now();
             let r = http.get(&url).send().await?;
@@ -146,12 +159,23 @@ pub async fn indicators(admin: &str, fleet: &str, days: u32, sparse_s: u32) -> R
             let t = Instant::now();
             rows = base_rows(&store, &catalog, &settings.indicators, ind, &q).await?;
             sql.push(t.elapsed().as_secs_f64() * 1000.0);
+            if let Some(r) = reads(&store, &catalog, &settings.indicators, ind, &q).await? {
+                mat.push(r.materialized.as_secs_f64() * 1000.0);
+                live.push(r.live.as_secs_f64() * 1000.0);
+                parts = Some((r.materialized_rows, r.live_rows));
+            }
         }
         costs.push(IndicatorCost {
             id: ind.id,
             base_rows: rows,
             api_ms: percentiles(api),
             sql_ms: percentiles(sql),
+            reads: parts.map(|(materialized_rows, live_rows)| Reads {
+                materialized_rows,
+                materialized_ms: percentiles(mat),
+                live_rows,
+                live_ms: percentiles(live),
+            }),
         });
     }
     let _ = std::fs::remove_file(&config);

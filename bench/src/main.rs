@@ -465,6 +465,24 @@ async fn indicator_rows(t: &mut Table, args: &Args) -> Result<()> {
                     );
                 }
             }
+            // Where a request's time goes: its two reads, each alone, without the fold.
+            if let Some(p) = &c.reads {
+                for (label, rows, (p50, _, n)) in [
+                    (
+                        "its materialized rows read alone",
+                        p.materialized_rows,
+                        p.materialized_ms,
+                    ),
+                    ("its days from the readings alone", p.live_rows, p.live_ms),
+                ] {
+                    t.add(
+                        &format!("indicator {}, {label}, p50, {}", c.id, r.backend),
+                        p50,
+                        "ms",
+                        format!("{what}; {n} runs; {rows} base rows"),
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -520,26 +520,7 @@ pub async fn compute(
                 }
             }
             let mut live = live.into_iter().peekable();
-            let streams = spec.name == "collections";
-            let rows = if q.sensors.is_none() && !streams {
-                c.query_raw(
-                    MATERIALIZED_CITY,
-                    [&base as &(dyn ToSql + Sync), &q.from, &split],
-                )
-                .await?
-            } else {
-                c.query_raw(
-                    MATERIALIZED,
-                    [
-                        &base as &(dyn ToSql + Sync),
-                        &q.from,
-                        &split,
-                        &q.sensors,
-                        &streams,
-                    ],
-                )
-                .await?
-            };
+            let rows = materialized_rows(&c, &spec, base, q, split).await?;
             futures_util::pin_mut!(rows);
             let mut next = rows.try_next().await?.map(|r| base_of(&r));
             loop {
@@ -580,13 +561,88 @@ pub async fn base_rows(
 ) -> Result<u64, StoreError> {
     let spec = Spec::new(store, catalog, cfg, ind, q.sensors.as_deref()).await?;
     let c = store.read_client().await?;
-    let rows = spec.query(q.from, q.to, q.sensors.clone()).rows(&c).await?;
+    count(spec.query(q.from, q.to, q.sensors.clone()).rows(&c).await?).await
+}
+
+/// The two reads of a [`compute`] with materialized days, each timed alone: where
+/// a request's time goes, for the benchmark.
+#[derive(Debug, Default, Clone)]
+pub struct Reads {
+    /// Materialized base rows read, and how long reading them took.
+    pub materialized_rows: u64,
+    pub materialized: std::time::Duration,
+    /// Base rows computed from the readings for the days not materialized (the
+    /// newest, and those late readings marked), and how long that took.
+    pub live_rows: u64,
+    pub live: std::time::Duration,
+}
+
+/// Runs the reads [`compute`] would run for `ind` over `q`, one after the other and
+/// without the fold, timing each; `None` when `compute` would read no materialized
+/// day (everything from the readings, as [`base_rows`] does).
+pub async fn reads(
+    store: &Store,
+    catalog: &Catalog,
+    cfg: &IndicatorSettings,
+    ind: &'static Indicator,
+    q: &IndicatorQuery,
+) -> Result<Option<Reads>, StoreError> {
+    let spec = Spec::new(store, catalog, cfg, ind, q.sensors.as_deref()).await?;
+    let c = store.read_client().await?;
+    let Some((base, split)) = materialized_part(&c, cfg, &spec, q).await? else {
+        return Ok(None);
+    };
+    let mut r = Reads::default();
+    let t = std::time::Instant::now();
+    if split < q.to {
+        let rows = spec.query(split, q.to, q.sensors.clone()).rows(&c).await?;
+        r.live_rows = count(rows).await?;
+    }
+    r.live = t.elapsed();
+    let t = std::time::Instant::now();
+    let rows = materialized_rows(&c, &spec, base, q, split).await?;
+    r.materialized_rows = count(rows).await?;
+    r.materialized = t.elapsed();
+    Ok(Some(r))
+}
+
+async fn count(rows: tokio_postgres::RowStream) -> Result<u64, StoreError> {
     futures_util::pin_mut!(rows);
     let mut n = 0;
     while rows.try_next().await?.is_some() {
         n += 1;
     }
     Ok(n)
+}
+
+/// The materialized base rows of days `[q.from, split)`, in sensor and day order.
+async fn materialized_rows(
+    c: &tokio_postgres::Client,
+    spec: &Spec,
+    base: i32,
+    q: &IndicatorQuery,
+    split: NaiveDate,
+) -> Result<tokio_postgres::RowStream, StoreError> {
+    let streams = spec.name == "collections";
+    Ok(if q.sensors.is_none() && !streams {
+        c.query_raw(
+            MATERIALIZED_CITY,
+            [&base as &(dyn ToSql + Sync), &q.from, &split],
+        )
+        .await?
+    } else {
+        c.query_raw(
+            MATERIALIZED,
+            [
+                &base as &(dyn ToSql + Sync),
+                &q.from,
+                &split,
+                &q.sensors,
+                &streams,
+            ],
+        )
+        .await?
+    })
 }
 
 /// What one round of [`materialize`] did.
