@@ -362,7 +362,9 @@ mod process {
     /// metrics: about 700 KB of reasons per message) arrive while the sensors table is
     /// locked for 20 s, then ordinary traffic. The flood is dead-lettered with its reasons
     /// cut short, memory stays bounded, readiness says the pipeline is stalled meanwhile,
-    /// and after the lock every valid reading is stored within 30 s.
+    /// and after the lock every valid reading is stored. The flood is decoded on one core
+    /// after the lock (4-6 s alone; over 30 s once in CI, on two loaded cores), so the
+    /// bound only tells a stalled pipeline from a slow one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_amplified_flood_during_a_table_lock_neither_stalls_nor_bloats() {
         const FLOOD: usize = 1200;
@@ -406,7 +408,7 @@ mod process {
         lock.release().await;
         let released = Instant::now();
         let want = expected_rows(&valid);
-        wait_for(30, "every valid reading after the lock", || async {
+        wait_for(180, "every valid reading after the lock", || async {
             db.observations().await == want
         })
         .await;

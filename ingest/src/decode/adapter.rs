@@ -138,6 +138,7 @@ impl Decoder {
             now,
             limits: &self.limits,
             out: &mut out,
+            known: None,
         };
         if !ctx.check_time("time", time) {
             return tagged(out, &tag);

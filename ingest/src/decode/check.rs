@@ -13,6 +13,9 @@ pub(super) struct Ctx<'a> {
     pub now: DateTime<Utc>,
     pub limits: &'a Limits,
     pub out: &'a mut Decoded,
+    /// The kind's metric names as an unknown metric's reason lists them, joined once
+    /// per message: a payload of thousands of unknown metrics would join them each time.
+    pub known: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -57,16 +60,17 @@ impl Ctx<'_> {
         value: f64,
     ) {
         let Some(m) = self.kind.metric(metric) else {
-            let at = at();
-            let known: Vec<&str> = self.kind.metrics.keys().map(|k| k.as_str()).collect();
-            self.push(
-                RejectReason::UnknownMetric,
-                format!(
-                    "{at}: metric {metric:?} is not defined for kind {} (known: {})",
-                    self.kind.name,
-                    known.join(", ")
-                ),
+            let kind = self.kind;
+            let known = self.known.get_or_insert_with(|| {
+                let names: Vec<&str> = kind.metrics.keys().map(|k| k.as_str()).collect();
+                names.join(", ")
+            });
+            let reason = format!(
+                "{}: metric {metric:?} is not defined for kind {} (known: {known})",
+                at(),
+                kind.name
             );
+            self.push(RejectReason::UnknownMetric, reason);
             return;
         };
         if !value.is_finite() {

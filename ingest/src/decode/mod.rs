@@ -155,6 +155,7 @@ impl Decoder {
             now,
             limits: &self.limits,
             out: &mut out,
+            known: None,
         };
         match doc {
             Value::Object(obj) => ctx.native(&obj),
