@@ -19,16 +19,17 @@ pub fn ngsi_ld_python() -> PathBuf {
 
 fn venv_of(name: &str, requirements: &str) -> PathBuf {
     let root = crate::workspace_root();
-    let dir = root.join("target").join(name);
+    let target = root.join("target");
+    let dir = target.join(name);
     // One test at a time builds the virtualenv, the others wait and reuse it: a lock on
     // a file, since each test is a process of its own under cargo-nextest (a lock in
     // memory let two rebuild it at once, one clearing what the other installed).
-    std::fs::create_dir_all(root.join("target")).expect("creating target/");
+    std::fs::create_dir_all(&target).expect("creating target/");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(root.join("target").join(format!("{name}.lock")))
+        .open(target.join(format!("{name}.lock")))
         .expect("opening the virtualenv's lock file");
     lock.lock().expect("locking the virtualenv's lock file");
     let req = root.join("tests/validators").join(requirements);
