@@ -304,6 +304,7 @@ pub async fn indicator_days_task(
     let mut session: Option<(tokio_postgres::Client, bool)> = None;
     let mut failing = false;
     let mut more = false;
+    let mut watch = cityhub_store::indicators::MarkWatch::default();
     loop {
         if !more {
             tokio::select! {
@@ -331,9 +332,16 @@ pub async fn indicator_days_task(
                 }
             }
             let started = std::time::Instant::now();
-            cityhub_store::indicators::materialize(c, &store, &catalog, &cfg, BUDGET_DAYS)
-                .await
-                .map(|m| Some((m, started.elapsed())))
+            cityhub_store::indicators::materialize(
+                c,
+                &store,
+                &catalog,
+                &cfg,
+                BUDGET_DAYS,
+                &mut watch,
+            )
+            .await
+            .map(|m| Some((m, started.elapsed())))
         };
         let result: Result<_, StoreError> = tokio::select! {
             r = round => r,
@@ -352,6 +360,7 @@ pub async fn indicator_days_task(
                         days = m.days,
                         rows = m.rows,
                         marks = m.marks,
+                        waiting = m.waiting,
                         more = m.more,
                         ms = took.as_millis() as u64,
                         "Indicator days materialized."

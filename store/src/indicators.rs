@@ -253,6 +253,44 @@ const SETTLED_DAYS: i64 = 4;
 /// Days one materializer statement computes.
 const CHUNK_DAYS: i64 = 31;
 
+/// Rounds a marked day may wait for its marks to stop before it is computed anyway.
+const MAX_WAIT_ROUNDS: u32 = 6;
+
+/// The marks of late readings the materializer has seen, kept between its rounds.
+/// A day still being marked (a backfill, a gateway replaying its buffer) would be
+/// computed again every round and marked again before the next; it waits instead
+/// until a round finds its mark unchanged, or for [`MAX_WAIT_ROUNDS`] while marks
+/// keep coming. Requests compute marked days from the readings meanwhile, so the
+/// wait costs their speed, never their answer. Empty after a restart or a change of
+/// materializer: every mark then waits a round.
+#[derive(Debug, Default)]
+pub struct MarkWatch {
+    /// Day → the mark's generation when last seen, and the rounds it has waited.
+    seen: std::collections::HashMap<NaiveDate, (i64, u32)>,
+}
+
+impl MarkWatch {
+    /// Of this round's `marks`, those to compute now; remembers the others.
+    fn due(&mut self, marks: &[(NaiveDate, i64)]) -> Vec<(NaiveDate, i64)> {
+        let mut seen = std::collections::HashMap::with_capacity(marks.len());
+        let mut due = Vec::new();
+        for &(day, gen) in marks {
+            match self.seen.get(&day) {
+                Some(&(g, _)) if g == gen => due.push((day, gen)),
+                Some(&(_, waited)) if waited + 1 >= MAX_WAIT_ROUNDS => due.push((day, gen)),
+                Some(&(_, waited)) => {
+                    seen.insert(day, (gen, waited + 1));
+                }
+                None => {
+                    seen.insert(day, (gen, 0));
+                }
+            }
+        }
+        self.seen = seen;
+        due
+    }
+}
+
 /// Live days a request computes next to materialized ones; with more (late readings
 /// for long ago), it computes everything from the readings, as with none.
 const MAX_LIVE_DAYS: i64 = 62;
@@ -656,20 +694,23 @@ pub struct Materialized {
     pub rows: u64,
     /// Marks of late readings handled and removed.
     pub marks: usize,
+    /// Marks left for a later round: their days are still being marked.
+    pub waiting: usize,
     /// Days remain to be computed: run again soon.
     pub more: bool,
 }
 
 /// One round of the indicators' materializer, on `c` (the primary; the caller holds
 /// the lock that makes it the only one): computes again the days that late readings
-/// marked, then extends each base by up to `budget_days` settled days, and drops the
-/// bases no indicator uses any more (a setting changed).
+/// marked and `watch` finds settled, then extends each base by up to `budget_days`
+/// settled days, and drops the bases no indicator uses any more (a setting changed).
 pub async fn materialize(
     c: &mut tokio_postgres::Client,
     store: &Store,
     catalog: &Catalog,
     cfg: &IndicatorSettings,
     budget_days: i64,
+    watch: &mut MarkWatch,
 ) -> Result<Materialized, StoreError> {
     let mut specs: BTreeMap<String, Spec> = BTreeMap::new();
     for ind in cityhub_core::indicators::INDICATORS {
@@ -687,9 +728,12 @@ pub async fn materialize(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let waiting = marks.len();
+    let marks = watch.due(&marks);
     let mut done = Materialized {
         bases: specs.len(),
         marks: marks.len(),
+        waiting: waiting - marks.len(),
         ..Default::default()
     };
     let mut budget = budget_days;
@@ -1375,6 +1419,32 @@ fn city_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_day_still_being_marked_waits_but_not_forever() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        let mut watch = MarkWatch::default();
+        // New marks wait a round; one seen unchanged is due.
+        assert!(watch.due(&[(day(1), 10), (day(2), 11)]).is_empty());
+        assert_eq!(watch.due(&[(day(1), 10), (day(2), 12)]), [(day(1), 10)]);
+        // A day marked again every round is due after MAX_WAIT_ROUNDS.
+        let mut rounds = 1;
+        let mut gen = 12;
+        loop {
+            gen += 1;
+            rounds += 1;
+            if !watch.due(&[(day(2), gen)]).is_empty() {
+                break;
+            }
+            assert!(rounds < 100, "never due");
+        }
+        assert_eq!(rounds, MAX_WAIT_ROUNDS);
+        // A day computed and marked again starts over; a day gone is forgotten.
+        assert!(watch.due(&[(day(2), gen + 1)]).is_empty());
+        assert!(watch.due(&[(day(3), 20)]).is_empty());
+        assert!(watch.due(&[(day(2), gen + 1)]).is_empty());
+        assert_eq!(watch.due(&[(day(2), gen + 1)]), [(day(2), gen + 1)]);
+    }
 
     #[test]
     fn periods_and_local_days() {
