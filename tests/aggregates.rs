@@ -480,6 +480,85 @@ async fn one_sensors_answers_read_pending_deltas_once_whatever_the_plan() {
     }
 }
 
+/// Plain PostgreSQL: what `obs_hourly` and `obs_daily` answer while deltas are pending
+/// is what the rollup tables hold once a fold has merged them: keys with a folded row
+/// only, with pending deltas only, and with both (the newest reading in the folded row
+/// or in a delta). Values are exact in binary, so no order of summing differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deltas_answer_as_they_will_once_folded() {
+    let db = TestDb::new().await;
+    db.migrate().await.unwrap();
+    if is_timescale(&db).await {
+        return;
+    }
+    let c = db.client().await;
+    // Sensors 1-4: 1 folded only, 2 pending only, 3 both with the newest reading
+    // folded, 4 both with the newest reading pending; two hours of one day each.
+    c.batch_execute(
+        "INSERT INTO sensors (external_id, kind) SELECT 'bin-' || g, 'waste_bin' FROM generate_series(1, 4) g;
+         CREATE TEMP TABLE k AS
+         SELECT s.id AS sensor_id, m.id AS metric_id,
+                date_trunc('day', now(), 'UTC') - INTERVAL '2 days' + make_interval(hours => h) AS bucket,
+                s.external_id AS name,
+                -- The folded extremes: beyond the pending ones for bin-3 (min) and bin-4 (max).
+                CASE WHEN s.external_id = 'bin-3' THEN 1.25 ELSE 10.25 END AS min,
+                CASE WHEN s.external_id = 'bin-4' THEN 90 ELSE 40 END AS max
+         FROM sensors s, metrics m, generate_series(3, 4) h
+         WHERE m.kind = 'waste_bin' AND m.name = 'fill_level';
+         INSERT INTO obs_hourly_data
+         SELECT bucket, sensor_id, metric_id, 4, 100.5, min, max, 30.5,
+                bucket + CASE WHEN name = 'bin-3' THEN INTERVAL '50 minutes' ELSE INTERVAL '10 minutes' END
+         FROM k WHERE name <> 'bin-2';
+         INSERT INTO obs_daily_data
+         SELECT date_trunc('day', bucket, 'UTC'), sensor_id, metric_id, 8, 201, min, max, 30.5,
+                max(bucket) + CASE WHEN name = 'bin-3' THEN INTERVAL '50 minutes' ELSE INTERVAL '10 minutes' END
+         FROM k WHERE name <> 'bin-2' GROUP BY 1, 2, 3, name, min, max;
+         INSERT INTO rollup_delta
+         SELECT bucket, sensor_id, metric_id, 1, 8.5 * d, 2.5 * d, 60 + d, 70.75 + d,
+                bucket + make_interval(mins => 20 + d)
+         FROM k, generate_series(1, 3) d WHERE name <> 'bin-1';",
+    )
+    .await
+    .unwrap();
+    let answers = |view: &'static str| {
+        let c = &c;
+        async move {
+            c.query(
+                &format!(
+                    "SELECT bucket, sensor_id, metric_id, avg, min, max, count, last FROM {view}
+                     WHERE sensor_id IN (SELECT id FROM sensors WHERE external_id LIKE 'bin-%')
+                     ORDER BY 1, 2, 3"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} avg={} min={} max={} count={} last={}",
+                    r.get::<_, chrono::DateTime<Utc>>(0),
+                    r.get::<_, i32>(1),
+                    r.get::<_, i16>(2),
+                    r.get::<_, f64>(3),
+                    r.get::<_, f64>(4),
+                    r.get::<_, f64>(5),
+                    r.get::<_, i64>(6),
+                    r.get::<_, f64>(7)
+                )
+            })
+            .collect::<Vec<String>>()
+        }
+    };
+    let pending = (answers("obs_hourly").await, answers("obs_daily").await);
+    assert_eq!((pending.0.len(), pending.1.len()), (8, 4), "{pending:#?}");
+    let folded = cityhub_store::rollups::fold(&c, 1_000).await.unwrap();
+    assert_eq!(folded, 18);
+    assert_eq!(db.count("SELECT count(*) FROM rollup_delta").await, 0);
+    assert_eq!(answers("obs_hourly").await, pending.0);
+    assert_eq!(answers("obs_daily").await, pending.1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_database_has_its_aggregates_materialized_once_rows_arrive() {
     let s = "aq-first";
