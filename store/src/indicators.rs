@@ -728,12 +728,12 @@ pub async fn materialize(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let waiting = marks.len();
+    let seen = marks.len();
     let marks = watch.due(&marks);
     let mut done = Materialized {
         bases: specs.len(),
         marks: marks.len(),
-        waiting: waiting - marks.len(),
+        waiting: seen - marks.len(),
         ..Default::default()
     };
     let mut budget = budget_days;

@@ -133,13 +133,7 @@ impl Decoder {
             out.location = Some(p);
             out.location_fallback = fallback;
         }
-        let mut ctx = Ctx {
-            kind,
-            now,
-            limits: &self.limits,
-            out: &mut out,
-            known: None,
-        };
+        let mut ctx = Ctx::new(kind, now, &self.limits, &mut out);
         if !ctx.check_time("time", time) {
             return tagged(out, &tag);
         }

@@ -15,10 +15,25 @@ pub(super) struct Ctx<'a> {
     pub out: &'a mut Decoded,
     /// The kind's metric names as an unknown metric's reason lists them, joined once
     /// per message: a payload of thousands of unknown metrics would join them each time.
-    pub known: Option<String>,
+    known: Option<String>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub fn new(
+        kind: &'a Kind,
+        now: DateTime<Utc>,
+        limits: &'a Limits,
+        out: &'a mut Decoded,
+    ) -> Self {
+        Self {
+            kind,
+            now,
+            limits,
+            out,
+            known: None,
+        }
+    }
+
     pub fn push(&mut self, code: RejectReason, reason: String) {
         self.out.problems.push(super::Problem { code, reason });
     }

@@ -150,13 +150,7 @@ impl Decoder {
         let Some(doc) = self.parse_json(payload, &mut out) else {
             return out;
         };
-        let mut ctx = Ctx {
-            kind,
-            now,
-            limits: &self.limits,
-            out: &mut out,
-            known: None,
-        };
+        let mut ctx = Ctx::new(kind, now, &self.limits, &mut out);
         match doc {
             Value::Object(obj) => ctx.native(&obj),
             Value::Array(records) => ctx.senml(&records, topic_sensor(topic)),
