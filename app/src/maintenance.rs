@@ -220,66 +220,44 @@ pub async fn run_all(store: &Store, mode: MaintenanceMode) -> Result<Report, Sto
 /// unfolded part stays small. A failure is retried next round; nothing is lost, as
 /// deltas stay until folded.
 pub async fn rollup_fold_task(store: Store, every: Duration, cancel: CancellationToken) {
-    /// Deltas per statement: bounds a fold's memory and locks.
-    const LIMIT: i64 = 50_000;
-    /// Deltas folded between two vacuums of their table (see `rollups::vacuum`): the
-    /// table then holds at most about this many dead rows, about 1 MB.
-    const VACUUM_AFTER: u64 = 10_000;
     let mut client: Option<tokio_postgres::Client> = None;
     let mut failing = false;
-    let mut since_vacuum = 0u64;
+    let mut rounds = cityhub_store::rollups::FoldRounds::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = cancel.cancelled() => break,
         }
-        loop {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                match store.connect().await {
-                    Ok(c) => client = Some(c),
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, "Folding rollup deltas: no connection; will retry.");
-                        }
-                        failing = true;
-                        break;
-                    }
-                }
-            }
-            let c = client.as_ref().expect("connected");
-            let folded = tokio::select! {
-                r = cityhub_store::rollups::fold(c, LIMIT) => r,
-                _ = cancel.cancelled() => return,
-            };
-            match folded {
-                Ok(n) => {
-                    if failing {
-                        tracing::info!("Folding rollup deltas works again.");
-                    }
-                    failing = false;
-                    since_vacuum += n;
-                    if since_vacuum >= VACUUM_AFTER {
-                        let vacuumed = tokio::select! {
-                            r = cityhub_store::rollups::vacuum(c) => r,
-                            _ = cancel.cancelled() => return,
-                        };
-                        if let Err(e) = vacuumed {
-                            tracing::warn!(error = %e, "Vacuuming the rollup deltas' table failed; will retry.");
-                        }
-                        since_vacuum = 0;
-                    }
-                    if n < LIMIT as u64 {
-                        break;
-                    }
-                }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            match store.connect().await {
+                Ok(c) => client = Some(c),
                 Err(e) => {
                     if !failing {
-                        tracing::warn!(error = %e, "Folding rollup deltas failed; will retry.");
+                        tracing::warn!(error = %e, "Folding rollup deltas: no connection; will retry.");
                     }
                     failing = true;
-                    client = None;
-                    break;
+                    continue;
                 }
+            }
+        }
+        let c = client.as_ref().expect("connected");
+        let folded = tokio::select! {
+            r = rounds.round(c) => r,
+            _ = cancel.cancelled() => return,
+        };
+        match folded {
+            Ok(_) => {
+                if failing {
+                    tracing::info!("Folding rollup deltas works again.");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "Folding rollup deltas failed; will retry.");
+                }
+                failing = true;
+                client = None;
             }
         }
     }

@@ -107,6 +107,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(17, "0017", "pending_delta_index"),
     migration!(18, "0018", "indicator_days"),
     migration!(19, "0019", "outbox_order"),
+    migration!(20, "0020", "delta_statistics"),
 ];
 
 /// The newest schema version this build knows.

@@ -1,0 +1,1 @@
+-- Nothing common to both backends in this migration.

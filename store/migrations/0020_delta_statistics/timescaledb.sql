@@ -1,0 +1,1 @@
+-- Nothing for TimescaleDB in this migration: it keeps no rollup deltas.
