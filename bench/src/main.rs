@@ -4,6 +4,7 @@
 
 mod api;
 mod capacity;
+mod decode;
 mod indicators;
 mod ingest;
 mod map;
@@ -36,11 +37,11 @@ struct Args {
     /// A second server, with TimescaleDB, for the storage rows (both backends in one run).
     #[arg(long, env = "CITYHUB_BENCH_TIMESCALE_URL")]
     timescale_pg: Option<String>,
-    /// Which parts to run: ingest, freshness, api, sta, storage, capacity, map, indicators.
+    /// Which parts to run: ingest, freshness, api, sta, storage, capacity, map, indicators, decode.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,freshness,api,sta,storage,capacity,map,indicators"
+        default_value = "ingest,freshness,api,sta,storage,capacity,map,indicators,decode"
     )]
     only: Vec<String>,
     /// Fleet sizes the map is opened with.
@@ -298,6 +299,26 @@ async fn sta_rows(t: &mut Table, args: &Args) -> Result<()> {
                 format!("{}; goal within 1.5", p.detail),
             );
         }
+    }
+    Ok(())
+}
+
+/// The decoder per message against parsing its bytes alone, one core.
+fn decode_rows(t: &mut Table, window: Duration) -> Result<()> {
+    for c in decode::decode_costs(window)? {
+        t.add(
+            &format!("decoding {}, per message", c.what),
+            c.decode_us,
+            "µs",
+            format!(
+                "{} bytes; JSON parse alone {} µs ({} times that); {} problems described, {} counted",
+                fmt(c.bytes as f64),
+                fmt(c.parse_us),
+                fmt(c.decode_us / c.parse_us),
+                c.problems,
+                c.unlisted
+            ),
+        );
     }
     Ok(())
 }
@@ -585,6 +606,9 @@ async fn main() -> Result<()> {
     }
     if run("indicators") {
         indicator_rows(&mut table, &args).await?;
+    }
+    if run("decode") {
+        decode_rows(&mut table, window)?;
     }
     report(&table, &hw, window)
 }

@@ -230,6 +230,7 @@ impl Batcher {
                 .problems
                 .iter()
                 .map(|p| cityhub_store::truncate(p.reason.clone(), self.limits.reason_bytes))
+                .chain(d.unlisted_reason())
                 .collect(),
             forbidden: None,
             dead_letter: None,
@@ -285,7 +286,7 @@ impl Batcher {
             batch.rows += d.readings.len();
         }
         if let Some(first) = d.problems.first().filter(|_| keep_dead_letter) {
-            let (reason, full) = joined_reasons(&d.problems, self.limits.reason_bytes);
+            let (reason, full) = joined_reasons(d, self.limits.reason_bytes);
             let mut dl = DeadLetter::new(source, first.code, reason, self.limits.reason_bytes);
             dl.reason_bytes = full;
             batch.bytes += dl.reason.len();
@@ -367,16 +368,23 @@ impl Batcher {
     }
 }
 
-/// The reasons of a message's problems joined with `; `, cut at `max` bytes; and the
-/// length the whole would have had (a flood of problems never builds it).
-fn joined_reasons(problems: &[crate::decode::Problem], max: usize) -> (String, usize) {
-    let full = problems.iter().map(|p| p.reason.len() + 2).sum::<usize>() - 2;
+/// The reasons of a message's problems joined with `; ` (and how many more were only
+/// counted), cut at `max` bytes; and the length the whole would have had (a flood of
+/// problems never builds it).
+fn joined_reasons(d: &crate::decode::Decoded, max: usize) -> (String, usize) {
+    let unlisted = d.unlisted_reason();
+    let parts = d
+        .problems
+        .iter()
+        .map(|p| p.reason.as_str())
+        .chain(unlisted.as_deref());
+    let full = parts.clone().map(|r| r.len() + 2).sum::<usize>() - 2;
     let mut out = String::new();
-    for p in problems {
+    for r in parts {
         if !out.is_empty() {
             out.push_str("; ");
         }
-        out.push_str(&p.reason);
+        out.push_str(r);
         if out.len() > max {
             break;
         }

@@ -250,7 +250,7 @@ fn map_fields(
         let v = match as_number(raw) {
             Ok(v) => v * d.scale + d.offset,
             Err(why) => {
-                ctx.push(RejectReason::WrongType, format!("{}: {why}", at()));
+                ctx.push(RejectReason::WrongType, || format!("{}: {why}", at()));
                 continue;
             }
         };
@@ -258,7 +258,7 @@ fn map_fields(
             (Some(u), Some(metric)) => match units::convert(v, u, &metric.unit) {
                 Ok(v) => v,
                 Err(e) => {
-                    ctx.push(RejectReason::UnitMismatch, format!("{}: {e}", at()));
+                    ctx.push(RejectReason::UnitMismatch, || format!("{}: {e}", at()));
                     continue;
                 }
             },
@@ -276,19 +276,18 @@ fn map_fields(
         mapped += 1;
         match as_number(raw) {
             Ok(v) => ctx.accept(|| format!("{tag}{field}"), &metric, time, v),
-            Err(why) => ctx.push(RejectReason::WrongType, format!("{tag}{field}: {why}")),
+            Err(why) => ctx.push(RejectReason::WrongType, || format!("{tag}{field}: {why}")),
         }
     }
     if mapped == 0 {
         let names: Vec<&str> = fields.keys().map(String::as_str).collect();
-        ctx.push(
-            RejectReason::MissingValues,
+        ctx.push(RejectReason::MissingValues, || {
             format!(
                 "{tag}no field maps to a metric of {} (fields: {}); add [adapters.fields]",
                 kind.name,
                 names.join(", ")
-            ),
-        );
+            )
+        });
     }
 }
 

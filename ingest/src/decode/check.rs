@@ -34,31 +34,31 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    pub fn push(&mut self, code: RejectReason, reason: String) {
-        self.out.problems.push(super::Problem { code, reason });
+    /// Records a problem; `reason` is built only if the problem is described
+    /// ([`Decoded::problem`]).
+    pub fn push(&mut self, code: RejectReason, reason: impl FnOnce() -> String) {
+        self.out.problem(code, reason);
     }
 
     /// Checks a reading's time against the future and retention limits.
     pub fn check_time(&mut self, at: &str, t: DateTime<Utc>) -> bool {
         if t > self.now + self.limits.max_future {
-            self.push(
-                RejectReason::FutureTimestamp,
+            self.push(RejectReason::FutureTimestamp, || {
                 format!(
                     "{at}: {} is more than {} s ahead of the hub's clock",
                     t.to_rfc3339(),
                     self.limits.max_future.num_seconds()
-                ),
-            );
+                )
+            });
             false
         } else if t < self.now - self.limits.retention {
-            self.push(
-                RejectReason::TooOld,
+            self.push(RejectReason::TooOld, || {
                 format!(
                     "{at}: {} is older than the retention of {} days",
                     t.to_rfc3339(),
                     self.limits.retention.num_days()
-                ),
-            );
+                )
+            });
             false
         } else {
             true
@@ -76,33 +76,33 @@ impl<'a> Ctx<'a> {
     ) {
         let Some(m) = self.kind.metric(metric) else {
             let kind = self.kind;
-            let known = self.known.get_or_insert_with(|| {
-                let names: Vec<&str> = kind.metrics.keys().map(|k| k.as_str()).collect();
-                names.join(", ")
+            let known = &mut self.known;
+            self.out.problem(RejectReason::UnknownMetric, || {
+                let known = known.get_or_insert_with(|| {
+                    let names: Vec<&str> = kind.metrics.keys().map(|k| k.as_str()).collect();
+                    names.join(", ")
+                });
+                format!(
+                    "{}: metric {metric:?} is not defined for kind {} (known: {known})",
+                    at(),
+                    kind.name
+                )
             });
-            let reason = format!(
-                "{}: metric {metric:?} is not defined for kind {} (known: {known})",
-                at(),
-                kind.name
-            );
-            self.push(RejectReason::UnknownMetric, reason);
             return;
         };
         if !value.is_finite() {
-            self.push(
-                RejectReason::NotFinite,
-                format!("{}: value is not a finite number", at()),
-            );
+            self.push(RejectReason::NotFinite, || {
+                format!("{}: value is not a finite number", at())
+            });
         } else if !m.in_range(value) {
-            let bound = match (m.min, m.max) {
-                (Some(min), _) if value < min => format!("below the minimum {min} {}", m.unit),
-                (_, Some(max)) => format!("above the maximum {max} {}", m.unit),
-                _ => "outside the valid range".into(),
-            };
-            self.push(
-                RejectReason::OutOfRange,
-                format!("{}: {value} is {bound}", at()),
-            );
+            self.push(RejectReason::OutOfRange, || {
+                let bound = match (m.min, m.max) {
+                    (Some(min), _) if value < min => format!("below the minimum {min} {}", m.unit),
+                    (_, Some(max)) => format!("above the maximum {max} {}", m.unit),
+                    _ => "outside the valid range".into(),
+                };
+                format!("{}: {value} is {bound}", at())
+            });
         } else {
             self.out.readings.push(Reading {
                 metric: m.name.clone(),
@@ -115,13 +115,12 @@ impl<'a> Ctx<'a> {
     /// `{"lat": .., "lon": ..}` as the sensor's position.
     pub fn location(&mut self, at: &str, loc: &Value) {
         let Value::Object(o) = loc else {
-            self.push(
-                RejectReason::BadLocation,
+            self.push(RejectReason::BadLocation, || {
                 format!(
                     "{at}: expected an object with lat and lon, got {}",
                     type_name(loc)
-                ),
-            );
+                )
+            });
             return;
         };
         match (
@@ -130,12 +129,11 @@ impl<'a> Ctx<'a> {
         ) {
             (Some(lat), Some(lon)) => match GeoPoint::new(lat, lon) {
                 Ok(p) => self.out.location = Some(p),
-                Err(e) => self.push(RejectReason::BadLocation, format!("{at}: {e}")),
+                Err(e) => self.push(RejectReason::BadLocation, || format!("{at}: {e}")),
             },
-            _ => self.push(
-                RejectReason::BadLocation,
-                format!("{at}: lat and lon must both be numbers"),
-            ),
+            _ => self.push(RejectReason::BadLocation, || {
+                format!("{at}: lat and lon must both be numbers")
+            }),
         }
     }
 }

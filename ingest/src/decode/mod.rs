@@ -51,11 +51,40 @@ pub struct Decoded {
     /// The location is a hint (a gateway's position), not the sensor's own.
     pub location_fallback: bool,
     pub readings: Vec<Reading>,
+    /// The first [`LISTED_PROBLEMS`] problems, each with its reason.
     pub problems: Vec<Problem>,
+    /// Problems past those, counted, not described: a payload of thousands of bad
+    /// values would otherwise have the hub write thousands of reasons that no dead
+    /// letter or answer keeps.
+    pub unlisted: u32,
     /// Records skipped on purpose (SenML string, boolean and data values, and
     /// LwM2M resources that describe a sensor rather than measure): counted, not
     /// dead-lettered.
     pub ignored: u32,
+}
+
+/// How many of a message's problems are described: a dead letter keeps about the first
+/// ten within its reason's 1,024 bytes, an upload's answer lists each.
+pub const LISTED_PROBLEMS: usize = 100;
+
+impl Decoded {
+    /// Records a problem, with its reason while fewer than [`LISTED_PROBLEMS`] are
+    /// described, else only counted (the reason is then never built).
+    pub fn problem(&mut self, code: RejectReason, reason: impl FnOnce() -> String) {
+        if self.problems.len() < LISTED_PROBLEMS {
+            self.problems.push(Problem {
+                code,
+                reason: reason(),
+            });
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    /// What follows the described problems' reasons, when some were only counted.
+    pub fn unlisted_reason(&self) -> Option<String> {
+        (self.unlisted > 0).then(|| format!("and {} more problems, not described", self.unlisted))
+    }
 }
 
 /// Limits applied while decoding.
@@ -154,13 +183,12 @@ impl Decoder {
         match doc {
             Value::Object(obj) => ctx.native(&obj),
             Value::Array(records) => ctx.senml(&records, topic_sensor(topic)),
-            other => ctx.push(
-                RejectReason::BadShape,
+            other => ctx.push(RejectReason::BadShape, || {
                 format!(
                     "payload must be a JSON object (native) or array (SenML), got {}",
                     type_name(&other)
-                ),
-            ),
+                )
+            }),
         }
         out
     }

@@ -13,26 +13,23 @@ impl Ctx<'_> {
         match obj.get("readings") {
             Some(Value::Array(items)) => {
                 if items.is_empty() {
-                    self.push(
-                        RejectReason::MissingValues,
-                        "readings: the array is empty".into(),
-                    );
+                    self.push(RejectReason::MissingValues, || {
+                        "readings: the array is empty".into()
+                    });
                 }
                 for (i, item) in items.iter().enumerate() {
                     let at = format!("readings[{i}]");
                     match item {
                         Value::Object(r) => self.native_reading(&at, r),
-                        other => self.push(
-                            RejectReason::BadShape,
-                            format!("{at}: expected an object, got {}", type_name(other)),
-                        ),
+                        other => self.push(RejectReason::BadShape, || {
+                            format!("{at}: expected an object, got {}", type_name(other))
+                        }),
                     }
                 }
             }
-            Some(other) => self.push(
-                RejectReason::BadShape,
-                format!("readings: expected an array, got {}", type_name(other)),
-            ),
+            Some(other) => self.push(RejectReason::BadShape, || {
+                format!("readings: expected an array, got {}", type_name(other))
+            }),
             None => self.native_reading("", obj),
         }
     }
@@ -48,7 +45,7 @@ impl Ctx<'_> {
             Some(ts) => match parse_ts(ts) {
                 Ok(t) => t,
                 Err(why) => {
-                    self.push(RejectReason::BadTimestamp, format!("{dot}ts: {why}"));
+                    self.push(RejectReason::BadTimestamp, || format!("{dot}ts: {why}"));
                     return;
                 }
             },
@@ -56,24 +53,21 @@ impl Ctx<'_> {
         let values = match r.get("values") {
             Some(Value::Object(v)) if !v.is_empty() => v,
             Some(Value::Object(_)) => {
-                self.push(
-                    RejectReason::MissingValues,
-                    format!("{dot}values: the object is empty"),
-                );
+                self.push(RejectReason::MissingValues, || {
+                    format!("{dot}values: the object is empty")
+                });
                 return;
             }
             Some(other) => {
-                self.push(
-                    RejectReason::BadShape,
-                    format!("{dot}values: expected an object, got {}", type_name(other)),
-                );
+                self.push(RejectReason::BadShape, || {
+                    format!("{dot}values: expected an object, got {}", type_name(other))
+                });
                 return;
             }
             None => {
-                self.push(
-                    RejectReason::MissingValues,
-                    format!("{dot}values is missing"),
-                );
+                self.push(RejectReason::MissingValues, || {
+                    format!("{dot}values is missing")
+                });
                 return;
             }
         };
@@ -85,19 +79,17 @@ impl Ctx<'_> {
             match v {
                 Value::Number(n) => match n.as_f64() {
                     Some(x) => self.accept(at, name, time, x),
-                    None => {
-                        let reason = format!("{}: not representable as a 64-bit float", at());
-                        self.push(RejectReason::NotFinite, reason)
-                    }
+                    None => self.push(RejectReason::NotFinite, || {
+                        format!("{}: not representable as a 64-bit float", at())
+                    }),
                 },
-                Value::String(s) if is_non_finite_word(s) => self.push(
-                    RejectReason::NotFinite,
-                    format!("{}: {s:?} is not a finite number", at()),
-                ),
-                other => {
-                    let reason = format!("{}: expected a number, got {}", at(), type_name(other));
-                    self.push(RejectReason::WrongType, reason)
-                }
+                Value::String(s) if is_non_finite_word(s) => self
+                    .push(RejectReason::NotFinite, || {
+                        format!("{}: {s:?} is not a finite number", at())
+                    }),
+                other => self.push(RejectReason::WrongType, || {
+                    format!("{}: expected a number, got {}", at(), type_name(other))
+                }),
             }
         }
     }
@@ -105,7 +97,7 @@ impl Ctx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::decode::testing::{codes, decoder, now};
+    use crate::decode::testing::{codes, decoder, decoder_with, now};
     use chrono::{TimeZone, Utc};
 
     #[test]
@@ -179,6 +171,33 @@ mod tests {
             .find(|p| p.code == "out_of_range")
             .unwrap();
         assert_eq!(oor.reason, "values.pm2_5: -3 is below the minimum 0 µg/m³");
+    }
+
+    /// A payload of thousands of unknown metrics: the first hundred are described, the
+    /// rest counted (their reasons never built), and the valid reading among them kept.
+    #[test]
+    fn a_flood_of_bad_values_is_described_up_to_a_bound_and_counted_past_it() {
+        let mut values: Vec<String> = (0..6000).map(|i| format!("\"a{i}\":1")).collect();
+        values.push("\"fill_level\":40".into());
+        let payload = format!("{{\"values\":{{{}}}}}", values.join(","));
+        let d =
+            decoder_with(Vec::new()).decode("cityhub/v1/waste_bin/b", payload.as_bytes(), now());
+        assert_eq!(d.readings.len(), 1);
+        assert_eq!(d.readings[0].metric.as_str(), "fill_level");
+        assert_eq!(d.problems.len(), crate::decode::LISTED_PROBLEMS);
+        assert_eq!(d.unlisted as usize, 6000 - crate::decode::LISTED_PROBLEMS);
+        assert!(d.problems.iter().all(|p| p.code == "unknown_metric"));
+        assert!(
+            d.problems[0]
+                .reason
+                .contains("is not defined for kind waste_bin (known: "),
+            "{}",
+            d.problems[0].reason
+        );
+        assert_eq!(
+            d.unlisted_reason().unwrap(),
+            "and 5900 more problems, not described"
+        );
     }
 
     #[test]

@@ -71,10 +71,9 @@ fn number(
         None => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
         Some(other) => {
-            ctx.push(
-                RejectReason::BadSenml,
-                format!("{at}.{k}: expected a number, got {}", type_name(other)),
-            );
+            ctx.push(RejectReason::BadSenml, || {
+                format!("{at}.{k}: expected a number, got {}", type_name(other))
+            });
             Err(WrongField)
         }
     }
@@ -90,10 +89,9 @@ fn text<'r>(
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
         Some(other) => {
-            ctx.push(
-                RejectReason::BadSenml,
-                format!("{at}.{k}: expected a string, got {}", type_name(other)),
-            );
+            ctx.push(RejectReason::BadSenml, || {
+                format!("{at}.{k}: expected a string, got {}", type_name(other))
+            });
             Err(WrongField)
         }
     }
@@ -212,7 +210,7 @@ impl Ctx<'_> {
 
     pub(super) fn senml(&mut self, records: &[Value], sensor: &str) {
         if records.is_empty() {
-            self.push(RejectReason::MissingValues, "SenML pack is empty".into());
+            self.push(RejectReason::MissingValues, || "SenML pack is empty".into());
             return;
         }
         let mut base = Base::default();
@@ -221,13 +219,12 @@ impl Ctx<'_> {
         for (i, rec) in records.iter().enumerate() {
             let at = format!("[{i}]");
             let Value::Object(r) = rec else {
-                self.push(
-                    RejectReason::BadSenml,
+                self.push(RejectReason::BadSenml, || {
                     format!(
                         "{at}: a SenML record must be an object, got {}",
                         type_name(rec)
-                    ),
-                );
+                    )
+                });
                 continue;
             };
             // A wrong field is already reported; the record is skipped.
@@ -235,10 +232,9 @@ impl Ctx<'_> {
         }
         self.senml_position(position);
         if self.out.readings.is_empty() && self.out.problems.is_empty() {
-            self.push(
-                RejectReason::MissingValues,
-                "SenML pack holds no values".into(),
-            );
+            self.push(RejectReason::MissingValues, || {
+                "SenML pack holds no values".into()
+            });
         }
     }
 
@@ -252,18 +248,16 @@ impl Ctx<'_> {
         position: &mut Position,
     ) -> Result<(), WrongField> {
         if let Some(k) = r.keys().find(|k| k.ends_with('_')) {
-            self.push(
-                RejectReason::BadSenml,
-                format!("{at}: must-understand field {k:?} is not supported"),
-            );
+            self.push(RejectReason::BadSenml, || {
+                format!("{at}: must-understand field {k:?} is not supported")
+            });
             return Ok(());
         }
         if let Some(ver) = number(r, "bver", at, self)? {
             if ver > 10.0 {
-                self.push(
-                    RejectReason::BadSenml,
-                    format!("{at}.bver: version {ver} is not supported"),
-                );
+                self.push(RejectReason::BadSenml, || {
+                    format!("{at}.bver: version {ver} is not supported")
+                });
                 return Ok(());
             }
         }
@@ -292,10 +286,9 @@ impl Ctx<'_> {
         }
         let name = format!("{}{}", base.name, n.unwrap_or(""));
         if name.is_empty() {
-            self.push(
-                RejectReason::BadSenml,
-                format!("{at}: record has no name (bn + n is empty)"),
-            );
+            self.push(RejectReason::BadSenml, || {
+                format!("{at}: record has no name (bn + n is empty)")
+            });
             return Ok(());
         }
         // String, boolean and data values: no metric stores them (LwM2M's Sensor
@@ -323,20 +316,18 @@ impl Ctx<'_> {
         } else if let Some(t) = epoch_seconds(abs) {
             t
         } else {
-            self.push(
-                RejectReason::BadTimestamp,
-                format!("{at}: time {abs} is not a valid instant"),
-            );
+            self.push(RejectReason::BadTimestamp, || {
+                format!("{at}: time {abs} is not a valid instant")
+            });
             return Ok(());
         };
         let value = match (v, s) {
             (Some(v), _) => v + base.value,
             (None, Some(s)) => s,
             (None, None) => {
-                self.push(
-                    RejectReason::MissingValues,
-                    format!("{at}: record has no value"),
-                );
+                self.push(RejectReason::MissingValues, || {
+                    format!("{at}: record has no value")
+                });
                 return Ok(());
             }
         };
@@ -356,7 +347,7 @@ impl Ctx<'_> {
             (Some(unit), Some(m)) => match units::convert(value, unit, &m.unit) {
                 Ok(x) => x,
                 Err(e) => {
-                    self.push(RejectReason::UnitMismatch, format!("{at}: {e}"));
+                    self.push(RejectReason::UnitMismatch, || format!("{at}: {e}"));
                     return Ok(());
                 }
             },
@@ -370,13 +361,12 @@ impl Ctx<'_> {
         match (p.lat, p.lon) {
             (Some(lat), Some(lon)) => match GeoPoint::new(lat, lon) {
                 Ok(p) => self.out.location = Some(p),
-                Err(e) => self.push(RejectReason::BadLocation, format!("SenML position: {e}")),
+                Err(e) => self.push(RejectReason::BadLocation, || format!("SenML position: {e}")),
             },
             (None, None) => {}
-            _ => self.push(
-                RejectReason::BadLocation,
-                "SenML position needs both lat and lon".into(),
-            ),
+            _ => self.push(RejectReason::BadLocation, || {
+                "SenML position needs both lat and lon".into()
+            }),
         }
     }
 }
