@@ -57,8 +57,8 @@ pub const FOLD_LIMIT: i64 = 50_000;
 /// Deltas folded between two vacuums of their table: it then holds at most about this
 /// many dead rows, about 1 MB.
 const VACUUM_AFTER: u64 = 10_000;
-/// Deltas folded after which a vacuum runs however few wait: the dead rows' bound
-/// when rounds keep finding the queue short.
+/// Deltas folded after which a vacuum runs however the last round went: the dead
+/// rows' bound when rounds are uneven.
 const VACUUM_AT_MOST_AFTER: u64 = 8 * VACUUM_AFTER;
 /// How often a vacuum analyzes the table too (the planner's view of its columns), as
 /// autovacuum would look.
@@ -76,11 +76,15 @@ const ANALYZE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// A vacuum also counts the live rows, and the planner estimates the queue as that
 /// count's density times the table's pages now. Counted just after a fold, the queue
 /// looks empty however full it gets (migration 0020 says what plans follow). So a
-/// vacuum runs at the start of a round, before its fold, and only when about as many
-/// deltas wait as the busiest recent round folded; autovacuum is off for the table.
+/// vacuum runs at the start of a round, before its fold, and only while deltas keep
+/// coming (the last round folded at least half the busiest recent one's), so that
+/// about a round's deltas wait; autovacuum is off for the table. When ingest stops,
+/// the last rounds' dead rows (fewer than about 10,000) wait for the next busy round.
 #[derive(Debug, Default)]
 pub struct FoldRounds {
     since_vacuum: u64,
+    /// The last round's deltas.
+    last: u64,
     /// The busiest recent round's deltas, forgotten by a sixty-fourth a round (half in
     /// about 44 rounds), so a pause does not make the next trickle look typical.
     busiest: u64,
@@ -88,50 +92,36 @@ pub struct FoldRounds {
 }
 
 impl FoldRounds {
-    /// How many deltas must wait for a vacuum to run now; `None`: none is due.
-    fn vacuum_wants(&self) -> Option<u64> {
-        if self.since_vacuum >= VACUUM_AT_MOST_AFTER {
-            Some(0)
-        } else if self.since_vacuum >= VACUUM_AFTER {
-            Some((self.busiest / 2).max(1))
-        } else {
-            None
-        }
+    /// Whether this round starts with a vacuum.
+    fn vacuum_due(&self) -> bool {
+        self.since_vacuum >= VACUUM_AT_MOST_AFTER
+            || (self.since_vacuum >= VACUUM_AFTER && self.last >= (self.busiest / 2).max(1))
     }
 
     fn folded(&mut self, n: u64) {
         self.since_vacuum += n;
+        self.last = n;
         self.busiest = n.max(self.busiest.saturating_sub(self.busiest / 64 + 1));
     }
 
-    /// One round: a vacuum first when one is due and the queue holds a round's deltas,
-    /// then folds until fewer than [`FOLD_LIMIT`] are left. Returns the deltas folded.
-    /// A failed vacuum is logged and tried again in a later round; a failed fold is
-    /// the caller's to retry (nothing is lost: deltas stay until folded).
+    /// One round: a vacuum first when one is due, then folds until fewer than
+    /// [`FOLD_LIMIT`] are left. Returns the deltas folded. A failed vacuum is logged
+    /// and tried again in a later round; a failed fold is the caller's to retry
+    /// (nothing is lost: deltas stay until folded).
     pub async fn round(&mut self, c: &tokio_postgres::Client) -> Result<u64, StoreError> {
-        if let Some(wants) = self.vacuum_wants() {
-            let waiting: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM (SELECT FROM rollup_delta LIMIT $1) q",
-                    &[&(wants as i64)],
-                )
-                .await?
-                .get(0);
-            if waiting as u64 >= wants {
-                let analyze = self.analyzed.is_none_or(|t| t.elapsed() >= ANALYZE_EVERY);
-                match vacuum(c, analyze).await {
-                    Ok(()) => {
-                        if analyze {
-                            self.analyzed = Some(std::time::Instant::now());
-                        }
-                        tracing::debug!(waiting, analyze, "Vacuumed the rollup deltas' table.");
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Vacuuming the rollup deltas' table failed; will retry.")
+        if self.vacuum_due() {
+            let analyze = self.analyzed.is_none_or(|t| t.elapsed() >= ANALYZE_EVERY);
+            match vacuum(c, analyze).await {
+                Ok(()) => {
+                    if analyze {
+                        self.analyzed = Some(std::time::Instant::now());
                     }
                 }
-                self.since_vacuum = 0;
+                Err(e) => {
+                    tracing::warn!(error = %e, "Vacuuming the rollup deltas' table failed; will retry.")
+                }
             }
+            self.since_vacuum = 0;
         }
         let mut total = 0;
         loop {
@@ -151,32 +141,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_vacuum_waits_for_a_round_of_deltas_and_not_forever() {
+    fn a_vacuum_waits_for_a_busy_round_and_not_forever() {
         let mut r = FoldRounds::default();
-        // Busy rounds of 3,000: due once 10,000 are folded, when half a round waits.
+        // Busy rounds of 3,000: due once 10,000 are folded.
         for _ in 0..3 {
             r.folded(3_000);
-            assert_eq!(r.vacuum_wants(), None);
+            assert!(!r.vacuum_due());
         }
         r.folded(3_000);
-        assert_eq!(r.vacuum_wants(), Some(1_500));
-        // A pause: the busiest round is remembered, so the first trickle after it is
-        // not what a vacuum counts.
-        for _ in 0..10 {
-            r.folded(0);
-        }
-        let wants = r.vacuum_wants().unwrap();
-        assert!((1_000..1_500).contains(&wants), "{wants}");
-        // A long quiet spell forgets it.
+        assert!(r.vacuum_due());
+        // A pause: not while the queue is nearly empty, nor at the first trickle after
+        // it (the busiest round is remembered).
+        r.folded(0);
+        assert!(!r.vacuum_due());
+        r.folded(40);
+        assert!(!r.vacuum_due());
+        // Deltas coming again at about the rate before.
+        r.folded(2_000);
+        assert!(r.vacuum_due());
+        // A long quiet spell forgets the busy rounds: a trickle is what comes now.
         for _ in 0..1_000 {
-            r.folded(2);
+            r.folded(20);
         }
-        assert_eq!(r.vacuum_wants(), Some(1));
-        // Rounds that keep finding the queue short still vacuum at the dead rows' bound.
+        assert!(r.vacuum_due());
+        // Uneven rounds still vacuum at the dead rows' bound.
         let mut r = FoldRounds::default();
         r.folded(VACUUM_AT_MOST_AFTER - 1);
-        assert!(r.vacuum_wants().unwrap() > 0);
+        r.folded(0);
+        assert!(!r.vacuum_due());
         r.folded(1);
-        assert_eq!(r.vacuum_wants(), Some(0));
+        assert!(r.vacuum_due());
     }
 }
