@@ -20,14 +20,9 @@ pub struct DecodeCost {
 /// Each payload decoded, then parsed, alternately for `window` in all, one core.
 pub fn decode_costs(window: Duration) -> anyhow::Result<Vec<DecodeCost>> {
     let s = Settings::builtin()?;
-    let dec = Decoder::new(
-        s.catalog()?,
-        Limits {
-            max_payload_bytes: s.ingest.max_payload_bytes,
-            max_future: chrono::Duration::minutes(10),
-            retention: chrono::Duration::days(30),
-        },
-    );
+    // As a hub with the shipped settings decodes.
+    let dec =
+        Decoder::new(s.catalog()?, Limits::from_settings(&s)).with_adapters(s.adapters.clone());
     let now = Utc::now();
     let ordinary = serde_json::json!({"ts": now.to_rfc3339(),
         "values": {"fill_level": 72.5, "battery": 88, "temperature": 14.25}})

@@ -40,12 +40,8 @@ pub fn start(
     let catalog = settings
         .catalog()
         .map_err(|e| IngestError::Config(e.to_string()))?;
-    let limits = decode::Limits {
-        max_payload_bytes: settings.ingest.max_payload_bytes,
-        max_future: chrono::Duration::seconds(settings.ingest.max_future_s),
-        retention: chrono::Duration::days(i64::from(settings.store.retention_days)),
-    };
-    let decoder = decode::Decoder::new(catalog, limits).with_adapters(settings.adapters.clone());
+    let decoder = decode::Decoder::new(catalog, decode::Limits::from_settings(settings))
+        .with_adapters(settings.adapters.clone());
     let session = mqtt::session(settings, &metrics)?;
     for (a, b) in settings.overlapping_filters() {
         tracing::warn!(first = %a, second = %b,

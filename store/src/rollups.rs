@@ -42,7 +42,7 @@ pub async fn fold(c: &tokio_postgres::Client, limit: i64) -> Result<u64, StoreEr
 
 /// Vacuums the deltas' table (and analyzes it, with `analyze`), unless another session
 /// is vacuuming it. [`FoldRounds`] says when and why.
-pub async fn vacuum(c: &tokio_postgres::Client, analyze: bool) -> Result<(), StoreError> {
+async fn vacuum(c: &tokio_postgres::Client, analyze: bool) -> Result<(), StoreError> {
     c.batch_execute(if analyze {
         "VACUUM (SKIP_LOCKED, ANALYZE) rollup_delta"
     } else {
@@ -53,7 +53,7 @@ pub async fn vacuum(c: &tokio_postgres::Client, analyze: bool) -> Result<(), Sto
 }
 
 /// Deltas per fold statement: bounds a fold's memory and locks.
-pub const FOLD_LIMIT: i64 = 50_000;
+const FOLD_LIMIT: i64 = 50_000;
 /// Deltas folded between two vacuums of their table: it then holds at most about this
 /// many dead rows, about 1 MB.
 const VACUUM_AFTER: u64 = 10_000;

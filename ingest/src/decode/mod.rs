@@ -95,6 +95,18 @@ pub struct Limits {
     pub retention: chrono::Duration,
 }
 
+impl Limits {
+    /// The limits a hub's settings give (`ingest.max_payload_bytes`,
+    /// `ingest.max_future_s`, `store.retention_days`).
+    pub fn from_settings(settings: &cityhub_core::Settings) -> Self {
+        Self {
+            max_payload_bytes: settings.ingest.max_payload_bytes,
+            max_future: chrono::Duration::seconds(settings.ingest.max_future_s),
+            retention: chrono::Duration::days(i64::from(settings.store.retention_days)),
+        }
+    }
+}
+
 /// Decodes native-topic messages and adapter formats against the kind catalogue.
 #[derive(Debug, Clone)]
 pub struct Decoder {
